@@ -1,0 +1,11 @@
+//! What sticky's kernel programs and its userspace share: map names, the `#[repr(C)]` map
+//! types, and the pure functions both sides must compute identically (the client hash and the
+//! table lookup).
+#![no_std]
+
+pub mod addr;
+pub mod hash;
+pub mod maps;
+
+pub use addr::Addr16;
+pub use hash::{client_hash, table_slot};

@@ -1,0 +1,196 @@
+//! Map names and the `#[repr(C)]` keys and values of every map, shared by both sides.
+//! No `bool`, `enum` or `Option` inside; every pad is written out; sizes are asserted.
+
+use crate::Addr16;
+
+/// VIPs we balance: [`VipKey`] → [`Vip`].
+pub const VIPS: &str = "STICKY_VIPS";
+/// Backends by id: array of [`Backend`], `MAX_BACKENDS` entries.
+pub const BACKENDS: &str = "STICKY_BACKENDS";
+/// Two Maglev tables back to back (`2 × table_size` backend ids); [`Settings::active_table`]
+/// says which half is live, so userspace writes the other half and flips one word.
+pub const TABLE: &str = "STICKY_TABLE";
+/// One [`Settings`] entry.
+pub const SETTINGS: &str = "STICKY_SETTINGS";
+/// Connection tracking, LRU: [`FlowKey`] → [`Flow`], one entry per direction.
+pub const FLOWS: &str = "STICKY_FLOWS";
+/// Client affinity, LRU: client [`Addr16`] → [`Affinity`].
+pub const AFFINITY: &str = "STICKY_AFFINITY";
+/// Per-CPU global counters, indexed by `COUNTER_*`.
+pub const COUNTERS: &str = "STICKY_COUNTERS";
+/// Per-CPU [`BackendStats`] by backend id.
+pub const BACKEND_STATS: &str = "STICKY_BACKEND_STATS";
+
+/// Every map name, for checks that each one resolves in the loaded object.
+pub const ALL_MAPS: [&str; 8] = [
+    VIPS,
+    BACKENDS,
+    TABLE,
+    SETTINGS,
+    FLOWS,
+    AFFINITY,
+    COUNTERS,
+    BACKEND_STATS,
+];
+
+/// The tc program on the client-facing ingress: DNAT to the backend.
+pub const PROG_INGRESS: &str = "sticky_ingress";
+/// The tc program on the client-facing egress: reverse NAT of replies.
+pub const PROG_EGRESS: &str = "sticky_egress";
+
+/// Upper bound on backend ids; sizes `BACKENDS` and `BACKEND_STATS`.
+pub const MAX_BACKENDS: u32 = 1024;
+/// A table slot with no backend (nothing in service).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const PROTO_TCP: u8 = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad0: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vip {
+    /// Position of the VIP in the configuration (reported in stats).
+    pub index: u32,
+}
+const _: () = assert!(core::mem::size_of::<Vip>() == 4);
+
+/// Slot never used or backend removed: no traffic, no affinity honoured.
+pub const BACKEND_EMPTY: u8 = 0;
+/// In the table: takes new clients.
+pub const BACKEND_UP: u8 = 1;
+/// Out of the table, but established flows and affine clients still reach it.
+pub const BACKEND_DRAINING: u8 = 2;
+/// Out of the table and affinity ignored (failed health checks); established flows continue.
+pub const BACKEND_DOWN: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr16,
+    pub port_be: u16,
+    /// One of `BACKEND_*`.
+    pub state: u8,
+    pub _pad0: u8,
+    /// Bumped whenever the id is given to another address, so affinity to an id's previous
+    /// owner is recognised as stale.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+impl Backend {
+    /// Whether an affine client's new connection may still go here.
+    #[inline(always)]
+    pub const fn honours_affinity(&self) -> bool {
+        self.state == BACKEND_UP || self.state == BACKEND_DRAINING
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Slots per table (prime).
+    pub table_size: u32,
+    /// 0 or 1: which half of `TABLE` lookups use.
+    pub active_table: u32,
+    pub hash_seed: u32,
+    pub _pad0: u32,
+    /// A client's affinity lapses after this long without traffic.
+    pub affinity_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+
+/// A TCP 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Client → VIP: rewrite the destination to the backend.
+pub const FLOW_FORWARD: u8 = 1;
+/// Backend → client: rewrite the source back to the VIP.
+pub const FLOW_REVERSE: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Forward: the backend's address; reverse: the VIP's.
+    pub nat_addr: Addr16,
+    pub nat_port_be: u16,
+    /// `FLOW_FORWARD` or `FLOW_REVERSE`.
+    pub direction: u8,
+    pub _pad0: u8,
+    pub backend_id: u32,
+    /// Forward only: when this flow last refreshed its client's affinity (ktime ns).
+    pub touched_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub backend_id: u32,
+    /// The backend's generation when the affinity was made.
+    pub generation: u32,
+    /// Last traffic from this client (ktime ns, `CLOCK_MONOTONIC`).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
+
+/// How often (at most) an established flow's packets refresh the client's affinity: one map
+/// write per flow per second rather than per packet.
+pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
+
+/// Not ours (other address/port/protocol) and passed untouched.
+pub const COUNTER_PASS: u32 = 0;
+/// Malformed or truncated, passed untouched.
+pub const COUNTER_PARSE_ERROR: u32 = 1;
+/// Fragments and IPv6 headers we do not walk, passed untouched.
+pub const COUNTER_UNHANDLED: u32 = 2;
+/// VIP traffic dropped because no backend is in service.
+pub const COUNTER_DROP_NO_BACKEND: u32 = 3;
+/// VIP traffic dropped because a rewrite helper failed half way.
+pub const COUNTER_DROP_NAT_ERROR: u32 = 4;
+/// Packets rewritten (either direction).
+pub const COUNTER_NAT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all `#[repr(C)]`, plain integers, padding written out as fields.
+    unsafe impl aya::Pod for crate::Addr16 {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for Vip {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for BackendStats {}
+}

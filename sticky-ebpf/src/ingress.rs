@@ -1,0 +1,207 @@
+//! Client → VIP: find or make the flow, DNAT it to its backend.
+//!
+//! Backend choice for a new flow: the client's affinity while it is fresh and its backend
+//! still honours it (up or draining); otherwise the Maglev table slot of the client hash.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+use sticky_common::{
+    Addr16, client_hash,
+    maps::{
+        AFFINITY_REFRESH_NS, Affinity, BACKEND_UP, Backend, COUNTER_DROP_NAT_ERROR,
+        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
+        FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, PROTO_TCP, VipKey,
+    },
+    table_slot,
+};
+
+use crate::{
+    maps::{AFFINITY, BACKENDS, FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
+    nat::{End, rewrite},
+    parse::{Packet, Parsed, parse},
+};
+
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> i32 {
+    match parse(ctx) {
+        Parsed::Tcp(pkt) => forward(ctx, &pkt),
+        Parsed::NotTcp => pass(COUNTER_PASS),
+        Parsed::Malformed => pass(COUNTER_PARSE_ERROR),
+        Parsed::Unhandled => pass(COUNTER_UNHANDLED),
+    }
+}
+
+#[inline(always)]
+pub fn pass(counter: u32) -> i32 {
+    count(counter);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn drop(counter: u32) -> i32 {
+    count(counter);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let vip = VipKey {
+        addr: pkt.dst,
+        port_be: pkt.dport_be,
+        proto: PROTO_TCP,
+        _pad0: 0,
+    };
+    if VIPS.get_ptr(&vip).is_none() {
+        return pass(COUNTER_PASS);
+    }
+    let key = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: PROTO_TCP,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (addr, port_be, id, new_flow) = match FLOWS.get_ptr_mut(&key) {
+        Some(flow) => {
+            // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
+            let flow = unsafe { &mut *flow };
+            if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
+                flow.touched_ns = now;
+                refresh_affinity(&pkt.src, flow, now);
+            }
+            (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
+        }
+        None => match new_flow(pkt, &key, now) {
+            Some((id, backend)) => (backend.addr, backend.port_be, id, true),
+            None => return drop(COUNTER_DROP_NO_BACKEND),
+        },
+    };
+    if rewrite(ctx, pkt, End::Destination, &addr, port_be).is_err() {
+        return drop(COUNTER_DROP_NAT_ERROR);
+    }
+    count(COUNTER_NAT);
+    count_backend(id, ctx.len(), new_flow);
+    TC_ACT_OK
+}
+
+/// Picks the backend for a flow we have no state for, records the client's affinity and both
+/// directions of the flow.
+#[inline(always)]
+fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
+    let (id, backend) = match affine_backend(&pkt.src, now) {
+        Some(found) => found,
+        None => table_backend(&pkt.src)?,
+    };
+    let affinity = Affinity {
+        backend_id: id,
+        generation: backend.generation,
+        last_seen_ns: now,
+    };
+    // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
+    // and the next packet tries again.
+    let _ = AFFINITY.insert(&pkt.src, &affinity, 0);
+    let forward = Flow {
+        nat_addr: backend.addr,
+        nat_port_be: backend.port_be,
+        direction: FLOW_FORWARD,
+        _pad0: 0,
+        backend_id: id,
+        touched_ns: now,
+    };
+    let reply_key = FlowKey {
+        src: backend.addr,
+        dst: pkt.src,
+        sport_be: backend.port_be,
+        dport_be: pkt.sport_be,
+        proto: PROTO_TCP,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let reverse = Flow {
+        nat_addr: pkt.dst,
+        nat_port_be: pkt.dport_be,
+        direction: FLOW_REVERSE,
+        _pad0: 0,
+        backend_id: id,
+        touched_ns: now,
+    };
+    // Reverse first: a reply must never find no entry once its SYN went out.
+    let _ = FLOWS.insert(&reply_key, &reverse, 0);
+    let _ = FLOWS.insert(key, &forward, 0);
+    Some((id, backend))
+}
+
+#[inline(always)]
+fn affine_backend(client: &Addr16, now: u64) -> Option<(u32, Backend)> {
+    let settings = SETTINGS.get(0)?;
+    // SAFETY: read-only copy of an LRU value.
+    let affinity = unsafe { *AFFINITY.get_ptr(client)? };
+    if now.saturating_sub(affinity.last_seen_ns) > settings.affinity_timeout_ns {
+        return None;
+    }
+    let backend = *BACKENDS.get(affinity.backend_id)?;
+    if !backend.honours_affinity() || backend.generation != affinity.generation {
+        return None;
+    }
+    Some((affinity.backend_id, backend))
+}
+
+#[inline(always)]
+fn table_backend(client: &Addr16) -> Option<(u32, Backend)> {
+    let settings = SETTINGS.get(0)?;
+    let size = settings.table_size;
+    let slot = table_slot(client_hash(client, settings.hash_seed), size);
+    let base = if settings.active_table == 0 { 0 } else { size };
+    let id = *TABLE.get(base + slot)?;
+    if id == NO_BACKEND {
+        return None;
+    }
+    let backend = *BACKENDS.get(id)?;
+    // The table only ever names backends that are up; anything else is a table being swapped.
+    if backend.state != BACKEND_UP {
+        return None;
+    }
+    Some((id, backend))
+}
+
+/// Keeps a client with a long-lived connection affine: at most once a second per flow.
+#[inline(always)]
+fn refresh_affinity(client: &Addr16, flow: &Flow, now: u64) {
+    if let Some(affinity) = AFFINITY.get_ptr_mut(client) {
+        // SAFETY: a live LRU value; racing refreshes write the same kind of timestamp.
+        let affinity = unsafe { &mut *affinity };
+        if affinity.backend_id == flow.backend_id {
+            affinity.last_seen_ns = now;
+        }
+        return;
+    }
+    // Evicted while the connection lives: recreate it if the id still names this backend.
+    let Some(backend) = BACKENDS.get(flow.backend_id) else {
+        return;
+    };
+    if backend.honours_affinity()
+        && same_addr(&backend.addr, &flow.nat_addr)
+        && backend.port_be == flow.nat_port_be
+    {
+        let affinity = Affinity {
+            backend_id: flow.backend_id,
+            generation: backend.generation,
+            last_seen_ns: now,
+        };
+        let _ = AFFINITY.insert(client, &affinity, 0);
+    }
+}
+
+/// Word-wise: a derived `==` on arrays may become a `bcmp` call the verifier rejects.
+#[inline(always)]
+fn same_addr(a: &Addr16, b: &Addr16) -> bool {
+    let [a0, a1, a2, a3] = a.words;
+    let [b0, b1, b2, b3] = b.words;
+    a0 == b0 && a1 == b1 && a2 == b2 && a3 == b3
+}

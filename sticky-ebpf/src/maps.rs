@@ -1,0 +1,64 @@
+//! Every map of the object. Names come from `sticky_common::maps`; sizes marked "set by
+//! userspace" are overridden at load time from the configuration.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use sticky_common::{
+    Addr16,
+    maps::{
+        Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, Settings, Vip,
+        VipKey,
+    },
+};
+
+#[map(name = "STICKY_VIPS")]
+pub static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "STICKY_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Set by userspace: 2 × table size.
+#[map(name = "STICKY_TABLE")]
+pub static TABLE: Array<u32> = Array::with_max_entries(2 * 65_537, 0);
+
+#[map(name = "STICKY_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Set by userspace (`max_flows`).
+#[map(name = "STICKY_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Set by userspace (`max_clients`).
+#[map(name = "STICKY_AFFINITY")]
+pub static AFFINITY: LruHashMap<Addr16, Affinity> = LruHashMap::with_max_entries(131_072, 0);
+
+#[map(name = "STICKY_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map(name = "STICKY_BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_backend(id: u32, bytes: u32, new_flow: bool) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += u64::from(bytes);
+            if new_flow {
+                (*s).new_flows += 1;
+            }
+        }
+    }
+}

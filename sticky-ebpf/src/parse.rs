@@ -1,0 +1,197 @@
+//! Header parsing with direct packet access. Respects IHL and walks the IPv6 extension
+//! headers that carry nothing we must honour (hop-by-hop, destination options: BIG TCP on
+//! `lo` adds a hop-by-hop header to every segment). Anything else is reported, not guessed.
+
+use aya_ebpf::programs::TcContext;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use sticky_common::{Addr16, maps::PROTO_TCP};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked before giving up (bounded loop for the verifier).
+const IPV6_MAX_EXT: usize = 4;
+/// IPv4 more-fragments flag and fragment offset, host order.
+const IPV4_FRAG_MASK: u16 = 0x3fff;
+
+/// A TCP segment's addresses, ports and where its headers sit.
+pub struct Packet {
+    pub is_v6: bool,
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+pub enum Parsed {
+    Tcp(Packet),
+    /// Valid, but not TCP over IP.
+    NotTcp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+    /// Fragments and IPv6 routing headers: valid, but we do not rewrite them.
+    Unhandled,
+}
+
+/// A pointer to a `T` at `off`, or `None` when the linear data is shorter.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Reads a header: one bounds check, then plain field loads.
+#[inline(always)]
+fn header<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked the bounds; packet data has no alignment guarantee.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+fn word(b: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(b)
+}
+
+#[inline(always)]
+fn addr(b: &[u8; 16]) -> Addr16 {
+    Addr16 {
+        words: [
+            word([b[0], b[1], b[2], b[3]]),
+            word([b[4], b[5], b[6], b[7]]),
+            word([b[8], b[9], b[10], b[11]]),
+            word([b[12], b[13], b[14], b[15]]),
+        ],
+    }
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return Parsed::Malformed;
+    };
+    match u16::from_be(eth.ether_type) {
+        ETH_P_IP => parse_v4(ctx, EthHdr::LEN),
+        ETH_P_IPV6 => parse_v6(ctx, EthHdr::LEN),
+        _ => Parsed::NotTcp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, l3: usize) -> Parsed {
+    let Some(ip) = header::<Ipv4Hdr>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Parsed::Malformed;
+    }
+    let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let skb_len = ctx.len() as usize;
+    // tot_len 0 is IPv4 BIG TCP (a GSO packet over 64 KiB); otherwise it must fit the skb.
+    let big_tcp = tot_len == 0 && skb_len > usize::from(u16::MAX);
+    if !big_tcp && (tot_len < ihl || l3 + tot_len > skb_len) {
+        return Parsed::Malformed;
+    }
+    if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
+        return Parsed::Unhandled;
+    }
+    if ip.proto != PROTO_TCP {
+        return Parsed::NotTcp;
+    }
+    if !big_tcp && tot_len < ihl + TcpHdr::LEN {
+        return Parsed::Malformed;
+    }
+    parse_tcp(
+        ctx,
+        false,
+        l3,
+        l3 + ihl,
+        Addr16::from_v4_word(word(ip.src_addr)),
+        Addr16::from_v4_word(word(ip.dst_addr)),
+    )
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
+    let Some(ip) = header::<Ipv6Hdr>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    if ip.vcf[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    // Payload length 0 is a jumbogram (BIG TCP); the hop-by-hop header carries the length.
+    if payload_len != 0 && l3 + Ipv6Hdr::LEN + payload_len > ctx.len() as usize {
+        return Parsed::Malformed;
+    }
+    let src = addr(&ip.src_addr);
+    let dst = addr(&ip.dst_addr);
+    let mut next = ip.next_hdr;
+    let mut off = l3 + Ipv6Hdr::LEN;
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            PROTO_TCP => return parse_tcp(ctx, true, l3, off, src, dst),
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTS => {
+                let Some(ext) = header::<[u8; 2]>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                off += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_ROUTING | IPV6_FRAGMENT => return Parsed::Unhandled,
+            _ => return Parsed::NotTcp,
+        }
+    }
+    if next == PROTO_TCP {
+        return parse_tcp(ctx, true, l3, off, src, dst);
+    }
+    Parsed::Unhandled
+}
+
+#[inline(always)]
+fn parse_tcp(
+    ctx: &TcContext,
+    is_v6: bool,
+    l3_off: usize,
+    l4_off: usize,
+    src: Addr16,
+    dst: Addr16,
+) -> Parsed {
+    // Bounds the offset for the verifier: IPv4 options and IPv6 extension headers can only
+    // push the TCP header this far.
+    if l4_off > 512 {
+        return Parsed::Malformed;
+    }
+    let Some(tcp) = header::<TcpHdr>(ctx, l4_off) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `TcpHdr` is plain bytes; the data offset is the high nibble of byte 12.
+    let raw: [u8; TcpHdr::LEN] = unsafe { core::mem::transmute(tcp) };
+    if usize::from(raw[12] >> 4) * 4 < TcpHdr::LEN {
+        return Parsed::Malformed;
+    }
+    let sport_be = u16::from_ne_bytes(tcp.source);
+    let dport_be = u16::from_ne_bytes(tcp.dest);
+    Parsed::Tcp(Packet {
+        is_v6,
+        l3_off,
+        l4_off,
+        src,
+        dst,
+        sport_be,
+        dport_be,
+    })
+}

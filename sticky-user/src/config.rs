@@ -1,0 +1,354 @@
+//! `sticky run` configuration: flags, or the same names in a TOML file (flags win), checked
+//! as a whole before anything touches the kernel.
+
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+use sticky_common::maps::MAX_BACKENDS;
+
+use crate::{
+    addr::{AddrError, BackendSpec, parse_endpoint},
+    duration,
+};
+
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+pub const DEFAULT_MAX_CLIENTS: u32 = 131_072;
+pub const DEFAULT_SEED: u32 = 0;
+pub const DEFAULT_INSTANCE: &str = "default";
+/// Largest table: 2 × this many u32 slots stay well under a few MiB of map memory.
+pub const MAX_TABLE_SIZE: u32 = 1_000_003;
+
+/// What a valid configuration holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub ifaces: Vec<String>,
+    pub vips: Vec<SocketAddr>,
+    pub backends: Vec<BackendSpec>,
+    pub seed: u32,
+    pub table_size: u32,
+    pub affinity_timeout: Duration,
+    pub max_flows: u32,
+    pub max_clients: u32,
+    pub instance: String,
+}
+
+/// Every setting, each optional: one layer from the command line, one from a file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Layer {
+    #[serde(default)]
+    pub iface: Vec<String>,
+    #[serde(default)]
+    pub vip: Vec<String>,
+    #[serde(default)]
+    pub backend: Vec<String>,
+    pub seed: Option<u32>,
+    pub table_size: Option<u32>,
+    pub affinity_timeout: Option<String>,
+    pub max_flows: Option<u32>,
+    pub max_clients: Option<u32>,
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Toml { path: String, message: String },
+    #[error("no interface: give --iface IF (or iface = [\"IF\"] in the config file)")]
+    NoIface,
+    #[error("unknown interface '{0}': `ip link` lists the interfaces here")]
+    UnknownIface(String),
+    #[error("no VIP: give --vip ADDR:PORT (or vip = [\"ADDR:PORT\"] in the config file)")]
+    NoVip,
+    #[error("no backends: give at least one --backend ADDR:PORT[@WEIGHT]")]
+    NoBackends,
+    #[error("vip {0}")]
+    Vip(AddrError),
+    #[error("backend {0}")]
+    Backend(AddrError),
+    #[error("duplicate VIP {0}")]
+    DuplicateVip(SocketAddr),
+    #[error("duplicate backend {0}")]
+    DuplicateBackend(SocketAddr),
+    #[error("{0} backends is more than the {MAX_BACKENDS} sticky supports")]
+    TooManyBackends(usize),
+    #[error(
+        "VIPs and backends mix IPv4 and IPv6 ({0}): sticky does not translate between families; \
+         run one instance per family"
+    )]
+    MixedFamilies(SocketAddr),
+    #[error(
+        "table-size {0} must be a prime from 7 to {MAX_TABLE_SIZE} (default {DEFAULT_TABLE_SIZE})"
+    )]
+    TableSize(u32),
+    #[error("affinity-timeout: {0}")]
+    Timeout(duration::DurationError),
+    #[error("{name} must be at least {min}")]
+    TooSmall { name: &'static str, min: u32 },
+    #[error("instance name '{0}' must be 1-32 letters, digits, '-' or '_'")]
+    Instance(String),
+}
+
+impl Layer {
+    /// Reads a TOML file; errors name the file, line and field.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Toml {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            // Unknown keys are reported against their whole table: point at the key instead.
+            let key_line = msg
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split_once('`'))
+                .and_then(|(key, _)| {
+                    text.lines()
+                        .position(|l| l.trim_start().starts_with(key))
+                        .map(|i| i + 1)
+                });
+            if let Some(line) = key_line {
+                return format!("line {line}: {msg}");
+            }
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })
+    }
+
+    /// `self` over `base`: lists and values set here replace the base's.
+    pub fn over(self, base: Layer) -> Layer {
+        let pick = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
+        Layer {
+            iface: pick(self.iface, base.iface),
+            vip: pick(self.vip, base.vip),
+            backend: pick(self.backend, base.backend),
+            seed: self.seed.or(base.seed),
+            table_size: self.table_size.or(base.table_size),
+            affinity_timeout: self.affinity_timeout.or(base.affinity_timeout),
+            max_flows: self.max_flows.or(base.max_flows),
+            max_clients: self.max_clients.or(base.max_clients),
+            instance: self.instance.or(base.instance),
+        }
+    }
+
+    /// Checks everything that does not depend on this host.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.iface.is_empty() {
+            return Err(ConfigError::NoIface);
+        }
+        if self.vip.is_empty() {
+            return Err(ConfigError::NoVip);
+        }
+        if self.backend.is_empty() {
+            return Err(ConfigError::NoBackends);
+        }
+        let mut vips = Vec::new();
+        for v in &self.vip {
+            let vip = parse_endpoint(v).map_err(ConfigError::Vip)?;
+            if vips.contains(&vip) {
+                return Err(ConfigError::DuplicateVip(vip));
+            }
+            vips.push(vip);
+        }
+        let mut backends = Vec::new();
+        let mut seen = HashSet::new();
+        for b in &self.backend {
+            let spec: BackendSpec = b.parse().map_err(ConfigError::Backend)?;
+            if !seen.insert(spec.addr) {
+                return Err(ConfigError::DuplicateBackend(spec.addr));
+            }
+            backends.push(spec);
+        }
+        if backends.len() > MAX_BACKENDS as usize {
+            return Err(ConfigError::TooManyBackends(backends.len()));
+        }
+        let v4 = vips[0].is_ipv4();
+        let endpoints = vips.iter().copied().chain(backends.iter().map(|b| b.addr));
+        if let Some(odd) = endpoints.into_iter().find(|a| a.is_ipv4() != v4) {
+            return Err(ConfigError::MixedFamilies(odd));
+        }
+        let table_size = self.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        if !(7..=MAX_TABLE_SIZE).contains(&table_size) || !is_prime(table_size) {
+            return Err(ConfigError::TableSize(table_size));
+        }
+        let affinity_timeout = match &self.affinity_timeout {
+            Some(t) => duration::parse(t).map_err(ConfigError::Timeout)?,
+            None => DEFAULT_AFFINITY_TIMEOUT,
+        };
+        let max_flows = self.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
+        if max_flows < 64 {
+            return Err(ConfigError::TooSmall {
+                name: "max-flows",
+                min: 64,
+            });
+        }
+        let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
+        if max_clients < 64 {
+            return Err(ConfigError::TooSmall {
+                name: "max-clients",
+                min: 64,
+            });
+        }
+        let instance = self
+            .instance
+            .unwrap_or_else(|| DEFAULT_INSTANCE.to_string());
+        let instance_ok = (1..=32).contains(&instance.len())
+            && instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !instance_ok {
+            return Err(ConfigError::Instance(instance));
+        }
+        Ok(Config {
+            ifaces: self.iface,
+            vips,
+            backends,
+            seed: self.seed.unwrap_or(DEFAULT_SEED),
+            table_size,
+            affinity_timeout,
+            max_flows,
+            max_clients,
+            instance,
+        })
+    }
+}
+
+impl Config {
+    /// Checks what depends on this host: the interfaces exist.
+    pub fn check_host(&self) -> Result<(), ConfigError> {
+        for iface in &self.ifaces {
+            let Ok(name) = std::ffi::CString::new(iface.as_str()) else {
+                return Err(ConfigError::UnknownIface(iface.clone()));
+            };
+            // SAFETY: a valid NUL-terminated string.
+            if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+                return Err(ConfigError::UnknownIface(iface.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = u64::from(n);
+    (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(iface: &[&str], vip: &[&str], backend: &[&str]) -> Layer {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        Layer {
+            iface: v(iface),
+            vip: v(vip),
+            backend: v(backend),
+            ..Layer::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = layer(
+            &["eth0"],
+            &["10.0.0.1:80"],
+            &["10.0.1.1:8080@2", "10.0.1.2:8080"],
+        )
+        .validate()
+        .unwrap();
+        assert_eq!(c.table_size, DEFAULT_TABLE_SIZE);
+        assert_eq!(c.affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
+        assert_eq!(c.backends[0].weight, 2);
+        assert_eq!(c.instance, "default");
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let msg = |l: Layer| l.validate().unwrap_err().to_string();
+        assert!(msg(layer(&[], &["10.0.0.1:80"], &["10.0.1.1:80"])).contains("no interface"));
+        assert!(msg(layer(&["e"], &[], &["10.0.1.1:80"])).contains("no VIP"));
+        assert!(msg(layer(&["e"], &["10.0.0.1:80"], &[])).contains("no backends"));
+        assert!(msg(layer(&["e"], &["10.0.0.1"], &["10.0.1.1:80"])).contains("has no port"));
+        assert!(
+            msg(layer(
+                &["e"],
+                &["10.0.0.1:80"],
+                &["10.0.1.1:80", "10.0.1.1:80@3"]
+            ))
+            .contains("duplicate backend 10.0.1.1:80")
+        );
+        assert!(msg(layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80@0"])).contains("weight"));
+        assert!(msg(layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80@x"])).contains("weight"));
+        assert!(msg(layer(&["e"], &["10.0.0.1:80"], &["[fd00::1]:80"])).contains("mix IPv4"));
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+        l.table_size = Some(65_536);
+        assert!(msg(l).contains("prime"));
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+        l.affinity_timeout = Some("soon".into());
+        assert!(msg(l).contains("invalid duration"));
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+        l.instance = Some("../etc".into());
+        assert!(msg(l).contains("instance name"));
+    }
+
+    #[test]
+    fn toml_errors_name_line_and_field() {
+        let err =
+            Layer::from_toml("iface = [\"eth0\"]\nbackends = [\"10.0.0.1:80\"]\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("backends"), "{err}");
+        let err = Layer::from_toml("iface = [\"eth0\"]\ntable-size = \"big\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Layer::from_toml(
+            "iface = [\"eth0\"]\nvip = [\"10.0.0.1:80\"]\nbackend = [\"10.0.1.1:80\"]\nseed = 7\n",
+        )
+        .unwrap();
+        let flags = layer(&[], &[], &["10.0.1.2:80"]);
+        let c = flags.over(file).validate().unwrap();
+        assert_eq!(c.ifaces, ["eth0"]);
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].addr.to_string(), "10.0.1.2:80");
+    }
+
+    #[test]
+    fn unknown_interface_is_reported() {
+        let c = layer(&["no-such-if0"], &["10.0.0.1:80"], &["10.0.1.1:80"])
+            .validate()
+            .unwrap();
+        assert!(matches!(c.check_host(), Err(ConfigError::UnknownIface(_))));
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65_537) && is_prime(7) && is_prime(1_000_003));
+        assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(9));
+    }
+}

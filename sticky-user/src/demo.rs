@@ -1,0 +1,117 @@
+//! `sticky demo` (and `cargo xtask run` with no arguments): a self-contained sandbox showing
+//! that every client sticks to one backend, with an even spread and real client addresses.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::sandbox::{Daemon, Topology, get_once, plan};
+
+const CLIENTS: usize = 250;
+const BACKENDS: usize = 3;
+const CONNECTIONS_PER_CLIENT: usize = 4;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted: sandbox removed");
+    }
+    Ok(())
+}
+
+pub fn run() -> anyhow::Result<()> {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the demo builds network namespaces and loads eBPF: run it as root");
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let bin = std::env::current_exe().context("locate the sticky binary")?;
+
+    println!(
+        "sandbox: 1 client namespace with {CLIENTS} addresses, a balancer namespace, \
+         {BACKENDS} backend namespaces with an HTTP server each"
+    );
+    let topo = Topology::build("demo", BACKENDS, CLIENTS)?;
+    let _servers = topo.start_backends()?;
+    check_interrupted()?;
+    let args = topo.sticky_args(false);
+    println!("sticky run {}", args.join(" "));
+    let daemon = Daemon::start(&bin, &topo.lb, &args)?;
+    println!("{}", daemon.ready_line);
+
+    let vip = topo.vip(false);
+    println!(
+        "sending {CONNECTIONS_PER_CLIENT} requests per client to {vip}, each on a new connection"
+    );
+    let answers = topo
+        .client
+        .run(|| -> anyhow::Result<Vec<(usize, String)>> {
+            let mut out = Vec::new();
+            for i in 0..CLIENTS {
+                for _ in 0..CONNECTIONS_PER_CLIENT {
+                    check_interrupted()?;
+                    let src = plan::client(i, false);
+                    let answer = get_once(src, vip)?;
+                    if answer.seen_client != src {
+                        bail!(
+                            "backend saw {} instead of the client {src}",
+                            answer.seen_client
+                        );
+                    }
+                    out.push((i, answer.backend));
+                }
+            }
+            Ok(out)
+        })??;
+
+    let mut per_client: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for (client, backend) in &answers {
+        per_client
+            .entry(*client)
+            .or_default()
+            .insert(backend.clone());
+    }
+    let mut clients_per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for backends in per_client.values() {
+        for b in backends {
+            *clients_per_backend.entry(b.clone()).or_default() += 1;
+        }
+    }
+    let ideal = 100.0 / BACKENDS as f64;
+    println!("\nbackend  clients  share   ideal");
+    for (backend, n) in &clients_per_backend {
+        let share = 100.0 * *n as f64 / CLIENTS as f64;
+        let bar = "#".repeat((share / 2.0).round() as usize);
+        println!("{backend:<8} {n:>7}  {share:>5.1}%  {ideal:>5.1}%  {bar}");
+    }
+    let split: Vec<_> = per_client.iter().filter(|(_, b)| b.len() > 1).collect();
+    println!(
+        "\n{} requests, {} clients: {} stayed on one backend, {} were split; \
+         every backend saw the real client address",
+        answers.len(),
+        per_client.len(),
+        per_client.len() - split.len(),
+        split.len()
+    );
+    let status = daemon.stop()?;
+    if !status.success() {
+        bail!("sticky exited with {status}");
+    }
+    if !split.is_empty() {
+        bail!("clients split across backends: {split:?}");
+    }
+    if clients_per_backend.len() != BACKENDS {
+        bail!("not every backend got clients: {clients_per_backend:?}");
+    }
+    println!("sandbox removed");
+    Ok(())
+}

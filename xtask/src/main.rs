@@ -1,0 +1,105 @@
+//! Developer tasks for sticky, run as `cargo xtask <command>`.
+
+mod bpf_linker;
+mod build_cmd;
+mod run_cmd;
+mod setup;
+mod sh;
+mod test_cmd;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for sticky (the eBPF load balancer).
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing for building and testing (nightly, bpf-linker, bpffs, tools).
+    ///
+    /// Checks the nightly toolchain, its rust-src, bpf-linker (built against nightly's LLVM),
+    /// the bpffs mount and the Debian packages tests use; installs only what is missing,
+    /// so running it again is cheap.
+    Setup,
+    /// Run setup, then build the sticky binary with its real eBPF object.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the sticky binary (`sticky demo` when no arguments are given).
+    Run {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for sticky, after `--` (e.g. `cargo xtask run -- run --iface eth0`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run the whole workspace's tests one at a time.
+    Test {
+        /// Build and test with the release profile.
+        #[arg(long)]
+        release: bool,
+        /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Build { release } => build_cmd::run(release).map(|_| ExitCode::SUCCESS),
+        Command::Run { release, args } => run_cmd::run(release, &args),
+        Command::Test { release, args } => {
+            test_cmd::run(release, &args).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command> {
+        Ok(Cli::try_parse_from(["cargo xtask"].iter().chain(args))?.command)
+    }
+
+    #[test]
+    fn run_passes_everything_after_double_dash_to_sticky() -> Result<()> {
+        let Command::Run { release, args } =
+            parse(&["run", "--release", "--", "run", "--iface", "x"])?
+        else {
+            anyhow::bail!("not parsed as run");
+        };
+        assert!(release);
+        assert_eq!(args, ["run", "--iface", "x"]);
+        Ok(())
+    }
+
+    #[test]
+    fn test_keeps_a_second_double_dash_for_the_test_binaries() -> Result<()> {
+        let Command::Test { args, .. } = parse(&["test", "--", "filter", "--", "--nocapture"])?
+        else {
+            anyhow::bail!("not parsed as test");
+        };
+        assert_eq!(args, ["filter", "--", "--nocapture"]);
+        Ok(())
+    }
+
+    #[test]
+    fn run_without_args_is_valid() -> Result<()> {
+        assert!(
+            matches!(parse(&["run"])?, Command::Run { release: false, ref args } if args.is_empty())
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask test`: everything CI runs, from a bare machine to a test report.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::{build_cmd, setup, sh};
+
+pub fn run(release: bool, extra: &[String]) -> Result<()> {
+    let start = Instant::now();
+    let result = run_tests(release, extra);
+    println!("xtask test: {} s", start.elapsed().as_secs());
+    result
+}
+
+fn run_tests(release: bool, extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let bin = build_cmd::build_sticky(release)?;
+    if sh::is_root() {
+        println!("running as root: integration tests will load eBPF programs");
+    } else {
+        println!("not root: integration tests will be skipped (each prints why); rerun as root");
+    }
+    let mut cargo = sh::cargo()?;
+    cargo
+        .current_dir(sh::workspace_root()?)
+        .env("AYA_BUILD_SKIP", "0")
+        .env("STICKY_BIN", &bin)
+        // sticky-ebpf only builds for the bpf target; sticky-user's build script covers it.
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "sticky-ebpf",
+            "--no-fail-fast",
+        ]);
+    if release {
+        cargo.arg("--release");
+    }
+    cargo.args(extra);
+    // Tests share kernel state (interfaces, pinned maps), so they must not overlap.
+    if !extra.iter().any(|a| a == "--") {
+        cargo.arg("--");
+    }
+    cargo.arg("--test-threads=1");
+    sh::run(&mut cargo).context("tests failed; see cargo's output above")
+}
