@@ -141,7 +141,10 @@ mod tests {
         assert!(ratio <= 1.03, "max/min {ratio:.4} over {counts:?}");
         // χ² with 9 degrees of freedom: 27.88 is the p = 0.001 critical value.
         let expected = counts.iter().sum::<usize>() as f64 / 10.0;
-        let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
         assert!(chi2 < 27.88, "χ² {chi2:.2} over {counts:?}: not uniform");
         // The table itself is near-exact: 6553 or 6554 slots each.
         let mut slots = [0u32; 10];
@@ -159,7 +162,10 @@ mod tests {
         let after = build(&members[1..], SIZE, 0);
         let clients = clients();
         let moved = moved_clients(&before, &after, &clients);
-        println!("removing 1 of 10 moved {:.2}% of clients (ideal 10%)", moved * 100.0);
+        println!(
+            "removing 1 of 10 moved {:.2}% of clients (ideal 10%)",
+            moved * 100.0
+        );
         assert!(moved <= 0.11, "moved {moved:.4}");
         // Clients of the survivors mostly stay; those of the removed one all move.
         assert!(clients.iter().all(|c| lookup(&after, c, 0) != 0));
@@ -171,7 +177,10 @@ mod tests {
         let before = build(&members[..10], SIZE, 0);
         let after = build(&members, SIZE, 0);
         let moved = moved_clients(&before, &after, &clients());
-        println!("adding 1 to 10 moved {:.2}% of clients (ideal 9.09%)", moved * 100.0);
+        println!(
+            "adding 1 to 10 moved {:.2}% of clients (ideal 9.09%)",
+            moved * 100.0
+        );
         assert!(moved <= 0.10, "moved {moved:.4}");
     }
 

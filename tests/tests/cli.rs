@@ -1,0 +1,285 @@
+//! Bad command lines and config files: one clear line on stderr, non-zero exit, nothing
+//! loaded or attached. And a clean stop detaches everything.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{root_or_skip, sticky_bin};
+use sticky::sandbox::{Daemon, Netns, unique_name};
+
+/// sticky programs currently loaded in the kernel.
+fn loaded_sticky_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("sticky_")))
+        .count()
+}
+
+fn sticky(ns: &Netns, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(sticky_bin())
+        .args(args)
+        .output()
+        .expect("run sticky")
+}
+
+fn assert_refused(ns: &Netns, args: &[&str], expect: &str) {
+    let before = loaded_sticky_programs();
+    let out = sticky(ns, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(expect),
+        "{args:?}: expected '{expect}' in: {stderr}"
+    );
+    assert_eq!(
+        loaded_sticky_programs(),
+        before,
+        "{args:?} left programs loaded"
+    );
+}
+
+#[test]
+fn bad_command_lines_are_refused_clearly() {
+    if !root_or_skip("bad_command_lines_are_refused_clearly") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("cli")).expect("netns");
+    let ok_vip = "127.0.0.1:80";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "--iface",
+                "nosuch0",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81",
+            ],
+            "unknown interface 'nosuch0'",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1",
+                "--backend",
+                "127.0.0.1:81",
+            ],
+            "has no port",
+        ),
+        (&["run", "--iface", "lo", "--vip", ok_vip], "no backends"),
+        (
+            &["run", "--iface", "lo", "--backend", "127.0.0.1:81"],
+            "no VIP",
+        ),
+        (
+            &["run", "--vip", ok_vip, "--backend", "127.0.0.1:81"],
+            "no interface",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81",
+                "--backend",
+                "127.0.0.1:81@2",
+            ],
+            "duplicate backend 127.0.0.1:81",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81@0",
+            ],
+            "weight must be a whole number",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81@many",
+            ],
+            "weight must be a whole number",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81@-3",
+            ],
+            "weight must be a whole number",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "[::1]:81",
+            ],
+            "mix IPv4 and IPv6",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81",
+                "--table-size",
+                "65536",
+            ],
+            "must be a prime",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                ok_vip,
+                "--backend",
+                "127.0.0.1:81",
+                "--affinity-timeout",
+                "forever",
+            ],
+            "invalid duration",
+        ),
+        (
+            &["run", "--config", "/nonexistent/sticky.toml"],
+            "cannot read config file",
+        ),
+    ];
+    for (args, expect) in cases {
+        assert_refused(&ns, args, expect);
+    }
+}
+
+#[test]
+fn bad_config_file_names_the_line() {
+    if !root_or_skip("bad_config_file_names_the_line") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("cfg")).expect("netns");
+    let path = std::env::temp_dir().join(unique_name("cfg") + ".toml");
+    std::fs::write(
+        &path,
+        "iface = [\"lo\"]\nvip = [\"127.0.0.1:80\"]\nbakend = [\"127.0.0.1:81\"]\n",
+    )
+    .expect("write config");
+    let p = path.display().to_string();
+    let before = loaded_sticky_programs();
+    let out = sticky(&ns, &["run", "--config", &p]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 3") && stderr.contains("bakend"),
+        "{stderr}"
+    );
+    assert_eq!(loaded_sticky_programs(), before);
+}
+
+#[test]
+fn without_privileges_it_says_so() {
+    if !root_or_skip("without_privileges_it_says_so") {
+        return;
+    }
+    let before = loaded_sticky_programs();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(sticky_bin())
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--vip",
+            "127.0.0.1:80",
+            "--backend",
+            "127.0.0.1:81",
+        ])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert_eq!(loaded_sticky_programs(), before);
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero() {
+    if !root_or_skip("sigterm_detaches_and_exits_zero") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("term")).expect("netns");
+    let before = loaded_sticky_programs();
+    let args: Vec<String> = [
+        "--iface",
+        "lo",
+        "--vip",
+        "127.0.0.1:80",
+        "--backend",
+        "127.0.0.1:81",
+    ]
+    .map(String::from)
+    .to_vec();
+    let daemon = Daemon::start(&sticky_bin(), &ns, &args).expect("sticky");
+    assert_eq!(
+        loaded_sticky_programs(),
+        before + 2,
+        "ingress and egress loaded"
+    );
+    let status = daemon.stop().expect("stop");
+    assert!(status.success(), "{status}");
+    // Program release is asynchronous (RCU); give it a moment, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while loaded_sticky_programs() != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        loaded_sticky_programs(),
+        before,
+        "programs left loaded after SIGTERM"
+    );
+}

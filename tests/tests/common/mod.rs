@@ -1,0 +1,138 @@
+//! Shared by the integration tests: skipping without root, the sticky binary, and running
+//! many clients through a topology.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use sticky::{
+    addr::BackendSpec,
+    backends::BackendSet,
+    sandbox::{Answer, HttpConn, Topology, get_once, plan},
+    table,
+};
+use sticky_common::Addr16;
+
+/// Whether to run: root is needed for namespaces and eBPF. Without it the test says why.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        println!("skipped {test}: needs root (network namespaces, eBPF)");
+    }
+    root
+}
+
+/// The `sticky` binary built with its eBPF object (`cargo xtask test` sets STICKY_BIN).
+pub fn sticky_bin() -> PathBuf {
+    let path = std::env::var_os("STICKY_BIN").unwrap_or_else(|| {
+        panic!("STICKY_BIN is not set: run the tests with `cargo xtask test`, which builds sticky")
+    });
+    PathBuf::from(path)
+}
+
+/// Each client `i` in `clients` makes `conns` requests, each on a new connection. Panics
+/// unless every answer comes from one backend per client and saw the real client address.
+/// Returns client → backend id.
+pub fn assign(
+    topo: &Topology,
+    clients: impl Iterator<Item = usize> + Send,
+    conns: usize,
+    v6: bool,
+) -> BTreeMap<usize, String> {
+    let vip = topo.vip(v6);
+    let answers: Vec<(usize, Answer)> = topo
+        .client
+        .run(|| {
+            let mut out = Vec::new();
+            for i in clients {
+                for _ in 0..conns {
+                    let src = plan::client(i, v6);
+                    let a = get_once(src, vip)
+                        .unwrap_or_else(|e| panic!("client {src} -> {vip}: {e:#}"));
+                    out.push((i, a));
+                }
+            }
+            out
+        })
+        .expect("client namespace");
+    let mut per_client: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for (i, a) in answers {
+        let src = plan::client(i, v6);
+        assert_eq!(
+            a.seen_client, src,
+            "backend {} saw the wrong client address",
+            a.backend
+        );
+        per_client.entry(i).or_default().insert(a.backend);
+    }
+    per_client
+        .into_iter()
+        .map(|(i, set)| {
+            assert_eq!(
+                set.len(),
+                1,
+                "client {} split over {set:?}",
+                plan::client(i, v6)
+            );
+            (i, set.into_iter().next().expect("one backend"))
+        })
+        .collect()
+}
+
+/// Opens one keep-alive connection per client and makes a first request on it.
+pub fn open_long_lived(
+    topo: &Topology,
+    clients: impl Iterator<Item = usize> + Send,
+    v6: bool,
+) -> Vec<(usize, HttpConn, String)> {
+    let vip = topo.vip(v6);
+    topo.client
+        .run(|| {
+            clients
+                .map(|i| {
+                    let src = plan::client(i, v6);
+                    let mut conn = HttpConn::open(src, vip, std::time::Duration::from_secs(3))
+                        .unwrap_or_else(|e| panic!("open {src} -> {vip}: {e:#}"));
+                    let first = conn.get(false).unwrap_or_else(|e| panic!("{src}: {e:#}"));
+                    (i, conn, first.backend)
+                })
+                .collect()
+        })
+        .expect("client namespace")
+}
+
+/// Clients per backend id.
+pub fn spread(assignment: &BTreeMap<usize, String>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for b in assignment.values() {
+        *out.entry(b.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// What userspace computes for `client` with these backends (ids `be{k}` by position): the
+/// kernel must agree, it runs the same hash and the same table.
+pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -> String {
+    let specs: Vec<BackendSpec> = backends
+        .iter()
+        .map(|(_, ip, port)| BackendSpec {
+            addr: std::net::SocketAddr::new(*ip, *port),
+            weight: 1,
+        })
+        .collect();
+    let mut set = BackendSet::default();
+    set.reconcile(&specs).expect("backend set");
+    let t = table::build(&set.members(), sticky::config::DEFAULT_TABLE_SIZE, seed);
+    let id = table::lookup(&t, &Addr16::from_ip(client), seed);
+    let slot = set.get(id).expect("table names a backend");
+    let k = backends
+        .iter()
+        .find(|(_, ip, port)| slot.addr == std::net::SocketAddr::new(*ip, *port))
+        .expect("known backend")
+        .0;
+    format!("be{k}")
+}
