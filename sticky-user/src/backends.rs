@@ -21,7 +21,7 @@ pub struct Slot {
 
 /// Backends by id. An id keeps its backend while it is configured; a removed backend's id
 /// may be reused, with its generation bumped so stale affinity is recognised.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BackendSet {
     slots: Vec<Option<Slot>>,
     /// Highest generation ever used per id, surviving removal.
@@ -101,6 +101,33 @@ impl BackendSet {
             generation,
         });
         Ok(id as u32)
+    }
+
+    /// Takes over the ids and generations a previous daemon published, so affinity and flows
+    /// it recorded keep naming the same backends. Weights come from the configuration.
+    pub fn adopt(&mut self, entries: &[Backend]) {
+        self.slots.clear();
+        self.generations.clear();
+        for e in entries {
+            self.generations.push(e.generation);
+            self.slots.push((e.state != BACKEND_EMPTY).then(|| Slot {
+                addr: SocketAddr::new(e.addr.to_ip(), u16::from_be(e.port_be)),
+                weight: 1,
+                state: e.state,
+                generation: e.generation,
+            }));
+        }
+    }
+
+    /// Sets the kernel state (`BACKEND_UP`/`DRAINING`/`DOWN`) of a backend; false if unknown.
+    pub fn set_state(&mut self, addr: SocketAddr, state: u8) -> bool {
+        match self.slots.iter_mut().flatten().find(|s| s.addr == addr) {
+            Some(slot) => {
+                slot.state = state;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The `BACKENDS` map entry for `id` (empty when unused).

@@ -9,6 +9,7 @@ use sticky_common::maps::MAX_BACKENDS;
 use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
     duration,
+    health::{HealthConfig, HealthError, HealthLayer},
 };
 
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -32,6 +33,8 @@ pub struct Config {
     pub max_flows: u32,
     pub max_clients: u32,
     pub instance: String,
+    pub health: HealthConfig,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Every setting, each optional: one layer from the command line, one from a file.
@@ -50,6 +53,10 @@ pub struct Layer {
     pub max_flows: Option<u32>,
     pub max_clients: Option<u32>,
     pub instance: Option<String>,
+    /// Prometheus endpoint, `ADDR:PORT`.
+    pub metrics: Option<String>,
+    #[serde(default)]
+    pub health: HealthLayer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +101,10 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u32 },
     #[error("instance name '{0}' must be 1-32 letters, digits, '-' or '_'")]
     Instance(String),
+    #[error("{0}")]
+    Health(HealthError),
+    #[error("metrics {0}")]
+    Metrics(AddrError),
 }
 
 impl Layer {
@@ -147,6 +158,8 @@ impl Layer {
             max_flows: self.max_flows.or(base.max_flows),
             max_clients: self.max_clients.or(base.max_clients),
             instance: self.instance.or(base.instance),
+            metrics: self.metrics.or(base.metrics),
+            health: self.health.over(base.health),
         }
     }
 
@@ -218,7 +231,14 @@ impl Layer {
         if !instance_ok {
             return Err(ConfigError::Instance(instance));
         }
+        let health = self.health.validate().map_err(ConfigError::Health)?;
+        let metrics = match &self.metrics {
+            Some(m) => Some(parse_endpoint(m).map_err(ConfigError::Metrics)?),
+            None => None,
+        };
         Ok(Config {
+            health,
+            metrics,
             ifaces: self.iface,
             vips,
             backends,

@@ -1,17 +1,25 @@
 //! The loaded eBPF object: attaching the tc programs and writing the maps.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use sticky_common::{
     Addr16,
     maps::{
-        self as names, BackendStats, COUNTER_COUNT, MAX_BACKENDS, PROTO_TCP, Settings, Vip, VipKey,
+        self as names, Affinity, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS,
+        PROTO_TCP, Settings, Vip, VipKey,
     },
 };
 
@@ -20,6 +28,72 @@ use crate::{backends::BackendSet, config::Config, object, table};
 pub struct Datapath {
     ebpf: Ebpf,
     settings: Settings,
+    pins: Option<Pins>,
+    /// Whether the maps were adopted from a previous daemon's pins.
+    adopted: bool,
+}
+
+/// Where an instance pins its maps and tc links: `/sys/fs/bpf/sticky/<instance>/`.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub const ROOT: &str = "/sys/fs/bpf/sticky";
+
+    pub fn for_instance(instance: &str) -> Self {
+        Self {
+            dir: Path::new(Self::ROOT).join(instance),
+        }
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    fn link(&self, iface: &str, kind: TcAttachType) -> PathBuf {
+        let dir = if kind == TcAttachType::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
+        self.dir.join("links").join(format!("{iface}-{dir}"))
+    }
+
+    /// Whether a previous daemon left pinned state here.
+    pub fn exist(&self) -> bool {
+        self.map(names::SETTINGS).exists()
+    }
+
+    /// Detaches every pinned link and removes every pin of the instance.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        let links = self.dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match PinnedLink::from_pin(&path) {
+                    Ok(link) => drop(
+                        link.unpin()
+                            .with_context(|| format!("unpin {}", path.display()))?,
+                    ),
+                    Err(_) => std::fs::remove_file(&path)
+                        .with_context(|| format!("remove {}", path.display()))?,
+                }
+            }
+        }
+        let maps = self.dir.join("maps");
+        if let Ok(entries) = std::fs::read_dir(&maps) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("remove {}", entry.path().display()))?;
+            }
+        }
+        for dir in [links, maps, self.dir.clone()] {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
 }
 
 /// Global counters, summed over CPUs.
@@ -31,13 +105,50 @@ pub struct Counters {
 impl Datapath {
     /// Loads the object sized for `config` and loads (not attaches) its programs.
     pub fn load(config: &Config) -> anyhow::Result<Self> {
+        Self::load_with(config, None)
+    }
+
+    /// Loads with maps pinned under `pins`: the first daemon of an instance creates and pins
+    /// them, later ones adopt them (flows and affinity survive restarts and upgrades).
+    pub fn load_with(config: &Config, pins: Option<Pins>) -> anyhow::Result<Self> {
         let bytes = object::bytes()?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::TABLE, 2 * config.table_size)
             .map_max_entries(names::FLOWS, config.max_flows)
-            .map_max_entries(names::AFFINITY, config.max_clients)
-            .load(bytes)
-            .map_err(explain_load_error)?;
+            .map_max_entries(names::AFFINITY, config.max_clients);
+        let mut adopted = false;
+        let mut pinned_settings = None;
+        if let Some(pins) = &pins {
+            std::fs::create_dir_all(pins.dir.join("maps"))
+                .and_then(|()| std::fs::create_dir_all(pins.dir.join("links")))
+                .with_context(|| {
+                    format!(
+                        "create pin folder {} (is bpffs mounted?)",
+                        pins.dir.display()
+                    )
+                })?;
+            adopted = pins.exist();
+            if adopted {
+                pinned_settings = Some(read_pinned_settings(&pins.map(names::SETTINGS))?);
+            }
+            for name in names::ALL_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        if let Some(old) = pinned_settings
+            && old.table_size != config.table_size
+        {
+            bail!(
+                "instance '{}' has pinned maps with table-size {} (asked: {}): stop it with \
+                 `sticky stop --instance {}` first",
+                config.instance,
+                old.table_size,
+                config.table_size,
+                config.instance
+            );
+        }
+        let mut ebpf = loader.load(bytes).map_err(explain_load_error)?;
         for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -48,33 +159,84 @@ impl Datapath {
         }
         let settings = Settings {
             table_size: config.table_size,
-            active_table: 0,
+            // Adopted maps: keep the live half live, the next table goes to the other.
+            active_table: pinned_settings.map_or(0, |s| s.active_table),
             hash_seed: config.seed,
             _pad0: 0,
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
         };
-        let mut dp = Self { ebpf, settings };
+        let mut dp = Self {
+            ebpf,
+            settings,
+            pins,
+            adopted,
+        };
         dp.write_settings()?;
         dp.set_vips(&config.vips)?;
         Ok(dp)
     }
 
     /// Attaches ingress (DNAT) and egress (reverse NAT) on `iface` (tcx on kernels ≥ 6.6).
+    /// With pins, a link a previous daemon pinned is swapped to the new program atomically
+    /// (no packet sees no program); a new link is pinned so it outlives this process.
     pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
         for (name, kind) in [
             (names::PROG_EGRESS, TcAttachType::Egress),
             (names::PROG_INGRESS, TcAttachType::Ingress),
         ] {
+            let pin = self.pins.as_ref().map(|p| p.link(iface, kind));
             let prog: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
-            prog.attach(iface, kind)
-                .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
+            match pin {
+                Some(pin) if pin.exists() => {
+                    let link = PinnedLink::from_pin(&pin)
+                        .with_context(|| format!("open pinned link {}", pin.display()))?;
+                    let link =
+                        SchedClassifierLink::try_from(FdLink::from(link)).with_context(|| {
+                            format!("pinned link {} is not a tc link", pin.display())
+                        })?;
+                    prog.attach_to_link(link)
+                        .with_context(|| format!("swap {name} into the pinned link on {iface}"))?;
+                }
+                Some(pin) => {
+                    let id = prog
+                        .attach(iface, kind)
+                        .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
+                    let link = prog.take_link(id)?;
+                    let link = FdLink::try_from(link)
+                        .context("tc link is not an fd link (tcx needs Linux 6.6+ for pinning)")?;
+                    link.pin(&pin)
+                        .with_context(|| format!("pin link {}", pin.display()))?;
+                }
+                None => {
+                    prog.attach(iface, kind)
+                        .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
+    }
+
+    /// Every `BACKENDS` entry: what a previous daemon published, for adopting its ids.
+    pub fn read_backends(&self) -> anyhow::Result<Vec<sticky_common::maps::Backend>> {
+        let map: Array<&MapData, sticky_common::maps::Backend> = Array::try_from(
+            self.ebpf
+                .map(names::BACKENDS)
+                .context("backend map missing")?,
+        )?;
+        map.iter().map(|r| r.map_err(Into::into)).collect()
     }
 
     pub fn ebpf(&mut self) -> &mut Ebpf {
@@ -110,7 +272,7 @@ impl Datapath {
     /// Publishes `set`: backend entries first, then the new table into the idle half, then one
     /// settings write flips lookups to it, then removed backends are cleared. A lookup never
     /// sees a half-written table or a table naming a cleared backend.
-    pub fn apply(&mut self, set: &BackendSet, removed: &[u32]) -> anyhow::Result<()> {
+    pub fn apply(&mut self, set: &BackendSet, removed: &[u32]) -> anyhow::Result<Vec<u32>> {
         {
             let mut backends: Array<&mut MapData, sticky_common::maps::Backend> = Array::try_from(
                 self.ebpf
@@ -150,7 +312,65 @@ impl Datapath {
                 .set(id, set.entry(id), 0)
                 .context("clear backend")?;
         }
-        Ok(())
+        Ok(slots)
+    }
+
+    /// Every client-affinity entry (a map walk: for status and previews, not hot paths).
+    pub fn affinity_entries(&self) -> anyhow::Result<Vec<(Addr16, Affinity)>> {
+        let map: HashMap<&MapData, Addr16, Affinity> = HashMap::try_from(
+            self.ebpf
+                .map(names::AFFINITY)
+                .context("affinity map missing")?,
+        )?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    pub fn affinity_of(&self, client: &Addr16) -> anyhow::Result<Option<Affinity>> {
+        let map: HashMap<&MapData, Addr16, Affinity> = HashMap::try_from(
+            self.ebpf
+                .map(names::AFFINITY)
+                .context("affinity map missing")?,
+        )?;
+        match map.get(client, 0) {
+            Ok(a) => Ok(Some(a)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every flow-table entry (both directions).
+    pub fn flow_entries(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
+        let map: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map(names::FLOWS).context("flow map missing")?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Forgets every flow of backend `id`: their next packets are balanced anew (the old
+    /// connections end with a reset from the new backend). Used when a drain deadline passes.
+    pub fn purge_flows(&mut self, id: u32) -> anyhow::Result<usize> {
+        let doomed: Vec<FlowKey> = self
+            .flow_entries()?
+            .into_iter()
+            .filter(|(_, f)| f.backend_id == id)
+            .map(|(k, _)| k)
+            .collect();
+        let mut map: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::FLOWS)
+                .context("flow map missing")?,
+        )?;
+        for key in &doomed {
+            let _ = map.remove(key);
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn table_size(&self) -> u32 {
+        self.settings.table_size
+    }
+
+    pub fn seed(&self) -> u32 {
+        self.settings.hash_seed
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
@@ -186,6 +406,14 @@ impl Datapath {
     pub fn affinity_timeout(&self) -> Duration {
         Duration::from_nanos(self.settings.affinity_timeout_ns)
     }
+}
+
+fn read_pinned_settings(path: &Path) -> anyhow::Result<Settings> {
+    let data =
+        MapData::from_pin(path).with_context(|| format!("open pinned {}", path.display()))?;
+    let map = aya::maps::Map::Array(data);
+    let array: Array<MapData, Settings> = Array::try_from(map)?;
+    Ok(array.get(&0, 0)?)
 }
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {

@@ -3,11 +3,16 @@
 
 pub mod addr;
 pub mod backends;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod duration;
+pub mod health;
+pub mod metrics;
 pub mod object;
-pub mod run;
 pub mod sandbox;
+pub mod status;
 pub mod table;

@@ -570,16 +570,30 @@ pub struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
     pub ready_line: String,
+    /// The `--instance` it runs as (the namespace's name unless the arguments give one).
+    pub instance: String,
 }
 
 impl Daemon {
-    /// Starts `bin run ARGS` in `ns` and waits for its ready line.
+    /// Starts `bin run ARGS` in `ns` and waits for its ready line. Without `--instance` in
+    /// `args` it runs as an instance named after the namespace, so runs never collide.
     pub fn start(bin: &Path, ns: &Netns, args: &[String]) -> anyhow::Result<Self> {
+        let mut args = args.to_vec();
+        let instance = match args.iter().position(|a| a == "--instance") {
+            Some(i) => args
+                .get(i + 1)
+                .cloned()
+                .context("--instance without a name")?,
+            None => {
+                args.extend(["--instance".to_string(), ns.name.clone()]);
+                ns.name.clone()
+            }
+        };
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path()))
             .arg(bin)
             .arg("run")
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -604,6 +618,7 @@ impl Daemon {
             child,
             lines,
             ready_line: String::new(),
+            instance,
         };
         daemon.ready_line = daemon.wait_for("sticky ready", Duration::from_secs(20))?;
         Ok(daemon)
@@ -631,6 +646,20 @@ impl Daemon {
             "no '{needle}' from sticky within {timeout:?}: {}",
             seen.join(" | ")
         )
+    }
+
+    /// Runs `bin ARGS --instance <ours>` (a control command) and returns its output.
+    pub fn ctl(&self, bin: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(bin)
+            .args(args)
+            .args(["--instance", &self.instance])
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {args:?}: {e}", bin.display()))
+    }
+
+    /// Forgets the process without stopping it (it was killed or stopped by other means).
+    pub fn wait_exit(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.reap()
     }
 
     pub fn pid(&self) -> i32 {

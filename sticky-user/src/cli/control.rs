@@ -1,0 +1,234 @@
+//! Subcommands that talk to a running daemon over its control socket.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::bail;
+
+use crate::{
+    addr::{MAX_WEIGHT, parse_endpoint},
+    control::{self, Change, Lookup, Preview, Request},
+    duration,
+    status::Status,
+};
+
+/// Sends `request` and returns the answer's data, or the daemon's error.
+pub fn call(instance: &str, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let response = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(control::call(instance, request))?;
+    if !response.ok {
+        bail!(
+            "{}",
+            response
+                .error
+                .unwrap_or_else(|| "the daemon refused".into())
+        );
+    }
+    Ok(response.data)
+}
+
+pub fn endpoint(s: &str) -> Result<SocketAddr, String> {
+    parse_endpoint(s).map_err(|e| e.to_string())
+}
+
+pub fn weight(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+        .ok_or_else(|| format!("weight must be a whole number from 1 to {MAX_WEIGHT}"))
+}
+
+pub fn deadline(s: &str) -> Result<u64, String> {
+    duration::parse(s)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+pub struct PreviewArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub change: ChangeArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ChangeArgs {
+    /// Adding a backend.
+    Add {
+        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1, value_parser = weight)]
+        weight: u32,
+    },
+    /// Removing a backend.
+    Remove {
+        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
+        addr: SocketAddr,
+    },
+    /// Changing a backend's weight.
+    Weight {
+        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
+        addr: SocketAddr,
+        #[arg(value_parser = weight)]
+        weight: u32,
+    },
+}
+
+impl From<&ChangeArgs> for Change {
+    fn from(c: &ChangeArgs) -> Self {
+        match *c {
+            ChangeArgs::Add { addr, weight } => Change::Add { addr, weight },
+            ChangeArgs::Remove { addr } => Change::Remove { addr },
+            ChangeArgs::Weight { addr, weight } => Change::Weight { addr, weight },
+        }
+    }
+}
+
+pub fn preview(args: PreviewArgs, instance: &str) -> anyhow::Result<()> {
+    let request = Request::Preview {
+        change: Change::from(&args.change),
+    };
+    let data = call(instance, &request)?;
+    if args.json {
+        println!("{data}");
+        return Ok(());
+    }
+    let p: Preview = serde_json::from_value(data)?;
+    println!(
+        "table slots that would move: {:.2}% ({} of {})",
+        100.0 * p.slots_moved as f64 / f64::from(p.table_size.max(1)),
+        p.slots_moved,
+        p.table_size
+    );
+    println!(
+        "live affine clients that would move: {} of {}",
+        p.affine_clients_moved, p.affine_clients
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn status(args: StatusArgs, instance: &str) -> anyhow::Result<()> {
+    let data = call(instance, &Request::Status)?;
+    if args.json {
+        println!("{data}");
+        return Ok(());
+    }
+    let s: Status = serde_json::from_value(data)?;
+    print!("{}", render_status(&s));
+    Ok(())
+}
+
+/// The human status table: share bars are 20 cells for 100%, `|` marks the ideal.
+pub fn render_status(s: &Status) -> String {
+    let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
+    let mut out = format!(
+        "instance {} · vip {} on {} · table {} slots · {} clients with affinity · {} flow entries\n",
+        s.instance,
+        vips.join(","),
+        s.ifaces.join(","),
+        s.table_size,
+        s.affinity_entries,
+        s.flow_entries
+    );
+    out.push_str(&format!(
+        "{:<24} {:<8} {:<9} {:>6} {:<22} {:>7} {:>8} {:>7} {:>8} {:>10}\n",
+        "BACKEND",
+        "STATE",
+        "HEALTH",
+        "WEIGHT",
+        "SHARE (| ideal)",
+        "SHARE",
+        "AFFINE",
+        "FLOWS",
+        "NEW/s",
+        "BYTES"
+    ));
+    for b in &s.backends {
+        let cells = 20usize;
+        let filled = (b.table_share * cells as f64).round() as usize;
+        let ideal = (b.ideal_share * cells as f64).round() as usize;
+        let bar: String = (0..cells)
+            .map(|i| match (i < filled, i + 1 == ideal) {
+                (_, true) => '|',
+                (true, false) => '#',
+                (false, false) => '.',
+            })
+            .collect();
+        let state = match b.drain_deadline_secs {
+            Some(secs) => format!("{}({secs}s)", b.state),
+            None => b.state.clone(),
+        };
+        out.push_str(&format!(
+            "{:<24} {:<8} {:<9} {:>6} [{bar}] {:>6.1}% {:>8} {:>7} {:>8.1} {:>10}\n",
+            b.addr.to_string(),
+            state,
+            b.health,
+            b.weight,
+            b.table_share * 100.0,
+            b.affine_clients,
+            b.active_flows,
+            b.new_flows_per_sec,
+            b.bytes
+        ));
+    }
+    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("packets: {}\n", counters.join(" ")));
+    out
+}
+
+#[derive(clap::Args)]
+pub struct LookupArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Client address.
+    pub ip: IpAddr,
+}
+
+pub fn lookup(args: LookupArgs, instance: &str) -> anyhow::Result<()> {
+    let data = call(instance, &Request::Lookup { ip: args.ip })?;
+    if args.json {
+        println!("{data}");
+        return Ok(());
+    }
+    let l: Lookup = serde_json::from_value(data)?;
+    match (l.backend, l.reason.as_str()) {
+        (Some(b), "affinity") => println!(
+            "{} -> {b} (affinity, last seen {}s ago)",
+            l.client,
+            l.idle_secs.unwrap_or(0)
+        ),
+        (Some(b), _) => println!("{} -> {b} (table)", l.client),
+        (None, _) => println!("{} -> no backend in service", l.client),
+    }
+    Ok(())
+}
+
+pub fn reload(instance: &str) -> anyhow::Result<()> {
+    call(instance, &Request::Reload)?;
+    println!("reloaded");
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Leave the data path attached and pinned (for an upgrade or restart).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn stop(args: StopArgs, instance: &str) -> anyhow::Result<()> {
+    let data = call(instance, &Request::Stop { keep: args.keep })?;
+    println!("{}", data.as_str().unwrap_or("stopping"));
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The `sticky` command line: one module per subcommand; doc comments are the help text.
+
+pub mod backend;
+pub mod control;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Kernel-accelerated sticky-session load balancer: every connection of a client reaches the
+/// same backend (socket.io, long-polling), consistently across nodes.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Which balancer: several can run on one host, each with its own pins and control
+    /// socket [default: default].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub instance: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Balance VIP traffic on interfaces to backends, in the kernel (tc eBPF).
+    Run(Box<run::RunArgs>),
+    /// Change the backends of a running daemon: add, remove, drain, undrain, weight, list.
+    Backend(backend::BackendArgs),
+    /// Show what a change would move before applying it.
+    Preview(control::PreviewArgs),
+    /// Per-backend state, health, weight, table share, affine clients, flows, rates, bytes.
+    Status(control::StatusArgs),
+    /// Which backend a client gets, and why (affinity or table).
+    Lookup(control::LookupArgs),
+    /// Re-read the daemon's config file and apply the difference (as SIGHUP).
+    Reload,
+    /// Stop the daemon: detach and unpin, or with --keep leave the data path running.
+    Stop(control::StopArgs),
+    /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
+    /// (What `sticky` does with no command.)
+    Demo,
+}
+
+pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::Result<()> {
+    let name = instance
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
+    match command.unwrap_or(Command::Demo) {
+        Command::Run(args) => run::run(*args, instance),
+        Command::Backend(args) => backend::run(args, &name),
+        Command::Preview(args) => control::preview(args, &name),
+        Command::Status(args) => control::status(args, &name),
+        Command::Lookup(args) => control::lookup(args, &name),
+        Command::Reload => control::reload(&name),
+        Command::Stop(args) => control::stop(args, &name),
+        Command::Demo => crate::demo::run(),
+    }
+}

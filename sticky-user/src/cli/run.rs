@@ -1,0 +1,96 @@
+//! `sticky run`: flags, mapped one to one onto config-file keys.
+
+use std::path::PathBuf;
+
+use crate::config::Layer;
+
+/// Balance VIP traffic on interfaces to backends, in the kernel (tc eBPF).
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Client-facing interface to attach to (repeatable).
+    #[arg(long = "iface", value_name = "IF")]
+    iface: Vec<String>,
+    /// Virtual IP and port clients connect to (repeatable; IPv6 as [ADDR]:PORT).
+    #[arg(long = "vip", value_name = "ADDR:PORT")]
+    vip: Vec<String>,
+    /// Backend and optional weight (repeatable; weight 1-1000, default 1).
+    #[arg(long = "backend", value_name = "ADDR:PORT[@WEIGHT]")]
+    backend: Vec<String>,
+    /// TOML file with the same settings (flag names as keys); flags override it, SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Hash seed: nodes with the same seed and backends pick the same backend per client.
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Maglev table slots, a prime [default: 65537].
+    #[arg(long)]
+    table_size: Option<u32>,
+    /// How long a client's new connections keep going to its backend after its last packet
+    /// [default: 30m].
+    #[arg(long, value_name = "DURATION")]
+    affinity_timeout: Option<String>,
+    /// Connection-tracking entries (two per connection) [default: 262144].
+    #[arg(long)]
+    max_flows: Option<u32>,
+    /// Client-affinity entries [default: 131072].
+    #[arg(long)]
+    max_clients: Option<u32>,
+    /// Serve Prometheus metrics on ADDR:PORT (/metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
+    /// Health check for every backend: none, tcp or http:/PATH [default: none].
+    #[arg(long, value_name = "CHECK")]
+    health_check: Option<String>,
+    /// Time between health probes [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// How long one probe may take [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Consecutive successes that bring a backend back [default: 2].
+    #[arg(long)]
+    health_rise: Option<u32>,
+    /// Consecutive failures that take a backend out [default: 3].
+    #[arg(long)]
+    health_fall: Option<u32>,
+    /// HTTP statuses counted as healthy, like 200-399 [default: 200-399].
+    #[arg(long, value_name = "RANGE")]
+    health_status: Option<String>,
+}
+
+impl RunArgs {
+    pub fn into_layer(self) -> (Layer, Option<PathBuf>) {
+        let layer = Layer {
+            iface: self.iface,
+            vip: self.vip,
+            backend: self.backend,
+            seed: self.seed,
+            table_size: self.table_size,
+            affinity_timeout: self.affinity_timeout,
+            max_flows: self.max_flows,
+            max_clients: self.max_clients,
+            instance: None,
+            metrics: self.metrics,
+            health: crate::health::HealthLayer {
+                check: self.health_check,
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                rise: self.health_rise,
+                fall: self.health_fall,
+                status: self.health_status,
+                backends: Default::default(),
+            },
+        };
+        (layer, self.config)
+    }
+}
+
+pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
+    let (mut layer, file) = args.into_layer();
+    layer.instance = instance;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(crate::daemon::run(layer, file))
+}

@@ -1,0 +1,800 @@
+//! Backend health checks: the `[health]` settings (global, with per-backend overrides), one
+//! probe (TCP connect or HTTP status line), and the rise/fall tracker that turns probe results
+//! into up/down transitions the way HAProxy does.
+//!
+//! Checks are opt-in: with nothing configured every backend stays in the table.
+
+use std::{collections::BTreeMap, io, net::SocketAddr, ops::RangeInclusive, time::Duration};
+
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use crate::{
+    addr::{AddrError, parse_endpoint},
+    duration::{self, DurationError},
+};
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+pub const DEFAULT_STATUS: RangeInclusive<u16> = 200..=399;
+/// Largest rise or fall: beyond this a backend would take minutes to change state.
+pub const MAX_COUNT: u32 = 100;
+/// Longest status line read: a real one is ~20 bytes, so this only bounds hostile peers.
+const MAX_STATUS_LINE: u64 = 1024;
+
+/// Health settings, each optional: one layer from the command line, one from the config
+/// file's `[health]` table, and per-backend overrides under `[health.backends."ADDR:PORT"]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthLayer {
+    /// `none`, `tcp` or `http:/PATH`.
+    pub check: Option<String>,
+    /// Time between probes, like `2s`.
+    pub interval: Option<String>,
+    /// How long one probe may take; less than the interval.
+    pub timeout: Option<String>,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: Option<u32>,
+    /// Consecutive failures that take an up backend out.
+    pub fall: Option<u32>,
+    /// HTTP statuses that count as healthy: `200-399` or a single code.
+    pub status: Option<String>,
+    /// Overrides keyed by `ADDR:PORT`; unset fields come from this layer.
+    #[serde(default)]
+    pub backends: BTreeMap<String, HealthLayer>,
+}
+
+/// How to probe a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect that completes.
+    Tcp,
+    /// `GET path` answered with a status in `status`.
+    Http {
+        path: String,
+        status: RangeInclusive<u16>,
+    },
+}
+
+/// A validated check for one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// What valid health settings hold; `None` means the backend is not checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub global: Option<HealthCheck>,
+    pub per_backend: BTreeMap<SocketAddr, Option<HealthCheck>>,
+}
+
+impl HealthConfig {
+    /// The check for `addr`: its override if it has one, else the global check.
+    pub fn for_backend(&self, addr: SocketAddr) -> Option<&HealthCheck> {
+        match self.per_backend.get(&addr) {
+            Some(own) => own.as_ref(),
+            None => self.global.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HealthError {
+    #[error("{field} '{input}': health check must be none, tcp or http:/PATH (like http:/healthz)")]
+    Kind { field: String, input: String },
+    #[error(
+        "{field} '{input}': the HTTP path must start with '/' and be printable ASCII without \
+         spaces (like http:/healthz; percent-encode anything else)"
+    )]
+    Path { field: String, input: String },
+    #[error("{field}: {source}")]
+    Duration {
+        field: String,
+        source: DurationError,
+    },
+    #[error("{field} must be more than 0, like 1s")]
+    Zero { field: String },
+    #[error(
+        "{at}.timeout ({timeout:?}) must be less than {at}.interval ({interval:?}): lower the \
+         timeout or raise the interval"
+    )]
+    TimeoutNotBelowInterval {
+        at: String,
+        timeout: Duration,
+        interval: Duration,
+    },
+    #[error("{field} = {value}: must be from 1 to {MAX_COUNT}")]
+    Count { field: String, value: u32 },
+    #[error(
+        "{field} '{input}': write a status code or range of codes from 100 to 599, low first, \
+         like 200 or 200-399"
+    )]
+    Status { field: String, input: String },
+    #[error("health.backends: {source}")]
+    BackendKey { source: AddrError },
+    #[error("health.backends has {addr} twice: keep one entry per backend")]
+    DuplicateBackend { addr: SocketAddr },
+    #[error(
+        "health.backends.\"{key}\" has its own backends: put every override directly under \
+         [health.backends]"
+    )]
+    NestedBackends { key: String },
+}
+
+impl HealthLayer {
+    /// `self` over `base`: values set here win; a backend entry here replaces the base's.
+    pub fn over(self, base: HealthLayer) -> HealthLayer {
+        let mut backends = base.backends;
+        backends.extend(self.backends);
+        HealthLayer {
+            check: self.check.or(base.check),
+            interval: self.interval.or(base.interval),
+            timeout: self.timeout.or(base.timeout),
+            rise: self.rise.or(base.rise),
+            fall: self.fall.or(base.fall),
+            status: self.status.or(base.status),
+            backends,
+        }
+    }
+
+    /// Checks every value, set or inherited, even where the check kind would not use it, so a
+    /// typo never hides behind `check = "none"`.
+    pub fn validate(&self) -> Result<HealthConfig, HealthError> {
+        let global = self.resolve("health")?;
+        let inherited = HealthLayer {
+            backends: BTreeMap::new(),
+            ..self.clone()
+        };
+        let mut per_backend = BTreeMap::new();
+        for (key, layer) in &self.backends {
+            let addr = parse_endpoint(key).map_err(|source| HealthError::BackendKey { source })?;
+            if !layer.backends.is_empty() {
+                return Err(HealthError::NestedBackends { key: key.clone() });
+            }
+            let check = layer
+                .clone()
+                .over(inherited.clone())
+                .resolve(&format!("health.backends.\"{key}\""))?;
+            // Different spellings of one address ("[::1]:80", "[0::1]:80") would silently shadow.
+            if per_backend.insert(addr, check).is_some() {
+                return Err(HealthError::DuplicateBackend { addr });
+            }
+        }
+        Ok(HealthConfig {
+            global,
+            per_backend,
+        })
+    }
+
+    /// This layer alone, with defaults; `at` prefixes field names in errors.
+    fn resolve(&self, at: &str) -> Result<Option<HealthCheck>, HealthError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let duration = |name: &str, value: &Option<String>, default: Duration| match value {
+            Some(v) => duration::parse(v).map_err(|source| HealthError::Duration {
+                field: field(name),
+                source,
+            }),
+            None => Ok(default),
+        };
+        let count = |name: &str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
+            v @ 1..=MAX_COUNT => Ok(v),
+            v => Err(HealthError::Count {
+                field: field(name),
+                value: v,
+            }),
+        };
+
+        let interval = duration("interval", &self.interval, DEFAULT_INTERVAL)?;
+        let timeout = duration("timeout", &self.timeout, DEFAULT_TIMEOUT)?;
+        if timeout.is_zero() {
+            return Err(HealthError::Zero {
+                field: field("timeout"),
+            });
+        }
+        // A probe outliving its interval would overlap the next one.
+        if timeout >= interval {
+            return Err(HealthError::TimeoutNotBelowInterval {
+                at: at.to_string(),
+                timeout,
+                interval,
+            });
+        }
+        let rise = count("rise", self.rise, DEFAULT_RISE)?;
+        let fall = count("fall", self.fall, DEFAULT_FALL)?;
+        let status = match &self.status {
+            Some(s) => parse_status(s).ok_or_else(|| HealthError::Status {
+                field: field("status"),
+                input: s.clone(),
+            })?,
+            None => DEFAULT_STATUS,
+        };
+        let check = self.check.as_deref().unwrap_or("none");
+        let kind = match check.trim() {
+            "none" => return Ok(None),
+            "tcp" => CheckKind::Tcp,
+            other => match other.strip_prefix("http:") {
+                // The path goes into the request line verbatim: spaces or CR/LF would corrupt it.
+                Some(path)
+                    if path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    CheckKind::Http {
+                        path: path.to_string(),
+                        status,
+                    }
+                }
+                Some(_) => {
+                    return Err(HealthError::Path {
+                        field: field("check"),
+                        input: check.to_string(),
+                    });
+                }
+                None => {
+                    return Err(HealthError::Kind {
+                        field: field("check"),
+                        input: check.to_string(),
+                    });
+                }
+            },
+        };
+        Ok(Some(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
+        }))
+    }
+}
+
+/// `200` or `200-399`, codes within 100..=599, low end first.
+fn parse_status(input: &str) -> Option<RangeInclusive<u16>> {
+    let (lo, hi) = input.split_once('-').unwrap_or((input, input));
+    let code = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    let (lo, hi) = (code(lo)?, code(hi)?);
+    (lo <= hi).then_some(lo..=hi)
+}
+
+/// Probes `addr` once; any error, timeout or unexpected answer counts as unhealthy.
+pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
+    matches!(
+        tokio::time::timeout(check.timeout, exchange(addr, &check.kind)).await,
+        Ok(Ok(true))
+    )
+}
+
+async fn exchange(addr: SocketAddr, kind: &CheckKind) -> io::Result<bool> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let CheckKind::Http { path, status } = kind else {
+        return Ok(true);
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sticky-health\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut line = Vec::new();
+    BufReader::new(stream.take(MAX_STATUS_LINE))
+        .read_until(b'\n', &mut line)
+        .await?;
+    Ok(status_code(&line).is_some_and(|code| status.contains(&code)))
+}
+
+/// The code from an `HTTP/1.x NNN ...` status line, or `None` for anything else.
+fn status_code(line: &[u8]) -> Option<u16> {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let [minor, b' ', digits @ ..] = rest else {
+        return None;
+    };
+    let [a, b, c, tail @ ..] = digits else {
+        return None;
+    };
+    let code_digits = [*a, *b, *c];
+    if !minor.is_ascii_digit() || !code_digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !matches!(tail.first(), None | Some(b' ' | b'\r' | b'\n')) {
+        return None;
+    }
+    Some(
+        code_digits
+            .iter()
+            .fold(0, |n, d| n * 10 + u16::from(d - b'0')),
+    )
+}
+
+/// A change of a backend's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+/// Turns probe results into transitions with HAProxy's rise/fall rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracker {
+    rise: u32,
+    fall: u32,
+    healthy: bool,
+    /// Consecutive results against the current state.
+    streak: u32,
+}
+
+impl Tracker {
+    /// Starts healthy, as HAProxy does, so enabling checks never empties the table at once.
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            rise,
+            fall,
+            healthy: true,
+            streak: 0,
+        }
+    }
+
+    /// Records one probe result; returns the transition it completes, if any.
+    pub fn record(&mut self, ok: bool) -> Option<Transition> {
+        if ok == self.healthy {
+            self.streak = 0;
+            return None;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let needed = if self.healthy { self.fall } else { self.rise };
+        if self.streak < needed {
+            return None;
+        }
+        self.healthy = ok;
+        self.streak = 0;
+        Some(if ok { Transition::Up } else { Transition::Down })
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn layer(check: &str) -> HealthLayer {
+        HealthLayer {
+            check: Some(check.to_string()),
+            ..HealthLayer::default()
+        }
+    }
+
+    fn err(l: HealthLayer) -> HealthError {
+        l.validate().unwrap_err()
+    }
+
+    #[test]
+    fn tracker_goes_down_after_fall_consecutive_failures() {
+        let mut t = Tracker::new(2, 3);
+        let results = [true, false, false, true, false, false, false];
+        let got: Vec<_> = results.iter().map(|&ok| t.record(ok)).collect();
+        assert_eq!(got[..6], [None; 6]);
+        assert_eq!(got[6], Some(Transition::Down));
+        assert!(!t.healthy());
+
+        // Rise = 2, and a failure in between starts the count again.
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(Transition::Up));
+        assert!(t.healthy());
+        assert_eq!(t.record(true), None);
+    }
+
+    #[test]
+    fn tracker_starts_healthy_and_reports_each_transition_once() {
+        let mut t = Tracker::new(1, 1);
+        assert!(t.healthy());
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(false), Some(Transition::Down));
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn defaults_leave_checks_off() {
+        let c = HealthLayer::default().validate().unwrap();
+        assert_eq!(c, HealthConfig::default());
+        assert_eq!(c.for_backend("10.0.0.1:80".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = layer("http:/healthz").validate().unwrap();
+        assert_eq!(
+            c.global,
+            Some(HealthCheck {
+                kind: CheckKind::Http {
+                    path: "/healthz".to_string(),
+                    status: 200..=399,
+                },
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 3,
+            })
+        );
+        let single = HealthLayer {
+            status: Some("204".to_string()),
+            ..layer("http:/")
+        };
+        let Some(CheckKind::Http { status, .. }) =
+            single.validate().unwrap().global.map(|c| c.kind)
+        else {
+            panic!("expected an HTTP check");
+        };
+        assert_eq!(status, 204..=204);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let msg = |l: HealthLayer| err(l).to_string();
+        assert!(msg(layer("udp")).contains("must be none, tcp or http:/PATH"));
+        assert!(msg(layer("http")).contains("must be none, tcp or http:/PATH"));
+        assert!(matches!(
+            err(layer("http:healthz")),
+            HealthError::Path { .. }
+        ));
+        assert!(matches!(err(layer("http:/a b")), HealthError::Path { .. }));
+        assert!(matches!(
+            err(layer("http:/a\r\nX: y")),
+            HealthError::Path { .. }
+        ));
+
+        let interval = HealthLayer {
+            interval: Some("2 seconds".to_string()),
+            ..layer("tcp")
+        };
+        assert!(msg(interval).starts_with("health.interval: invalid duration"));
+        let timeout = HealthLayer {
+            timeout: Some("1.5s".to_string()),
+            ..layer("tcp")
+        };
+        assert!(msg(timeout).starts_with("health.timeout: "));
+        let zero = HealthLayer {
+            timeout: Some("0s".to_string()),
+            ..layer("tcp")
+        };
+        assert!(matches!(err(zero), HealthError::Zero { .. }));
+        // The default timeout (1s) is not below this interval.
+        let short = HealthLayer {
+            interval: Some("1s".to_string()),
+            ..layer("tcp")
+        };
+        assert_eq!(
+            err(short),
+            HealthError::TimeoutNotBelowInterval {
+                at: "health".to_string(),
+                timeout: Duration::from_secs(1),
+                interval: Duration::from_secs(1),
+            }
+        );
+
+        for (rise, fall) in [(0, 3), (101, 3), (2, 0), (2, 101)] {
+            let l = HealthLayer {
+                rise: Some(rise),
+                fall: Some(fall),
+                ..layer("tcp")
+            };
+            assert!(matches!(err(l), HealthError::Count { .. }), "{rise} {fall}");
+        }
+        for bad in ["600-100", "abc", "99", "600", "200-600", "300-200", "", "-"] {
+            let l = HealthLayer {
+                status: Some(bad.to_string()),
+                ..layer("http:/")
+            };
+            assert!(matches!(err(l), HealthError::Status { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unused_values_are_still_checked() {
+        let l = HealthLayer {
+            status: Some("abc".to_string()),
+            ..layer("none")
+        };
+        assert!(matches!(err(l), HealthError::Status { .. }));
+    }
+
+    #[test]
+    fn overrides_inherit_from_global() {
+        let mut global = HealthLayer {
+            interval: Some("5s".to_string()),
+            fall: Some(5),
+            ..layer("http:/healthz")
+        };
+        global.backends.insert(
+            "10.0.0.2:80".to_string(),
+            HealthLayer {
+                rise: Some(4),
+                ..layer("tcp")
+            },
+        );
+        global
+            .backends
+            .insert("10.0.0.3:80".to_string(), layer("none"));
+        let c = global.validate().unwrap();
+
+        let two = c.for_backend("10.0.0.2:80".parse().unwrap()).unwrap();
+        assert_eq!(two.kind, CheckKind::Tcp);
+        assert_eq!(
+            (two.interval, two.rise, two.fall),
+            (Duration::from_secs(5), 4, 5)
+        );
+        assert_eq!(c.for_backend("10.0.0.3:80".parse().unwrap()), None);
+        let other = c.for_backend("10.0.0.4:80".parse().unwrap()).unwrap();
+        assert_eq!(other, c.global.as_ref().unwrap());
+    }
+
+    #[test]
+    fn override_can_enable_checks_when_global_is_off() {
+        let mut l = HealthLayer::default();
+        l.backends.insert("[::1]:80".to_string(), layer("tcp"));
+        let c = l.validate().unwrap();
+        assert_eq!(c.global, None);
+        assert!(c.for_backend("[::1]:80".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn bad_overrides_are_rejected() {
+        let with = |key: &str, over: HealthLayer| {
+            let mut l = layer("tcp");
+            l.backends.insert(key.to_string(), over);
+            err(l)
+        };
+        assert!(matches!(
+            with("10.0.0.2", layer("tcp")),
+            HealthError::BackendKey {
+                source: AddrError::MissingPort { .. }
+            }
+        ));
+        assert!(matches!(
+            with("backend-a:80", layer("tcp")),
+            HealthError::BackendKey { .. }
+        ));
+        let mut nested = layer("tcp");
+        nested
+            .backends
+            .insert("10.0.0.3:80".to_string(), layer("tcp"));
+        assert!(matches!(
+            with("10.0.0.2:80", nested),
+            HealthError::NestedBackends { .. }
+        ));
+        let bad_rise = HealthLayer {
+            rise: Some(0),
+            ..HealthLayer::default()
+        };
+        assert_eq!(
+            with("10.0.0.2:80", bad_rise).to_string(),
+            "health.backends.\"10.0.0.2:80\".rise = 0: must be from 1 to 100"
+        );
+
+        let mut twice = layer("tcp");
+        twice.backends.insert("[::1]:80".to_string(), layer("tcp"));
+        twice
+            .backends
+            .insert("[0::1]:80".to_string(), layer("none"));
+        assert!(matches!(err(twice), HealthError::DuplicateBackend { .. }));
+    }
+
+    #[test]
+    fn over_prefers_self_and_merges_backends() {
+        let mut base = HealthLayer {
+            interval: Some("5s".to_string()),
+            ..layer("tcp")
+        };
+        base.backends
+            .insert("10.0.0.1:80".to_string(), layer("tcp"));
+        base.backends
+            .insert("10.0.0.2:80".to_string(), layer("tcp"));
+        let mut top = layer("http:/");
+        top.backends
+            .insert("10.0.0.2:80".to_string(), layer("none"));
+        let merged = top.over(base);
+        assert_eq!(merged.check.as_deref(), Some("http:/"));
+        assert_eq!(merged.interval.as_deref(), Some("5s"));
+        assert_eq!(merged.backends.len(), 2);
+        assert_eq!(merged.backends["10.0.0.2:80"], layer("none"));
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let text = r#"
+            check = "http:/healthz"
+            interval = "5s"
+            timeout = "500ms"
+            rise = 3
+            fall = 2
+            status = "200"
+
+            [backends."10.0.0.2:80"]
+            check = "tcp"
+
+            [backends."10.0.0.3:80"]
+            check = "none"
+        "#;
+        let l: HealthLayer = toml::from_str(text).unwrap();
+        assert_eq!(l.rise, Some(3));
+        assert_eq!(l.backends["10.0.0.2:80"], layer("tcp"));
+        let c = l.validate().unwrap();
+        let g = c.global.as_ref().unwrap();
+        assert_eq!(g.timeout, Duration::from_millis(500));
+        assert_eq!(
+            g.kind,
+            CheckKind::Http {
+                path: "/healthz".to_string(),
+                status: 200..=200,
+            }
+        );
+        let two = c.for_backend("10.0.0.2:80".parse().unwrap()).unwrap();
+        assert_eq!((two.kind.clone(), two.fall), (CheckKind::Tcp, 2));
+        assert_eq!(c.for_backend("10.0.0.3:80".parse().unwrap()), None);
+
+        assert!(toml::from_str::<HealthLayer>("intervall = \"1s\"").is_err());
+        assert!(toml::from_str::<HealthLayer>("[backends.\"10.0.0.2:80\"]\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn status_line_parsing_never_trusts_the_peer() {
+        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status_code(b"HTTP/1.0 503\r\n"), Some(503));
+        assert_eq!(status_code(b"HTTP/1.1 204"), Some(204));
+        for bad in [
+            &b""[..],
+            b"HTTP/1.1",
+            b"HTTP/1.1 ",
+            b"HTTP/1.1 20",
+            b"HTTP/1.1 2000 OK",
+            b"HTTP/1.1 -20 OK",
+            b"HTTP/2 200 OK",
+            b"http/1.1 200 OK",
+            b"HTTP/1.x 200 OK",
+            b"\xff\xfe\x00garbage",
+        ] {
+            assert_eq!(status_code(bad), None, "{bad:?}");
+        }
+    }
+
+    fn check(kind: CheckKind) -> HealthCheck {
+        HealthCheck {
+            kind,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(200),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    fn http(path: &str) -> HealthCheck {
+        check(CheckKind::Http {
+            path: path.to_string(),
+            status: DEFAULT_STATUS,
+        })
+    }
+
+    /// Serves `answer` to every connection after reading the request; `None` never answers.
+    async fn server(answer: Option<&'static [u8]>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 512];
+                    while !request.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match answer {
+                        Some(a) => {
+                            let _ = conn.write_all(a).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_sees_listener_and_closed_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        assert!(probe(up, &check(CheckKind::Tcp)).await);
+
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(!probe(closed, &check(CheckKind::Tcp)).await);
+    }
+
+    #[tokio::test]
+    async fn http_probe_judges_the_status() {
+        let ok = server(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+        assert!(probe(ok, &http("/healthz")).await);
+
+        let unavailable = server(Some(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")).await;
+        assert!(!probe(unavailable, &http("/healthz")).await);
+        let accept_503 = check(CheckKind::Http {
+            path: "/".to_string(),
+            status: 500..=599,
+        });
+        assert!(probe(unavailable, &accept_503).await);
+    }
+
+    #[tokio::test]
+    async fn http_probe_rejects_garbage() {
+        let garbage = server(Some(b"SSH-2.0-OpenSSH_9.6\r\n")).await;
+        assert!(!probe(garbage, &http("/")).await);
+        let endless = server(Some(&[b'A'; 4096])).await;
+        assert!(!probe(endless, &http("/")).await);
+        let empty = server(Some(b"")).await;
+        assert!(!probe(empty, &http("/")).await);
+    }
+
+    #[tokio::test]
+    async fn http_probe_gives_up_on_silent_backend() {
+        let silent = server(None).await;
+        let started = Instant::now();
+        assert!(!probe(silent, &http("/")).await);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_a_well_formed_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 512];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "probe closed before finishing its request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        assert!(probe(addr, &http("/healthz?full=1")).await);
+        let request = backend.await.unwrap();
+        assert_eq!(
+            request,
+            format!(
+                "GET /healthz?full=1 HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sticky-health\r\n\
+                 Connection: close\r\n\r\n"
+            )
+        );
+    }
+}
