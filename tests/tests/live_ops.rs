@@ -444,6 +444,30 @@ fn restart_keeps_every_connection_and_affinity() {
         }
     };
 
+    // Load through the whole sequence: new connections from every client, round after round.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, vip, expected) = (stop.clone(), topo.vip(false), before.clone());
+        topo.client
+            .spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                'rounds: for _ in 0..200 {
+                    for (i, want) in &expected {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break 'rounds;
+                        }
+                        match sticky::sandbox::get_once(plan::client(*i, false), vip) {
+                            Ok(a) if a.backend == *want => ok += 1,
+                            Ok(a) => failed.push(format!("client {i} went to {}", a.backend)),
+                            Err(e) => failed.push(format!("client {i}: {e:#}")),
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+            .expect("load thread")
+    };
+
     // An upgrade: stop --keep, traffic flows with no daemon, a new daemon adopts.
     let out = daemon.ctl(&bin, &["stop", "--keep"]);
     ok(&out, "stop --keep");
@@ -472,6 +496,20 @@ fn restart_keeps_every_connection_and_affinity() {
     assert!(daemon.ready_line.contains("adopted"));
     exchange(&mut held, "after crash restart");
     assert_eq!(assign(&topo, 0..CLIENTS, 1, false), before);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = load.join().expect("load thread");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed or moved during restarts: {:?}",
+        failed.len(),
+        served as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        served > CLIENTS as u32,
+        "the load barely ran: {served} requests"
+    );
 
     // A plain stop detaches and unpins everything.
     assert!(daemon.stop().expect("stop").success());
