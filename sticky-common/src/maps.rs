@@ -63,7 +63,8 @@ pub struct Vip {
 }
 const _: () = assert!(core::mem::size_of::<Vip>() == 4);
 
-/// Slot never used or backend removed: no traffic, no affinity honoured.
+/// Slot never used or backend removed: no new flows, no affinity honoured. Established flows
+/// keep their NAT (the flow entry holds the address), so a removal breaks no connection.
 pub const BACKEND_EMPTY: u8 = 0;
 /// In the table: takes new clients.
 pub const BACKEND_UP: u8 = 1;

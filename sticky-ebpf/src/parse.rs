@@ -139,6 +139,11 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
     }
     let src = addr(&ip.src_addr);
     let dst = addr(&ip.dst_addr);
+    // IPv4-mapped addresses never appear on the wire (RFC 4291 2.5.5.2); accepting them would
+    // let an IPv6 packet share the map keys of an IPv4 client.
+    if src.is_v4() || dst.is_v4() {
+        return Parsed::Malformed;
+    }
     let mut next = ip.next_hdr;
     let mut off = l3 + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXT {
