@@ -102,6 +102,10 @@ pub fn run() -> anyhow::Result<()> {
         per_client.len() - split.len(),
         split.len()
     );
+    let data = crate::cli::control::call(&daemon.instance, &crate::control::Request::Status)?;
+    let status: crate::status::Status = serde_json::from_value(data)?;
+    println!("\n$ sticky status --instance {}", daemon.instance);
+    print!("{}", crate::cli::control::render_status(&status));
     let status = daemon.stop()?;
     if !status.success() {
         bail!("sticky exited with {status}");

@@ -485,6 +485,95 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A backend that answers any request head with `101 Switching Protocols` (a WebSocket-style
+/// upgrade), then echoes every byte until the client half-closes, then half-closes too.
+pub struct EchoBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    pub fn start(ns: &Netns, bind: SocketAddr) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let stop2 = stop.clone();
+        let thread = ns.spawn(move || {
+            let bound = TcpListener::bind(bind).and_then(|l| l.set_nonblocking(true).map(|()| l));
+            let listener = match bound {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || echo(stream));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("echo backend did not start")?
+            .with_context(|| format!("bind echo backend on {bind}"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn echo(stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    // Bytes that arrived with the head are echoed first.
+    let pending = reader.buffer().to_vec();
+    if writer.write_all(upgrade).is_err() || writer.write_all(&pending).is_err() {
+        return;
+    }
+    let mut stream = reader.into_inner();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Write);
+}
+
 /// What a backend answered: its id and the client address it saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -497,6 +586,8 @@ pub struct Answer {
 pub struct HttpConn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The status line of the last response read.
+    pub last_status: String,
 }
 
 impl HttpConn {
@@ -521,19 +612,41 @@ impl HttpConn {
         Ok(Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            last_status: String::new(),
         })
     }
 
     pub fn get(&mut self, close: bool) -> anyhow::Result<Answer> {
+        self.get_with("", close)
+    }
+
+    /// A GET with extra header lines (each ending in `\r\n`), e.g. `X-Forwarded-For`.
+    pub fn get_with(&mut self, headers: &str, close: bool) -> anyhow::Result<Answer> {
         let conn = if close { "close" } else { "keep-alive" };
         write!(
             self.writer,
-            "GET / HTTP/1.1\r\nHost: sticky\r\nConnection: {conn}\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: sticky\r\n{headers}Connection: {conn}\r\n\r\n"
         )
         .context("send request")?;
+        self.read_answer()
+    }
+
+    /// Sends raw bytes (a PROXY protocol header, a hostile head).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.writer.write_all(bytes).context("send")
+    }
+
+    /// The raw stream, for tests that speak something else after connecting.
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+
+    /// Reads one response: the backend's id and the client address it saw.
+    pub fn read_answer(&mut self) -> anyhow::Result<Answer> {
         let mut len = None;
         let mut status = String::new();
         self.reader.read_line(&mut status).context("read status")?;
+        self.last_status = status.clone();
         if !status.starts_with("HTTP/1.1 200") {
             bail!("unexpected status line {status:?}");
         }
