@@ -33,10 +33,24 @@ pub const ALL_MAPS: [&str; 8] = [
     BACKEND_STATS,
 ];
 
+/// Proxy mode: every spliced socket under its own cookie; the verdict program is attached here.
+pub const SPLICE_SOCKS: &str = "STICKY_SPLICE_SOCKS";
+/// Proxy mode: every spliced socket under its *peer's* cookie, the redirect target.
+pub const SPLICE_PEERS: &str = "STICKY_SPLICE_PEERS";
+/// Proxy mode: bytes the kernel redirected away from a socket (by its cookie), so a half-close
+/// is forwarded only after the peer has sent them all.
+pub const SPLICE_BYTES: &str = "STICKY_SPLICE_BYTES";
+/// The splice maps: per process, never pinned (sockets die with the proxy).
+pub const SPLICE_MAPS: [&str; 3] = [SPLICE_SOCKS, SPLICE_PEERS, SPLICE_BYTES];
+/// Most sockets spliced at once (two per connection).
+pub const MAX_SPLICED: u32 = 65_536;
+
 /// The tc program on the client-facing ingress: DNAT to the backend.
 pub const PROG_INGRESS: &str = "sticky_ingress";
 /// The tc program on the client-facing egress: reverse NAT of replies.
 pub const PROG_EGRESS: &str = "sticky_egress";
+/// The sk_skb stream verdict of proxy mode: moves bytes between spliced sockets.
+pub const PROG_SPLICE: &str = "sticky_splice";
 
 /// Upper bound on backend ids; sizes `BACKENDS` and `BACKEND_STATS`.
 pub const MAX_BACKENDS: u32 = 1024;

@@ -8,8 +8,12 @@ mod ingress;
 mod maps;
 mod nat;
 mod parse;
+mod splice;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, stream_verdict},
+    programs::{SkBuffContext, TcContext},
+};
 
 /// Client → VIP on the client-facing interface: DNAT to the client's backend.
 #[classifier]
@@ -21,6 +25,12 @@ pub fn sticky_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn sticky_egress(ctx: TcContext) -> i32 {
     egress::egress(&ctx)
+}
+
+/// Proxy mode: bytes arriving on a spliced socket go straight to its peer's send queue.
+#[stream_verdict]
+pub fn sticky_splice(ctx: SkBuffContext) -> u32 {
+    splice::verdict(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use sticky_common::{
     Addr16,
     maps::{
-        Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, Settings, Vip,
-        VipKey,
+        Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, MAX_SPLICED,
+        Settings, Vip, VipKey,
     },
 };
 
@@ -40,6 +40,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 #[map(name = "STICKY_BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "STICKY_SPLICE_SOCKS")]
+pub static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED, 0);
+
+#[map(name = "STICKY_SPLICE_PEERS")]
+pub static SPLICE_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED, 0);
+
+#[map(name = "STICKY_SPLICE_BYTES")]
+pub static SPLICE_BYTES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED, 0);
 
 #[inline(always)]
 pub fn count(counter: u32) {

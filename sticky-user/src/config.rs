@@ -10,6 +10,7 @@ use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
     duration,
     health::{HealthConfig, HealthError, HealthLayer},
+    proxy::config::{ProxyConfig, ProxyConfigError, ProxyLayer},
 };
 
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -35,6 +36,7 @@ pub struct Config {
     pub instance: String,
     pub health: HealthConfig,
     pub metrics: Option<SocketAddr>,
+    pub proxy: Option<ProxyConfig>,
 }
 
 /// Every setting, each optional: one layer from the command line, one from a file.
@@ -57,6 +59,8 @@ pub struct Layer {
     pub metrics: Option<String>,
     #[serde(default)]
     pub health: HealthLayer,
+    #[serde(default)]
+    pub proxy: ProxyLayer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,13 @@ pub enum ConfigError {
     Health(HealthError),
     #[error("metrics {0}")]
     Metrics(AddrError),
+    #[error("{0}")]
+    Proxy(ProxyConfigError),
+    #[error(
+        "proxy address {0} is also a --vip: the kernel would DNAT its packets before the proxy \
+         sees them; give the proxy its own address or port"
+    )]
+    ProxyOnVip(SocketAddr),
 }
 
 impl Layer {
@@ -160,6 +171,7 @@ impl Layer {
             instance: self.instance.or(base.instance),
             metrics: self.metrics.or(base.metrics),
             health: self.health.over(base.health),
+            proxy: self.proxy.over(base.proxy),
         }
     }
 
@@ -232,11 +244,18 @@ impl Layer {
             return Err(ConfigError::Instance(instance));
         }
         let health = self.health.validate().map_err(ConfigError::Health)?;
+        let proxy = self.proxy.validate().map_err(ConfigError::Proxy)?;
+        if let Some(p) = &proxy
+            && vips.contains(&p.listen)
+        {
+            return Err(ConfigError::ProxyOnVip(p.listen));
+        }
         let metrics = match &self.metrics {
             Some(m) => Some(parse_endpoint(m).map_err(ConfigError::Metrics)?),
             None => None,
         };
         Ok(Config {
+            proxy,
             health,
             metrics,
             ifaces: self.iface,

@@ -34,6 +34,13 @@ use crate::{
     datapath::{Datapath, Pins},
     health::{self, Tracker, Transition},
     metrics,
+    proxy::{
+        self,
+        config::ProxyConfig,
+        routing::{AffinityMap, Routing, SharedRouting},
+        server::Proxy,
+        splice::Splicer,
+    },
     status::{BackendStatus, Status},
     table,
 };
@@ -100,7 +107,14 @@ struct Daemon {
     /// Last new-flow totals per backend id, for rates.
     rates: BTreeMap<u32, (Instant, u64, f64)>,
     metrics_cache: Option<Arc<Mutex<Status>>>,
+    /// Proxy mode's view of the backends, refreshed on every publish.
+    routing: Option<SharedRouting>,
     _server: JoinHandle<()>,
+}
+
+/// Cookie tokens derive from the seed: every node with the same seed names backends alike.
+fn cookie_key(seed: u32) -> u64 {
+    0x5717_c0c1_e000_0000 ^ u64::from(seed)
 }
 
 impl Daemon {
@@ -146,8 +160,13 @@ impl Daemon {
             }
             None => None,
         };
+        let routing = match &config.proxy {
+            Some(proxy) => Some(start_proxy(proxy, &config, &mut dp, &set, &table).await?),
+            None => None,
+        };
         let (health_tx, health_rx) = mpsc::channel(256);
         let mut daemon = Self {
+            routing,
             config,
             flags,
             file,
@@ -336,6 +355,17 @@ impl Daemon {
             self.set.set_state(b.addr, state);
         }
         self.table = self.dp.apply(&self.set, removed)?;
+        if let Some(routing) = &self.routing
+            && let Ok(mut r) = routing.write()
+        {
+            *r = Routing::new(
+                self.table.clone(),
+                &self.set,
+                self.dp.seed(),
+                self.dp.affinity_timeout().as_nanos() as u64,
+                cookie_key(self.dp.seed()),
+            );
+        }
         Ok(())
     }
 
@@ -673,6 +703,69 @@ impl Daemon {
             Err(e) => warn!("metrics snapshot: {e:#}"),
         }
     }
+}
+
+/// Binds the proxy listener and starts serving; splicing when possible, else copying (the
+/// reason logged).
+async fn start_proxy(
+    proxy: &ProxyConfig,
+    config: &Config,
+    dp: &mut Datapath,
+    set: &BackendSet,
+    table: &[u32],
+) -> anyhow::Result<SharedRouting> {
+    let pins = dp
+        .pins()
+        .context("proxy mode needs the pinned affinity map")?
+        .clone();
+    let path = pins.map(sticky_common::maps::AFFINITY);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("open the affinity map {}", path.display()))?;
+    let affinity = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let routing: SharedRouting = Arc::new(std::sync::RwLock::new(Routing::new(
+        table.to_vec(),
+        set,
+        config.seed,
+        config.affinity_timeout.as_nanos() as u64,
+        cookie_key(config.seed),
+    )));
+    let splicer = if proxy.splice {
+        match Splicer::new(dp.ebpf()) {
+            Ok(s) => Some(Arc::new(Mutex::new(s))),
+            Err(e) => {
+                warn!("proxy: splicing unavailable, copying in userspace: {e:#}");
+                None
+            }
+        }
+    } else {
+        info!("proxy: --no-splice, copying in userspace");
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(proxy.listen)
+        .await
+        .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
+    say(&format!(
+        "proxy on {} ({}; client from {})",
+        proxy.listen,
+        if splicer.is_some() {
+            "kernel splice"
+        } else {
+            "userspace copy"
+        },
+        if proxy.proxy_protocol {
+            "PROXY protocol".to_string()
+        } else {
+            proxy.header_name.clone()
+        }
+    ));
+    let server = Arc::new(Proxy {
+        config: proxy.clone(),
+        routing: routing.clone(),
+        affinity: AffinityMap::new(affinity),
+        splicer,
+    });
+    tokio::spawn(proxy::server::serve(server, listener));
+    Ok(routing)
 }
 
 fn check_rise(config: &Config, addr: SocketAddr) -> u32 {

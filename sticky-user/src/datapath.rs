@@ -48,7 +48,7 @@ impl Pins {
         }
     }
 
-    fn map(&self, name: &str) -> PathBuf {
+    pub fn map(&self, name: &str) -> PathBuf {
         self.dir.join("maps").join(name)
     }
 

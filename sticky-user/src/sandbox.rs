@@ -314,15 +314,20 @@ impl Topology {
 
     /// `--vip` and `--backend` arguments for remote backends listening on `BACKEND_PORT`.
     pub fn sticky_args(&self, v6: bool) -> Vec<String> {
+        self.sticky_args_on(v6, plan::VIP_PORT, plan::BACKEND_PORT)
+    }
+
+    /// `--vip` and `--backend` arguments for a VIP port and the port the backends listen on.
+    pub fn sticky_args_on(&self, v6: bool, vip_port: u16, backend_port: u16) -> Vec<String> {
         let mut args = vec![
             "--iface".to_string(),
             "cli0".into(),
             "--vip".into(),
-            SocketAddr::new(plan::vip(v6), plan::VIP_PORT).to_string(),
+            SocketAddr::new(plan::vip(v6), vip_port).to_string(),
         ];
         for k in 0..self.backends.len() {
             args.push("--backend".into());
-            args.push(SocketAddr::new(plan::backend(k, v6).0, plan::BACKEND_PORT).to_string());
+            args.push(SocketAddr::new(plan::backend(k, v6).0, backend_port).to_string());
         }
         args
     }
@@ -553,7 +558,8 @@ fn echo(stream: TcpStream) {
             Ok(_) => {}
         }
     }
-    let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let upgrade =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     // Bytes that arrived with the head are echoed first.
     let pending = reader.buffer().to_vec();
     if writer.write_all(upgrade).is_err() || writer.write_all(&pending).is_err() {
@@ -683,6 +689,8 @@ pub struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
     pub ready_line: String,
+    /// Every output line read so far that no `wait_for` asked for.
+    pub log: Vec<String>,
     /// The `--instance` it runs as (the namespace's name unless the arguments give one).
     pub instance: String,
 }
@@ -731,6 +739,7 @@ impl Daemon {
             child,
             lines,
             ready_line: String::new(),
+            log: Vec::new(),
             instance,
         };
         daemon.ready_line = daemon.wait_for("sticky ready", Duration::from_secs(20))?;
@@ -744,7 +753,10 @@ impl Daemon {
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(line) => seen.push(line),
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    seen.push(line);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();

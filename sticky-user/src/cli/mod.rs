@@ -1,6 +1,7 @@
 //! The `sticky` command line: one module per subcommand; doc comments are the help text.
 
 pub mod backend;
+pub mod bench_hash;
 pub mod control;
 pub mod run;
 
@@ -38,6 +39,9 @@ pub enum Command {
     Reload,
     /// Stop the daemon: detach and unpin, or with --keep leave the data path running.
     Stop(control::StopArgs),
+    /// Compare sticky's hash + Maglev table with the hashes of sticky-session, sticky-cluster
+    /// and nginx ip_hash: spread, speed, disruption.
+    BenchHash(bench_hash::BenchHashArgs),
     /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
     /// (What `sticky` does with no command.)
     Demo,
@@ -55,6 +59,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Lookup(args) => control::lookup(args, &name),
         Command::Reload => control::reload(&name),
         Command::Stop(args) => control::stop(args, &name),
+        Command::BenchHash(args) => bench_hash::run(args),
         Command::Demo => crate::demo::run(),
     }
 }

@@ -56,6 +56,37 @@ pub struct RunArgs {
     /// HTTP statuses counted as healthy, like 200-399 [default: 200-399].
     #[arg(long, value_name = "RANGE")]
     health_status: Option<String>,
+    /// Proxy mode: listen on ADDR:PORT, take the client from a header or PROXY protocol.
+    #[arg(long, value_name = "ADDR:PORT")]
+    proxy: Option<String>,
+    /// Header naming the client: X-Forwarded-For, Forwarded, X-Real-IP or another list header
+    /// [default: X-Forwarded-For].
+    #[arg(long, value_name = "NAME")]
+    header: Option<String>,
+    /// Expect a PROXY protocol v1/v2 header (HAProxy, cloud balancers) instead of a header.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// Peers whose header or PROXY header is believed, like 10.0.0.0/8,fd00::/8 [default: none].
+    #[arg(long, value_name = "CIDR,...")]
+    trusted_proxies: Option<String>,
+    /// Route a trusted peer's request without the header by the peer address instead of 400.
+    #[arg(long)]
+    ignore_missing_header: bool,
+    /// Cookie stickiness: insert NAME=<backend token> and route by it while valid.
+    #[arg(long, value_name = "NAME")]
+    cookie: Option<String>,
+    /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
+    #[arg(long)]
+    no_splice: bool,
+    /// Time a client has to send its request head [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// Time to connect to a backend [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    connect_timeout: Option<String>,
+    /// Largest request head; larger gets 431 [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    max_head_bytes: Option<usize>,
 }
 
 impl RunArgs {
@@ -79,6 +110,18 @@ impl RunArgs {
                 fall: self.health_fall,
                 status: self.health_status,
                 backends: Default::default(),
+            },
+            proxy: crate::proxy::config::ProxyLayer {
+                listen: self.proxy,
+                header: self.header,
+                proxy_protocol: self.proxy_protocol.then_some(true),
+                trusted_proxies: self.trusted_proxies,
+                ignore_missing_header: self.ignore_missing_header.then_some(true),
+                cookie: self.cookie,
+                splice: self.no_splice.then_some(false),
+                header_timeout: self.header_timeout,
+                connect_timeout: self.connect_timeout,
+                max_head_bytes: self.max_head_bytes,
             },
         };
         (layer, self.config)

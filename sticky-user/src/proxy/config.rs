@@ -1,0 +1,160 @@
+//! Proxy-mode settings: `--proxy ADDR:PORT` and friends, or a `[proxy]` table with the same
+//! names.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+use super::{cidr::CidrList, client_ip::Source};
+use crate::{
+    addr::{AddrError, parse_endpoint},
+    duration::{self, DurationError},
+};
+
+pub const DEFAULT_HEADER: &str = "X-Forwarded-For";
+pub const DEFAULT_MAX_HEAD: usize = 16 * 1024;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProxyLayer {
+    pub listen: Option<String>,
+    pub header: Option<String>,
+    pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<String>,
+    pub ignore_missing_header: Option<bool>,
+    pub cookie: Option<String>,
+    pub splice: Option<bool>,
+    pub header_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_head_bytes: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub source: Source,
+    pub header_name: String,
+    pub proxy_protocol: bool,
+    pub trusted: CidrList,
+    pub ignore_missing_header: bool,
+    pub cookie: Option<String>,
+    pub splice: bool,
+    pub header_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_head: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error("proxy listen {0}")]
+    Listen(AddrError),
+    #[error("proxy trusted-proxies '{input}': {reason} (write CIDRs like 10.0.0.0/8,fd00::/8)")]
+    Trusted { input: String, reason: String },
+    #[error("proxy {field}: {source}")]
+    Duration {
+        field: &'static str,
+        source: DurationError,
+    },
+    #[error("proxy header name '{0}' is not a valid HTTP header name")]
+    Header(String),
+    #[error("proxy cookie name '{0}' must be 1-64 letters, digits, '-' or '_'")]
+    Cookie(String),
+    #[error("proxy max-head-bytes {0} must be from 1024 to 1048576")]
+    MaxHead(usize),
+    #[error("proxy settings given without --proxy ADDR:PORT (or listen in [proxy])")]
+    NoListen,
+}
+
+impl ProxyLayer {
+    pub fn over(self, base: ProxyLayer) -> ProxyLayer {
+        ProxyLayer {
+            listen: self.listen.or(base.listen),
+            header: self.header.or(base.header),
+            proxy_protocol: self.proxy_protocol.or(base.proxy_protocol),
+            trusted_proxies: self.trusted_proxies.or(base.trusted_proxies),
+            ignore_missing_header: self.ignore_missing_header.or(base.ignore_missing_header),
+            cookie: self.cookie.or(base.cookie),
+            splice: self.splice.or(base.splice),
+            header_timeout: self.header_timeout.or(base.header_timeout),
+            connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            max_head_bytes: self.max_head_bytes.or(base.max_head_bytes),
+        }
+    }
+
+    /// `None` when proxy mode is off.
+    pub fn validate(&self) -> Result<Option<ProxyConfig>, ProxyConfigError> {
+        let Some(listen) = &self.listen else {
+            let other = self.header.is_some()
+                || self.proxy_protocol.is_some()
+                || self.trusted_proxies.is_some()
+                || self.cookie.is_some()
+                || self.ignore_missing_header.is_some();
+            return if other {
+                Err(ProxyConfigError::NoListen)
+            } else {
+                Ok(None)
+            };
+        };
+        let listen = parse_endpoint(listen).map_err(ProxyConfigError::Listen)?;
+        let header_name = self
+            .header
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HEADER.to_string());
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(&header_name) {
+            return Err(ProxyConfigError::Header(header_name));
+        }
+        let trusted_text = self.trusted_proxies.clone().unwrap_or_default();
+        let trusted: CidrList = trusted_text.parse().map_err(|e: super::cidr::CidrError| {
+            ProxyConfigError::Trusted {
+                input: trusted_text.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if let Some(c) = &self.cookie {
+            let ok = (1..=64).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(ProxyConfigError::Cookie(c.clone()));
+            }
+        }
+        let dur = |field: &'static str, v: &Option<String>, default: Duration| match v {
+            Some(s) => {
+                duration::parse(s).map_err(|source| ProxyConfigError::Duration { field, source })
+            }
+            None => Ok(default),
+        };
+        let max_head = self.max_head_bytes.unwrap_or(DEFAULT_MAX_HEAD);
+        if !(1024..=1 << 20).contains(&max_head) {
+            return Err(ProxyConfigError::MaxHead(max_head));
+        }
+        Ok(Some(ProxyConfig {
+            listen,
+            source: Source::from_header_name(&header_name),
+            header_name,
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
+            trusted,
+            ignore_missing_header: self.ignore_missing_header.unwrap_or(false),
+            cookie: self.cookie.clone(),
+            splice: self.splice.unwrap_or(true),
+            header_timeout: dur(
+                "header-timeout",
+                &self.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            )?,
+            connect_timeout: dur(
+                "connect-timeout",
+                &self.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            max_head,
+        }))
+    }
+}

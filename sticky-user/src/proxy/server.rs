@@ -1,0 +1,322 @@
+//! The proxy listener: per connection, learn the client, pick and reach the backend, forward
+//! the buffered head, then hand the byte pumping to the kernel (or copy).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    time::timeout_at,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    client_ip::{ClientIpError, client_ip},
+    config::ProxyConfig,
+    cookie,
+    head::{self, HeadError, RequestHead},
+    proxy_protocol,
+    routing::{AffinityMap, Reason, SharedRouting, choose},
+    splice::{self, SharedSplicer},
+};
+
+/// Backends tried for a client without live affinity before answering 502.
+const CONNECT_ATTEMPTS: usize = 3;
+
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub routing: SharedRouting,
+    pub affinity: AffinityMap,
+    pub splicer: Option<SharedSplicer>,
+}
+
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(&proxy, stream, peer).await {
+                        debug!("proxy connection from {peer}: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of fds or similar: back off instead of spinning.
+                warn!("proxy accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// An answer to the client before any backend is involved.
+struct Refusal(u16, &'static str, String);
+
+async fn refuse(client: &mut TcpStream, r: Refusal) -> anyhow::Result<()> {
+    let _ = client.write_all(&head::response_status(r.0, &r.2)).await;
+    let _ = client.shutdown().await;
+    anyhow::bail!("{} {}: {}", r.0, r.1, r.2)
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads more bytes into `buf` before `deadline`; false on EOF. Bytes read from the client
+/// are what the splice's half-close accounting subtracts.
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Option<bool>> {
+    let mut chunk = [0u8; 4096];
+    match timeout_at(deadline, client.read(&mut chunk)).await {
+        Err(_) => Ok(None),
+        Ok(Ok(0)) => Ok(Some(false)),
+        Ok(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(Some(true))
+        }
+        Ok(Err(e)) => Err(e.into()),
+    }
+}
+
+async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    let cfg = &proxy.config;
+    let deadline = tokio::time::Instant::now() + cfg.header_timeout;
+    let mut buf = Vec::with_capacity(4096);
+    let mut peer_ip = canonical(peer.ip());
+    // Everything read from the client so far, PROXY header included.
+    let mut client_read = 0u64;
+
+    if cfg.proxy_protocol {
+        loop {
+            match proxy_protocol::parse(&buf) {
+                Ok(Some((header, used))) => {
+                    client_read += used as u64;
+                    // Only a trusted balancer may tell us who the client is.
+                    if cfg.trusted.contains(peer_ip)
+                        && let Some(src) = header.source
+                    {
+                        peer_ip = canonical(src.ip());
+                    }
+                    buf.drain(..used);
+                    break;
+                }
+                Ok(None) => match read_more(&mut client, &mut buf, deadline).await? {
+                    Some(true) => {}
+                    Some(false) => return Ok(()),
+                    None => {
+                        return refuse(
+                            &mut client,
+                            Refusal(408, "timeout", "no PROXY header in time".into()),
+                        )
+                        .await;
+                    }
+                },
+                Err(e) => {
+                    return refuse(&mut client, Refusal(400, "bad PROXY header", e.to_string()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    let head: RequestHead = loop {
+        match head::parse(&buf, cfg.max_head) {
+            Ok(Some(h)) => break h,
+            Ok(None) => match read_more(&mut client, &mut buf, deadline).await? {
+                Some(true) => {}
+                Some(false) => return Ok(()),
+                None => {
+                    return refuse(
+                        &mut client,
+                        Refusal(408, "timeout", "request head not complete in time".into()),
+                    )
+                    .await;
+                }
+            },
+            Err(HeadError::TooLarge { .. }) => {
+                return refuse(
+                    &mut client,
+                    Refusal(
+                        431,
+                        "head too large",
+                        format!("request head over {} bytes", cfg.max_head),
+                    ),
+                )
+                .await;
+            }
+            Err(e) => return refuse(&mut client, Refusal(400, "malformed", e.to_string())).await,
+        }
+    };
+
+    let client_addr = if cfg.proxy_protocol {
+        peer_ip
+    } else {
+        match client_ip(&head, &cfg.source, peer_ip, &cfg.trusted) {
+            Ok(ip) => canonical(ip),
+            Err(ClientIpError::Missing { .. }) if cfg.ignore_missing_header => peer_ip,
+            Err(ClientIpError::Missing { .. }) => {
+                return refuse(
+                    &mut client,
+                    Refusal(
+                        400,
+                        "missing header",
+                        format!("missing {} header", cfg.header_name),
+                    ),
+                )
+                .await;
+            }
+            Err(e) => return refuse(&mut client, Refusal(400, "bad header", e.to_string())).await,
+        }
+    };
+
+    let token = cfg
+        .cookie
+        .as_ref()
+        .and_then(|name| cookie::find(&head, name));
+    // Cookie mode spreads cookieless requests per connection (see `routing::choose`).
+    let per_connection = cfg.cookie.as_ref().map(|_| peer.port());
+    let (mut backend, choice) =
+        match connect(proxy, client_addr, token.as_deref(), per_connection).await {
+            Ok(found) => found,
+            Err(r) => return refuse(&mut client, r).await,
+        };
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+    client_read += buf.len() as u64;
+    backend
+        .write_all(&buf)
+        .await
+        .context("forward the request head")?;
+    let mut backend_read = 0u64;
+
+    // Cookie insert (HAProxy `cookie insert`): tell a client without a valid cookie where it
+    // landed, in the first response.
+    if let Some(name) = &cfg.cookie
+        && (choice.reason != Reason::Cookie
+            || token.as_deref() != Some(choice.backend.token.as_str()))
+    {
+        let line = cookie::set_cookie_line(name, &choice.backend.token);
+        let mut response = Vec::with_capacity(4096);
+        let answer_deadline = tokio::time::Instant::now() + cfg.header_timeout;
+        loop {
+            if let Some(with_cookie) = cookie::insert_into_response(&response, &line) {
+                client.write_all(&with_cookie).await?;
+                break;
+            }
+            if response.len() > cfg.max_head {
+                client.write_all(&response).await?;
+                break;
+            }
+            let mut chunk = [0u8; 4096];
+            match timeout_at(answer_deadline, backend.read(&mut chunk)).await {
+                Ok(Ok(0)) | Err(_) => {
+                    client.write_all(&response).await?;
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+                Ok(Ok(n)) => {
+                    backend_read += n as u64;
+                    response.extend_from_slice(&chunk[..n]);
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    match &proxy.splicer {
+        Some(splicer) => {
+            if let Err((c, b, why)) =
+                splice::splice(splicer, client, backend, client_read, backend_read).await
+            {
+                debug!("copying instead of splicing: {why}");
+                splice::copy(c, b).await?;
+            }
+        }
+        None => {
+            splice::copy(client, backend).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Chooses and connects; a client with no live affinity or cookie moves on to the next
+/// backend when one refuses, an affine one gets 502 (moving it would lose its session).
+async fn connect(
+    proxy: &Proxy,
+    client: IpAddr,
+    token: Option<&str>,
+    per_connection: Option<u16>,
+) -> Result<(TcpStream, super::routing::Choice), Refusal> {
+    let mut exclude = Vec::new();
+    for _ in 0..CONNECT_ATTEMPTS {
+        let choice = {
+            let routing = proxy
+                .routing
+                .read()
+                .map_err(|_| Refusal(500, "internal", "routing state poisoned".into()))?;
+            choose(
+                &routing,
+                &proxy.affinity,
+                client,
+                token,
+                per_connection,
+                &exclude,
+                monotonic_ns(),
+            )
+        };
+        let Some(choice) = choice else {
+            return Err(Refusal(503, "no backend", "no backend in service".into()));
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(
+            proxy.config.connect_timeout,
+            TcpStream::connect(choice.backend.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => return Ok((stream, choice)),
+            outcome => {
+                info!(
+                    "backend {} unreachable for {client} after {:?}: {}",
+                    choice.backend.addr,
+                    started.elapsed(),
+                    match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timeout".into(),
+                    }
+                );
+                if choice.reason != Reason::Table {
+                    return Err(Refusal(
+                        502,
+                        "backend down",
+                        format!("backend {} unreachable", choice.backend.addr),
+                    ));
+                }
+                exclude.push(choice.id);
+            }
+        }
+    }
+    Err(Refusal(502, "backends down", "no backend reachable".into()))
+}
