@@ -51,6 +51,14 @@ impl Addr16 {
         ]
     }
 
+    /// `0.0.0.0` or `::`: as a backend address, "the address the client connected to" (the
+    /// backend is a local port; only the port is translated).
+    #[inline(always)]
+    pub const fn is_unspecified(&self) -> bool {
+        let [a, b, c, d] = self.words;
+        a == 0 && b == 0 && d == 0 && (c == 0 || c == V4_MAPPED_WORD)
+    }
+
     /// Whether this is an IPv4-mapped address.
     #[inline(always)]
     pub const fn is_v4(&self) -> bool {

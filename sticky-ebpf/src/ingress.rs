@@ -78,7 +78,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
             (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
         }
         None => match new_flow(pkt, &key, now) {
-            Some((id, backend)) => (backend.addr, backend.port_be, id, true),
+            Some((id, addr, port_be)) => (addr, port_be, id, true),
             None => return drop(COUNTER_DROP_NO_BACKEND),
         },
     };
@@ -91,9 +91,9 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
 }
 
 /// Picks the backend for a flow we have no state for, records the client's affinity and both
-/// directions of the flow.
+/// directions of the flow. Returns the backend id and the address and port to NAT to.
 #[inline(always)]
-fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
+fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Addr16, u16)> {
     let (id, backend) = match affine_backend(&pkt.src, now) {
         Some(found) => found,
         None => table_backend(&pkt.src)?,
@@ -106,8 +106,15 @@ fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
     // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
     // and the next packet tries again.
     let _ = AFFINITY.insert(&pkt.src, &affinity, 0);
+    // A backend at the unspecified address is a local port on whatever address the client
+    // reached (`sticky cluster`: loopback and every interface alike).
+    let target = if backend.addr.is_unspecified() {
+        pkt.dst
+    } else {
+        backend.addr
+    };
     let forward = Flow {
-        nat_addr: backend.addr,
+        nat_addr: target,
         nat_port_be: backend.port_be,
         direction: FLOW_FORWARD,
         _pad0: 0,
@@ -115,7 +122,7 @@ fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
         touched_ns: now,
     };
     let reply_key = FlowKey {
-        src: backend.addr,
+        src: target,
         dst: pkt.src,
         sport_be: backend.port_be,
         dport_be: pkt.sport_be,
@@ -134,7 +141,7 @@ fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
     // Reverse first: a reply must never find no entry once its SYN went out.
     let _ = FLOWS.insert(&reply_key, &reverse, 0);
     let _ = FLOWS.insert(key, &forward, 0);
-    Some((id, backend))
+    Some((id, target, backend.port_be))
 }
 
 #[inline(always)]
@@ -186,7 +193,7 @@ fn refresh_affinity(client: &Addr16, flow: &Flow, now: u64) {
         return;
     };
     if backend.honours_affinity()
-        && same_addr(&backend.addr, &flow.nat_addr)
+        && (backend.addr.is_unspecified() || same_addr(&backend.addr, &flow.nat_addr))
         && backend.port_be == flow.nat_port_be
     {
         let affinity = Affinity {

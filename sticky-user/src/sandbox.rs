@@ -699,21 +699,39 @@ impl Daemon {
     /// Starts `bin run ARGS` in `ns` and waits for its ready line. Without `--instance` in
     /// `args` it runs as an instance named after the namespace, so runs never collide.
     pub fn start(bin: &Path, ns: &Netns, args: &[String]) -> anyhow::Result<Self> {
+        let mut full = vec!["run".to_string()];
+        full.extend_from_slice(args);
+        Self::start_with(bin, ns, &full, "sticky ready")
+    }
+
+    /// Starts `bin ARGS` (any subcommand, e.g. `cluster`) in `ns` and waits for a line
+    /// containing `ready`.
+    pub fn start_with(
+        bin: &Path,
+        ns: &Netns,
+        args: &[String],
+        ready: &str,
+    ) -> anyhow::Result<Self> {
         let mut args = args.to_vec();
-        let instance = match args.iter().position(|a| a == "--instance") {
+        let ours = args
+            .iter()
+            .position(|a| a == "--")
+            .map_or(&args[..], |end| &args[..end]);
+        let instance = match ours.iter().position(|a| a == "--instance") {
             Some(i) => args
                 .get(i + 1)
                 .cloned()
                 .context("--instance without a name")?,
             None => {
-                args.extend(["--instance".to_string(), ns.name.clone()]);
+                // Before any `--`: what follows it belongs to a worker command.
+                let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+                args.splice(at..at, ["--instance".to_string(), ns.name.clone()]);
                 ns.name.clone()
             }
         };
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path()))
             .arg(bin)
-            .arg("run")
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -742,7 +760,7 @@ impl Daemon {
             log: Vec::new(),
             instance,
         };
-        daemon.ready_line = daemon.wait_for("sticky ready", Duration::from_secs(20))?;
+        daemon.ready_line = daemon.wait_for(ready, Duration::from_secs(60))?;
         Ok(daemon)
     }
 

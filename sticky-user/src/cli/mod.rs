@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench_hash;
+pub mod cluster;
 pub mod control;
 pub mod run;
 
@@ -42,6 +43,9 @@ pub enum Command {
     /// Compare sticky's hash + Maglev table with the hashes of sticky-session, sticky-cluster
     /// and nginx ip_hash: spread, speed, disruption.
     BenchHash(bench_hash::BenchHashArgs),
+    /// Run N workers of an app (e.g. `-- node app.js`) on their own ports and balance one port
+    /// across them in the kernel; `sticky cluster reload` restarts them one by one.
+    Cluster(Box<cluster::ClusterArgs>),
     /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
     /// (What `sticky` does with no command.)
     Demo,
@@ -60,6 +64,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Reload => control::reload(&name),
         Command::Stop(args) => control::stop(args, &name),
         Command::BenchHash(args) => bench_hash::run(args),
+        Command::Cluster(args) => cluster::run(*args, &name),
         Command::Demo => crate::demo::run(),
     }
 }
