@@ -521,3 +521,41 @@ fn hostile_clients_get_clear_answers_and_leave_no_trace() {
         "memory grew by {grown} KiB over 10k connections"
     );
 }
+
+#[test]
+fn ipv6_listener_backends_and_forwarded_clients() {
+    if !root_or_skip("ipv6_listener_backends_and_forwarded_clients") {
+        return;
+    }
+    let topo = Topology::build("pv6", 3, 40).expect("topology");
+    let _servers = topo.start_backends().expect("backends");
+    let listen = SocketAddr::new(topo.vip(true).ip(), PROXY_PORT);
+    let mut args = topo.sticky_args(true);
+    args.extend([
+        "--proxy".into(),
+        listen.to_string(),
+        "--trusted-proxies".into(),
+        "fd00:18::2/128".into(),
+    ]);
+    let _daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    let direct = assign(&topo, 0..40, 1, true);
+    let peer: IpAddr = "fd00:18::2".parse().expect("v6");
+    for i in 0..40 {
+        let header = format!(
+            "X-Forwarded-For: [{}]:4711, fd00:18::2\r\n",
+            plan::client(i, true)
+        );
+        let got = topo
+            .client
+            .run(move || {
+                let mut c = HttpConn::open(peer, listen, Duration::from_secs(3)).expect("connect");
+                c.get_with(&header, true).map(|a| a.backend)
+            })
+            .expect("client namespace");
+        let got = got.unwrap_or_else(|e| panic!("IPv6 client {i}: {e:#}"));
+        assert_eq!(
+            got, direct[&i],
+            "IPv6 client {i}: proxied and direct disagree"
+        );
+    }
+}
