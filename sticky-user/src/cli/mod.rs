@@ -55,6 +55,22 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
     let name = instance
         .clone()
         .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
+    let prints_only = matches!(
+        command,
+        Some(
+            Command::Status(_)
+                | Command::Lookup(_)
+                | Command::Preview(_)
+                | Command::BenchHash(_)
+                | Command::Backend(_)
+        )
+    );
+    if prints_only {
+        // `sticky status | head` should end quietly, not panic on a closed pipe. Never for the
+        // daemons: a peer closing a socket must not kill them.
+        // SAFETY: restores the default disposition; no handler involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match command.unwrap_or(Command::Demo) {
         Command::Run(args) => run::run(*args, instance),
         Command::Backend(args) => backend::run(args, &name),
