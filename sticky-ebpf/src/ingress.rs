@@ -67,7 +67,14 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         _pad1: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let (addr, port_be, id, new_flow) = match FLOWS.get_ptr_mut(&key) {
+    // A SYN starts a new connection even when a closed one with the same ports is still in
+    // the table: it is balanced afresh instead of following a backend that may be gone.
+    let existing = if pkt.syn {
+        None
+    } else {
+        FLOWS.get_ptr_mut(&key)
+    };
+    let (addr, port_be, id, new_flow) = match existing {
         Some(flow) => {
             // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
             let flow = unsafe { &mut *flow };

@@ -30,6 +30,8 @@ pub struct Packet {
     pub dst: Addr16,
     pub sport_be: u16,
     pub dport_be: u16,
+    /// SYN without ACK: a connection attempt, possibly reusing a closed connection's ports.
+    pub syn: bool,
 }
 
 pub enum Parsed {
@@ -188,6 +190,9 @@ fn parse_tcp(
     if usize::from(raw[12] >> 4) * 4 < TcpHdr::LEN {
         return Parsed::Malformed;
     }
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let syn = raw[13] & (SYN | ACK) == SYN;
     let sport_be = u16::from_ne_bytes(tcp.source);
     let dport_be = u16::from_ne_bytes(tcp.dest);
     Parsed::Tcp(Packet {
@@ -198,5 +203,6 @@ fn parse_tcp(
         dst,
         sport_be,
         dport_be,
+        syn,
     })
 }

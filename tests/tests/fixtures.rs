@@ -1636,6 +1636,17 @@ fn removed_backend_keeps_established_flows() {
         dst.is_some_and(|d| d != b),
         "new connection went to the removed backend"
     );
+    // A new connection reusing the old one's ports (its SYN) is balanced afresh, not sent to
+    // the removed backend by the stale flow entry.
+    let (action, out) = lb
+        .run(Prog::Ingress, &Pkt::syn(c, vip).build())
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e:?}"));
+    assert_eq!(action, TC_ACT_OK);
+    let dst = Layout::parse(&out).map(|l| l.dst);
+    assert!(
+        dst.is_some_and(|d| d != b),
+        "a SYN reusing the ports followed the stale flow"
+    );
 }
 
 /// Per-packet cost, printed (never asserted: the numbers are noisy). With `repeat` the kernel

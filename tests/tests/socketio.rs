@@ -1,0 +1,298 @@
+//! socket.io end to end: a real socket.io server (examples/socketio, Redis adapter, real Redis)
+//! under `sticky cluster`, driven by real socket.io-client processes from ≥200 addresses.
+//! Judged on what socket.io users see: "Session ID unknown", failed handshakes, clients split
+//! across workers, broadcasts.
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{root_or_skip, sticky_bin};
+use serde_json::Value;
+use sticky::sandbox::{Daemon, Netns, Topology, plan};
+
+const CLIENTS: usize = 200;
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/socketio")
+}
+
+fn require_example() {
+    let modules = example().join("node_modules/socket.io");
+    assert!(
+        modules.exists(),
+        "{} is missing: `cargo xtask test` runs `npm ci` in examples/socketio",
+        modules.display()
+    );
+}
+
+/// A Redis server inside `ns`, stopped by PID on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(ns: &Netns) -> Self {
+        let port = 6400 + (std::process::id() % 1000) as u16;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .args([
+                "redis-server",
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (`cargo xtask test` installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let up = || {
+            ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+                .unwrap_or(false)
+        };
+        while !up() {
+            assert!(std::time::Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cluster(topo: &Topology, redis: &Redis, extra: &[&str]) -> Daemon {
+    let mut args: Vec<String> = [
+        "cluster",
+        "--workers",
+        "3",
+        "--iface",
+        "cli0",
+        "--hard-shutdown-delay",
+        "5s",
+        "--env",
+        &format!("REDIS_URL=redis://127.0.0.1:{}", redis.port),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([
+        "--".into(),
+        "node".into(),
+        example().join("app.js").display().to_string(),
+    ]);
+    let mut d = Daemon::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
+        .expect("sticky cluster");
+    for _ in 0..2 {
+        d.wait_for("in the table", Duration::from_secs(30))
+            .expect("every worker joins");
+    }
+    d
+}
+
+/// Runs load.js in the client namespace and returns its JSON report.
+fn load(topo: &Topology, args: &[&str]) -> Value {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.client.path()))
+        .arg("node")
+        .arg(example().join("load.js"))
+        .args(args)
+        .output()
+        .expect("run node load.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from load.js: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad report {line}: {e}"))
+}
+
+fn assert_clean(report: &Value, what: &str) {
+    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connected"), CLIENTS as u64, "{what}: {report}");
+    for key in [
+        "failed_handshakes",
+        "session_id_unknown",
+        "ack_timeouts",
+        "split_clients",
+    ] {
+        assert_eq!(n(key), 0, "{what}: {key} in {report}");
+    }
+    let workers = report["workers"].as_object().map_or(0, |w| w.len());
+    assert_eq!(workers, 3, "{what}: every worker used: {report}");
+}
+
+fn url(port: u16) -> String {
+    format!("http://{}:{port}", plan::lb_client_side(false))
+}
+
+#[test]
+fn socketio_polling_default_proxy_and_broadcast() {
+    if !root_or_skip("socketio_polling_default_proxy_and_broadcast") {
+        return;
+    }
+    require_example();
+    let topo = Topology::build("sio", 0, CLIENTS).expect("topology");
+    let redis = Redis::start(&topo.lb);
+    let _cluster = cluster(
+        &topo,
+        &redis,
+        &[
+            "--proxy",
+            "198.18.0.1:8080",
+            "--trusted-proxies",
+            "198.18.0.2/32",
+        ],
+    );
+    let base = plan::client(0, false).to_string();
+    let clients = CLIENTS.to_string();
+
+    let polling = load(
+        &topo,
+        &[
+            "--url",
+            &url(3000),
+            "--clients",
+            &clients,
+            "--rounds",
+            "3",
+            "--transport",
+            "polling",
+            "--local-address-base",
+            &base,
+        ],
+    );
+    assert_clean(&polling, "polling only");
+    assert_eq!(polling["client_addresses_seen_ok"], true, "{polling}");
+
+    let default = load(
+        &topo,
+        &[
+            "--url",
+            &url(3000),
+            "--clients",
+            &clients,
+            "--rounds",
+            "3",
+            "--transport",
+            "default",
+            "--local-address-base",
+            &base,
+            "--broadcast",
+        ],
+    );
+    assert_clean(&default, "polling then websocket");
+    assert_eq!(default["upgraded"], CLIENTS as u64, "{default}");
+    assert_eq!(
+        default["broadcast_received"], CLIENTS as u64,
+        "broadcast through Redis: {default}"
+    );
+    assert_eq!(
+        default["broadcast_workers"].as_array().map_or(0, Vec::len),
+        3,
+        "{default}"
+    );
+
+    // Through proxy mode: every connection from one address, the client in X-Forwarded-For.
+    let proxied = load(
+        &topo,
+        &[
+            "--url",
+            &url(8080),
+            "--clients",
+            &clients,
+            "--rounds",
+            "3",
+            "--transport",
+            "default",
+            "--header-xff",
+            "--xff-base",
+            &base,
+        ],
+    );
+    assert_clean(&proxied, "proxy mode with X-Forwarded-For");
+}
+
+#[test]
+fn socketio_survives_a_rolling_reload() {
+    if !root_or_skip("socketio_survives_a_rolling_reload") {
+        return;
+    }
+    require_example();
+    let topo = Topology::build("sioreload", 0, CLIENTS).expect("topology");
+    let redis = Redis::start(&topo.lb);
+    let cluster = cluster(&topo, &redis, &["--drain-time", "500ms"]);
+    let base = plan::client(0, false).to_string();
+    let clients = CLIENTS.to_string();
+    let path = topo.client.path();
+    let script = example().join("load.js");
+    let url = url(3000);
+    let runner = std::thread::spawn(move || {
+        Command::new("nsenter")
+            .arg(format!("--net={path}"))
+            .arg("node")
+            .arg(script)
+            .args([
+                "--url",
+                &url,
+                "--clients",
+                &clients,
+                "--rounds",
+                "40",
+                "--interval-ms",
+                "200",
+                "--reconnect",
+                "--transport",
+                "polling",
+                "--local-address-base",
+                &base,
+                "--timeout-ms",
+                "90000",
+            ])
+            .output()
+            .expect("run load.js")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let out = cluster.ctl(&sticky_bin(), &["cluster", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = runner.join().expect("load thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report: {stdout}"));
+    let report: Value = serde_json::from_str(line).expect("JSON");
+    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("failed_clients"), 0, "{report}");
+    assert_eq!(n("failed_handshakes"), 0, "{report}");
+    assert!(
+        n("reconnects") > 0,
+        "the reload restarted no worker a client was on: {report}"
+    );
+}
