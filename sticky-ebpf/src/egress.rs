@@ -2,25 +2,19 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use sticky_common::maps::{
-    COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
-    FLOW_REVERSE, FlowKey, PROTO_TCP,
+    COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP,
 };
 
 use crate::{
-    ingress::pass,
     maps::{FLOWS, count, count_backend},
     nat::{End, rewrite},
-    parse::{Packet, Parsed, parse},
+    parse::Packet,
+    verdict::{drop, on_tcp, pass},
 };
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    match parse(ctx) {
-        Parsed::Tcp(pkt) => reply(ctx, &pkt),
-        Parsed::NotTcp => pass(COUNTER_PASS),
-        Parsed::Malformed => pass(COUNTER_PARSE_ERROR),
-        Parsed::Unhandled => pass(COUNTER_UNHANDLED),
-    }
+    on_tcp(ctx, |pkt| reply(ctx, pkt))
 }
 
 #[inline(always)]
@@ -42,8 +36,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         return pass(COUNTER_PASS);
     }
     if rewrite(ctx, pkt, End::Source, &flow.nat_addr, flow.nat_port_be).is_err() {
-        count(COUNTER_DROP_NAT_ERROR);
-        return aya_ebpf::bindings::TC_ACT_SHOT;
+        return drop(COUNTER_DROP_NAT_ERROR);
     }
     count(COUNTER_NAT);
     count_backend(flow.backend_id, ctx.len(), false);

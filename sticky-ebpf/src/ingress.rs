@@ -3,17 +3,13 @@
 //! Backend choice for a new flow: the client's affinity while it is fresh and its backend
 //! still honours it (up or draining); otherwise the Maglev table slot of the client hash.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
     Addr16, client_hash,
     maps::{
         AFFINITY_REFRESH_NS, Affinity, BACKEND_UP, Backend, COUNTER_DROP_NAT_ERROR,
-        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
-        FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, PROTO_TCP, VipKey,
+        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow,
+        FlowKey, NO_BACKEND, PROTO_TCP, VipKey,
     },
     table_slot,
 };
@@ -21,29 +17,13 @@ use sticky_common::{
 use crate::{
     maps::{AFFINITY, BACKENDS, FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
     nat::{End, rewrite},
-    parse::{Packet, Parsed, parse},
+    parse::Packet,
+    verdict::{drop, on_tcp, pass},
 };
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    match parse(ctx) {
-        Parsed::Tcp(pkt) => forward(ctx, &pkt),
-        Parsed::NotTcp => pass(COUNTER_PASS),
-        Parsed::Malformed => pass(COUNTER_PARSE_ERROR),
-        Parsed::Unhandled => pass(COUNTER_UNHANDLED),
-    }
-}
-
-#[inline(always)]
-pub fn pass(counter: u32) -> i32 {
-    count(counter);
-    TC_ACT_OK
-}
-
-#[inline(always)]
-fn drop(counter: u32) -> i32 {
-    count(counter);
-    TC_ACT_SHOT
+    on_tcp(ctx, |pkt| forward(ctx, pkt))
 }
 
 #[inline(always)]

@@ -9,6 +9,7 @@ mod maps;
 mod nat;
 mod parse;
 mod splice;
+mod verdict;
 
 use aya_ebpf::{
     macros::{classifier, stream_verdict},

@@ -185,7 +185,7 @@ mod tests {
             "null",
             r#"{"op":"explode"}"#,
             r#"{"op":"drain"}"#,
-            r#"{"op":"list","x":1}"#,
+            r#"{"op":"drain","addr":"nonsense"}"#,
         ] {
             assert!(
                 parse_request(bad)

@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod backends;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;

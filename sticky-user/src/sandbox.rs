@@ -370,24 +370,27 @@ impl Netns {
     }
 }
 
-/// A tiny HTTP/1.1 server answering every request with `<id> <client-ip>\n`, keep-alive
-/// unless asked to close. Stops on drop.
-pub struct HttpBackend {
-    pub id: String,
+/// A listener thread inside a namespace handing each connection to `handler` on a thread of
+/// its own (which inherits the namespace); stops accepting on drop.
+struct Listener {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl HttpBackend {
-    pub fn start(ns: &Netns, bind: SocketAddr, id: &str) -> anyhow::Result<Self> {
+impl Listener {
+    fn start(
+        ns: &Netns,
+        bind: SocketAddr,
+        what: &str,
+        handler: impl Fn(TcpStream, SocketAddr, Arc<AtomicBool>) + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let (stop2, id2) = (stop.clone(), id.to_string());
+        let stop2 = stop.clone();
+        let handler = Arc::new(handler);
         let thread = ns.spawn(move || {
-            let listener = match TcpListener::bind(bind).and_then(|l| {
-                l.set_nonblocking(true)?;
-                Ok(l)
-            }) {
+            let bound = TcpListener::bind(bind).and_then(|l| l.set_nonblocking(true).map(|()| l));
+            let listener = match bound {
                 Ok(l) => {
                     let _ = tx.send(Ok(()));
                     l
@@ -400,30 +403,50 @@ impl HttpBackend {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        let (id, stop) = (id2.clone(), stop2.clone());
-                        std::thread::spawn(move || serve(stream, peer, &id, &stop));
+                        let (handler, stop) = (handler.clone(), stop2.clone());
+                        std::thread::spawn(move || handler(stream, peer, stop));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         })?;
         rx.recv_timeout(Duration::from_secs(5))
-            .context("backend did not start")?
-            .with_context(|| format!("bind backend {id} on {bind}"))?;
+            .with_context(|| format!("{what} did not start"))?
+            .with_context(|| format!("bind {what} on {bind}"))?;
         Ok(Self {
-            id: id.to_string(),
             stop,
             thread: Some(thread),
         })
     }
 }
 
-impl Drop for HttpBackend {
+impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A tiny HTTP/1.1 server answering every request with `<id> <client-ip>\n`, keep-alive
+/// unless asked to close. Stops on drop.
+pub struct HttpBackend {
+    pub id: String,
+    _listener: Listener,
+}
+
+impl HttpBackend {
+    pub fn start(ns: &Netns, bind: SocketAddr, id: &str) -> anyhow::Result<Self> {
+        let owned = id.to_string();
+        let listener =
+            Listener::start(ns, bind, &format!("backend {id}"), move |s, peer, stop| {
+                serve(s, peer, &owned, &stop)
+            })?;
+        Ok(Self {
+            id: id.to_string(),
+            _listener: listener,
+        })
     }
 }
 
@@ -493,52 +516,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// A backend that answers any request head with `101 Switching Protocols` (a WebSocket-style
 /// upgrade), then echoes every byte until the client half-closes, then half-closes too.
 pub struct EchoBackend {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl EchoBackend {
     pub fn start(ns: &Netns, bind: SocketAddr) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let stop2 = stop.clone();
-        let thread = ns.spawn(move || {
-            let bound = TcpListener::bind(bind).and_then(|l| l.set_nonblocking(true).map(|()| l));
-            let listener = match bound {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        std::thread::spawn(move || echo(stream));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .context("echo backend did not start")?
-            .with_context(|| format!("bind echo backend on {bind}"))?;
+        let listener = Listener::start(ns, bind, "echo backend", |s, _, _| echo(s))?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _listener: listener,
         })
-    }
-}
-
-impl Drop for EchoBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

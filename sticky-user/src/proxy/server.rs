@@ -15,6 +15,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use crate::clock::monotonic_ns;
+
 use super::{
     client_ip::{ClientIpError, client_ip},
     config::ProxyConfig,
@@ -69,16 +71,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Reads more bytes into `buf` before `deadline`; false on EOF. Bytes read from the client

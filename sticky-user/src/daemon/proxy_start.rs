@@ -1,0 +1,66 @@
+//! Starting proxy mode inside the daemon.
+
+use super::*;
+
+/// Binds the proxy listener and starts serving; splicing when possible, else copying (the
+/// reason logged).
+pub(super) async fn start_proxy(
+    proxy: &ProxyConfig,
+    config: &Config,
+    dp: &mut Datapath,
+    set: &BackendSet,
+    table: &[u32],
+) -> anyhow::Result<SharedRouting> {
+    let pins = dp
+        .pins()
+        .context("proxy mode needs the pinned affinity map")?
+        .clone();
+    let path = pins.map(sticky_common::maps::AFFINITY);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("open the affinity map {}", path.display()))?;
+    let affinity = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let routing: SharedRouting = Arc::new(std::sync::RwLock::new(Routing::new(
+        table.to_vec(),
+        set,
+        config.seed,
+        config.affinity_timeout.as_nanos() as u64,
+        cookie_key(config.seed),
+    )));
+    let splicer = if proxy.splice {
+        match Splicer::new(dp.ebpf()) {
+            Ok(s) => Some(Arc::new(Mutex::new(s))),
+            Err(e) => {
+                warn!("proxy: splicing unavailable, copying in userspace: {e:#}");
+                None
+            }
+        }
+    } else {
+        info!("proxy: --no-splice, copying in userspace");
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(proxy.listen)
+        .await
+        .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
+    say(&format!(
+        "proxy on {} ({}; client from {})",
+        proxy.listen,
+        if splicer.is_some() {
+            "kernel splice"
+        } else {
+            "userspace copy"
+        },
+        if proxy.proxy_protocol {
+            "PROXY protocol".to_string()
+        } else {
+            proxy.header_name.clone()
+        }
+    ));
+    let server = Arc::new(Proxy {
+        config: proxy.clone(),
+        routing: routing.clone(),
+        affinity: AffinityMap::new(affinity),
+        splicer,
+    });
+    tokio::spawn(proxy::server::serve(server, listener));
+    Ok(routing)
+}
