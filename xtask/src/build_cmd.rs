@@ -14,17 +14,29 @@ pub fn run(release: bool) -> Result<PathBuf> {
 
 /// Builds `sticky` without setup (callers that already ran it).
 pub fn build_sticky(release: bool) -> Result<PathBuf> {
+    build_packages(release, &["sticky-user"])?;
+    let bin = sh::target_bin("sticky", release)?;
+    println!("built: {}", bin.display());
+    Ok(bin)
+}
+
+/// Builds `packages` in one cargo run, with the real eBPF object (sticky-user's build script
+/// embeds it), and checks the `sticky` binary landed where xtask looks.
+pub fn build_packages(release: bool, packages: &[&str]) -> Result<()> {
     let mut cargo = sh::cargo()?;
     cargo
         .current_dir(sh::workspace_root()?)
         // Overrides the `AYA_BUILD_SKIP = "1"` default from .cargo/config.toml.
         .env("AYA_BUILD_SKIP", "0")
-        .args(["build", "--package", "sticky-user"]);
+        .arg("build");
+    for p in packages {
+        cargo.args(["--package", p]);
+    }
     if release {
         cargo.arg("--release");
     }
     sh::run(&mut cargo).context("building sticky failed; see cargo's output above")?;
-    let bin = sh::sticky_bin(release)?;
+    let bin = sh::target_bin("sticky", release)?;
     if !bin.is_file() {
         anyhow::bail!(
             "cargo succeeded but {} does not exist; is CARGO_TARGET_DIR or build.target-dir \
@@ -32,6 +44,5 @@ pub fn build_sticky(release: bool) -> Result<PathBuf> {
             bin.display()
         );
     }
-    println!("built: {}", bin.display());
-    Ok(bin)
+    Ok(())
 }

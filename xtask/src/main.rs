@@ -1,5 +1,6 @@
 //! Developer tasks for sticky, run as `cargo xtask <command>`.
 
+mod bench_cmd;
 mod bpf_linker;
 mod build_cmd;
 mod run_cmd;
@@ -52,6 +53,18 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install the benchmark's tools, build in release, and benchmark sticky against direct
+    /// paths, nftables NAT, HAProxy and nginx (as root; about 15 minutes).
+    ///
+    /// Writes bench/results/latest.md (table), latest.png (chart) and latest.json (samples).
+    Bench {
+        /// Sanity check in under 2 minutes: one round of 1-second measurements.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for `sticky-bench run`, after `--` (e.g. `-- --case sticky`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -62,6 +75,7 @@ fn main() -> Result<ExitCode> {
         Command::Test { release, args } => {
             test_cmd::run(release, &args).map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench { quick, args } => bench_cmd::run(quick, &args),
     }
 }
 
@@ -92,6 +106,18 @@ mod tests {
             anyhow::bail!("not parsed as test");
         };
         assert_eq!(args, ["filter", "--", "--nocapture"]);
+        Ok(())
+    }
+
+    #[test]
+    fn bench_takes_quick_and_passes_the_rest() -> Result<()> {
+        let Command::Bench { quick, args } =
+            parse(&["bench", "--quick", "--", "--case", "sticky"])?
+        else {
+            anyhow::bail!("not parsed as bench");
+        };
+        assert!(quick);
+        assert_eq!(args, ["--case", "sticky"]);
         Ok(())
     }
 

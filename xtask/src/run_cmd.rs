@@ -15,11 +15,17 @@ pub fn run(release: bool, args: &[String]) -> Result<ExitCode> {
     } else {
         cmd.args(args);
     }
+    foreground(&mut cmd)
+}
+
+/// Runs `cmd` in the foreground and returns its exit code. Ctrl-C reaches the child directly
+/// (same process group); xtask ignores it so it stays to report the exit code after the child
+/// has cleaned up (detached its programs, removed its namespaces).
+pub fn foreground(cmd: &mut Command) -> Result<ExitCode> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("could not start {}", bin.display()))?;
-    // Ctrl-C reaches sticky directly (same process group). Ignoring it here keeps xtask
-    // alive to report sticky's exit code after sticky has detached its programs.
+        .with_context(|| format!("could not start {program}"))?;
     // Done after spawn so the child does not inherit the ignored disposition.
     // SAFETY: SIG_IGN installs no handler code; nothing else in xtask touches SIGINT.
     unsafe {
@@ -27,7 +33,7 @@ pub fn run(release: bool, args: &[String]) -> Result<ExitCode> {
     }
     let status = child
         .wait()
-        .with_context(|| format!("waiting for {} failed", bin.display()))?;
+        .with_context(|| format!("waiting for {program} failed"))?;
     let code = match (status.code(), status.signal()) {
         (Some(code), _) => code,
         // Shell convention for death by signal.

@@ -8,7 +8,13 @@ use crate::{bpf_linker, sh};
 
 /// Debian packages the integration tests and the demo shell out to.
 /// Append here when tests start needing more tools.
-pub const DEB_PACKAGES: &[&str] = &["ethtool", "iproute2", "util-linux", "procps"];
+pub const DEB_PACKAGES: &[&str] = &[
+    "ethtool",
+    "iproute2",
+    "util-linux",
+    "procps",
+    "redis-server",
+];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -17,7 +23,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker::ensure()?;
     bpffs()?;
-    deb_packages()?;
+    deb_packages(DEB_PACKAGES)?;
     Ok(())
 }
 
@@ -70,16 +76,17 @@ fn bpffs() -> Result<()> {
         .with_context(|| format!("mounting bpffs failed; does {BPFFS} exist?"))
 }
 
-fn deb_packages() -> Result<()> {
+/// Installs whichever of `packages` are missing (one `apt-get update` first, only then).
+pub fn deb_packages(packages: &[&str]) -> Result<()> {
     if sh::find_in_path("dpkg-query")?.is_none() {
         println!(
             "note: dpkg-query not found; install these tools yourself: {}",
-            DEB_PACKAGES.join(" ")
+            packages.join(" ")
         );
         return Ok(());
     }
     let mut missing = Vec::new();
-    for &pkg in DEB_PACKAGES {
+    for &pkg in packages {
         if deb_installed(pkg)? {
             println!("ok: {pkg} already installed");
         } else {

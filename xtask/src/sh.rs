@@ -101,8 +101,8 @@ pub fn workspace_root() -> Result<PathBuf> {
         .context("xtask's manifest directory has no parent; run xtask from the sticky workspace")
 }
 
-/// Where cargo puts the `sticky` binary for the chosen profile.
-pub fn sticky_bin(release: bool) -> Result<PathBuf> {
+/// Where cargo puts the binary `name` for the chosen profile.
+pub fn target_bin(name: &str, release: bool) -> Result<PathBuf> {
     let root = workspace_root()?;
     let target = match env::var_os("CARGO_TARGET_DIR") {
         // Cargo resolves a relative CARGO_TARGET_DIR against the directory it runs in,
@@ -112,5 +112,5 @@ pub fn sticky_bin(release: bool) -> Result<PathBuf> {
     };
     Ok(target
         .join(if release { "release" } else { "debug" })
-        .join("sticky"))
+        .join(name))
 }

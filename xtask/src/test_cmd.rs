@@ -15,6 +15,7 @@ pub fn run(release: bool, extra: &[String]) -> Result<()> {
 
 fn run_tests(release: bool, extra: &[String]) -> Result<()> {
     setup::run()?;
+    npm_ci_example()?;
     let bin = build_cmd::build_sticky(release)?;
     if sh::is_root() {
         println!("running as root: integration tests will load eBPF programs");
@@ -44,4 +45,18 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
     }
     cargo.arg("--test-threads=1");
     sh::run(&mut cargo).context("tests failed; see cargo's output above")
+}
+
+/// The socket.io tests run the example with its locked dependencies: install them once.
+fn npm_ci_example() -> Result<()> {
+    let dir = sh::workspace_root()?.join("examples/socketio");
+    if dir.join("node_modules/socket.io").exists() {
+        println!("ok: examples/socketio dependencies installed");
+        return Ok(());
+    }
+    println!("installing: examples/socketio dependencies (npm ci)");
+    let mut npm = sh::cmd("npm")?;
+    npm.current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund"]);
+    sh::run(&mut npm).context("npm ci in examples/socketio (is node/npm installed?)")
 }

@@ -1,0 +1,171 @@
+//! The PNG chart: per metric, one bar per case with its median's ratio to the routed path.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+use plotters::style::{
+    FontStyle, register_font,
+    text_anchor::{HPos, Pos, VPos},
+};
+
+use crate::{metrics::Metric, metrics::Results, peers::Case};
+
+/// Debian's `fonts-dejavu-core`; `cargo xtask bench` installs it.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const SIZE: (u32, u32) = (1500, 720);
+/// Bars above this are cut (their label still shows the value).
+const MAX_RATIO: f64 = 3.0;
+
+/// One color per case, the same in every chart; the baselines in grays.
+fn color(case: Case) -> RGBColor {
+    match case {
+        Case::Direct => RGBColor(0xa0, 0xa0, 0xa0),
+        Case::Routed => RGBColor(0x55, 0x55, 0x55),
+        Case::Nftables => RGBColor(0xf2, 0x9e, 0x1f),
+        Case::Haproxy => RGBColor(0x1e, 0x78, 0xd2),
+        Case::Nginx => RGBColor(0x3c, 0x9a, 0x48),
+        Case::Sticky => RGBColor(0xc8, 0x1e, 0x5a),
+    }
+}
+
+pub fn draw(results: &Results, path: &Path, title: &str) -> anyhow::Result<()> {
+    let font = std::fs::read(FONT)
+        .with_context(|| format!("read {FONT} (apt-get install fonts-dejavu-core)"))?;
+    // plotters keeps fonts for the life of the process; the bench draws once.
+    register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    draw_with_font(results, path, title)
+        .map_err(|e| anyhow::anyhow!("draw {}: {e}", path.display()))
+}
+
+fn draw_with_font(
+    results: &Results,
+    path: &Path,
+    title: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let cases: Vec<Case> = Case::ALL
+        .into_iter()
+        .filter(|c| results.samples.contains_key(c))
+        .collect();
+    let metrics = Metric::ALL;
+    let top = metrics
+        .iter()
+        .flat_map(|&m| cases.iter().filter_map(move |&c| results.ratio(c, m)))
+        .fold(1.2f64, f64::max)
+        .min(MAX_RATIO);
+    let top = (top * 1.1 * 4.0).ceil() / 4.0;
+
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (head, body) = root.split_vertically(84);
+    head.draw(&Text::new(
+        title,
+        (i32::try_from(SIZE.0 / 2).unwrap_or(0), 10),
+        TextStyle::from(("sans-serif", 24).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+    ))?;
+    // The legend is a row under the title, so it never hides a bar.
+    let label =
+        TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (j, &case) in cases.iter().enumerate() {
+        let x = 90 + 235 * i32::try_from(j).unwrap_or(0);
+        let color = color(case);
+        head.draw(&Rectangle::new([(x, 52), (x + 16, 68)], color.filled()))?;
+        head.draw(&Text::new(case.label(), (x + 22, 60), label.clone()))?;
+    }
+    let mut chart = ChartBuilder::on(&body)
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..metrics.len() as f64, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|_| String::new())
+        .y_desc("median ÷ routed median")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+
+    let slot = 0.84 / cases.len().max(1) as f64;
+    let clipped = TextStyle::from(("sans-serif", 12).into_font())
+        .color(&WHITE)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (j, &case) in cases.iter().enumerate() {
+        let color = color(case);
+        for (i, &m) in metrics.iter().enumerate() {
+            let Some(r) = results.ratio(case, m) else {
+                continue;
+            };
+            let x0 = i as f64 + 0.08 + j as f64 * slot;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x0, 0.0), (x0 + slot * 0.9, r.min(top))],
+                color.filled(),
+            )))?;
+            if r > top {
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{r:.1}×"),
+                    (x0 + slot * 0.45, top * 0.99),
+                    clipped.clone(),
+                )))?;
+            }
+        }
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (metrics.len() as f64, 1.0)],
+        BLACK.stroke_width(2),
+    )))?;
+
+    // Metric names under each group, in absolute pixels (what backend_coord returns) below
+    // the plotting area.
+    let style =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, m) in metrics.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(m.short(), (x, y + 10), style.clone()))?;
+        if i > 0 {
+            let (gx, _) = chart.backend_coord(&(i as f64, 0.0));
+            root.draw(&PathElement::new(
+                vec![(gx, y), (gx, y + 8)],
+                BLACK.stroke_width(1),
+            ))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png() {
+        if !Path::new(FONT).exists() {
+            println!("skipped: {FONT} missing (`cargo xtask bench` installs it)");
+            return;
+        }
+        let mut r = Results::default();
+        for (case, k) in [
+            (Case::Routed, 1.0),
+            (Case::Sticky, 0.98),
+            (Case::Haproxy, 9.0),
+        ] {
+            for m in Metric::ALL {
+                r.add(case, m, 100.0 * k);
+            }
+        }
+        let dir = crate::cmd::TempDir::new("chart-test").unwrap();
+        let png = dir.path.join("c.png");
+        draw(&r, &png, "test").unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        if let Some(keep) = std::env::var_os("STICKY_BENCH_KEEP_CHART") {
+            std::fs::copy(&png, keep).unwrap();
+        }
+    }
+}

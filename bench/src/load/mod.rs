@@ -1,0 +1,189 @@
+//! `sticky-bench load`: the load generator for what wrk cannot do — thousands of source
+//! addresses so source hashing spreads, socket.io-style handshakes, fixed-rate latency and
+//! small-frame echo. Runs inside the client namespace (started through `nsenter`) and prints
+//! one JSON line.
+
+mod closed;
+mod echo;
+mod http;
+mod poll;
+mod rate;
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::Net;
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+/// Where to connect, from where, for how long: shared by every mode.
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Server to connect to (repeatable); source i uses target i mod N, as a hash would.
+    #[arg(long = "target", value_name = "ADDR:PORT", required = true)]
+    targets: Vec<SocketAddr>,
+    /// Source addresses to bind, as ADDR/PREFIX (they must be local: the bench routes a /20 to
+    /// the client namespace's lo).
+    #[arg(long, value_name = "NET", default_value = "198.18.16.0/20")]
+    sources: Net,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// A new connection per request (`Connection: close`), closed loop.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Connections in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// socket.io-style handshakes: a connection with the open request, then a second
+    /// connection from the same source with the session's request; counts sessions whose two
+    /// connections reached different backends.
+    Handshake {
+        #[command(flatten)]
+        common: Common,
+        /// Sessions in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Keep-alive requests at a fixed rate: latency percentiles and CPU per request.
+    Rate {
+        #[command(flatten)]
+        common: Common,
+        /// Requests per second, in total.
+        #[arg(long)]
+        rate: f64,
+        /// Keep-alive connections, each from its own source address.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Round trips of a small frame on one connection.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+}
+
+impl Mode {
+    fn common(&self) -> &Common {
+        match self {
+            Self::Connect { common, .. }
+            | Self::Handshake { common, .. }
+            | Self::Rate { common, .. }
+            | Self::Echo { common, .. } => common,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Percentiles {
+    /// From samples in nanoseconds (sorted in place); `None` without samples.
+    pub fn of(ns: &mut [u64]) -> Option<Self> {
+        if ns.is_empty() {
+            return None;
+        }
+        ns.sort_unstable();
+        let at = |q: f64| {
+            let i = ((ns.len() - 1) as f64 * q).round() as usize;
+            ns.get(i).copied().unwrap_or_default() as f64 / 1e3
+        };
+        let mean = ns.iter().map(|&v| v as f64).sum::<f64>() / ns.len() as f64 / 1e3;
+        Some(Self {
+            mean_us: mean,
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+        })
+    }
+}
+
+/// What one load run measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LoadResult {
+    /// Completed requests, sessions or round trips.
+    pub ops: u64,
+    pub secs: f64,
+    pub errors: u64,
+    /// Handshakes whose two connections reached different backends.
+    pub split: u64,
+    /// CPU time the whole machine spent (all CPUs, not idle) over the window.
+    pub cpu_secs: f64,
+    pub latency: Option<Percentiles>,
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    pub fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
+    let Common {
+        targets,
+        sources,
+        duration,
+    } = args.mode.common();
+    anyhow::ensure!(
+        *duration > 0.0 && *duration <= 600.0,
+        "--duration must be in (0, 600] seconds"
+    );
+    let duration = Duration::from_secs_f64(*duration);
+    let result = match args.mode {
+        Mode::Connect { concurrency, .. } => {
+            closed::Closed::run(targets, *sources, concurrency, duration, false)?
+        }
+        Mode::Handshake { concurrency, .. } => {
+            closed::Closed::run(targets, *sources, concurrency, duration, true)?
+        }
+        Mode::Rate {
+            rate, connections, ..
+        } => rate::run(targets, *sources, connections, rate, duration)?,
+        Mode::Echo { size, .. } => {
+            let dst = *targets
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no target"))?;
+            echo::run(sources.addr(0), dst, size, duration)?
+        }
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_uniform_spread() {
+        let mut ns: Vec<u64> = (1..=1000).rev().map(|v| v * 1000).collect();
+        let p = Percentiles::of(&mut ns).unwrap();
+        assert_eq!(p.p50_us, 501.0);
+        assert_eq!(p.p99_us, 990.0);
+        assert!((p.mean_us - 500.5).abs() < 1e-9);
+        assert!(Percentiles::of(&mut []).is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! `sticky-bench`: measures sticky's kernel path against a direct veth, a routed hop with no
+//! balancer, nftables NAT, HAProxy and nginx, in network namespaces it builds and removes.
+//! `cargo xtask bench` installs the tools, builds everything and runs `sticky-bench run`.
+
+mod chart;
+mod cmd;
+mod cpu;
+mod ebpf;
+mod load;
+mod measure;
+mod metrics;
+mod peers;
+mod report;
+mod run;
+mod serve;
+mod tools;
+mod topology;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for sticky, the kernel-accelerated sticky-session load balancer.
+#[derive(Parser, Debug)]
+#[command(name = "sticky-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build the namespaces, measure every case and metric, write the report (as root).
+    Run(run::RunArgs),
+    /// Load generator (inside a client namespace): thousands of source addresses, socket.io
+    /// handshakes, fixed-rate latency, small-frame echo. Prints one JSON line.
+    Load(load::LoadArgs),
+    /// Backend servers (inside a backend namespace): HTTP/1.1 keep-alive responder and TCP
+    /// echo.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(args) => run::run(&args),
+        Command::Load(args) => load::run(&args),
+        Command::Serve(args) => serve::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sticky-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The cases and their middleboxes: nothing (direct veth, routed), nftables `jhash` DNAT,
+//! HAProxy `balance source`, nginx stream `hash $remote_addr consistent`, and sticky. Each
+//! runs in the balancer namespace, pinned to the server CPU, from configuration generated in a
+//! private folder, and is stopped by PID (or its table deleted) on drop.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sticky::sandbox::{Daemon, plan};
+
+use crate::{
+    cmd::{self, Proc, TempDir},
+    topology::{Bench, CLIENT_NET, DIRECT_NET, Net, SERVER_CPU},
+};
+
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+const NFT_TABLE: &str = "sticky_bench";
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+pub enum Case {
+    Direct,
+    Routed,
+    Nftables,
+    Haproxy,
+    Nginx,
+    Sticky,
+}
+
+impl Case {
+    pub const ALL: [Self; 6] = [
+        Self::Direct,
+        Self::Routed,
+        Self::Nftables,
+        Self::Haproxy,
+        Self::Nginx,
+        Self::Sticky,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct veth",
+            Self::Routed => "routed, no LB",
+            Self::Nftables => "nftables jhash",
+            Self::Haproxy => "HAProxy source",
+            Self::Nginx => "nginx hash",
+            Self::Sticky => "sticky kernel",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Direct => "client and backend 0 on one veth pair: no hop at all",
+            Self::Routed => {
+                "client → balancer namespace (plain IP forwarding) → backend: the L4 hop's limit"
+            }
+            Self::Nftables => "`dnat to jhash ip saddr mod N map {…}` with conntrack",
+            Self::Haproxy => "HAProxy 2.6, TCP mode, `balance source`, one thread",
+            Self::Nginx => "nginx 1.22 stream, `hash $remote_addr consistent`, one worker",
+            Self::Sticky => "`sticky run` (tc eBPF DNAT, Maglev, flow and affinity tables)",
+        }
+    }
+}
+
+/// A server port on the backends, reached on its own VIP port through the middleboxes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Http,
+    Echo,
+    Bulk,
+}
+
+impl Service {
+    pub const ALL: [Self; 3] = [Self::Http, Self::Echo, Self::Bulk];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Echo => "echo",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    pub const fn backend_port(self) -> u16 {
+        match self {
+            Self::Http => plan::BACKEND_PORT,
+            Self::Echo => 8081,
+            Self::Bulk => 5201,
+        }
+    }
+
+    pub const fn vip_port(self) -> u16 {
+        match self {
+            Self::Http => plan::VIP_PORT,
+            Self::Echo => 7,
+            Self::Bulk => 5201,
+        }
+    }
+}
+
+/// Where a case's clients connect for a service, and from which source addresses.
+pub struct Route {
+    pub targets: Vec<SocketAddr>,
+    pub sources: Net,
+}
+
+pub fn route(case: Case, service: Service, backends: usize) -> Route {
+    let port = service.backend_port();
+    match case {
+        Case::Direct => Route {
+            targets: vec![Bench::direct(port)],
+            sources: DIRECT_NET,
+        },
+        // The client picks the backend itself, by source address, as a balancer would.
+        Case::Routed => Route {
+            targets: (0..backends).map(|k| Bench::backend(k, port)).collect(),
+            sources: CLIENT_NET,
+        },
+        _ => Route {
+            targets: vec![Bench::vip(service.vip_port())],
+            sources: CLIENT_NET,
+        },
+    }
+}
+
+/// A case's middlebox, running for one service; stops on drop.
+pub enum Middlebox<'a> {
+    Nothing,
+    /// Held for its drop, which deletes the table.
+    Nft {
+        _table: NftTable<'a>,
+    },
+    /// The process, and its configuration folder (removed after it stops).
+    Proxy {
+        proc: Proc,
+        _config: TempDir,
+    },
+    Sticky(Daemon),
+}
+
+impl Middlebox<'_> {
+    /// The running sticky daemon's instance, for its eBPF statistics.
+    pub fn sticky_instance(&self) -> Option<&str> {
+        match self {
+            Self::Sticky(d) => Some(&d.instance),
+            _ => None,
+        }
+    }
+
+    /// Fails if a proxy died during a measurement.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Proxy { proc, .. } => proc.check_alive(),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn start<'a>(
+    case: Case,
+    service: Service,
+    bench: &'a Bench,
+    sticky_bin: &Path,
+) -> anyhow::Result<Middlebox<'a>> {
+    let backends: Vec<SocketAddr> = (0..bench.backends().len())
+        .map(|k| Bench::backend(k, service.backend_port()))
+        .collect();
+    let vip = Bench::vip(service.vip_port());
+    let started = match case {
+        Case::Direct | Case::Routed => Middlebox::Nothing,
+        Case::Nftables => Middlebox::Nft {
+            _table: NftTable::create(bench, vip, &backends)?,
+        },
+        Case::Haproxy => {
+            let dir = TempDir::new("haproxy")?;
+            let cfg = dir.write("haproxy.cfg", &haproxy_config(vip, &backends))?;
+            let proc = Proc::spawn(
+                "haproxy",
+                cmd::in_ns(bench.lb(), Some(SERVER_CPU), "haproxy")
+                    .arg("-db")
+                    .arg("-f")
+                    .arg(&cfg),
+            )?;
+            Middlebox::Proxy { proc, _config: dir }
+        }
+        Case::Nginx => {
+            anyhow::ensure!(
+                Path::new(NGINX_STREAM_MODULE).exists(),
+                "{NGINX_STREAM_MODULE} is missing: apt-get install libnginx-mod-stream"
+            );
+            let dir = TempDir::new("nginx")?;
+            let cfg = dir.write("nginx.conf", &nginx_config(&dir.path, vip, &backends))?;
+            let proc = Proc::spawn(
+                "nginx",
+                cmd::in_ns(bench.lb(), Some(SERVER_CPU), "nginx")
+                    .arg("-e")
+                    .arg(dir.path.join("error.log"))
+                    .arg("-p")
+                    .arg(&dir.path)
+                    .arg("-c")
+                    .arg(&cfg),
+            )?;
+            Middlebox::Proxy { proc, _config: dir }
+        }
+        Case::Sticky => {
+            let args = bench
+                .topo
+                .sticky_args_on(false, service.vip_port(), service.backend_port());
+            let daemon = Daemon::start(sticky_bin, bench.lb(), &args)
+                .context("start sticky in the balancer namespace")?;
+            cmd::output(
+                std::process::Command::new("taskset").args([
+                    "-a",
+                    "-p",
+                    "-c",
+                    &SERVER_CPU.to_string(),
+                    &daemon.pid().to_string(),
+                ]),
+                Duration::from_secs(5),
+            )
+            .context("pin the sticky daemon")?;
+            Middlebox::Sticky(daemon)
+        }
+    };
+    let mut started = started;
+    if let Middlebox::Proxy { proc, .. } = &mut started
+        && let Err(e) = bench.wait_lb_listening(vip.port())
+    {
+        proc.check_alive()
+            .with_context(|| format!("{} did not start", case.label()))?;
+        return Err(e.context(format!("{} did not start", case.label())));
+    }
+    Ok(started)
+}
+
+/// The nftables DNAT table in the balancer namespace; deleted on drop.
+pub struct NftTable<'a> {
+    bench: &'a Bench,
+}
+
+impl<'a> NftTable<'a> {
+    fn create(bench: &'a Bench, vip: SocketAddr, backends: &[SocketAddr]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("nft")?;
+        let file = dir.write("dnat.nft", &nft_rules(vip, backends))?;
+        // Delete a stale table of ours first (a crashed run), then load: one transaction.
+        let _ = nft(bench, &["delete", "table", "ip", NFT_TABLE]);
+        cmd::output(
+            cmd::in_ns(bench.lb(), None, "nft").arg("-f").arg(&file),
+            Duration::from_secs(10),
+        )
+        .context("load the nftables DNAT rules (is nftables installed?)")?;
+        Ok(Self { bench })
+    }
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        let _ = nft(self.bench, &["delete", "table", "ip", NFT_TABLE]);
+    }
+}
+
+fn nft(bench: &Bench, args: &[&str]) -> anyhow::Result<String> {
+    cmd::output(
+        cmd::in_ns(bench.lb(), None, "nft").args(args),
+        Duration::from_secs(10),
+    )
+}
+
+/// Empties netfilter's connection tracking in every namespace.
+pub fn flush_conntrack(bench: &Bench) -> anyhow::Result<()> {
+    for ns in bench.namespaces() {
+        cmd::output(
+            cmd::in_ns(ns, None, "conntrack").arg("-F"),
+            Duration::from_secs(10),
+        )
+        .context("flush conntrack (apt-get install conntrack)")?;
+    }
+    Ok(())
+}
+
+fn nft_rules(vip: SocketAddr, backends: &[SocketAddr]) -> String {
+    let map: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(k, b)| format!("{k} : {} . {}", b.ip(), b.port()))
+        .collect();
+    format!(
+        "table ip {NFT_TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; \
+         policy accept;\n    ip daddr {} tcp dport {} dnat ip to jhash ip saddr mod {} map {{ {} }}\n  \
+         }}\n}}\n",
+        vip.ip(),
+        vip.port(),
+        backends.len(),
+        map.join(", ")
+    )
+}
+
+fn haproxy_config(vip: SocketAddr, backends: &[SocketAddr]) -> String {
+    let mut cfg = format!(
+        "global\n    maxconn 9000\n    nbthread 1\n\n\
+         defaults\n    mode tcp\n    timeout connect 3s\n    timeout client 30s\n    \
+         timeout server 30s\n\n\
+         listen bench\n    bind {vip}\n    balance source\n"
+    );
+    for (k, b) in backends.iter().enumerate() {
+        cfg.push_str(&format!("    server be{k} {b}\n"));
+    }
+    cfg
+}
+
+fn nginx_config(dir: &Path, vip: SocketAddr, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("        server {b};\n"))
+        .collect();
+    format!(
+        "load_module {NGINX_STREAM_MODULE};\n\
+         daemon off;\nmaster_process off;\nworker_processes 1;\n\
+         worker_rlimit_nofile 19000;\n\
+         pid {dir}/nginx.pid;\nerror_log {dir}/error.log error;\n\
+         events {{\n    worker_connections 9000;\n    multi_accept on;\n}}\n\
+         stream {{\n    upstream backends {{\n        hash $remote_addr consistent;\n{servers}    }}\n    \
+         server {{\n        listen {vip};\n        proxy_pass backends;\n    }}\n}}\n",
+        dir = dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends() -> Vec<SocketAddr> {
+        vec![
+            "198.19.0.2:8080".parse().unwrap(),
+            "198.19.1.2:8080".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn nft_rules_map_every_backend() {
+        let rules = nft_rules("198.18.0.100:80".parse().unwrap(), &backends());
+        assert!(rules.contains(
+            "ip daddr 198.18.0.100 tcp dport 80 dnat ip to jhash ip saddr mod 2 map \
+             { 0 : 198.19.0.2 . 8080, 1 : 198.19.1.2 . 8080 }"
+        ));
+    }
+
+    #[test]
+    fn proxies_hash_the_source() {
+        let vip = "198.18.0.100:80".parse().unwrap();
+        let h = haproxy_config(vip, &backends());
+        assert!(h.contains("balance source") && h.contains("server be1 198.19.1.2:8080"));
+        let n = nginx_config(Path::new("/tmp/x"), vip, &backends());
+        assert!(n.contains("hash $remote_addr consistent;"));
+        assert!(n.contains("listen 198.18.0.100:80;") && n.contains("server 198.19.0.2:8080;"));
+    }
+
+    #[test]
+    fn routes_send_balanced_cases_to_the_vip() {
+        let r = route(Case::Sticky, Service::Echo, 2);
+        assert_eq!(r.targets, vec![Bench::vip(7)]);
+        assert_eq!(route(Case::Routed, Service::Http, 2).targets.len(), 2);
+        assert_eq!(
+            route(Case::Direct, Service::Bulk, 2).targets,
+            vec![Bench::direct(5201)]
+        );
+    }
+}

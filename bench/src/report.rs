@@ -1,0 +1,444 @@
+//! The report: `latest.md` (machine, method, table of median (min–max) and ratio to the routed
+//! path, eBPF cost, where sticky stands against its targets, notes), `latest.png` and the raw
+//! samples as `latest.json`. Files are written whole or not at all (temp file, then rename).
+
+use std::{fmt::Write as _, path::Path, time::SystemTime};
+
+use anyhow::Context as _;
+
+use crate::{
+    chart,
+    cmd::TempDir,
+    measure::{CONCURRENCY, RATE_CONNECTIONS, RATE_SHARE, WRK_CONNECTIONS},
+    metrics::{Metric, Results},
+    peers::Case,
+    topology::{CLIENT_NET, LOAD_CPU, SERVER_CPU},
+};
+
+/// The sticky kernel path should reach this share of the routed path.
+const TARGET: f64 = 0.97;
+/// Below this share of the fixed rate, a path's latency is its queue's.
+const OVERLOAD: f64 = 0.95;
+
+/// Writes the three files into `dir` and returns the markdown.
+pub fn write(
+    dir: &Path,
+    results: &Results,
+    quick: bool,
+    hash: Option<&str>,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let machine = Machine::here();
+    let extras = Extras {
+        quick,
+        chart: "latest.png",
+        hash,
+    };
+    let md = format!(
+        "# sticky benchmark\n\n{}",
+        markdown(results, &machine, &extras)
+    );
+    // The encoder picks the format from the extension: draw in a private folder, then copy.
+    let scratch = TempDir::new("chart")?;
+    let drawn = scratch.path.join("latest.png");
+    chart::draw(
+        results,
+        &drawn,
+        "sticky and the alternatives, relative to the routed path (1.0)",
+    )?;
+    let png = dir.join("latest.png");
+    let tmp = dir.join("latest.png.tmp");
+    std::fs::copy(&drawn, &tmp).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &png).with_context(|| format!("write {}", png.display()))?;
+    write_atomic(&dir.join("latest.md"), &md)?;
+    write_atomic(
+        &dir.join("latest.json"),
+        &serde_json::to_string_pretty(results)?,
+    )?;
+    Ok(md)
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+/// Where the figures came from.
+pub struct Machine {
+    pub cpu: String,
+    pub vcpus: usize,
+    pub kernel: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn here() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map_or("unknown CPU".to_string(), |(_, v)| v.trim().to_string());
+        let vcpus = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".to_string(), |s| s.trim().to_string());
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            cpu,
+            vcpus,
+            kernel,
+            date: utc_date(secs),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from Unix seconds (days-to-civil, proleptic Gregorian).
+fn utc_date(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+fn cell(results: &Results, case: Case, metric: Metric) -> String {
+    let Some(s) = results.summary(case, metric) else {
+        return "–".into();
+    };
+    let mut text = metric.format(s.median);
+    if s.n > 1 {
+        let _ = write!(text, " ({}–{})", metric.format(s.min), metric.format(s.max));
+    }
+    if case != Case::Routed
+        && let Some(r) = results.ratio(case, metric)
+    {
+        let _ = write!(text, " **{r:.2}×**");
+    }
+    if matches!(metric, Metric::P50 | Metric::P99 | Metric::CpuPerRequest)
+        && overloaded(results, case).is_some()
+    {
+        text.push_str(" ‡");
+    }
+    text
+}
+
+/// The share of the fixed rate a path reached, when it fell short.
+fn overloaded(results: &Results, case: Case) -> Option<f64> {
+    let reached = results.summary(case, Metric::RateReached)?.median;
+    (reached < OVERLOAD).then_some(reached)
+}
+
+/// What a report shows besides the measurements.
+pub struct Extras<'a> {
+    pub quick: bool,
+    /// Where the chart is, relative to the markdown file.
+    pub chart: &'a str,
+    /// `sticky bench-hash`'s markdown table.
+    pub hash: Option<&'a str>,
+}
+
+/// The report's body, without a title, so the README can show it under its own heading.
+pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String {
+    let cases: Vec<Case> = Case::ALL
+        .into_iter()
+        .filter(|c| results.samples.contains_key(c))
+        .collect();
+    let mut md = String::new();
+    let between = &results.between_cases_cpu;
+    let mean = between.iter().sum::<f64>() / between.len().max(1) as f64;
+    let max = between.iter().copied().fold(0.0, f64::max);
+    let _ = writeln!(
+        md,
+        "Machine: {}, {} vCPUs, Linux {}, {}. Other processes' CPU use: {:.0}% just before the \
+         run, {:.0}% on average (max {:.0}%) in the pauses between cases; hypervisor steal \
+         {:.1}% of CPU time during the run.\n",
+        machine.cpu,
+        machine.vcpus,
+        machine.kernel,
+        machine.date,
+        results.background_cpu * 100.0,
+        mean * 100.0,
+        max * 100.0,
+        results.steal * 100.0
+    );
+    if extras.quick {
+        md.push_str(
+            "**Quick run (`--quick`): one round of short measurements, a sanity check only — \
+             not a result.**\n\n",
+        );
+    }
+    let _ = writeln!(
+        md,
+        "{} round(s), cases interleaved (order rotated each round), {} s per measurement; each \
+         cell is the median (min–max) over the rounds and, in bold, its ratio to the routed \
+         path. ↑ higher is better, ↓ lower is better. Between cases conntrack is flushed and the \
+         middlebox restarted (sticky with fresh maps).\n",
+        results.rounds, results.seconds_per_metric
+    );
+    md.push_str("| metric |");
+    for c in &cases {
+        let _ = write!(md, " {} |", c.label());
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(cases.len()));
+    md.push('\n');
+    for m in Metric::ALL {
+        let arrow = if m.higher_is_better() { "↑" } else { "↓" };
+        let _ = write!(md, "| {} {arrow} |", m.label());
+        for &c in &cases {
+            let _ = write!(md, " {} |", cell(results, c, m));
+        }
+        md.push('\n');
+    }
+    if cases.contains(&Case::Sticky) {
+        md.push_str("| eBPF ns per packet |");
+        for &c in &cases {
+            let v = (c == Case::Sticky)
+                .then(|| ebpf_cell(results))
+                .flatten()
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(md, " {v} |");
+        }
+        md.push('\n');
+    }
+    let short: Vec<String> = cases
+        .iter()
+        .filter_map(|&c| {
+            let reached = overloaded(results, c)?;
+            Some(format!("{} {:.0}%", c.label(), reached * 100.0))
+        })
+        .collect();
+    if !short.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n‡ could not sustain the fixed rate of {:.0} requests/s (median share reached: \
+             {}): its latency is mostly time spent queueing, and grows with the run's length.",
+            results.fixed_rate,
+            short.join(", ")
+        );
+    }
+    let _ = writeln!(md, "\n![bench]({})\n", extras.chart);
+    ebpf_paragraph(&mut md, results);
+    targets(&mut md, results);
+    if let Some(hash) = extras.hash {
+        let _ = writeln!(md, "### Hash and table\n\n{hash}");
+    }
+    md.push_str("### Method\n\n");
+    method(&mut md, results, &cases);
+    if !results.notes.is_empty() {
+        md.push_str("\n### Notes from the run\n\n");
+        for n in &results.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md
+}
+
+fn ebpf_cell(results: &Results) -> Option<String> {
+    Some(format!("{:.0}", results.ebpf_total().per_packet(None)?))
+}
+
+/// Per program and per service: new flows (HTTP runs) cost more than established ones.
+fn ebpf_paragraph(md: &mut String, results: &Results) {
+    let total = results.ebpf_total();
+    let Some(all) = total.per_packet(None) else {
+        return;
+    };
+    let programs: Vec<String> = total
+        .programs
+        .keys()
+        .filter_map(|name| Some(format!("`{name}` {:.0}", total.per_packet(Some(name))?)))
+        .collect();
+    let services: Vec<String> = [
+        ("http", "HTTP metrics, mostly new connections"),
+        ("echo", "echo, one established connection"),
+        ("bulk", "bulk, TSO/GRO-sized packets"),
+    ]
+    .iter()
+    .filter_map(|(key, what)| {
+        let ns = results.ebpf.get(*key)?.per_packet(None)?;
+        Some(format!("{what}: {ns:.0}"))
+    })
+    .collect();
+    let runs: u64 = total.programs.values().map(|(_, n)| n).sum();
+    let _ = writeln!(
+        md,
+        "eBPF cost per packet (sticky's tc programs, kernel run-time statistics over {runs} \
+         runs): **{all:.0} ns** on average; per program {}; per service {}.\n",
+        programs.join(", "),
+        services.join("; ")
+    );
+}
+
+fn targets(md: &mut String, results: &Results) {
+    let Some(_) = results.samples.get(&Case::Sticky) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Where the sticky kernel path stands against its targets (≥ {TARGET}× routed on req/s, \
+         conn/s and Gbit/s, and ≥ nftables NAT):\n"
+    );
+    for m in [
+        Metric::KeepAlive,
+        Metric::NewConn,
+        Metric::Bulk1,
+        Metric::Bulk4,
+    ] {
+        let routed = results.ratio(Case::Sticky, m);
+        let nft = results
+            .summary(Case::Sticky, m)
+            .zip(results.summary(Case::Nftables, m))
+            .and_then(|(s, n)| (n.median > 0.0).then(|| s.median / n.median));
+        // Equal at the precision shown counts as meeting it.
+        let verdict = |r: Option<f64>, goal: f64| match r {
+            Some(r) if r >= goal - 0.0005 => format!("{r:.3}× (meets)"),
+            Some(r) => format!("{r:.3}× (below)"),
+            None => "not measured".into(),
+        };
+        let _ = writeln!(
+            md,
+            "- {}: {} routed, {} nftables",
+            m.label(),
+            verdict(routed, TARGET),
+            verdict(nft, 1.0)
+        );
+    }
+    md.push('\n');
+}
+
+fn method(md: &mut String, results: &Results, cases: &[Case]) {
+    md.push_str("Cases:\n\n");
+    for c in cases {
+        let _ = writeln!(md, "- **{}**: {}", c.label(), c.describe());
+    }
+    let rate = if results.rate_from_capacity {
+        format!(
+            "{:.0} requests/s ({:.0}% of the routed path's keep-alive capacity, measured first)",
+            results.fixed_rate,
+            RATE_SHARE * 100.0
+        )
+    } else {
+        format!("{:.0} requests/s (given with --rate)", results.fixed_rate)
+    };
+    let _ = writeln!(
+        md,
+        "\nHow each figure is measured (client namespace → balancer namespace → {} backend \
+         namespaces, veth offloads at their defaults):\n\n\
+         - keep-alive req/s: `wrk -t1 -c{WRK_CONNECTIONS}`, one source address.\n\
+         - new-connection req/s: `sticky-bench load connect`, {CONCURRENCY} connections in \
+         flight, one request each with `Connection: close`, sources cycling through \
+         {CLIENT_NET} ({} addresses).\n\
+         - socket.io handshakes/s: `sticky-bench load handshake`, {CONCURRENCY} in flight; a \
+         handshake is a connection with the open request, then a second connection from the \
+         same source with the session's request; it counts only if both reached the same \
+         backend.\n\
+         - p50/p99 latency: `sticky-bench load rate`, {rate}, over {RATE_CONNECTIONS} \
+         keep-alive connections from as many sources, timed from the scheduled send \
+         (queueing is not hidden).\n\
+         - CPU µs per request: CPU time of the whole machine (all CPUs, softirqs included, \
+         from /proc/stat) during the fixed-rate run, divided by its requests.\n\
+         - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate.\n\
+         - echo round trip: 64-byte frames written and read back on one connection, mean.\n\
+         - eBPF ns per packet: kernel statistics (`BPF_ENABLE_STATS`, as \
+         `kernel.bpf_stats_enabled=1`, on during the sticky case only) `run_time_ns / run_cnt` \
+         of sticky's programs over all its runs.\n\n\
+         CPUs: load generators (wrk, iperf3 client, sticky-bench load) pinned to CPU {LOAD_CPU}; \
+         backend servers, iperf3 servers, HAProxy, nginx and the sticky daemon pinned to CPU \
+         {SERVER_CPU}; the kernel's packet work runs on the CPU that sends.",
+        results.backends,
+        CLIENT_NET.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_civil() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
+        assert_eq!(utc_date(1_798_761_600), "2027-01-01 00:00 UTC");
+    }
+
+    #[test]
+    fn table_has_ratios_and_targets() {
+        let mut r = Results {
+            rounds: 3,
+            seconds_per_metric: 5,
+            ..Results::default()
+        };
+        for v in [100.0, 110.0, 90.0] {
+            r.add(Case::Routed, Metric::KeepAlive, v * 1000.0);
+            r.add(Case::Sticky, Metric::KeepAlive, v * 990.0);
+            r.add(Case::Nftables, Metric::KeepAlive, v * 900.0);
+        }
+        r.fixed_rate = 1000.0;
+        for (case, reached) in [
+            (Case::Routed, 1.0),
+            (Case::Sticky, 0.99),
+            (Case::Nftables, 0.5),
+        ] {
+            r.add(case, Metric::P50, 80.0);
+            r.add(case, Metric::RateReached, reached);
+        }
+        let http = r.ebpf.entry("http".into()).or_default();
+        http.add("sticky_ingress", 6000, 100);
+        http.add("sticky_egress", 4000, 100);
+        let machine = Machine {
+            cpu: "Test CPU".into(),
+            vcpus: 2,
+            kernel: "6.18".into(),
+            date: "2026-01-01 00:00 UTC".into(),
+        };
+        let extras = Extras {
+            quick: false,
+            chart: "latest.png",
+            hash: Some("| scheme |"),
+        };
+        let md = markdown(&r, &machine, &extras);
+        assert!(md.contains("![bench](latest.png)"), "{md}");
+        assert!(md.contains("### Hash and table\n\n| scheme |"), "{md}");
+        assert!(
+            md.contains("Machine: Test CPU, 2 vCPUs, Linux 6.18"),
+            "{md}"
+        );
+        assert!(md.contains("99.0k (89.1k–108.9k) **0.99×**"), "{md}");
+        assert!(md.contains("| – | 50 |"), "{md}");
+        assert!(
+            md.contains(
+                "**50 ns** on average; per program `sticky_egress` 40, `sticky_ingress` 60"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- keep-alive req/s: 0.990× (meets) routed, 1.100× (meets) nftables"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- bulk Gbit/s, 1 stream: not measured routed"),
+            "{md}"
+        );
+        assert!(md.contains("| 80.0 **1.00×** ‡ | 80.0 **1.00×** |"), "{md}");
+        assert!(
+            md.contains("(median share reached: nftables jhash 50%)"),
+            "{md}"
+        );
+    }
+}

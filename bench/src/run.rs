@@ -1,0 +1,230 @@
+//! `sticky-bench run`: builds the namespaces, starts the backend servers, then for each round
+//! runs every case (in an order rotated per round) through every metric, flushing conntrack
+//! and restarting the middlebox between cases, and writes the report.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cmd::{self, Proc},
+    cpu,
+    measure::{self, Ctx, RATE_SHARE},
+    metrics::Results,
+    peers::Case,
+    report,
+    topology::{Bench, LOAD_CPU, SERVER_CPU},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The sticky binary, built with its eBPF object (`cargo xtask build --release`).
+    #[arg(long, value_name = "PATH")]
+    sticky: PathBuf,
+    /// Folder for latest.md, latest.png and latest.json.
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+    /// Sanity check in under 2 minutes: one round of 1-second measurements, not a result.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds [default: 3, 1 with --quick].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per measurement [default: 5, 1 with --quick].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Backend namespaces.
+    #[arg(long, default_value_t = 2)]
+    backends: usize,
+    /// Requests per second for the latency runs [default: half the routed path's keep-alive
+    /// capacity, measured first].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run only these cases (repeatable) [default: all].
+    #[arg(long = "case", value_enum)]
+    cases: Vec<Case>,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    // SAFETY: no arguments.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the bench builds network namespaces and loads eBPF: run it as root \
+         (`cargo xtask bench` as root)"
+    );
+    anyhow::ensure!(
+        args.sticky.is_file(),
+        "{} does not exist: build it with `cargo xtask build --release`",
+        args.sticky.display()
+    );
+    anyhow::ensure!((1..=16).contains(&args.backends), "--backends must be 1-16");
+    require_tools()?;
+    cmd::catch_interrupts();
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let secs = args
+        .seconds
+        .unwrap_or(if args.quick { 1 } else { 5 })
+        .clamp(1, 120);
+    let cases = if args.cases.is_empty() {
+        Case::ALL.to_vec()
+    } else {
+        args.cases.clone()
+    };
+    let mut results = Results {
+        rounds,
+        seconds_per_metric: secs,
+        ..Results::default()
+    };
+    anyhow::ensure!(
+        cpu::count() >= 2,
+        "the bench pins load generators to CPU {LOAD_CPU} and servers to CPU {SERVER_CPU}: it \
+         needs 2 CPUs or more"
+    );
+    // Threads and children inherit this; servers and balancers are moved to SERVER_CPU.
+    cpu::pin_self(LOAD_CPU)?;
+    results.background_cpu = background_cpu(Duration::from_secs(1))?;
+    if results.background_cpu > 0.05 {
+        results.note(format!(
+            "other processes kept {:.0}% of the CPUs busy just before the run: figures are \
+             noisier than usual",
+            results.background_cpu * 100.0
+        ));
+    }
+    let started = Instant::now();
+    let times_at_start = cpu::times()?;
+
+    println!(
+        "bench: building namespaces (client /20, balancer, {} backends)",
+        args.backends
+    );
+    let bench = Bench::build(args.backends)?;
+    let exe = std::env::current_exe().context("locate sticky-bench")?;
+    let _servers = start_servers(&bench, &exe)?;
+    let mut ctx = Ctx {
+        bench: &bench,
+        sticky: &args.sticky,
+        exe,
+        secs,
+        rate: 0.0,
+    };
+    ctx.rate = match args.rate {
+        Some(r) if r > 0.0 => r,
+        Some(r) => anyhow::bail!("--rate {r}: must be positive"),
+        None => measure::calibrate(&ctx)?,
+    };
+    results.fixed_rate = ctx.rate;
+    results.rate_from_capacity = args.rate.is_none();
+    results.backends = args.backends;
+    let origin = if args.rate.is_some() {
+        "from --rate".to_string()
+    } else {
+        format!("{:.0}% of routed keep-alive capacity", RATE_SHARE * 100.0)
+    };
+    println!(
+        "bench: fixed rate for latency {:.0} requests/s ({origin})",
+        ctx.rate
+    );
+
+    for round in 0..rounds {
+        for i in 0..cases.len() {
+            let Some(&case) = cases.get((i + round) % cases.len()) else {
+                continue;
+            };
+            println!("bench: round {}/{rounds}: {}", round + 1, case.label());
+            // Our servers idle now: what the CPUs do is someone else's work.
+            let idle = background_cpu(Duration::from_millis(300))?;
+            results.between_cases_cpu.push(idle);
+            if idle > 0.10 {
+                results.note(format!(
+                    "other processes kept {:.0}% of the CPUs busy before {} (round {})",
+                    idle * 100.0,
+                    case.label(),
+                    round + 1
+                ));
+            }
+            let t = Instant::now();
+            if let Err(e) = measure::run_case(&ctx, case, &mut results) {
+                cmd::check_interrupted()?;
+                results.note(format!("{} (round {}): {e:#}", case.label(), round + 1));
+            }
+            println!("  ({:.1} s)", t.elapsed().as_secs_f64());
+        }
+    }
+    println!("bench: measured in {} s", started.elapsed().as_secs());
+    let now = cpu::times()?;
+    let total = now.total.saturating_sub(times_at_start.total).as_secs_f64();
+    if total > 0.0 {
+        results.steal = now.steal.saturating_sub(times_at_start.steal).as_secs_f64() / total;
+    }
+    let hash = hash_and_table();
+    let md = report::write(&args.out, &results, args.quick, Some(&hash))?;
+    println!("\n{md}");
+    Ok(())
+}
+
+/// Fails early, naming every missing tool, rather than case by case mid-run.
+fn require_tools() -> anyhow::Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = [
+        "ip",
+        "ethtool",
+        "nsenter",
+        "taskset",
+        "ss",
+        "wrk",
+        "iperf3",
+        "haproxy",
+        "nginx",
+        "nft",
+        "conntrack",
+    ]
+    .into_iter()
+    .filter(|tool| !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "missing tools: {} (`cargo xtask bench` installs them; or apt-get install wrk iperf3 \
+         haproxy nginx libnginx-mod-stream nftables conntrack ethtool)",
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// `sticky bench-hash`'s comparison of client hashes, in process (a fraction of a second).
+fn hash_and_table() -> String {
+    use sticky::hashbench::{self, DEFAULT_BACKENDS, DEFAULT_CLIENTS, DEFAULT_SEED};
+    let clients = DEFAULT_CLIENTS as usize;
+    let schemes = hashbench::run(clients, DEFAULT_BACKENDS, DEFAULT_SEED);
+    format!(
+        "`sticky bench-hash`: {clients} simulated clients (half IPv4, half IPv6), \
+         {DEFAULT_BACKENDS} backends, seed {DEFAULT_SEED:#x}; lookups timed in this process \
+         (pinned to CPU {LOAD_CPU}).\n\n{}",
+        hashbench::render_markdown(&schemes)
+    )
+}
+
+/// Share of all CPUs busy over `d` while we run nothing: other processes' noise.
+fn background_cpu(d: Duration) -> anyhow::Result<f64> {
+    let before = cpu::busy()?;
+    let t = Instant::now();
+    cmd::sleep(d)?;
+    let busy = cpu::busy()?.saturating_sub(before).as_secs_f64();
+    Ok(busy / (t.elapsed().as_secs_f64() * cpu::count() as f64))
+}
+
+/// `sticky-bench serve` in every backend namespace, pinned to the server CPU.
+fn start_servers(bench: &Bench, exe: &std::path::Path) -> anyhow::Result<Vec<Proc>> {
+    let mut servers = Vec::new();
+    for (k, ns) in bench.backends().iter().enumerate() {
+        let mut p = Proc::spawn(
+            "backend server",
+            cmd::in_ns(ns, Some(SERVER_CPU), exe).args(["serve", "--id", &format!("be{k}")]),
+        )?;
+        p.wait_line("ready", Duration::from_secs(10))?;
+        servers.push(p);
+    }
+    Ok(servers)
+}

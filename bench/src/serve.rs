@@ -1,0 +1,150 @@
+//! `sticky-bench serve`: a backend's servers. An HTTP/1.1 responder answering every request
+//! with `<id> <client-ip>\n` (the sandbox's backend protocol, so `sandbox::HttpConn` reads it)
+//! on tokio, fast enough not to be the bottleneck; and a TCP echo server for round trips.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+
+/// Largest request head we accept; ours are under 100 bytes.
+const MAX_HEAD: usize = 16 * 1024;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Backend id written into every HTTP answer.
+    #[arg(long)]
+    id: String,
+    /// HTTP port, on every address of the namespace.
+    #[arg(long, default_value_t = crate::peers::Service::Http.backend_port())]
+    http: u16,
+    /// TCP echo port, on every address of the namespace.
+    #[arg(long, default_value_t = crate::peers::Service::Echo.backend_port())]
+    echo: u16,
+    /// Exit after this many seconds even if nobody stops us.
+    #[arg(long, default_value_t = 3600)]
+    max_secs: u64,
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    // Follows the CPU affinity we were started with (`taskset`): one worker per allowed CPU.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(async {
+        let http = listen(args.http).await?;
+        let echo = listen(args.echo).await?;
+        println!("ready: http :{} echo :{}", args.http, args.echo);
+        let id: Arc<str> = args.id.as_str().into();
+        tokio::select! {
+            r = accept_loop(http, move |s| http_conn(s, id.clone())) => r,
+            r = accept_loop(echo, echo_conn) => r,
+            () = tokio::time::sleep(Duration::from_secs(args.max_secs)) => Ok(()),
+        }
+    })
+}
+
+async fn listen(port: u16) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let socket = TcpSocket::new_v6()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("bind {addr}"))?;
+    socket
+        .listen(4096)
+        .with_context(|| format!("listen on {addr}"))
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, handle: F) -> anyhow::Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream));
+            }
+            // Out of descriptors or a connection reset before accept: keep serving.
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+async fn http_conn(mut stream: TcpStream, id: Arc<str>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let peer = match stream.peer_addr()?.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let body = format!("{id} {peer}\n");
+    let answer = |conn: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let (keep_alive, close) = (answer("keep-alive"), answer("close"));
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut have = 0;
+    let mut out = Vec::new();
+    loop {
+        // Pipelined requests are answered in order, in one write.
+        while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+            let head = &buf[..end];
+            let wants_close = head
+                .windows(17)
+                .any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+            out.extend_from_slice(if wants_close { &close } else { &keep_alive });
+            buf.copy_within(end + 4..have, 0);
+            have -= end + 4;
+            if wants_close {
+                stream.write_all(&out).await?;
+                return Ok(());
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if have == buf.len() {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        let n = stream.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        have += n;
+    }
+}
+
+async fn echo_conn(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await.map(drop)
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head() {
+        assert_eq!(find(b"GET / HTTP/1.1\r\n\r\nx", b"\r\n\r\n"), Some(14));
+        assert_eq!(find(b"GET / HTTP/1.1\r\n", b"\r\n\r\n"), None);
+    }
+}
