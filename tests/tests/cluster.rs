@@ -12,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{root_or_skip, sticky_bin};
@@ -80,38 +80,7 @@ fn assign(topo: &Topology, conns: usize) -> BTreeMap<String, String> {
 }
 
 fn start_cluster(topo: &Topology, extra: &[&str]) -> Daemon {
-    let mut args: Vec<String> = [
-        "cluster",
-        "--workers",
-        "3",
-        "--iface",
-        "cli0",
-        "--hard-shutdown-delay",
-        "5s",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend([
-        "--".into(),
-        "node".into(),
-        worker_script().display().to_string(),
-    ]);
-    let mut d = Daemon::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
-        .expect("sticky cluster");
-    // Every worker in the table before traffic.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.log.iter().filter(|l| l.contains("in the table")).count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "workers never joined: {:?}",
-            d.log
-        );
-        let _ = d
-            .wait_for("in the table", Duration::from_millis(500))
-            .map(|l| d.log.push(l));
-    }
-    d
+    common::start_cluster(topo, extra, &worker_script())
 }
 
 #[test]

@@ -77,32 +77,10 @@ impl Drop for Redis {
 }
 
 fn cluster(topo: &Topology, redis: &Redis, extra: &[&str]) -> Daemon {
-    let mut args: Vec<String> = [
-        "cluster",
-        "--workers",
-        "3",
-        "--iface",
-        "cli0",
-        "--hard-shutdown-delay",
-        "5s",
-        "--env",
-        &format!("REDIS_URL=redis://127.0.0.1:{}", redis.port),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend([
-        "--".into(),
-        "node".into(),
-        example().join("app.js").display().to_string(),
-    ]);
-    let mut d = Daemon::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
-        .expect("sticky cluster");
-    for _ in 0..2 {
-        d.wait_for("in the table", Duration::from_secs(30))
-            .expect("every worker joins");
-    }
-    d
+    let redis_url = format!("REDIS_URL=redis://127.0.0.1:{}", redis.port);
+    let mut args = vec!["--env", redis_url.as_str()];
+    args.extend_from_slice(extra);
+    common::start_cluster(topo, &args, &example().join("app.js"))
 }
 
 /// Runs load.js in the client namespace and returns its JSON report.

@@ -11,6 +11,7 @@ use std::{
 use sticky::{
     addr::BackendSpec,
     backends::BackendSet,
+    sandbox::Daemon,
     sandbox::{Answer, HttpConn, Topology, get_once, plan},
     table,
 };
@@ -135,4 +136,30 @@ pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -
         .expect("known backend")
         .0;
     format!("be{k}")
+}
+
+/// `sticky cluster --workers 3 --iface cli0 EXTRA… -- node SCRIPT` in the balancer namespace,
+/// returned once every worker is in the table (the first joins with the daemon, the other two
+/// announce it).
+pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) -> Daemon {
+    let mut args: Vec<String> = [
+        "cluster",
+        "--workers",
+        "3",
+        "--iface",
+        "cli0",
+        "--hard-shutdown-delay",
+        "5s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--".into(), "node".into(), script.display().to_string()]);
+    let mut d = Daemon::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
+        .expect("sticky cluster");
+    for _ in 0..2 {
+        d.wait_for("in the table", std::time::Duration::from_secs(30))
+            .expect("every worker joins");
+    }
+    d
 }
