@@ -12,6 +12,7 @@ use crate::{
     measure::{CONCURRENCY, RATE_CONNECTIONS, RATE_SHARE, WRK_CONNECTIONS},
     metrics::{Metric, Results},
     peers::Case,
+    run::{QUIET, QUIET_WAIT},
     topology::{CLIENT_NET, LOAD_CPU, SERVER_CPU},
 };
 
@@ -165,8 +166,9 @@ pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String
     let _ = writeln!(
         md,
         "Machine: {}, {} vCPUs, Linux {}, {}. Other processes' CPU use: {:.0}% just before the \
-         run, {:.0}% on average (max {:.0}%) in the pauses between cases; hypervisor steal \
-         {:.1}% of CPU time during the run.\n",
+         run, {:.0}% on average (max {:.0}%) when each case started (the bench waits up to \
+         {} s for them to drop under {:.0}%); hypervisor steal {:.1}% of CPU time during the \
+         run.\n",
         machine.cpu,
         machine.vcpus,
         machine.kernel,
@@ -174,6 +176,8 @@ pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String
         results.background_cpu * 100.0,
         mean * 100.0,
         max * 100.0,
+        QUIET_WAIT.as_secs(),
+        QUIET * 100.0,
         results.steal * 100.0
     );
     if extras.quick {

@@ -113,7 +113,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     ctx.rate = match args.rate {
         Some(r) if r > 0.0 => r,
         Some(r) => anyhow::bail!("--rate {r}: must be positive"),
-        None => measure::calibrate(&ctx)?,
+        None => {
+            wait_for_quiet()?;
+            measure::calibrate(&ctx)?
+        }
     };
     results.fixed_rate = ctx.rate;
     results.rate_from_capacity = args.rate.is_none();
@@ -134,13 +137,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 continue;
             };
             println!("bench: round {}/{rounds}: {}", round + 1, case.label());
-            // Our servers idle now: what the CPUs do is someone else's work.
-            let idle = background_cpu(Duration::from_millis(300))?;
+            let idle = wait_for_quiet()?;
             results.between_cases_cpu.push(idle);
-            if idle > 0.10 {
+            if idle > QUIET {
                 results.note(format!(
-                    "other processes kept {:.0}% of the CPUs busy before {} (round {})",
+                    "other processes still kept {:.0}% of the CPUs busy after waiting {} s \
+                     before {} (round {})",
                     idle * 100.0,
+                    QUIET_WAIT.as_secs(),
                     case.label(),
                     round + 1
                 ));
@@ -204,6 +208,33 @@ fn hash_and_table() -> String {
          (pinned to CPU {LOAD_CPU}).\n\n{}",
         hashbench::render_markdown(&schemes)
     )
+}
+
+/// Other processes' CPU share above which the bench waits before a case.
+pub const QUIET: f64 = 0.10;
+/// The longest it waits for them to quiet down.
+pub const QUIET_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (up to `QUIET_WAIT`) until other processes leave the CPUs mostly idle, so a shared
+/// machine's builds and tests do not land inside a measurement; returns their last share.
+/// Our servers idle between cases, so what the CPUs do then is someone else's work.
+fn wait_for_quiet() -> anyhow::Result<f64> {
+    let deadline = Instant::now() + QUIET_WAIT;
+    let mut said = false;
+    loop {
+        let idle = background_cpu(Duration::from_millis(300))?;
+        if idle <= QUIET || Instant::now() >= deadline {
+            return Ok(idle);
+        }
+        if !said {
+            println!(
+                "  waiting for other processes ({:.0}% of the CPUs) to quiet down",
+                idle * 100.0
+            );
+            said = true;
+        }
+        cmd::sleep(Duration::from_secs(1))?;
+    }
 }
 
 /// Share of all CPUs busy over `d` while we run nothing: other processes' noise.
