@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 use plotters::style::{
-    FontStyle, register_font,
+    FontStyle, FontTransform, register_font,
     text_anchor::{HPos, Pos, VPos},
 };
 
@@ -26,6 +26,17 @@ fn color(case: Case) -> RGBColor {
         Case::Haproxy => RGBColor(0x1e, 0x78, 0xd2),
         Case::Nginx => RGBColor(0x3c, 0x9a, 0x48),
         Case::Sticky => RGBColor(0xc8, 0x1e, 0x5a),
+    }
+}
+
+/// A clipped bar's ratio, short enough to fit on the bar.
+fn compact(r: f64) -> String {
+    if r >= 1000.0 {
+        format!("{:.0}k×", r / 1000.0)
+    } else if r >= 10.0 {
+        format!("{r:.0}×")
+    } else {
+        format!("{r:.1}×")
     }
 }
 
@@ -92,9 +103,14 @@ fn draw_with_font(
         .draw()?;
 
     let slot = 0.84 / cases.len().max(1) as f64;
-    let clipped = TextStyle::from(("sans-serif", 12).into_font())
-        .color(&WHITE)
-        .pos(Pos::new(HPos::Center, VPos::Top));
+    // Clipped bars carry their ratio, written down the bar so it fits its width.
+    let clipped = TextStyle::from(
+        ("sans-serif", 13)
+            .into_font()
+            .transform(FontTransform::Rotate90),
+    )
+    .color(&WHITE)
+    .pos(Pos::new(HPos::Left, VPos::Center));
     for (j, &case) in cases.iter().enumerate() {
         let color = color(case);
         for (i, &m) in metrics.iter().enumerate() {
@@ -108,7 +124,7 @@ fn draw_with_font(
             )))?;
             if r > top {
                 chart.draw_series(std::iter::once(Text::new(
-                    format!("{r:.1}×"),
+                    compact(r),
                     (x0 + slot * 0.45, top * 0.99),
                     clipped.clone(),
                 )))?;
@@ -142,6 +158,13 @@ fn draw_with_font(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_labels_fit_a_bar() {
+        assert_eq!(compact(10_575.0), "11k×");
+        assert_eq!(compact(696.9), "697×");
+        assert_eq!(compact(3.84), "3.8×");
+    }
 
     #[test]
     fn draws_a_png() {

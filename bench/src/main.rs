@@ -7,6 +7,7 @@ mod cmd;
 mod cpu;
 mod ebpf;
 mod load;
+mod machine;
 mod measure;
 mod metrics;
 mod peers;
@@ -38,6 +39,8 @@ enum Command {
     /// Backend servers (inside a backend namespace): HTTP/1.1 keep-alive responder and TCP
     /// echo.
     Serve(serve::ServeArgs),
+    /// Render latest.md and latest.png again from a run's latest.json (no measuring).
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Load(args) => load::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Report(args) => report::rerender(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::peers::Case;
+use crate::{machine::Machine, peers::Case};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Metric {
@@ -141,9 +141,16 @@ impl EbpfCost {
     }
 }
 
-/// Every sample of a run, kept as JSON beside the report.
+/// Every sample of a run, kept as JSON beside the report (which can be rendered again from
+/// it: `sticky-bench report`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Results {
+    pub machine: Machine,
+    /// A `--quick` sanity check, not a result.
+    pub quick: bool,
+    /// `sticky bench-hash`'s table, in markdown.
+    pub hash: Option<String>,
     pub samples: BTreeMap<Case, BTreeMap<Metric, Vec<f64>>>,
     /// eBPF cost per service (`http`, `echo`, `bulk`): they differ in packet mix.
     pub ebpf: BTreeMap<String, EbpfCost>,

@@ -2,7 +2,7 @@
 //! path, eBPF cost, where sticky stands against its targets, notes), `latest.png` and the raw
 //! samples as `latest.json`. Files are written whole or not at all (temp file, then rename).
 
-use std::{fmt::Write as _, path::Path, time::SystemTime};
+use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 
@@ -22,23 +22,9 @@ const TARGET: f64 = 0.97;
 const OVERLOAD: f64 = 0.95;
 
 /// Writes the three files into `dir` and returns the markdown.
-pub fn write(
-    dir: &Path,
-    results: &Results,
-    quick: bool,
-    hash: Option<&str>,
-) -> anyhow::Result<String> {
+pub fn write(dir: &Path, results: &Results) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let machine = Machine::here();
-    let extras = Extras {
-        quick,
-        chart: "latest.png",
-        hash,
-    };
-    let md = format!(
-        "# sticky benchmark\n\n{}",
-        markdown(results, &machine, &extras)
-    );
+    let md = format!("# sticky benchmark\n\n{}", markdown(results, "latest.png"));
     // The encoder picks the format from the extension: draw in a private folder, then copy.
     let scratch = TempDir::new("chart")?;
     let drawn = scratch.path.join("latest.png");
@@ -68,55 +54,6 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
-/// Where the figures came from.
-pub struct Machine {
-    pub cpu: String,
-    pub vcpus: usize,
-    pub kernel: String,
-    pub date: String,
-}
-
-impl Machine {
-    pub fn here() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-            .map_or("unknown CPU".to_string(), |(_, v)| v.trim().to_string());
-        let vcpus = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("processor"))
-            .count();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or("unknown".to_string(), |s| s.trim().to_string());
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Self {
-            cpu,
-            vcpus,
-            kernel,
-            date: utc_date(secs),
-        }
-    }
-}
-
-/// `YYYY-MM-DD HH:MM UTC` from Unix seconds (days-to-civil, proleptic Gregorian).
-fn utc_date(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
-}
-
 fn cell(results: &Results, case: Case, metric: Metric) -> String {
     let Some(s) = results.summary(case, metric) else {
         return "–".into();
@@ -144,17 +81,10 @@ fn overloaded(results: &Results, case: Case) -> Option<f64> {
     (reached < OVERLOAD).then_some(reached)
 }
 
-/// What a report shows besides the measurements.
-pub struct Extras<'a> {
-    pub quick: bool,
-    /// Where the chart is, relative to the markdown file.
-    pub chart: &'a str,
-    /// `sticky bench-hash`'s markdown table.
-    pub hash: Option<&'a str>,
-}
-
-/// The report's body, without a title, so the README can show it under its own heading.
-pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String {
+/// The report's body, without a title, so the README can show it under its own heading;
+/// `chart` is the PNG's path relative to where the markdown goes.
+pub fn markdown(results: &Results, chart: &str) -> String {
+    let machine = &results.machine;
     let cases: Vec<Case> = Case::ALL
         .into_iter()
         .filter(|c| results.samples.contains_key(c))
@@ -180,7 +110,7 @@ pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String
         QUIET * 100.0,
         results.steal * 100.0
     );
-    if extras.quick {
+    if results.quick {
         md.push_str(
             "**Quick run (`--quick`): one round of short measurements, a sanity check only — \
              not a result.**\n\n",
@@ -236,10 +166,10 @@ pub fn markdown(results: &Results, machine: &Machine, extras: &Extras) -> String
             short.join(", ")
         );
     }
-    let _ = writeln!(md, "\n![bench]({})\n", extras.chart);
+    let _ = writeln!(md, "\n![bench]({chart})\n");
     ebpf_paragraph(&mut md, results);
     targets(&mut md, results);
-    if let Some(hash) = extras.hash {
+    if let Some(hash) = &results.hash {
         let _ = writeln!(md, "### Hash and table\n\n{hash}");
     }
     md.push_str("### Method\n\n");
@@ -370,16 +300,30 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
     );
 }
 
+/// `sticky-bench report`: renders the report again from saved samples.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Samples written by `sticky-bench run` (its latest.json).
+    #[arg(long, value_name = "FILE", default_value = "bench/results/latest.json")]
+    from: std::path::PathBuf,
+    /// Folder for latest.md, latest.png and latest.json.
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: std::path::PathBuf,
+}
+
+pub fn rerender(args: &ReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.from)
+        .with_context(|| format!("read {}", args.from.display()))?;
+    let results: Results = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a sticky-bench result", args.from.display()))?;
+    println!("{}", write(&args.out, &results)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_utc_civil() {
-        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
-        assert_eq!(utc_date(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
-        assert_eq!(utc_date(1_798_761_600), "2027-01-01 00:00 UTC");
-    }
+    use crate::machine::Machine;
 
     #[test]
     fn table_has_ratios_and_targets() {
@@ -405,18 +349,14 @@ mod tests {
         let http = r.ebpf.entry("http".into()).or_default();
         http.add("sticky_ingress", 6000, 100);
         http.add("sticky_egress", 4000, 100);
-        let machine = Machine {
+        r.machine = Machine {
             cpu: "Test CPU".into(),
             vcpus: 2,
             kernel: "6.18".into(),
             date: "2026-01-01 00:00 UTC".into(),
         };
-        let extras = Extras {
-            quick: false,
-            chart: "latest.png",
-            hash: Some("| scheme |"),
-        };
-        let md = markdown(&r, &machine, &extras);
+        r.hash = Some("| scheme |".into());
+        let md = markdown(&r, "latest.png");
         assert!(md.contains("![bench](latest.png)"), "{md}");
         assert!(md.contains("### Hash and table\n\n| scheme |"), "{md}");
         assert!(

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::{
     cmd::{self, Proc},
     cpu,
+    machine::Machine,
     measure::{self, Ctx, RATE_SHARE},
     metrics::Results,
     peers::Case,
@@ -74,6 +75,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.cases.clone()
     };
     let mut results = Results {
+        machine: Machine::here(),
+        quick: args.quick,
         rounds,
         seconds_per_metric: secs,
         ..Results::default()
@@ -163,8 +166,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if total > 0.0 {
         results.steal = now.steal.saturating_sub(times_at_start.steal).as_secs_f64() / total;
     }
-    let hash = hash_and_table();
-    let md = report::write(&args.out, &results, args.quick, Some(&hash))?;
+    results.hash = Some(hash_and_table());
+    let md = report::write(&args.out, &results)?;
     println!("\n{md}");
     Ok(())
 }
