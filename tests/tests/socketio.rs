@@ -85,8 +85,14 @@ fn cluster(topo: &Topology, redis: &Redis, extra: &[&str]) -> Daemon {
 
 /// Runs load.js in the client namespace and returns its JSON report.
 fn load(topo: &Topology, args: &[&str]) -> Value {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    run_load(&topo.client.path(), &args)
+}
+
+/// Runs load.js in the namespace at `ns_path` (callable from another thread).
+fn run_load(ns_path: &str, args: &[String]) -> Value {
     let out = Command::new("nsenter")
-        .arg(format!("--net={}", topo.client.path()))
+        .arg(format!("--net={ns_path}"))
         .arg("node")
         .arg(example().join("load.js"))
         .args(args)
@@ -224,33 +230,27 @@ fn socketio_survives_a_rolling_reload() {
     let base = plan::client(0, false).to_string();
     let clients = CLIENTS.to_string();
     let path = topo.client.path();
-    let script = example().join("load.js");
     let url = url(3000);
-    let runner = std::thread::spawn(move || {
-        Command::new("nsenter")
-            .arg(format!("--net={path}"))
-            .arg("node")
-            .arg(script)
-            .args([
-                "--url",
-                &url,
-                "--clients",
-                &clients,
-                "--rounds",
-                "40",
-                "--interval-ms",
-                "200",
-                "--reconnect",
-                "--transport",
-                "polling",
-                "--local-address-base",
-                &base,
-                "--timeout-ms",
-                "90000",
-            ])
-            .output()
-            .expect("run load.js")
-    });
+    let args: Vec<String> = [
+        "--url",
+        &url,
+        "--clients",
+        &clients,
+        "--rounds",
+        "40",
+        "--interval-ms",
+        "200",
+        "--reconnect",
+        "--transport",
+        "polling",
+        "--local-address-base",
+        &base,
+        "--timeout-ms",
+        "90000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let runner = std::thread::spawn(move || run_load(&path, &args));
     std::thread::sleep(Duration::from_secs(3));
     let out = cluster.ctl(&sticky_bin(), &["cluster", "reload"]);
     assert!(
@@ -258,14 +258,7 @@ fn socketio_survives_a_rolling_reload() {
         "reload: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = runner.join().expect("load thread");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no report: {stdout}"));
-    let report: Value = serde_json::from_str(line).expect("JSON");
+    let report = runner.join().expect("load thread");
     let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
     assert_eq!(n("failed_clients"), 0, "{report}");
     assert_eq!(n("failed_handshakes"), 0, "{report}");
