@@ -12,8 +12,14 @@ pub const BACKENDS: &str = "STICKY_BACKENDS";
 pub const TABLE: &str = "STICKY_TABLE";
 /// One [`Settings`] entry.
 pub const SETTINGS: &str = "STICKY_SETTINGS";
-/// Connection tracking, LRU: [`FlowKey`] → [`Flow`], one entry per direction.
+/// Connection tracking of established flows, LRU: [`FlowKey`] → [`Flow`], one entry per
+/// direction. Only flows whose client answered the handshake get here (see [`NEW_FLOWS`]), so a
+/// flood of SYNs from spoofed sources cannot evict them.
 pub const FLOWS: &str = "STICKY_FLOWS";
+/// Flows not yet confirmed by the client, LRU, same entries as [`FLOWS`]: a SYN (or a packet of
+/// a connection we have no state for) opens its flow here; the client's next non-SYN packet
+/// moves it to [`FLOWS`] and records the client's affinity.
+pub const NEW_FLOWS: &str = "STICKY_NEW_FLOWS";
 /// Client affinity, LRU: client [`Addr16`] → [`Affinity`].
 pub const AFFINITY: &str = "STICKY_AFFINITY";
 /// Per-CPU global counters, indexed by `COUNTER_*`.
@@ -22,12 +28,13 @@ pub const COUNTERS: &str = "STICKY_COUNTERS";
 pub const BACKEND_STATS: &str = "STICKY_BACKEND_STATS";
 
 /// Every map name, for checks that each one resolves in the loaded object.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     VIPS,
     BACKENDS,
     TABLE,
     SETTINGS,
     FLOWS,
+    NEW_FLOWS,
     AFFINITY,
     COUNTERS,
     BACKEND_STATS,

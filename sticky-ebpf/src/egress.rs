@@ -6,7 +6,7 @@ use sticky_common::maps::{
 };
 
 use crate::{
-    maps::{FLOWS, count, count_backend},
+    maps::{FLOWS, NEW_FLOWS, count, count_backend},
     nat::{End, rewrite},
     parse::Packet,
     verdict::{drop, on_tcp, pass},
@@ -28,8 +28,13 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         _pad0: 0,
         _pad1: 0,
     };
-    // SAFETY: read-only copy of an LRU value.
-    let Some(flow) = FLOWS.get_ptr(&key).map(|f| unsafe { *f }) else {
+    // Established flows first; a SYN-ACK finds its flow among the new ones.
+    // SAFETY: read-only copies of LRU values.
+    let found = match FLOWS.get_ptr(&key) {
+        Some(f) => Some(unsafe { *f }),
+        None => NEW_FLOWS.get_ptr(&key).map(|f| unsafe { *f }),
+    };
+    let Some(flow) = found else {
         return pass(COUNTER_PASS);
     };
     if flow.direction != FLOW_REVERSE {

@@ -2,6 +2,11 @@
 //!
 //! Backend choice for a new flow: the client's affinity while it is fresh and its backend
 //! still honours it (up or draining); otherwise the Maglev table slot of the client hash.
+//!
+//! A new flow first lives in `NEW_FLOWS`; the client's next non-SYN packet (the handshake's
+//! ACK) moves it to `FLOWS` and records the client's affinity. Sources that never answer —
+//! a SYN flood from spoofed addresses — only churn `NEW_FLOWS`: established flows and
+//! affinities are never evicted to make room for them.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
@@ -15,7 +20,7 @@ use sticky_common::{
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
+    maps::{AFFINITY, BACKENDS, FLOWS, NEW_FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
     nat::{End, rewrite},
     parse::Packet,
     verdict::{drop, on_tcp, pass},
@@ -47,27 +52,34 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         _pad1: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    // A SYN starts a new connection even when a closed one with the same ports is still in
-    // the table: it is balanced afresh instead of following a backend that may be gone.
-    let existing = if pkt.syn {
-        None
-    } else {
-        FLOWS.get_ptr_mut(&key)
-    };
-    let (addr, port_be, id, new_flow) = match existing {
-        Some(flow) => {
-            // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
-            let flow = unsafe { &mut *flow };
-            if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
-                flow.touched_ns = now;
-                refresh_affinity(&pkt.src, flow, now);
-            }
-            (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
-        }
-        None => match new_flow(pkt, &key, now) {
-            Some((id, addr, port_be)) => (addr, port_be, id, true),
+    let (addr, port_be, id, new_flow) = if pkt.syn {
+        // A SYN starts a new connection even when a closed one with the same ports is still
+        // in the table: it is balanced afresh instead of following a backend that may be gone.
+        forget_established(pkt, &key);
+        match open_flow(pkt, &key, now) {
+            Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
             None => return drop(COUNTER_DROP_NO_BACKEND),
-        },
+        }
+    } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
+        let flow = unsafe { &mut *flow };
+        if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
+            flow.touched_ns = now;
+            refresh_affinity(&pkt.src, flow, now);
+        }
+        (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
+    } else if let Some(flow) = NEW_FLOWS.get_ptr(&key) {
+        // SAFETY: read-only copy of an LRU value.
+        let flow = unsafe { *flow };
+        confirm(pkt, &key, &flow, now);
+        (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
+    } else {
+        // Mid-connection with no state (maps lost, or evicted): balanced like a SYN, and kept
+        // with the unconfirmed flows until the client's next packet.
+        match open_flow(pkt, &key, now) {
+            Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
+            None => return drop(COUNTER_DROP_NO_BACKEND),
+        }
     };
     if rewrite(ctx, pkt, End::Destination, &addr, port_be).is_err() {
         return drop(COUNTER_DROP_NAT_ERROR);
@@ -77,22 +89,14 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     TC_ACT_OK
 }
 
-/// Picks the backend for a flow we have no state for, records the client's affinity and both
-/// directions of the flow. Returns the backend id and the address and port to NAT to.
+/// Picks the backend for a flow we have no state for and records both directions of it in
+/// `NEW_FLOWS`. Returns the forward entry (backend address and port to NAT to).
 #[inline(always)]
-fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Addr16, u16)> {
+fn open_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<Flow> {
     let (id, backend) = match affine_backend(&pkt.src, now) {
         Some(found) => found,
         None => table_backend(&pkt.src)?,
     };
-    let affinity = Affinity {
-        backend_id: id,
-        generation: backend.generation,
-        last_seen_ns: now,
-    };
-    // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
-    // and the next packet tries again.
-    let _ = AFFINITY.insert(&pkt.src, &affinity, 0);
     // A backend at the unspecified address is a local port on whatever address the client
     // reached (`sticky cluster`: loopback and every interface alike).
     let target = if backend.addr.is_unspecified() {
@@ -108,27 +112,59 @@ fn new_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<(u32, Addr16, u16)>
         backend_id: id,
         touched_ns: now,
     };
-    let reply_key = FlowKey {
-        src: target,
+    // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
+    // and the next packet tries again. Reverse first: a reply must never find no entry once
+    // its SYN went out.
+    let _ = NEW_FLOWS.insert(&reply_key(pkt, &forward), &reverse_of(pkt, &forward), 0);
+    let _ = NEW_FLOWS.insert(key, &forward, 0);
+    Some(forward)
+}
+
+/// The client answered: its flow becomes established (both directions in `FLOWS`) and the
+/// client affine to the flow's backend. The `NEW_FLOWS` entries are left to age out.
+#[inline(always)]
+fn confirm(pkt: &Packet, key: &FlowKey, forward: &Flow, now: u64) {
+    let _ = FLOWS.insert(&reply_key(pkt, forward), &reverse_of(pkt, forward), 0);
+    let _ = FLOWS.insert(key, forward, 0);
+    remember_client(&pkt.src, forward, now);
+}
+
+/// A SYN reusing the ports of an established flow: both of the old flow's entries go.
+#[inline(always)]
+fn forget_established(pkt: &Packet, key: &FlowKey) {
+    // SAFETY: read-only copy of an LRU value.
+    let Some(old) = FLOWS.get_ptr(key).map(|f| unsafe { *f }) else {
+        return;
+    };
+    let _ = FLOWS.remove(&reply_key(pkt, &old));
+    let _ = FLOWS.remove(key);
+}
+
+/// The key of the backend's replies to the flow `forward` of `pkt`'s client.
+#[inline(always)]
+fn reply_key(pkt: &Packet, forward: &Flow) -> FlowKey {
+    FlowKey {
+        src: forward.nat_addr,
         dst: pkt.src,
-        sport_be: backend.port_be,
+        sport_be: forward.nat_port_be,
         dport_be: pkt.sport_be,
         proto: PROTO_TCP,
         _pad0: 0,
         _pad1: 0,
-    };
-    let reverse = Flow {
+    }
+}
+
+/// The reply direction's entry: the VIP the client reached goes back as the source.
+#[inline(always)]
+fn reverse_of(pkt: &Packet, forward: &Flow) -> Flow {
+    Flow {
         nat_addr: pkt.dst,
         nat_port_be: pkt.dport_be,
         direction: FLOW_REVERSE,
         _pad0: 0,
-        backend_id: id,
-        touched_ns: now,
-    };
-    // Reverse first: a reply must never find no entry once its SYN went out.
-    let _ = FLOWS.insert(&reply_key, &reverse, 0);
-    let _ = FLOWS.insert(key, &forward, 0);
-    Some((id, target, backend.port_be))
+        backend_id: forward.backend_id,
+        touched_ns: forward.touched_ns,
+    }
 }
 
 #[inline(always)]
@@ -175,7 +211,14 @@ fn refresh_affinity(client: &Addr16, flow: &Flow, now: u64) {
         }
         return;
     }
-    // Evicted while the connection lives: recreate it if the id still names this backend.
+    // Evicted while the connection lives: recreate it.
+    remember_client(client, flow, now);
+}
+
+/// Makes `client` affine to `flow`'s backend, if the id still names that backend and it takes
+/// new connections of affine clients.
+#[inline(always)]
+fn remember_client(client: &Addr16, flow: &Flow, now: u64) {
     let Some(backend) = BACKENDS.get(flow.backend_id) else {
         return;
     };

@@ -30,6 +30,10 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map(name = "STICKY_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(262_144, 0);
 
+/// Set by userspace (`max_new_flows`).
+#[map(name = "STICKY_NEW_FLOWS")]
+pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(131_072, 0);
+
 /// Set by userspace (`max_clients`).
 #[map(name = "STICKY_AFFINITY")]
 pub static AFFINITY: LruHashMap<Addr16, Affinity> = LruHashMap::with_max_entries(131_072, 0);

@@ -17,6 +17,8 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_MAX_CLIENTS: u32 = 131_072;
+/// Entries for handshakes in progress (two per connection): 64k connections opening at once.
+pub const DEFAULT_MAX_NEW_FLOWS: u32 = 131_072;
 pub const DEFAULT_SEED: u32 = 0;
 pub const DEFAULT_INSTANCE: &str = "default";
 /// Largest table: 2 × this many u32 slots stay well under a few MiB of map memory.
@@ -32,6 +34,7 @@ pub struct Config {
     pub table_size: u32,
     pub affinity_timeout: Duration,
     pub max_flows: u32,
+    pub max_new_flows: u32,
     pub max_clients: u32,
     pub instance: String,
     pub health: HealthConfig,
@@ -53,6 +56,7 @@ pub struct Layer {
     pub table_size: Option<u32>,
     pub affinity_timeout: Option<String>,
     pub max_flows: Option<u32>,
+    pub max_new_flows: Option<u32>,
     pub max_clients: Option<u32>,
     pub instance: Option<String>,
     /// Prometheus endpoint, `ADDR:PORT`.
@@ -167,6 +171,7 @@ impl Layer {
             table_size: self.table_size.or(base.table_size),
             affinity_timeout: self.affinity_timeout.or(base.affinity_timeout),
             max_flows: self.max_flows.or(base.max_flows),
+            max_new_flows: self.max_new_flows.or(base.max_new_flows),
             max_clients: self.max_clients.or(base.max_clients),
             instance: self.instance.or(base.instance),
             metrics: self.metrics.or(base.metrics),
@@ -226,6 +231,13 @@ impl Layer {
                 min: 64,
             });
         }
+        let max_new_flows = self.max_new_flows.unwrap_or(DEFAULT_MAX_NEW_FLOWS);
+        if max_new_flows < 64 {
+            return Err(ConfigError::TooSmall {
+                name: "max-new-flows",
+                min: 64,
+            });
+        }
         let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
         if max_clients < 64 {
             return Err(ConfigError::TooSmall {
@@ -265,6 +277,7 @@ impl Layer {
             table_size,
             affinity_timeout,
             max_flows,
+            max_new_flows,
             max_clients,
             instance,
         })

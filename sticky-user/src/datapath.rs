@@ -116,6 +116,7 @@ impl Datapath {
         loader
             .map_max_entries(names::TABLE, 2 * config.table_size)
             .map_max_entries(names::FLOWS, config.max_flows)
+            .map_max_entries(names::NEW_FLOWS, config.max_new_flows)
             .map_max_entries(names::AFFINITY, config.max_clients);
         let mut adopted = false;
         let mut pinned_settings = None;
@@ -338,31 +339,68 @@ impl Datapath {
         }
     }
 
-    /// Every flow-table entry (both directions).
+    /// Every established flow-table entry (both directions).
     pub fn flow_entries(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
-        let map: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map(names::FLOWS).context("flow map missing")?)?;
+        self.entries_of(names::FLOWS)
+    }
+
+    /// Every entry of flows still in their handshake (both directions).
+    pub fn new_flow_entries(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
+        self.entries_of(names::NEW_FLOWS)
+    }
+
+    fn entries_of(&self, name: &str) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
+        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("{name} missing"))?,
+        )?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
-    /// Forgets every flow of backend `id`: their next packets are balanced anew (the old
-    /// connections end with a reset from the new backend). Used when a drain deadline passes.
+    /// Forgets every flow of backend `id`, established or new: their next packets are
+    /// balanced anew (the old connections end with a reset from the new backend). Used when a
+    /// drain deadline passes.
     pub fn purge_flows(&mut self, id: u32) -> anyhow::Result<usize> {
-        let doomed: Vec<FlowKey> = self
-            .flow_entries()?
-            .into_iter()
-            .filter(|(_, f)| f.backend_id == id)
-            .map(|(k, _)| k)
-            .collect();
-        let mut map: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::FLOWS)
-                .context("flow map missing")?,
-        )?;
-        for key in &doomed {
-            let _ = map.remove(key);
+        let mut purged = 0;
+        for name in [names::FLOWS, names::NEW_FLOWS] {
+            let doomed: Vec<FlowKey> = self
+                .entries_of(name)?
+                .into_iter()
+                .filter(|(_, f)| f.backend_id == id)
+                .map(|(k, _)| k)
+                .collect();
+            let mut map: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(name)
+                    .with_context(|| format!("{name} missing"))?,
+            )?;
+            for key in &doomed {
+                let _ = map.remove(key);
+            }
+            if name == names::FLOWS {
+                purged = doomed.len();
+            }
         }
-        Ok(doomed.len())
+        Ok(purged)
+    }
+
+    /// Memory the kernel charges for each of the pinned (per-instance) maps, from their
+    /// fdinfo: what `max-flows`, `max-new-flows`, `max-clients` and the table size cost.
+    pub fn map_memory(&self) -> anyhow::Result<Vec<MapMemory>> {
+        names::ALL_MAPS
+            .iter()
+            .map(|&name| {
+                let map = self
+                    .ebpf
+                    .map(name)
+                    .with_context(|| format!("{name} missing"))?;
+                let fd = map_fd(map);
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                    .with_context(|| format!("read fdinfo of {name}"))?;
+                Ok(MapMemory::from_fdinfo(name, &info))
+            })
+            .collect()
     }
 
     pub fn table_size(&self) -> u32 {
@@ -426,5 +464,58 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
         )
     } else {
         anyhow::Error::new(e).context("load the eBPF object")
+    }
+}
+
+/// One map's size and the memory the kernel charges for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u64,
+    /// `memlock` of the map's fdinfo.
+    pub bytes: u64,
+}
+
+impl MapMemory {
+    /// Reads `max_entries:` and `memlock:` from a map's `/proc/PID/fdinfo/FD` text.
+    pub fn from_fdinfo(name: &str, info: &str) -> Self {
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            name: name.to_string(),
+            max_entries: field("max_entries:"),
+            bytes: field("memlock:"),
+        }
+    }
+}
+
+fn map_fd(map: &aya::maps::Map) -> std::os::fd::RawFd {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let data: &MapData = match map {
+        aya::maps::Map::Array(d)
+        | aya::maps::Map::HashMap(d)
+        | aya::maps::Map::LruHashMap(d)
+        | aya::maps::Map::PerCpuArray(d) => d,
+        _ => return -1,
+    };
+    data.fd().as_fd().as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_memory_reads_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\n\
+                    key_size:\t40\nvalue_size:\t32\nmax_entries:\t262144\nmap_flags:\t0x0\n\
+                    map_extra:\t0x0\nmemlock:\t29360128\nmap_id:\t12\nfrozen:\t0\n";
+        let m = MapMemory::from_fdinfo("STICKY_FLOWS", info);
+        assert_eq!((m.max_entries, m.bytes), (262_144, 29_360_128));
+        assert_eq!(MapMemory::from_fdinfo("X", "garbage").bytes, 0);
     }
 }

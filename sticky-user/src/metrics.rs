@@ -145,8 +145,18 @@ pub fn render(status: &Status) -> String {
         ),
         (
             "sticky_flow_entries",
-            "Entries in the flow table.",
+            "Entries in the flow table (established flows, both directions).",
             status.flow_entries,
+        ),
+        (
+            "sticky_new_flow_entries",
+            "Entries of flows still in their handshake (both directions).",
+            status.new_flow_entries,
+        ),
+        (
+            "sticky_map_bytes",
+            "Memory the kernel charges for the instance's maps.",
+            status.map_bytes,
         ),
         (
             "sticky_table_slots",
@@ -661,10 +671,12 @@ mod tests {
                 .collect(),
             affinity_entries: 12,
             flow_entries: 6,
+            new_flow_entries: 4,
+            map_bytes: 1 << 20,
         }
     }
 
-    const FAMILIES: [&str; 17] = [
+    const FAMILIES: [&str; 19] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -680,6 +692,8 @@ mod tests {
         "sticky_packets_total",
         "sticky_affinity_entries",
         "sticky_flow_entries",
+        "sticky_new_flow_entries",
+        "sticky_map_bytes",
         "sticky_table_slots",
         "sticky_info",
     ];
@@ -724,6 +738,8 @@ mod tests {
             "# TYPE sticky_packets_total counter",
             "sticky_affinity_entries 12",
             "sticky_flow_entries 6",
+            "sticky_new_flow_entries 4",
+            "sticky_map_bytes 1048576",
             "sticky_table_slots 65537",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,

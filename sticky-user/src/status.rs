@@ -42,5 +42,12 @@ pub struct Status {
     /// `drop_no_backend`, `drop_nat_error`, `nat`).
     pub counters: BTreeMap<String, u64>,
     pub affinity_entries: u64,
+    /// Established flows, both directions.
     pub flow_entries: u64,
+    /// Flows still in their handshake, both directions.
+    #[serde(default)]
+    pub new_flow_entries: u64,
+    /// Memory the kernel charges for the instance's maps (flows, affinity, table…).
+    #[serde(default)]
+    pub map_bytes: u64,
 }

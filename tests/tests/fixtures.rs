@@ -137,6 +137,7 @@ impl Setup {
             table_size: TABLE_SIZE,
             affinity_timeout: Duration::from_secs(30 * 60),
             max_flows: 65_536,
+            max_new_flows: 65_536,
             max_clients: 65_536,
             instance: "fixtures".into(),
             ..config
@@ -354,8 +355,27 @@ impl Lb {
         self.expect(&t.fixtures[0]);
     }
 
+    /// A client's handshake: its SYN and its ACK go to `backend`, which makes the flow
+    /// established and the client affine.
+    fn connect(&mut self, client: SocketAddr, vip: SocketAddr, backend: SocketAddr) {
+        self.dnat(&format!("SYN of {client}"), Pkt::syn(client, vip), backend);
+        self.dnat(
+            &format!("handshake ACK of {client}"),
+            Pkt::tcp(client, vip, ACK),
+            backend,
+        );
+    }
+
     fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, Flow> {
-        HashMap::try_from(self.dp.ebpf().map_mut(names::FLOWS).unwrap()).unwrap()
+        self.flow_map(names::FLOWS)
+    }
+
+    fn flow_map(&mut self, name: &str) -> HashMap<&mut MapData, FlowKey, Flow> {
+        HashMap::try_from(self.dp.ebpf().map_mut(name).unwrap()).unwrap()
+    }
+
+    fn affinity(&self, client: SocketAddr) -> Option<Affinity> {
+        self.dp.affinity_of(&Addr16::from_ip(client.ip())).unwrap()
     }
 
     fn counter(&self, index: u32) -> u64 {
@@ -1443,7 +1463,7 @@ fn flows_and_affinity_survive_a_table_change() {
     let c2 = SocketAddr::new(c.ip(), 50_001);
     let b = lb.table_choice(c);
 
-    lb.dnat("SYN before the change", Pkt::syn(c, vip), b);
+    lb.connect(c, vip, b);
     let id = lb.id_of(b);
     let fwd = lb
         .flows()
@@ -1520,7 +1540,7 @@ fn affinity_lapses_after_its_timeout() {
     let mut lb = Lb::with_config(Setup::V4, &config, &[v4_backends(3)]);
     let c = moved_client(&three, &eight[3..], 51_000);
     let b = lb.table_choice(c);
-    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    lb.connect(c, vip, b);
     lb.set_backends(&eight);
     std::thread::sleep(Duration::from_millis(400));
     let c2 = SocketAddr::new(c.ip(), 51_001);
@@ -1551,7 +1571,7 @@ fn draining_and_down_backends() {
     let b = lb.table_choice(c);
     let id = lb.id_of(b);
     let entry = lb.set.entry(id);
-    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    lb.connect(c, vip, b);
 
     let rest: Vec<SocketAddr> = v4_backends(3).into_iter().filter(|&x| x != b).collect();
     lb.set_backends(&rest);
@@ -1604,7 +1624,7 @@ fn removed_backend_keeps_established_flows() {
     let mut lb = Lb::load(Setup::V4);
     let c = sa("198.51.100.70:53000");
     let b = lb.table_choice(c);
-    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    lb.connect(c, vip, b);
     let rest: Vec<SocketAddr> = v4_backends(3).into_iter().filter(|&x| x != b).collect();
     lb.set_backends(&rest);
 
@@ -1647,6 +1667,104 @@ fn removed_backend_keeps_established_flows() {
         dst.is_some_and(|d| d != b),
         "a SYN reusing the ports followed the stale flow"
     );
+}
+
+/// A flow waits among the new ones until its client answers: the SYN alone leaves no
+/// established entry and no affinity, the handshake's ACK moves it over and makes the client
+/// affine; the backend's SYN-ACK finds it on the way.
+#[test]
+fn handshake_ack_confirms_a_new_flow() {
+    if !root() {
+        return;
+    }
+    let vip = Setup::V4.vip();
+    let mut lb = Lb::load(Setup::V4);
+    let c = sa("198.51.100.90:54000");
+    let b = lb.table_choice(c);
+    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    assert!(
+        lb.flows().get(&flow_key(c, vip), 0).is_err(),
+        "established after a SYN"
+    );
+    assert!(lb.affinity(c).is_none(), "affine after a SYN");
+    let pending = lb
+        .flow_map(names::NEW_FLOWS)
+        .get(&flow_key(c, vip), 0)
+        .expect("the SYN's flow among the new ones");
+    assert_eq!(pending.backend_id, lb.id_of(b));
+    lb.snat("SYN-ACK of a new flow", Pkt::tcp(b, c, SYN | ACK));
+    lb.dnat("handshake ACK", Pkt::tcp(c, vip, ACK), b);
+    let fwd = lb
+        .flows()
+        .get(&flow_key(c, vip), 0)
+        .expect("established after the ACK");
+    assert_eq!((fwd.direction, fwd.backend_id), (FLOW_FORWARD, lb.id_of(b)));
+    let rev = lb
+        .flows()
+        .get(&flow_key(b, c), 0)
+        .expect("reply direction established after the ACK");
+    assert_eq!(rev.direction, FLOW_REVERSE);
+    assert_eq!(lb.affinity(c).map(|a| a.backend_id), Some(lb.id_of(b)));
+}
+
+/// SYNs from many spoofed sources that never answer fill only the new-flow table: with every
+/// table far smaller than the flood, the established flows and the affinities stay, and the
+/// established connections keep their backend even after the table changes under them.
+#[test]
+fn syn_flood_cannot_evict_established_flows() {
+    if !root() {
+        return;
+    }
+    const ESTABLISHED: u16 = 20;
+    const FLOOD: u32 = 20_000;
+    let vip = Setup::V4.vip();
+    let (three, eight) = (v4_backends(3), v4_backends(8));
+    let config = Config {
+        max_flows: 256,
+        max_new_flows: 256,
+        max_clients: 256,
+        ..Setup::V4.config()
+    };
+    let mut lb = Lb::with_config(Setup::V4, &config, std::slice::from_ref(&three));
+    let clients: Vec<SocketAddr> = (0..ESTABLISHED)
+        .map(|i| sa(&format!("198.51.100.{}:{}", 100 + i, 40_000 + i)))
+        .collect();
+    let mut backend_of = Vec::new();
+    for &c in &clients {
+        let b = lb.table_choice(c);
+        lb.connect(c, vip, b);
+        backend_of.push(b);
+    }
+    for i in 0..FLOOD {
+        let [_, x, y, z] = i.to_be_bytes();
+        let src = SocketAddr::new(
+            IpAddr::from([10, x | 0x80, y, z]),
+            1024 + (i % 60_000) as u16,
+        );
+        let (action, _) = lb
+            .run(Prog::Ingress, &Pkt::syn(src, vip).build())
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e:?}"));
+        assert_eq!(action, TC_ACT_OK, "spoofed SYN {i}");
+    }
+    lb.set_backends(&eight);
+    for (&c, &b) in clients.iter().zip(&backend_of) {
+        assert!(
+            lb.flows().get(&flow_key(c, vip), 0).is_ok(),
+            "{c}'s established flow was evicted by the flood"
+        );
+        assert_eq!(
+            lb.affinity(c).map(|a| a.backend_id),
+            Some(lb.id_of(b)),
+            "{c}'s affinity was evicted by the flood"
+        );
+        lb.dnat(
+            &format!("established flow of {c} after the flood and a table change"),
+            Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET),
+            b,
+        );
+    }
+    let affine = lb.dp.affinity_entries().unwrap().len();
+    assert_eq!(affine, clients.len(), "spoofed sources became affine");
 }
 
 /// Per-packet cost, printed (never asserted: the numbers are noisy). With `repeat` the kernel
@@ -1692,7 +1810,7 @@ fn per_packet_cost() {
     let c = sa("198.51.100.80:45000");
     let b = lb.table_choice(c);
     let id = lb.id_of(b);
-    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    lb.connect(c, vip, b);
 
     let other = Pkt::tcp(c, sa("192.0.2.99:80"), ACK)
         .payload(&payload)

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bpf_linker;
 mod build_cmd;
+mod chaos_cmd;
 mod run_cmd;
 mod setup;
 mod sh;
@@ -53,6 +54,14 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the fault and flood campaigns at full size (as root; about 5 minutes): a million
+    /// spoofed SYNs, 20 `kill -9` cycles, a minute of backend churn, a proxy connection flood
+    /// and hostile control requests. `cargo xtask test` runs them short.
+    Chaos {
+        /// Build and test with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
     /// Install the benchmark's tools, build in release, and benchmark sticky against direct
     /// paths, nftables NAT, HAProxy and nginx (as root; about 15 minutes).
     ///
@@ -75,6 +84,7 @@ fn main() -> Result<ExitCode> {
         Command::Test { release, args } => {
             test_cmd::run(release, &args).map(|()| ExitCode::SUCCESS)
         }
+        Command::Chaos { release } => chaos_cmd::run(release).map(|()| ExitCode::SUCCESS),
         Command::Bench { quick, args } => bench_cmd::run(quick, &args),
     }
 }

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Connection-tracking entries (two per connection) [default: 262144].
     #[arg(long)]
     max_flows: Option<u32>,
+    /// Entries for connections still in their handshake (two per connection); SYN floods
+    /// churn only these, never established flows [default: 131072].
+    #[arg(long)]
+    max_new_flows: Option<u32>,
     /// Client-affinity entries [default: 131072].
     #[arg(long)]
     max_clients: Option<u32>,
@@ -87,6 +91,10 @@ pub struct RunArgs {
     /// Largest request head; larger gets 431 [default: 16384].
     #[arg(long, value_name = "BYTES")]
     max_head_bytes: Option<usize>,
+    /// Client connections the proxy serves at once; past it new ones get 503 and are closed
+    /// while the others carry on [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 impl RunArgs {
@@ -99,6 +107,7 @@ impl RunArgs {
             table_size: self.table_size,
             affinity_timeout: self.affinity_timeout,
             max_flows: self.max_flows,
+            max_new_flows: self.max_new_flows,
             max_clients: self.max_clients,
             instance: None,
             metrics: self.metrics,
@@ -122,6 +131,7 @@ impl RunArgs {
                 header_timeout: self.header_timeout,
                 connect_timeout: self.connect_timeout,
                 max_head_bytes: self.max_head_bytes,
+                max_connections: self.max_connections,
             },
         };
         (layer, self.config)

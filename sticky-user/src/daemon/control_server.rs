@@ -30,25 +30,32 @@ pub(super) async fn control_connection(
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(control::MAX_REQUEST as u64 + 2)).lines();
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("idle control connection")??
-    {
-        let response = match control::parse_request(&line) {
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                requests
-                    .send((request, tx))
-                    .await
-                    .context("daemon loop gone")?;
-                rx.await.context("daemon loop dropped the request")?
-            }
-            Err(message) => Response::err(message),
+    let mut reader = BufReader::new(read.take(control::MAX_REQUEST as u64 + 2));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
+            .await
+            .context("idle control connection")??;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = match std::str::from_utf8(&line) {
+            Err(_) => Response::err("malformed request: not UTF-8"),
+            Ok(text) => match control::parse_request(text.trim_end_matches(['\n', '\r'])) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    requests
+                        .send((request, tx))
+                        .await
+                        .context("daemon loop gone")?;
+                    rx.await.context("daemon loop dropped the request")?
+                }
+                Err(message) => Response::err(message),
+            },
         };
         let mut out = serde_json::to_string(&response)?;
         out.push('\n');
         write.write_all(out.as_bytes()).await?;
     }
-    Ok(())
 }

@@ -85,3 +85,33 @@ pub(super) fn require_privileges() -> anyhow::Result<()> {
     }
     bail!("sticky run needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN")
 }
+
+/// Raises the open-file limit so the proxy's connection limit (two sockets per connection) is
+/// what bounds it, not `ulimit -n`; warns when the hard limit is too low.
+pub(super) fn raise_fd_limit(proxy: Option<&ProxyConfig>) {
+    let Some(proxy) = proxy else {
+        return;
+    };
+    let wanted = (2 * proxy.max_connections as u64).saturating_add(1024);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= wanted {
+        return;
+    }
+    let new = libc::rlimit {
+        rlim_cur: wanted.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: a valid rlimit value.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0;
+    if !raised || new.rlim_cur < wanted {
+        warn!(
+            "proxy: --max-connections {} needs {wanted} open files, the limit is {}: raise              `ulimit -n` or lower --max-connections",
+            proxy.max_connections,
+            if raised { new.rlim_cur } else { lim.rlim_cur }
+        );
+    }
+}

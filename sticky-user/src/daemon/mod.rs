@@ -35,7 +35,7 @@ mod report;
 
 use self::{
     control_server::serve_control,
-    host::{InstanceLock, ensure_bpffs, require_privileges},
+    host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
     proxy_start::start_proxy,
 };
 use crate::{
@@ -74,6 +74,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>) -> anyhow::Result<()> {
     require_privileges()?;
     let lock = InstanceLock::acquire(&config.instance)?;
     ensure_bpffs()?;
+    raise_fd_limit(config.proxy.as_ref());
     let pins = Pins::for_instance(&config.instance);
     let dp = Datapath::load_with(&config, Some(pins.clone()))?;
     let adopted = dp.adopted();
@@ -300,6 +301,7 @@ impl Daemon {
                 c.table_size,
                 c.seed,
                 c.max_flows,
+                c.max_new_flows,
                 c.max_clients,
                 c.affinity_timeout,
                 c.instance.clone(),

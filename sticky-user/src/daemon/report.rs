@@ -73,6 +73,8 @@ impl Daemon {
                 .collect(),
             affinity_entries: self.dp.affinity_entries()?.len() as u64,
             flow_entries: flows.len() as u64,
+            new_flow_entries: self.dp.new_flow_entries()?.len() as u64,
+            map_bytes: self.dp.map_memory()?.iter().map(|m| m.bytes).sum(),
         })
     }
 }

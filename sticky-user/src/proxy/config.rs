@@ -15,6 +15,9 @@ pub const DEFAULT_HEADER: &str = "X-Forwarded-For";
 pub const DEFAULT_MAX_HEAD: usize = 16 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Client connections served at once; each also holds a backend connection.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -29,6 +32,7 @@ pub struct ProxyLayer {
     pub header_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub max_head_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +48,8 @@ pub struct ProxyConfig {
     pub header_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_head: usize,
+    /// Client connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,8 @@ pub enum ProxyConfigError {
     Cookie(String),
     #[error("proxy max-head-bytes {0} must be from 1024 to 1048576")]
     MaxHead(usize),
+    #[error("proxy max-connections {0} must be from 1 to 1000000")]
+    MaxConnections(usize),
     #[error("proxy settings given without --proxy ADDR:PORT (or listen in [proxy])")]
     NoListen,
 }
@@ -80,6 +88,7 @@ impl ProxyLayer {
             header_timeout: self.header_timeout.or(base.header_timeout),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             max_head_bytes: self.max_head_bytes.or(base.max_head_bytes),
+            max_connections: self.max_connections.or(base.max_connections),
         }
     }
 
@@ -90,7 +99,8 @@ impl ProxyLayer {
                 || self.proxy_protocol.is_some()
                 || self.trusted_proxies.is_some()
                 || self.cookie.is_some()
-                || self.ignore_missing_header.is_some();
+                || self.ignore_missing_header.is_some()
+                || self.max_connections.is_some();
             return if other {
                 Err(ProxyConfigError::NoListen)
             } else {
@@ -135,6 +145,10 @@ impl ProxyLayer {
         if !(1024..=1 << 20).contains(&max_head) {
             return Err(ProxyConfigError::MaxHead(max_head));
         }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+            return Err(ProxyConfigError::MaxConnections(max_connections));
+        }
         Ok(Some(ProxyConfig {
             listen,
             source: Source::from_header_name(&header_name),
@@ -155,6 +169,7 @@ impl ProxyLayer {
                 DEFAULT_CONNECT_TIMEOUT,
             )?,
             max_head,
+            max_connections,
         }))
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
     time::timeout_at,
 };
 use tracing::{debug, info, warn};
@@ -38,21 +39,82 @@ pub struct Proxy {
 }
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    let limit = proxy.config.max_connections;
+    let slots = Arc::new(Semaphore::new(limit));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let full = head::response_status(503, "connection limit reached");
+    let mut refused = Refused::default();
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let proxy = proxy.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(&proxy, stream, peer).await {
-                        debug!("proxy connection from {peer}: {e:#}");
-                    }
-                });
-            }
+            Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(&proxy, stream, peer).await {
+                            debug!("proxy connection from {peer}: {e:#}");
+                        }
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    refused.one(limit);
+                    refuse_over_limit(stream, &full, &refusals);
+                }
+            },
             Err(e) => {
                 // Out of fds or similar: back off instead of spinning.
                 warn!("proxy accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Connections past the limit being told so at once, at most; past this they are just closed.
+const REFUSALS_AT_ONCE: usize = 256;
+/// How long a refused client may take to read the 503 before its socket is closed.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answers 503 and closes, reading what the client already sent so the close is a FIN (not
+/// a reset that could destroy the answer); bounded in time and in how many at once.
+fn refuse_over_limit(mut stream: TcpStream, answer: &[u8], refusals: &Arc<Semaphore>) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    let answer = answer.to_vec();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// Counts refusals and logs them at most every 10 seconds.
+#[derive(Default)]
+struct Refused {
+    since_log: u64,
+    logged: Option<Instant>,
+}
+
+impl Refused {
+    fn one(&mut self, limit: usize) {
+        self.since_log += 1;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            warn!(
+                "proxy: {limit} connections open (--max-connections): refused {} new ones",
+                self.since_log
+            );
+            self.since_log = 0;
+            self.logged = Some(Instant::now());
         }
     }
 }
