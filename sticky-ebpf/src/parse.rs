@@ -116,11 +116,13 @@ fn parse_v4(ctx: &TcContext, l3: usize) -> Parsed {
     if !big_tcp && tot_len < ihl + TcpHdr::LEN {
         return Parsed::Malformed;
     }
+    let end = if big_tcp { skb_len } else { l3 + tot_len };
     parse_tcp(
         ctx,
         false,
         l3,
         l3 + ihl,
+        end,
         Addr16::from_v4_word(word(ip.src_addr)),
         Addr16::from_v4_word(word(ip.dst_addr)),
     )
@@ -136,7 +138,12 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
     }
     let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
     // Payload length 0 is a jumbogram (BIG TCP); the hop-by-hop header carries the length.
-    if payload_len != 0 && l3 + Ipv6Hdr::LEN + payload_len > ctx.len() as usize {
+    let end = if payload_len == 0 {
+        ctx.len() as usize
+    } else {
+        l3 + Ipv6Hdr::LEN + payload_len
+    };
+    if end > ctx.len() as usize {
         return Parsed::Malformed;
     }
     let src = addr(&ip.src_addr);
@@ -150,7 +157,7 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
     let mut off = l3 + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXT {
         match next {
-            PROTO_TCP => return parse_tcp(ctx, true, l3, off, src, dst),
+            PROTO_TCP => return parse_tcp(ctx, true, l3, off, end, src, dst),
             IPV6_HOP_BY_HOP | IPV6_DEST_OPTS => {
                 let Some(ext) = header::<[u8; 2]>(ctx, off) else {
                     return Parsed::Malformed;
@@ -163,23 +170,27 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
         }
     }
     if next == PROTO_TCP {
-        return parse_tcp(ctx, true, l3, off, src, dst);
+        return parse_tcp(ctx, true, l3, off, end, src, dst);
     }
     Parsed::Unhandled
 }
 
+/// `end`: where the IP packet ends (its length field; the skb's end for BIG TCP). The TCP
+/// header, options included, must lie inside it: bytes past it are Ethernet padding or
+/// garbage, and a segment whose data offset overruns it is one no receiver accepts.
 #[inline(always)]
 fn parse_tcp(
     ctx: &TcContext,
     is_v6: bool,
     l3_off: usize,
     l4_off: usize,
+    end: usize,
     src: Addr16,
     dst: Addr16,
 ) -> Parsed {
     // Bounds the offset for the verifier: IPv4 options and IPv6 extension headers can only
     // push the TCP header this far.
-    if l4_off > 512 {
+    if l4_off > 512 || l4_off + TcpHdr::LEN > end {
         return Parsed::Malformed;
     }
     let Some(tcp) = header::<TcpHdr>(ctx, l4_off) else {
@@ -187,7 +198,8 @@ fn parse_tcp(
     };
     // SAFETY: `TcpHdr` is plain bytes; the data offset is the high nibble of byte 12.
     let raw: [u8; TcpHdr::LEN] = unsafe { core::mem::transmute(tcp) };
-    if usize::from(raw[12] >> 4) * 4 < TcpHdr::LEN {
+    let data_offset = usize::from(raw[12] >> 4) * 4;
+    if data_offset < TcpHdr::LEN || l4_off + data_offset > end {
         return Parsed::Malformed;
     }
     const SYN: u8 = 0x02;

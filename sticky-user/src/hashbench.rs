@@ -69,11 +69,11 @@ pub struct Client {
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014): enough to draw reproducible addresses without a
-/// dependency.
-struct SplitMix64(u64);
+/// dependency (the packet fuzzer draws its frames from it too).
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -89,9 +89,9 @@ pub fn clients(count: usize, seed: u64) -> Vec<Client> {
     (0..count)
         .map(|i| {
             let ip = if i % 2 == 0 {
-                IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
+                IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
             } else {
-                let bits = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
                 IpAddr::V6(Ipv6Addr::from((bits >> 3) | (1 << 125)))
             };
             Client {
@@ -269,7 +269,7 @@ pub fn run(clients: usize, backends: u32, seed: u64) -> Vec<SchemeResult> {
     let population = self::clients(clients, seed);
     // sticky-session draws `~~(Math.random() * 1e9)` once per master process; the salt
     // ("int31" in ASCII) keeps this draw apart from the clients'.
-    let int31_seed = (SplitMix64(seed ^ 0x0069_6e74_3331).next() % 1_000_000_000) as u32;
+    let int31_seed = (SplitMix64(seed ^ 0x0069_6e74_3331).next_u64() % 1_000_000_000) as u32;
     vec![
         evaluate("sticky (Maglev)", &population, backends, |n| {
             let table = sticky_table(n);

@@ -11,23 +11,16 @@
     reason = "tests: a failed map access is a test failure"
 )]
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    ops::Range,
-    time::Duration,
-};
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
 
 use aya::{
     maps::{Array, HashMap, MapData},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult},
+    programs::ProgramError,
 };
-use sticky::{
-    addr::BackendSpec,
-    backends::BackendSet,
-    config::{Config, Layer},
-    datapath::Datapath,
-    table,
-};
+use common::{datapath::*, packets::*};
+use sticky::{backends::BackendSet, config::Config};
 use sticky_common::{
     Addr16,
     maps::{
@@ -35,13 +28,6 @@ use sticky_common::{
         COUNTER_PARSE_ERROR, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Vip, VipKey,
     },
 };
-
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-
-const SEED: u32 = 0x5eed_0001;
-/// Prime and small: every `apply` writes the whole idle half of the table.
-const TABLE_SIZE: u32 = 1021;
 
 // ---------------------------------------------------------------------------------------------
 // Fixture table
@@ -61,21 +47,6 @@ enum Setup {
     V4Local,
     /// A local backend: VIP [fd00::100]:80 served by [fd00::100]:8080.
     V6Local,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Prog {
-    Ingress,
-    Egress,
-}
-
-impl Prog {
-    fn name(self) -> &'static str {
-        match self {
-            Prog::Ingress => names::PROG_INGRESS,
-            Prog::Egress => names::PROG_EGRESS,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -121,63 +92,13 @@ impl Setup {
     }
 
     fn config(self) -> Config {
-        // Through `Layer::validate` so settings added later get their defaults; then the
-        // values these fixtures depend on, set directly.
-        let layer = Layer {
-            iface: vec!["lo".into()],
-            vip: vec![self.vip().to_string()],
-            backend: self.stages()[0].iter().map(ToString::to_string).collect(),
-            ..Layer::default()
-        };
-        let config = layer
-            .validate()
-            .unwrap_or_else(|e| panic!("fixture config for {self:?}: {e}"));
-        Config {
-            seed: SEED,
-            table_size: TABLE_SIZE,
-            affinity_timeout: Duration::from_secs(30 * 60),
-            max_flows: 65_536,
-            max_new_flows: 65_536,
-            max_clients: 65_536,
-            instance: "fixtures".into(),
-            ..config
-        }
+        config("fixtures", self.vip(), &self.stages()[0])
     }
 
     /// The backend set the datapath holds once loaded: the same reconciles, no kernel.
     fn plan(self) -> BackendSet {
         plan(&self.stages())
     }
-}
-
-fn v4_backends(n: u8) -> Vec<SocketAddr> {
-    (1..=n).map(|i| sa(&format!("10.{i}.0.2:8080"))).collect()
-}
-
-fn v6_backends(n: u8) -> Vec<SocketAddr> {
-    (1..=n)
-        .map(|i| sa(&format!("[fd00:{i}::2]:8080")))
-        .collect()
-}
-
-fn specs(addrs: &[SocketAddr]) -> Vec<BackendSpec> {
-    addrs
-        .iter()
-        .map(|&addr| BackendSpec { addr, weight: 1 })
-        .collect()
-}
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("bad socket address {s}: {e}"))
-}
-
-/// The backend a new client goes to by the table: the same build and lookup the datapath
-/// uses (`sticky::table`, over `sticky_common::{client_hash, table_slot}`).
-fn table_choice(set: &BackendSet, client: IpAddr) -> Option<SocketAddr> {
-    let slots = table::build(&set.members(), TABLE_SIZE, SEED);
-    let id = table::lookup(&slots, &Addr16::from_ip(client), SEED);
-    set.get(id).map(|s| s.addr)
 }
 
 /// Runs fixtures in order, one datapath per setup, and reports every failure by name.
@@ -210,10 +131,24 @@ fn run_fixtures(fixtures: &[Fixture]) {
 // The loaded datapath
 // ---------------------------------------------------------------------------------------------
 
+/// A datapath loaded for a setup (`common::datapath::Lb`), which fixtures run against.
 struct Lb {
     setup: Setup,
-    dp: Datapath,
-    set: BackendSet,
+    lb: common::datapath::Lb,
+}
+
+impl std::ops::Deref for Lb {
+    type Target = common::datapath::Lb;
+
+    fn deref(&self) -> &Self::Target {
+        &self.lb
+    }
+}
+
+impl std::ops::DerefMut for Lb {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.lb
+    }
 }
 
 impl Lb {
@@ -222,84 +157,10 @@ impl Lb {
     }
 
     fn with_config(setup: Setup, config: &Config, stages: &[Vec<SocketAddr>]) -> Self {
-        let dp = Datapath::load(config)
-            .unwrap_or_else(|e| panic!("load the datapath for {:?}: {e:#}", config.vips));
-        let mut lb = Lb {
+        Lb {
             setup,
-            dp,
-            set: BackendSet::default(),
-        };
-        for stage in stages {
-            lb.set_backends(stage);
+            lb: common::datapath::Lb::load(config, stages),
         }
-        lb
-    }
-
-    fn set_backends(&mut self, addrs: &[SocketAddr]) {
-        let removed = self
-            .set
-            .reconcile(&specs(addrs))
-            .unwrap_or_else(|e| panic!("reconcile {addrs:?}: {e}"));
-        self.dp
-            .apply(&self.set, &removed)
-            .unwrap_or_else(|e| panic!("apply {addrs:?}: {e:#}"));
-    }
-
-    fn table_choice(&self, client: SocketAddr) -> SocketAddr {
-        table_choice(&self.set, client.ip())
-            .unwrap_or_else(|| panic!("no backend in the table for {client}"))
-    }
-
-    fn id_of(&self, backend: SocketAddr) -> u32 {
-        self.set
-            .id_of(backend)
-            .unwrap_or_else(|| panic!("{backend} is not in the backend set"))
-    }
-
-    fn test_run(
-        &mut self,
-        program: Prog,
-        opts: TestRunOptions<'_>,
-    ) -> Result<TestRunResult, ProgramError> {
-        let prog: &mut SchedClassifier = self
-            .dp
-            .ebpf()
-            .program_mut(program.name())
-            .unwrap_or_else(|| panic!("program {} missing", program.name()))
-            .try_into()
-            .unwrap();
-        prog.test_run(opts)
-    }
-
-    /// One run: the action and the output bytes.
-    fn run(&mut self, program: Prog, input: &[u8]) -> Result<(i32, Vec<u8>), ProgramError> {
-        // Room to spare: an output larger than the buffer is ENOSPC, not a short copy.
-        let mut out = vec![0u8; input.len() + 256];
-        let res = self.test_run(
-            program,
-            TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            },
-        )?;
-        out.truncate(res.data_size_out as usize);
-        Ok((res.return_value as i32, out))
-    }
-
-    /// Average run time over `repeat` runs of the same skb (rewrites accumulate).
-    fn bench(&mut self, program: Prog, input: &[u8], repeat: u32) -> (i32, Duration) {
-        let res = self
-            .test_run(
-                program,
-                TestRunOptions {
-                    data_in: Some(input),
-                    repeat,
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ×{repeat}: {e:?}"));
-        (res.return_value as i32, res.duration)
     }
 
     fn check(&mut self, f: &Fixture) -> Result<(), String> {
@@ -366,28 +227,12 @@ impl Lb {
         );
     }
 
-    fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, Flow> {
-        self.flow_map(names::FLOWS)
-    }
-
     fn flow_map(&mut self, name: &str) -> HashMap<&mut MapData, FlowKey, Flow> {
         HashMap::try_from(self.dp.ebpf().map_mut(name).unwrap()).unwrap()
     }
 
     fn affinity(&self, client: SocketAddr) -> Option<Affinity> {
         self.dp.affinity_of(&Addr16::from_ip(client.ip())).unwrap()
-    }
-
-    fn counter(&self, index: u32) -> u64 {
-        self.dp.counters().unwrap().values[index as usize]
-    }
-}
-
-fn action_name(action: i32) -> &'static str {
-    match action {
-        TC_ACT_OK => "TC_ACT_OK",
-        TC_ACT_SHOT => "TC_ACT_SHOT",
-        _ => "other",
     }
 }
 
@@ -401,563 +246,6 @@ fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
         _pad0: 0,
         _pad1: 0,
     }
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root (BPF_PROG_TEST_RUN)");
-        return false;
-    }
-    if let Err(e) = sticky::object::bytes() {
-        panic!("{e:#}");
-    }
-    true
-}
-
-// ---------------------------------------------------------------------------------------------
-// Output checks
-// ---------------------------------------------------------------------------------------------
-
-fn unchanged(input: &[u8], out: &[u8]) -> Result<(), String> {
-    if out.len() != input.len() {
-        return Err(format!(
-            "output is {} bytes, input {}",
-            out.len(),
-            input.len()
-        ));
-    }
-    match input.iter().zip(out).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(i) => Err(format!(
-            "output differs from input at byte {i} ({:#04x} -> {:#04x}); {}",
-            input[i],
-            out[i],
-            Layout::parse(out).map_or("not a TCP packet".into(), |l| l.describe())
-        )),
-    }
-}
-
-fn rewritten(input: &[u8], out: &[u8], src: SocketAddr, dst: SocketAddr) -> Result<(), String> {
-    if out.len() != input.len() {
-        return Err(format!(
-            "output is {} bytes, input {}",
-            out.len(),
-            input.len()
-        ));
-    }
-    let before = Layout::parse(input).ok_or("input is not a TCP packet (bad fixture)")?;
-    let after = Layout::parse(out).ok_or("output is not a TCP packet")?;
-    if after.src != src || after.dst != dst {
-        return Err(format!(
-            "got {}, want {src} -> {dst} (input {})",
-            after.describe(),
-            before.describe()
-        ));
-    }
-    after.verify_checksums(out)?;
-    // Everything but the rewritten ends and the checksums must be the input's.
-    let mut may_change: Vec<Range<usize>> = after.checksum_ranges();
-    if before.src != src {
-        may_change.extend([after.src_addr_range(), after.l4..after.l4 + 2]);
-    }
-    if before.dst != dst {
-        may_change.extend([after.dst_addr_range(), after.l4 + 2..after.l4 + 4]);
-    }
-    for (i, (a, b)) in input.iter().zip(out).enumerate() {
-        if a != b && !may_change.iter().any(|r| r.contains(&i)) {
-            return Err(format!(
-                "byte {i} changed ({a:#04x} -> {b:#04x}) outside the NAT fields"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Where a TCP packet's fields sit, parsed independently of the eBPF parser.
-struct Layout {
-    v6: bool,
-    l3: usize,
-    l4: usize,
-    /// End of the TCP segment (IPv4 total length / IPv6 payload length; trailing Ethernet
-    /// padding excluded).
-    end: usize,
-    src: SocketAddr,
-    dst: SocketAddr,
-}
-
-impl Layout {
-    fn parse(p: &[u8]) -> Option<Self> {
-        let l3 = ETH_LEN;
-        let ethertype = u16::from_be_bytes(p.get(12..14)?.try_into().ok()?);
-        let (v6, l4, end, src_ip, dst_ip) = match ethertype {
-            ETH_P_IP => {
-                let ihl = usize::from(p.get(l3)? & 0x0f) * 4;
-                let tot = usize::from(be16(p, l3 + 2)?);
-                if p[l3] >> 4 != 4 || ihl < 20 || *p.get(l3 + 9)? != PROTO_TCP {
-                    return None;
-                }
-                let src: [u8; 4] = p.get(l3 + 12..l3 + 16)?.try_into().ok()?;
-                let dst: [u8; 4] = p.get(l3 + 16..l3 + 20)?.try_into().ok()?;
-                (
-                    false,
-                    l3 + ihl,
-                    l3 + tot,
-                    IpAddr::from(src),
-                    IpAddr::from(dst),
-                )
-            }
-            ETH_P_IPV6 => {
-                let payload_len = usize::from(be16(p, l3 + 4)?);
-                let src: [u8; 16] = p.get(l3 + 8..l3 + 24)?.try_into().ok()?;
-                let dst: [u8; 16] = p.get(l3 + 24..l3 + 40)?.try_into().ok()?;
-                let mut next = *p.get(l3 + 6)?;
-                let mut off = l3 + 40;
-                while next != PROTO_TCP {
-                    let len = match next {
-                        EXT_HOP_BY_HOP | EXT_DEST_OPTS | EXT_ROUTING => {
-                            (usize::from(*p.get(off + 1)?) + 1) * 8
-                        }
-                        EXT_FRAGMENT => 8,
-                        _ => return None,
-                    };
-                    next = *p.get(off)?;
-                    off += len;
-                }
-                // Payload length 0: a jumbogram, the segment runs to the end of the frame.
-                let end = if payload_len == 0 {
-                    p.len()
-                } else {
-                    l3 + 40 + payload_len
-                };
-                (true, off, end, IpAddr::from(src), IpAddr::from(dst))
-            }
-            _ => return None,
-        };
-        if end > p.len() || l4 + 20 > end {
-            return None;
-        }
-        Some(Layout {
-            v6,
-            l3,
-            l4,
-            end,
-            src: SocketAddr::new(src_ip, be16(p, l4)?),
-            dst: SocketAddr::new(dst_ip, be16(p, l4 + 2)?),
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("{} -> {}", self.src, self.dst)
-    }
-
-    fn src_addr_range(&self) -> Range<usize> {
-        if self.v6 {
-            self.l3 + 8..self.l3 + 24
-        } else {
-            self.l3 + 12..self.l3 + 16
-        }
-    }
-
-    fn dst_addr_range(&self) -> Range<usize> {
-        if self.v6 {
-            self.l3 + 24..self.l3 + 40
-        } else {
-            self.l3 + 16..self.l3 + 20
-        }
-    }
-
-    fn checksum_ranges(&self) -> Vec<Range<usize>> {
-        let tcp = self.l4 + 16..self.l4 + 18;
-        if self.v6 {
-            Vec::from([tcp])
-        } else {
-            Vec::from([tcp, self.l3 + 10..self.l3 + 12])
-        }
-    }
-
-    /// A header verifies when its ones'-complement sum, checksum field included, is all ones
-    /// (either representation of zero in the field passes, as RFC 1624 allows).
-    fn verify_checksums(&self, p: &[u8]) -> Result<(), String> {
-        if !self.v6 {
-            let header = &p[self.l3..self.l4];
-            if ones_sum(&[header]) != 0xffff {
-                let mut zeroed = header.to_vec();
-                zeroed[10..12].fill(0);
-                return Err(format!(
-                    "IPv4 header checksum {:#06x}, recomputed {:#06x}",
-                    be16(header, 10).unwrap_or(0),
-                    checksum(&[&zeroed])
-                ));
-            }
-        }
-        let segment = &p[self.l4..self.end];
-        let pseudo = pseudo_header(self.src.ip(), self.dst.ip(), PROTO_TCP, segment.len());
-        if ones_sum(&[&pseudo, segment]) != 0xffff {
-            let mut zeroed = segment.to_vec();
-            zeroed[16..18].fill(0);
-            return Err(format!(
-                "TCP checksum {:#06x}, recomputed {:#06x}",
-                be16(segment, 16).unwrap_or(0),
-                checksum(&[&pseudo, &zeroed])
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn be16(p: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(p.get(off..off + 2)?.try_into().ok()?))
-}
-
-/// The folded 16-bit ones'-complement sum of the parts laid end to end (every part but the
-/// last has even length).
-fn ones_sum(parts: &[&[u8]]) -> u16 {
-    let mut acc: u64 = 0;
-    for part in parts {
-        for c in part.chunks(2) {
-            acc += u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]));
-        }
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-fn checksum(parts: &[&[u8]]) -> u16 {
-    !ones_sum(parts)
-}
-
-fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend(s.octets());
-            p.extend(d.octets());
-            p.extend([0, proto]);
-            p.extend(u16::try_from(len).unwrap().to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend(s.octets());
-            p.extend(d.octets());
-            p.extend(u32::try_from(len).unwrap().to_be_bytes());
-            p.extend([0, 0, 0, proto]);
-        }
-        _ => panic!("pseudo-header over mixed families {src} / {dst}"),
-    }
-    p
-}
-
-// ---------------------------------------------------------------------------------------------
-// Packet builder
-// ---------------------------------------------------------------------------------------------
-
-const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-
-const PROTO_ICMP: u8 = 1;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
-const EXT_HOP_BY_HOP: u8 = 0;
-const EXT_ROUTING: u8 = 43;
-const EXT_FRAGMENT: u8 = 44;
-const EXT_DEST_OPTS: u8 = 60;
-const NO_NEXT_HEADER: u8 = 59;
-
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-
-/// IPv4 flags/offset field values.
-const IP_DF: u16 = 0x4000;
-const IP_MF: u16 = 0x2000;
-
-const HTTP_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: sticky\r\n\r\n";
-
-#[derive(Clone, Copy, Debug)]
-enum L4 {
-    Tcp { flags: u8 },
-    Udp,
-    Icmp,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Ext {
-    HopByHop,
-    DestOpts,
-    Routing,
-    Fragment,
-    /// A hop-by-hop header with a jumbo payload option; the IPv6 payload length becomes 0.
-    Jumbo,
-}
-
-impl Ext {
-    fn kind(self) -> u8 {
-        match self {
-            Ext::HopByHop | Ext::Jumbo => EXT_HOP_BY_HOP,
-            Ext::DestOpts => EXT_DEST_OPTS,
-            Ext::Routing => EXT_ROUTING,
-            Ext::Fragment => EXT_FRAGMENT,
-        }
-    }
-
-    /// 8 bytes: next header, then the body (`jumbo_len` only for `Jumbo`).
-    fn bytes(self, next: u8, jumbo_len: u32) -> [u8; 8] {
-        match self {
-            // Hdr Ext Len 0 (8 bytes), one PadN option filling the rest.
-            Ext::HopByHop | Ext::DestOpts => [next, 0, 1, 4, 0, 0, 0, 0],
-            // Segment routing type 4 with no segments left.
-            Ext::Routing => [next, 0, 4, 0, 0, 0, 0, 0],
-            // Offset 0, M clear (an atomic fragment), identification 0x01020304.
-            Ext::Fragment => [next, 0, 0, 0, 1, 2, 3, 4],
-            Ext::Jumbo => {
-                let [a, b, c, d] = jumbo_len.to_be_bytes();
-                [next, 0, 0xc2, 4, a, b, c, d]
-            }
-        }
-    }
-}
-
-/// Ethernet + IPv4/IPv6 + TCP/UDP/ICMP with correct lengths and checksums.
-#[derive(Clone, Debug)]
-struct Pkt {
-    src: SocketAddr,
-    dst: SocketAddr,
-    l4: L4,
-    payload: Vec<u8>,
-    /// IPv4 option bytes (NOPs ending in EOL), a multiple of 4 up to 40.
-    ip_options: usize,
-    /// IPv4 flags and fragment offset.
-    frag: u16,
-    ext: Vec<Ext>,
-    /// TCP data offset in 32-bit words, when not the true header length.
-    data_offset: Option<u8>,
-    /// Minimum frame length: zero bytes after the IP packet, as Ethernet padding.
-    pad_to: usize,
-}
-
-impl Pkt {
-    fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> Self {
-        Pkt {
-            src,
-            dst,
-            l4: L4::Tcp { flags },
-            payload: Vec::new(),
-            ip_options: 0,
-            frag: 0,
-            ext: Vec::new(),
-            data_offset: None,
-            pad_to: 0,
-        }
-    }
-
-    fn syn(src: SocketAddr, dst: SocketAddr) -> Self {
-        Self::tcp(src, dst, SYN)
-    }
-
-    fn payload(mut self, bytes: &[u8]) -> Self {
-        self.payload = bytes.to_vec();
-        self
-    }
-
-    fn udp(mut self) -> Self {
-        self.l4 = L4::Udp;
-        self
-    }
-
-    fn icmp(mut self) -> Self {
-        self.l4 = L4::Icmp;
-        self
-    }
-
-    fn ip_options(mut self, bytes: usize) -> Self {
-        assert!(
-            bytes.is_multiple_of(4) && bytes <= 40,
-            "IPv4 options are 0-40 bytes, in words"
-        );
-        self.ip_options = bytes;
-        self
-    }
-
-    fn frag(mut self, field: u16) -> Self {
-        self.frag = field;
-        self
-    }
-
-    fn ext(mut self, ext: Ext) -> Self {
-        self.ext.push(ext);
-        self
-    }
-
-    fn data_offset(mut self, words: u8) -> Self {
-        self.data_offset = Some(words);
-        self
-    }
-
-    fn pad_to(mut self, len: usize) -> Self {
-        self.pad_to = len;
-        self
-    }
-
-    fn build(&self) -> Vec<u8> {
-        let v6 = self.src.is_ipv6();
-        assert_eq!(v6, self.dst.is_ipv6(), "one family per packet");
-        let (proto, l4) = self.l4_bytes();
-        let mut frame = Vec::with_capacity(128);
-        frame.extend([0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02]);
-        frame.extend((if v6 { ETH_P_IPV6 } else { ETH_P_IP }).to_be_bytes());
-        if v6 {
-            self.ipv6(&mut frame, proto, &l4);
-        } else {
-            self.ipv4(&mut frame, proto, &l4);
-        }
-        if frame.len() < self.pad_to {
-            frame.resize(self.pad_to, 0);
-        }
-        frame
-    }
-
-    fn l4_bytes(&self) -> (u8, Vec<u8>) {
-        let v6 = self.src.is_ipv6();
-        let (proto, csum_off, mut seg) = match self.l4 {
-            L4::Tcp { flags } => {
-                // A SYN carries an MSS option, so the TCP header is not always 20 bytes.
-                let options: &[u8] = if flags & SYN != 0 {
-                    &[2, 4, 0x05, 0xb4]
-                } else {
-                    &[]
-                };
-                let hlen = 20 + options.len();
-                let words = self.data_offset.unwrap_or((hlen / 4) as u8);
-                let ack: u32 = if flags & ACK != 0 { 0x2000_0001 } else { 0 };
-                let mut h = Vec::with_capacity(hlen + self.payload.len());
-                h.extend(self.src.port().to_be_bytes());
-                h.extend(self.dst.port().to_be_bytes());
-                h.extend(0x1000_0001u32.to_be_bytes());
-                h.extend(ack.to_be_bytes());
-                h.extend([words << 4, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-                h.extend(options);
-                (PROTO_TCP, 16, h)
-            }
-            L4::Udp => {
-                let len = u16::try_from(8 + self.payload.len()).unwrap();
-                let mut h = Vec::new();
-                h.extend(self.src.port().to_be_bytes());
-                h.extend(self.dst.port().to_be_bytes());
-                h.extend(len.to_be_bytes());
-                h.extend([0, 0]);
-                (PROTO_UDP, 6, h)
-            }
-            // Echo request, id 0x0101, sequence 1.
-            L4::Icmp if v6 => (PROTO_ICMPV6, 2, vec![128, 0, 0, 0, 1, 1, 0, 1]),
-            L4::Icmp => (PROTO_ICMP, 2, vec![8, 0, 0, 0, 1, 1, 0, 1]),
-        };
-        seg.extend(&self.payload);
-        let sum = if proto == PROTO_ICMP {
-            checksum(&[&seg])
-        } else {
-            let pseudo = pseudo_header(self.src.ip(), self.dst.ip(), proto, seg.len());
-            match checksum(&[&pseudo, &seg]) {
-                0 if proto == PROTO_UDP => 0xffff,
-                sum => sum,
-            }
-        };
-        seg[csum_off..csum_off + 2].copy_from_slice(&sum.to_be_bytes());
-        (proto, seg)
-    }
-
-    fn ipv4(&self, frame: &mut Vec<u8>, proto: u8, l4: &[u8]) {
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (self.src.ip(), self.dst.ip()) else {
-            unreachable!("checked by build");
-        };
-        let ihl = 20 + self.ip_options;
-        let tot_len = u16::try_from(ihl + l4.len()).unwrap();
-        let mut h = Vec::with_capacity(ihl);
-        h.extend([0x40 | (ihl / 4) as u8, 0]);
-        h.extend(tot_len.to_be_bytes());
-        h.extend([0x12, 0x34]);
-        h.extend(self.frag.to_be_bytes());
-        h.extend([64, proto, 0, 0]);
-        h.extend(src.octets());
-        h.extend(dst.octets());
-        // NOPs, then End of Option List.
-        h.extend((0..self.ip_options).map(|i| u8::from(i + 1 != self.ip_options)));
-        let sum = checksum(&[&h]);
-        h[10..12].copy_from_slice(&sum.to_be_bytes());
-        frame.extend(h);
-        frame.extend(l4);
-    }
-
-    fn ipv6(&self, frame: &mut Vec<u8>, proto: u8, l4: &[u8]) {
-        let (IpAddr::V6(src), IpAddr::V6(dst)) = (self.src.ip(), self.dst.ip()) else {
-            unreachable!("checked by build");
-        };
-        let ext_len = 8 * self.ext.len();
-        let jumbo = self.ext.iter().any(|e| matches!(e, Ext::Jumbo));
-        let payload_len = if jumbo {
-            0
-        } else {
-            u16::try_from(ext_len + l4.len()).unwrap()
-        };
-        let first = self.ext.first().map_or(proto, |e| e.kind());
-        frame.extend([0x60, 0, 0, 0]);
-        frame.extend(payload_len.to_be_bytes());
-        frame.extend([first, 64]);
-        frame.extend(src.octets());
-        frame.extend(dst.octets());
-        for (i, e) in self.ext.iter().enumerate() {
-            let next = self.ext.get(i + 1).map_or(proto, |n| n.kind());
-            frame.extend(e.bytes(next, u32::try_from(ext_len + l4.len()).unwrap()));
-        }
-        frame.extend(l4);
-    }
-}
-
-/// A copy of `frame` with `bytes` written at `off`.
-fn patched(frame: &[u8], off: usize, bytes: &[u8]) -> Vec<u8> {
-    let mut f = frame.to_vec();
-    f[off..off + bytes.len()].copy_from_slice(bytes);
-    f
-}
-
-fn arp_request() -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend([0x02, 0, 0, 0, 0, 0x02]);
-    f.extend(ETH_P_ARP.to_be_bytes());
-    // Ethernet/IPv4, request: who has 192.0.2.10, tell 198.51.100.1.
-    f.extend([0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend([0x02, 0, 0, 0, 0, 0x02, 198, 51, 100, 1]);
-    f.extend([0, 0, 0, 0, 0, 0, 192, 0, 2, 10]);
-    f
-}
-
-/// `frame` with an 802.1Q tag (VLAN 100) after the MAC addresses.
-fn vlan_tagged(frame: Vec<u8>) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend(ETH_P_8021Q.to_be_bytes());
-    f.extend([0x00, 100]);
-    f.extend(&frame[12..]);
-    f
-}
-
-/// Deterministic noise behind a valid Ethernet header with the given ethertype.
-fn garbage(seed: u64, len: usize, ethertype: u16) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    f.extend(ethertype.to_be_bytes());
-    while f.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.push(x as u8);
-    }
-    f
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1123,6 +411,9 @@ fn v4_fixtures() -> Vec<Fixture> {
     t.pass("v4 tot_len too small for a TCP header", Ingress, patched(&syn, l3 + 2, &[0, 30]));
     t.pass("v4 TCP data offset 4", Ingress, Pkt::syn(c, vip).data_offset(4));
     t.pass("v4 TCP data offset 0", Ingress, Pkt::syn(c, vip).data_offset(0));
+    // Found by packet_fuzz: the data offset was only checked to be at least 5 words.
+    t.pass("v4 TCP data offset 6 on a 20-byte segment", Ingress, Pkt::tcp(c, vip, ACK).data_offset(6));
+    t.pass("v4 TCP data offset 15, options past tot_len into padding", Ingress, Pkt::tcp(c, vip, ACK).data_offset(15).pad_to(120));
     t.pass("v4 header only, no TCP bytes", Ingress, patched(&syn[..l3 + 20], l3 + 2, &[0, 20]));
     for seed in 1..=8u64 {
         for len in [34, 54, 74, 134] {
@@ -1214,6 +505,11 @@ fn v6_fixtures() -> Vec<Fixture> {
     t.pass("v6 hop-by-hop length past the packet", Ingress, patched(&hbh, l3 + 41, &[3]));
     t.pass("v6 hop-by-hop length 255 (TCP beyond the parse limit)", Ingress, patched(&hbh, l3 + 41, &[255]));
     t.pass("v6 TCP data offset 4", Ingress, Pkt::syn(c, vip).data_offset(4));
+    // Found by packet_fuzz: the TCP header was read wherever the frame had bytes, not only
+    // inside the IPv6 payload, and its data offset was only checked to be at least 5 words.
+    t.pass("v6 TCP data offset 6 on a 20-byte segment", Ingress, Pkt::tcp(c, vip, ACK).data_offset(6));
+    t.pass("v6 payload length 8: the TCP header lies past it", Ingress, patched(&syn, l3 + 4, &[0, 8]));
+    t.pass("v6 payload length ends inside the TCP options", Ingress, patched(&syn, l3 + 4, &u16::try_from(payload - 2).unwrap().to_be_bytes()));
     t.pass("v6 header only, no TCP bytes", Ingress, patched(&syn[..l3 + 40], l3 + 4, &[0, 0]));
     for seed in 1..=8u64 {
         for len in [54, 74, 94, 154] {
@@ -1351,7 +647,7 @@ fn checks_catch_missed_checksum_fixes() {
 
 #[test]
 fn every_map_and_program_resolves() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let mut lb = Lb::load(Setup::V4);
@@ -1376,7 +672,7 @@ fn every_map_and_program_resolves() {
 
 #[test]
 fn ipv4_fixtures() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     run_fixtures(&v4_fixtures());
@@ -1384,7 +680,7 @@ fn ipv4_fixtures() {
 
 #[test]
 fn ipv6_fixtures() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     run_fixtures(&v6_fixtures());
@@ -1392,7 +688,7 @@ fn ipv6_fixtures() {
 
 #[test]
 fn vip_without_backends_drops_new_flows() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     run_fixtures(&no_backend_fixtures());
@@ -1400,7 +696,7 @@ fn vip_without_backends_drops_new_flows() {
 
 #[test]
 fn local_backends_get_port_only_rewrites() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     run_fixtures(&local_backend_fixtures());
@@ -1408,7 +704,7 @@ fn local_backends_get_port_only_rewrites() {
 
 #[test]
 fn truncated_packets_pass_untouched() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let fixtures = truncation_fixtures();
@@ -1442,18 +738,9 @@ fn moved_client(first: &[SocketAddr], added: &[SocketAddr], port: u16) -> Socket
         .expect("some client moves when backends join")
 }
 
-/// A backend set after these reconciles: what a datapath holds once they were applied.
-fn plan(stages: &[Vec<SocketAddr>]) -> BackendSet {
-    let mut set = BackendSet::default();
-    for s in stages {
-        set.reconcile(&specs(s)).unwrap();
-    }
-    set
-}
-
 #[test]
 fn flows_and_affinity_survive_a_table_change() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let vip = Setup::V4.vip();
@@ -1528,7 +815,7 @@ fn flows_and_affinity_survive_a_table_change() {
 
 #[test]
 fn affinity_lapses_after_its_timeout() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let vip = Setup::V4.vip();
@@ -1562,7 +849,7 @@ fn affinity_lapses_after_its_timeout() {
 /// continuing through both.
 #[test]
 fn draining_and_down_backends() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let vip = Setup::V4.vip();
@@ -1617,7 +904,7 @@ fn draining_and_down_backends() {
 /// (and affinity) stop reaching it.
 #[test]
 fn removed_backend_keeps_established_flows() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let vip = Setup::V4.vip();
@@ -1674,7 +961,7 @@ fn removed_backend_keeps_established_flows() {
 /// affine; the backend's SYN-ACK finds it on the way.
 #[test]
 fn handshake_ack_confirms_a_new_flow() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     let vip = Setup::V4.vip();
@@ -1712,7 +999,7 @@ fn handshake_ack_confirms_a_new_flow() {
 /// established connections keep their backend even after the table changes under them.
 #[test]
 fn syn_flood_cannot_evict_established_flows() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     const ESTABLISHED: u16 = 20;
@@ -1738,7 +1025,7 @@ fn syn_flood_cannot_evict_established_flows() {
     for i in 0..FLOOD {
         let [_, x, y, z] = i.to_be_bytes();
         let src = SocketAddr::new(
-            IpAddr::from([10, x | 0x80, y, z]),
+            std::net::IpAddr::from([10, x | 0x80, y, z]),
             1024 + (i % 60_000) as u16,
         );
         let (action, _) = lb
@@ -1773,7 +1060,7 @@ fn syn_flood_cannot_evict_established_flows() {
 /// path (checked with the NAT counter).
 #[test]
 fn per_packet_cost() {
-    if !root() {
+    if !bpf_or_skip() {
         return;
     }
     const REPEAT: u32 = 100_000;

@@ -1,6 +1,9 @@
-//! Shared by the integration tests: skipping without root, the sticky binary, and running
-//! many clients through a topology.
+//! Shared by the integration tests: skipping without root, the sticky binary, running many
+//! clients through a topology; `packets` and `datapath` for the BPF_PROG_TEST_RUN tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+
+pub mod datapath;
+pub mod packets;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,0 +1,1321 @@
+//! Packet fuzzing through BPF_PROG_TEST_RUN: random and mutated frames through the real
+//! object's `sticky_ingress` and `sticky_egress`, every outcome checked against a model.
+//!
+//! Frames: valid client → VIP segments (SYN, ACK, data; IPv4 options, IPv6 extension
+//! headers), then the same with 1–8 bit flips, cut at every length, with bogus IHL / version,
+//! TCP data offset, IPv4 total length / IPv6 payload length, IPv6 extension-header chains
+//! (bogus lengths, routing, fragment, unknown, chains past the walk), IPv4 and IPv6
+//! fragments, other protocols (UDP, ICMP, ICMPv6, GRE, random) to the VIP, other ethertypes
+//! (802.1Q, ARP, unknown, the other family's), random bytes; on egress, backend replies whole,
+//! flipped and cut.
+//!
+//! Invariants, for every frame (a violation panics with the seed, the frame's index, its
+//! category and both frames in hex):
+//! - BPF_PROG_TEST_RUN refuses (EINVAL) exactly the frames shorter than Ethernet + the fixed
+//!   IP header of their ethertype; everything else runs.
+//! - `common::packets::classify` (the parsing rules, written out independently) says which
+//!   frames are TCP segments. A frame that is not one, or is one not addressed to the VIP
+//!   (ingress) or not a reply of a flow the model saw NATed (egress), comes back
+//!   byte-identical with `TC_ACT_OK`.
+//! - A segment to the VIP comes back with `TC_ACT_OK`, rewritten: nothing changed but the
+//!   destination address and port and the checksums, and each checksum's error carried over
+//!   (`packets::nat_rewrite`: valid stays valid; the programs never verify checksums, so a
+//!   flipped checksum or header byte must stay wrong by exactly as much). The destination:
+//!   - a non-SYN segment of a flow the model saw NATed: the same backend as before, whatever
+//!     that backend's state now (draining, down and removed backends keep their established
+//!     connections: that is the design, see `removed_backend_keeps_established_flows`);
+//!   - a SYN, or a segment of a flow never seen: a new flow, which goes to the table's choice
+//!     for the client (`sticky::table`, so a backend that is up) or to a backend this client
+//!     had a flow to that still honours affinity (up or draining, same generation as when
+//!     that flow last passed). Which of the two is not pinned down: that is where the affinity is
+//!     recorded, free for the data path to change. When neither exists (no backend in
+//!     service) the segment is dropped (`TC_ACT_SHOT`), unmodified.
+//! - A reply of a flow on egress comes back with only its source changed, to the VIP. A reply
+//!   from a backend the client port's flow has since left (a SYN reusing the ports was
+//!   balanced elsewhere) may be rewritten the same way or passed untouched.
+//! - The counters: exactly the one counting that outcome (`COUNTER_PASS`, `_PARSE_ERROR` for
+//!   `Malformed`, `_UNHANDLED`, `_NAT`, `_DROP_NO_BACKEND`) goes up by one, the others of
+//!   these stay; a refused frame changes none.
+//!
+//! Setups, each one loaded datapath whose backends change between phases: IPv4 and IPv6 VIPs
+//! with 3 remote backends (all up; one draining; one more down; that one removed; all removed;
+//! all back with new generations), and IPv4 and IPv6 local-port backends (the address stays,
+//! the port changes). A datapath is reloaded (model reset) before its LRU maps could evict,
+//! which would make an established flow's backend unpredictable.
+//!
+//! `STICKY_FUZZ_SEED` (decimal, 0x-hex, or `random`) and `STICKY_FUZZ_FRAMES` override the
+//! defaults. Needs root (skips otherwise) and the real eBPF object.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use aya::programs::ProgramError;
+use common::{datapath::*, packets::*};
+use sticky::{config::Config, hashbench::SplitMix64, table};
+use sticky_common::{
+    Addr16,
+    maps::{
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, COUNTER_DROP_NAT_ERROR,
+        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
+        NO_BACKEND,
+    },
+};
+
+const DEFAULT_SEED: u64 = 0x5715_c4f0_22ed_0001;
+const DEFAULT_FRAMES: u64 = 300_000;
+/// Flow and client entries the datapath holds; new flows per datapath are kept to a quarter
+/// of it (each makes two flow entries), far from where an LRU starts evicting.
+const MAX_FLOWS: u32 = 65_536;
+const NEW_FLOW_BUDGET: usize = MAX_FLOWS as usize / 4;
+/// BPF_PROG_TEST_RUN refuses frames over about a page (less headroom and skb_shared_info).
+const MAX_FRAME: usize = 3000;
+/// The outcome counters; any others the object grows are not this test's business.
+const COUNTERS: [(u32, &str); 6] = [
+    (COUNTER_PASS, "pass"),
+    (COUNTER_PARSE_ERROR, "parse error"),
+    (COUNTER_UNHANDLED, "unhandled"),
+    (COUNTER_DROP_NO_BACKEND, "drop: no backend"),
+    (COUNTER_DROP_NAT_ERROR, "drop: NAT error"),
+    (COUNTER_NAT, "nat"),
+];
+
+#[test]
+fn packet_fuzz() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let seed = match std::env::var("STICKY_FUZZ_SEED").ok().as_deref() {
+        None | Some("") => DEFAULT_SEED,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        Some(s) => s
+            .strip_prefix("0x")
+            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
+            .unwrap_or_else(|e| panic!("STICKY_FUZZ_SEED={s}: {e}")),
+    };
+    let frames: u64 = std::env::var("STICKY_FUZZ_FRAMES")
+        .ok()
+        .map_or(DEFAULT_FRAMES, |s| {
+            s.parse()
+                .unwrap_or_else(|e| panic!("STICKY_FUZZ_FRAMES={s}: {e}"))
+        });
+    println!(
+        "packet fuzz: seed {seed:#x} (STICKY_FUZZ_SEED), {frames} frames (STICKY_FUZZ_FRAMES)"
+    );
+    let start = Instant::now();
+    let mut stats = Stats::default();
+    let mut rng = Rng::new(seed);
+    let scenarios = scenarios();
+    let shares: u64 = scenarios.iter().map(|s| s.share).sum();
+    for scenario in &scenarios {
+        let budget = frames * scenario.share / shares;
+        let mut fuzz = Fuzz::new(scenario, Rng::new(rng.next()), seed);
+        for (i, step) in scenario.steps.iter().enumerate() {
+            fuzz.step(*step);
+            let n = budget / scenario.steps.len() as u64
+                + u64::from(i == 0) * (budget % scenario.steps.len() as u64);
+            for _ in 0..n {
+                fuzz.one(&mut stats);
+            }
+        }
+        stats.reloads += fuzz.reloads;
+    }
+    stats.print(start.elapsed());
+}
+
+/// The checksum rule itself (no root needed): a rewrite of a frame whose checksums were wrong
+/// on input passes only if it carries the error over, as an incremental update does; a
+/// checksum recomputed from scratch, or left as it was, fails.
+#[test]
+fn checksum_errors_must_carry_over() {
+    let cases = [
+        ("198.51.100.1:40000", "192.0.2.10:80", "10.1.0.2:8080"),
+        ("[fd00:c::1]:40000", "[fd00::100]:80", "[fd00:1::2]:8080"),
+    ];
+    for (client, vip, backend) in cases.map(|(a, b, c)| (sa(a), sa(b), sa(c))) {
+        let input = Pkt::tcp(client, vip, ACK).payload(HTTP_GET).build();
+        let output = Pkt::tcp(client, backend, ACK).payload(HTTP_GET).build();
+        let l = Layout::parse(&input).expect("a TCP segment");
+        // One more in a checksum field: one more in that header's sum, on both sides.
+        let off_by_one = |f: &[u8], off: usize| {
+            let v = be16(f, off).expect("in the frame");
+            assert!(v < 0xfffe, "precondition: no wrap in the test packet");
+            patched(f, off, &(v + 1).to_be_bytes())
+        };
+        let mut fields = vec![("TCP checksum", l.l4 + 16)];
+        if !l.v6 {
+            fields.push(("IPv4 header checksum", l.l3 + 10));
+        }
+        for (name, off) in fields {
+            let bad_in = off_by_one(&input, off);
+            assert_eq!(
+                nat_rewrite(&bad_in, &off_by_one(&output, off), &l).map(|a| a.dst),
+                Ok(backend),
+                "{client}: {name} error carried over"
+            );
+            let err = nat_rewrite(&bad_in, &output, &l).expect_err("recomputed from scratch");
+            assert!(err.contains(name), "{client}: {err}");
+            let mut stale = output.clone();
+            stale[off..off + 2].copy_from_slice(&bad_in[off..off + 2]);
+            let err = nat_rewrite(&bad_in, &stale, &l).expect_err("checksum not updated");
+            assert!(err.contains(name), "{client}: {err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// Backend changes between phases (indices into `Scenario::backends`).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Start,
+    Drain(usize),
+    Down(usize),
+    Remove(usize),
+    RemoveAll,
+    AddAll,
+}
+
+struct Scenario {
+    name: &'static str,
+    vip: SocketAddr,
+    backends: Vec<SocketAddr>,
+    steps: Vec<Step>,
+    /// Relative share of the frames.
+    share: u64,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    use Step::*;
+    let remote = vec![Start, Drain(0), Down(1), Remove(1), RemoveAll, AddAll];
+    let local = vec![Start, Drain(0), Remove(0)];
+    vec![
+        Scenario {
+            name: "v4",
+            vip: sa("192.0.2.10:80"),
+            backends: v4_backends(3),
+            steps: remote.clone(),
+            share: 7,
+        },
+        Scenario {
+            name: "v6",
+            vip: sa("[fd00::100]:80"),
+            backends: v6_backends(3),
+            steps: remote,
+            share: 7,
+        },
+        Scenario {
+            name: "v4 local",
+            vip: sa("192.0.2.10:80"),
+            backends: vec![sa("192.0.2.10:8080"), sa("192.0.2.10:8081")],
+            steps: local.clone(),
+            share: 3,
+        },
+        Scenario {
+            name: "v6 local",
+            vip: sa("[fd00::100]:80"),
+            backends: vec![sa("[fd00::100]:8080"), sa("[fd00::100]:8081")],
+            steps: local,
+            share: 3,
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+// ---------------------------------------------------------------------------------------------
+
+/// SplitMix64 with the draws the generators need: the same sequence everywhere for a seed.
+struct Rng(SplitMix64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(SplitMix64(seed))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn percent(&mut self, p: usize) -> bool {
+        self.below(100) < p
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: what the data path must have done so far
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Model {
+    /// Client address:port → the backend its flow to the VIP went to last.
+    flows: HashMap<SocketAddr, SocketAddr>,
+    /// The same clients, for picking one at random.
+    flow_clients: Vec<SocketAddr>,
+    /// (backend, client) of every flow NATed: the replies egress knows.
+    replies: HashSet<(SocketAddr, SocketAddr)>,
+    reply_list: Vec<(SocketAddr, SocketAddr)>,
+    /// Client address → (backend id, generation) of the backends its new flows went to.
+    affine: HashMap<IpAddr, HashSet<(u32, u32)>>,
+    new_flows: usize,
+}
+
+/// What a frame must come back as.
+enum Want {
+    /// EINVAL from BPF_PROG_TEST_RUN: too short to run.
+    Refused,
+    /// `TC_ACT_OK`, byte-identical, this counter up.
+    Unchanged { counter: u32, why: &'static str },
+    /// Ingress to the VIP: rewritten to one of `allowed`, or dropped when it is empty.
+    Dnat {
+        layout: Layout,
+        allowed: Vec<SocketAddr>,
+        established: bool,
+    },
+    /// Egress reply of a flow: source back to the VIP (`must`), or possibly untouched.
+    Snat { layout: Layout, must: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Refused,
+    Passed,
+    DnatNew,
+    DnatEstablished,
+    Snat,
+    Dropped,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Refused => "refused (EINVAL, too short to run)",
+            Outcome::Passed => "TC_ACT_OK, byte-identical",
+            Outcome::DnatNew => "TC_ACT_OK, DNAT of a new flow",
+            Outcome::DnatEstablished => "TC_ACT_OK, DNAT of an established flow",
+            Outcome::Snat => "TC_ACT_OK, reverse NAT of a reply",
+            Outcome::Dropped => "TC_ACT_SHOT (no backend in service)",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Categories and statistics
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Category {
+    Valid,
+    BitFlip,
+    Truncated,
+    IpHeader,
+    DataOffset,
+    IpLength,
+    ExtHeaders,
+    Fragment,
+    NonTcp,
+    Ethertype,
+    RandomBytes,
+    Reply,
+    ReplyBitFlip,
+    ReplyTruncated,
+}
+
+impl Category {
+    fn name(self) -> &'static str {
+        match self {
+            Category::Valid => "valid segment to the VIP",
+            Category::BitFlip => "valid segment, 1-8 bits flipped",
+            Category::Truncated => "segment cut at every length",
+            Category::IpHeader => "bogus IHL (v4) / version (v6)",
+            Category::DataOffset => "TCP data offset 0-15",
+            Category::IpLength => "bogus total / payload length",
+            Category::ExtHeaders => "IPv6 ext. chains / IPv4 options",
+            Category::Fragment => "fragments",
+            Category::NonTcp => "UDP/ICMP/GRE/other to the VIP",
+            Category::Ethertype => "VLAN/ARP/unknown/other family",
+            Category::RandomBytes => "random bytes",
+            Category::Reply => "egress: backend reply",
+            Category::ReplyBitFlip => "egress: reply, bits flipped",
+            Category::ReplyTruncated => "egress: reply cut at every length",
+        }
+    }
+
+    /// How often each is drawn (the truncation sweeps come from a queue, one frame a draw).
+    const WEIGHTS: [(Category, usize); 14] = [
+        (Category::Valid, 14),
+        (Category::BitFlip, 22),
+        (Category::Truncated, 8),
+        (Category::IpHeader, 4),
+        (Category::DataOffset, 4),
+        (Category::IpLength, 5),
+        (Category::ExtHeaders, 6),
+        (Category::Fragment, 4),
+        (Category::NonTcp, 4),
+        (Category::Ethertype, 3),
+        (Category::RandomBytes, 4),
+        (Category::Reply, 8),
+        (Category::ReplyBitFlip, 10),
+        (Category::ReplyTruncated, 4),
+    ];
+
+    fn draw(rng: &mut Rng) -> Self {
+        let total: usize = Self::WEIGHTS.iter().map(|(_, w)| w).sum();
+        let mut x = rng.below(total);
+        for (c, w) in Self::WEIGHTS {
+            if x < w {
+                return c;
+            }
+            x -= w;
+        }
+        unreachable!("weights sum to total")
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    frames: u64,
+    /// Per category: frames, and how many of each outcome.
+    categories: BTreeMap<Category, BTreeMap<Outcome, u64>>,
+    actions: BTreeMap<String, u64>,
+    reloads: u64,
+}
+
+impl Stats {
+    fn record(&mut self, category: Category, outcome: Outcome, action: Option<i32>) {
+        self.frames += 1;
+        *self
+            .categories
+            .entry(category)
+            .or_default()
+            .entry(outcome)
+            .or_default() += 1;
+        let action = action.map_or("EINVAL (refused)".into(), |a| {
+            format!("{a} ({})", action_name(a))
+        });
+        *self.actions.entry(action).or_default() += 1;
+    }
+
+    fn print(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "packet fuzz: {} frames in {secs:.1} s ({:.0} frames/s), {} reloads (maps near full)",
+            self.frames,
+            self.frames as f64 / secs,
+            self.reloads
+        );
+        println!(
+            "  {:<36} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "category", "frames", "passed", "dnat", "snat", "dropped", "refused"
+        );
+        let mut totals: BTreeMap<Outcome, u64> = BTreeMap::new();
+        for (c, outcomes) in &self.categories {
+            let n = |o: &[Outcome]| -> u64 { o.iter().filter_map(|o| outcomes.get(o)).sum() };
+            for (o, k) in outcomes {
+                *totals.entry(*o).or_default() += k;
+            }
+            println!(
+                "  {:<36} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                c.name(),
+                outcomes.values().sum::<u64>(),
+                n(&[Outcome::Passed]),
+                n(&[Outcome::DnatNew, Outcome::DnatEstablished]),
+                n(&[Outcome::Snat]),
+                n(&[Outcome::Dropped]),
+                n(&[Outcome::Refused]),
+            );
+        }
+        println!("  outcomes:");
+        for (o, k) in totals {
+            println!("    {:<44} {k:>8}", o.name());
+        }
+        println!("  actions:");
+        for (a, k) in &self.actions {
+            println!("    {a:<44} {k:>8}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fuzzer for one scenario
+// ---------------------------------------------------------------------------------------------
+
+struct Fuzz<'a> {
+    scenario: &'a Scenario,
+    seed: u64,
+    rng: Rng,
+    lb: Option<Lb>,
+    /// The table the datapath holds (rebuilt after every change).
+    table: Vec<u32>,
+    model: Model,
+    /// Backends configured now, and the phase's name.
+    current: Vec<SocketAddr>,
+    phase: String,
+    /// Frames of a truncation sweep still to run.
+    queue: Vec<(Category, Prog, Vec<u8>)>,
+    frame: u64,
+    reloads: u64,
+    /// The outcome counters as last read.
+    counters: [u64; COUNTERS.len()],
+}
+
+impl<'a> Fuzz<'a> {
+    fn new(scenario: &'a Scenario, rng: Rng, seed: u64) -> Self {
+        Fuzz {
+            scenario,
+            seed,
+            rng,
+            lb: None,
+            table: Vec::new(),
+            model: Model::default(),
+            current: Vec::new(),
+            phase: String::new(),
+            queue: Vec::new(),
+            frame: 0,
+            reloads: 0,
+            counters: [0; COUNTERS.len()],
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            max_flows: MAX_FLOWS,
+            max_clients: MAX_FLOWS,
+            ..config("packet-fuzz", self.scenario.vip, &self.scenario.backends)
+        }
+    }
+
+    fn lb(&mut self) -> &mut Lb {
+        self.lb.as_mut().expect("loaded at Step::Start")
+    }
+
+    fn set(&self) -> &sticky::backends::BackendSet {
+        &self.lb.as_ref().expect("loaded at Step::Start").set
+    }
+
+    fn step(&mut self, step: Step) {
+        let backends = &self.scenario.backends;
+        match step {
+            Step::Start => {
+                self.current = backends.clone();
+                self.reload();
+            }
+            Step::Drain(i) => self.lb().set_state(backends[i], BACKEND_DRAINING),
+            Step::Down(i) => self.lb().set_state(backends[i], BACKEND_DOWN),
+            Step::Remove(i) => {
+                self.current.retain(|&b| b != backends[i]);
+                let current = self.current.clone();
+                self.lb().set_backends(&current);
+            }
+            Step::RemoveAll => {
+                self.current.clear();
+                self.lb().set_backends(&[]);
+            }
+            Step::AddAll => {
+                self.current = backends.clone();
+                self.lb().set_backends(backends);
+            }
+        }
+        self.phase = format!("{} / {step:?}", self.scenario.name);
+        self.after_change();
+    }
+
+    /// A fresh datapath with the same backends and states, and a fresh model: the old one's
+    /// maps are about to fill up.
+    fn reload(&mut self) {
+        let states: Vec<(SocketAddr, u8)> = self.lb.as_ref().map_or_else(Vec::new, |lb| {
+            lb.set
+                .iter()
+                .filter(|(_, s)| s.state != BACKEND_UP)
+                .map(|(_, s)| (s.addr, s.state))
+                .collect()
+        });
+        if self.lb.take().is_some() {
+            self.reloads += 1;
+        }
+        let mut lb = Lb::load(&self.config(), std::slice::from_ref(&self.current));
+        for (addr, state) in states {
+            lb.set_state(addr, state);
+        }
+        self.lb = Some(lb);
+        self.model = Model::default();
+        self.after_change();
+    }
+
+    fn after_change(&mut self) {
+        self.table = table::build(&self.set().members(), TABLE_SIZE, SEED);
+        self.counters = self.read_counters();
+    }
+
+    fn read_counters(&self) -> [u64; COUNTERS.len()] {
+        let all = self.lb.as_ref().expect("loaded").counters();
+        COUNTERS.map(|(i, _)| all.values[i as usize])
+    }
+
+    /// Backends a new flow from `client` may go to (see the module doc).
+    fn new_flow_targets(&self, client: IpAddr) -> Vec<SocketAddr> {
+        let set = self.set();
+        let mut out = Vec::new();
+        let id = table::lookup(&self.table, &Addr16::from_ip(client), SEED);
+        if id != NO_BACKEND {
+            let slot = set.get(id).expect("the table names configured backends");
+            assert_eq!(
+                slot.state, BACKEND_UP,
+                "the table holds only backends that are up"
+            );
+            out.push(slot.addr);
+        }
+        for &(id, generation) in self.model.affine.get(&client).into_iter().flatten() {
+            if let Some(slot) = set.get(id)
+                && slot.generation == generation
+                && (slot.state == BACKEND_UP || slot.state == BACKEND_DRAINING)
+                && !out.contains(&slot.addr)
+            {
+                out.push(slot.addr);
+            }
+        }
+        out
+    }
+
+    fn want(&self, prog: Prog, frame: &[u8]) -> Want {
+        if refused(frame) {
+            return Want::Refused;
+        }
+        let layout = match classify(frame) {
+            Shape::Tcp(l) => l,
+            Shape::NotTcp => {
+                return Want::Unchanged {
+                    counter: COUNTER_PASS,
+                    why: "not TCP over IP",
+                };
+            }
+            Shape::Malformed => {
+                return Want::Unchanged {
+                    counter: COUNTER_PARSE_ERROR,
+                    why: "malformed",
+                };
+            }
+            Shape::Unhandled => {
+                return Want::Unchanged {
+                    counter: COUNTER_UNHANDLED,
+                    why: "fragment / routing header / long chain",
+                };
+            }
+        };
+        match prog {
+            Prog::Ingress if layout.dst == self.scenario.vip => {
+                if !layout.syn()
+                    && let Some(&b) = self.model.flows.get(&layout.src)
+                {
+                    return Want::Dnat {
+                        layout,
+                        allowed: vec![b],
+                        established: true,
+                    };
+                }
+                Want::Dnat {
+                    allowed: self.new_flow_targets(layout.src.ip()),
+                    layout,
+                    established: false,
+                }
+            }
+            Prog::Ingress => Want::Unchanged {
+                counter: COUNTER_PASS,
+                why: "TCP, not to the VIP",
+            },
+            Prog::Egress => {
+                if self.model.replies.contains(&(layout.src, layout.dst)) {
+                    let must = self.model.flows.get(&layout.dst) == Some(&layout.src);
+                    Want::Snat { layout, must }
+                } else {
+                    Want::Unchanged {
+                        counter: COUNTER_PASS,
+                        why: "TCP, not a reply of a known flow",
+                    }
+                }
+            }
+        }
+    }
+
+    /// Generates, runs and checks one frame.
+    fn one(&mut self, stats: &mut Stats) {
+        let (category, prog, frame) = self.generate();
+        let want = self.want(prog, &frame);
+        let index = self.frame;
+        self.frame += 1;
+        let run = self.lb().run(prog, &frame);
+        let (action, out) = match (run, &want) {
+            (Err(ProgramError::SyscallError(e)), Want::Refused)
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                self.expect_counter(None, index, category, prog, &frame, &[]);
+                stats.record(category, Outcome::Refused, None);
+                return;
+            }
+            (Err(e), _) => self.fail(
+                index,
+                category,
+                prog,
+                &frame,
+                &[],
+                &format!("BPF_PROG_TEST_RUN failed: {e:?}"),
+            ),
+            (Ok(_), Want::Refused) => self.fail(
+                index,
+                category,
+                prog,
+                &frame,
+                &[],
+                "the kernel ran a frame expected to be refused (EINVAL)",
+            ),
+            (Ok(ran), _) => ran,
+        };
+        let checked = self.verify(&want, action, &frame, &out);
+        let (outcome, counter) = match checked {
+            Ok(done) => done,
+            Err(why) => self.fail(index, category, prog, &frame, &out, &why),
+        };
+        self.expect_counter(Some(counter), index, category, prog, &frame, &out);
+        stats.record(category, outcome, Some(action));
+        if self.model.new_flows >= NEW_FLOW_BUDGET {
+            self.reload();
+        }
+    }
+
+    /// Checks the output against `want`; returns the outcome and the counter it must count.
+    fn verify(
+        &mut self,
+        want: &Want,
+        action: i32,
+        input: &[u8],
+        out: &[u8],
+    ) -> Result<(Outcome, u32), String> {
+        let want_action = |want: i32| {
+            if action == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "action {action} ({}), want {want} ({})",
+                    action_name(action),
+                    action_name(want)
+                ))
+            }
+        };
+        match want {
+            Want::Refused => unreachable!("handled by the caller"),
+            Want::Unchanged { counter, why } => {
+                want_action(TC_ACT_OK).map_err(|e| format!("{why}: {e}"))?;
+                unchanged(input, out).map_err(|e| format!("{why}, must pass untouched: {e}"))?;
+                Ok((Outcome::Passed, *counter))
+            }
+            Want::Dnat { allowed, .. } if allowed.is_empty() => {
+                want_action(TC_ACT_SHOT).map_err(|e| format!("new flow, no backend: {e}"))?;
+                unchanged(input, out).map_err(|e| format!("dropped frame modified: {e}"))?;
+                Ok((Outcome::Dropped, COUNTER_DROP_NO_BACKEND))
+            }
+            Want::Dnat {
+                layout,
+                allowed,
+                established,
+            } => {
+                let what = if *established {
+                    "established flow"
+                } else {
+                    "new flow"
+                };
+                want_action(TC_ACT_OK).map_err(|e| format!("{what}: {e}"))?;
+                let after = nat_rewrite(input, out, layout).map_err(|e| format!("{what}: {e}"))?;
+                if after.src != layout.src {
+                    return Err(format!(
+                        "{what}: source changed on ingress, {} -> {}",
+                        layout.src, after.src
+                    ));
+                }
+                if !allowed.contains(&after.dst) {
+                    return Err(format!(
+                        "{what} from {} sent to {}, allowed: {allowed:?} (backends: {:?})",
+                        layout.src,
+                        after.dst,
+                        self.set().iter().map(|(_, s)| s).collect::<Vec<_>>()
+                    ));
+                }
+                self.record_dnat(layout.src, after.dst, !*established);
+                let outcome = if *established {
+                    Outcome::DnatEstablished
+                } else {
+                    Outcome::DnatNew
+                };
+                Ok((outcome, COUNTER_NAT))
+            }
+            Want::Snat { layout, must } => {
+                want_action(TC_ACT_OK).map_err(|e| format!("reply: {e}"))?;
+                if !must && input == out {
+                    return Ok((Outcome::Passed, COUNTER_PASS));
+                }
+                let after = nat_rewrite(input, out, layout).map_err(|e| format!("reply: {e}"))?;
+                if after.dst != layout.dst || after.src != self.scenario.vip {
+                    return Err(format!(
+                        "reply {} became {}, want {} -> {}",
+                        layout.describe(),
+                        after.describe(),
+                        self.scenario.vip,
+                        layout.dst
+                    ));
+                }
+                Ok((Outcome::Snat, COUNTER_NAT))
+            }
+        }
+    }
+
+    fn record_dnat(&mut self, client: SocketAddr, backend: SocketAddr, new: bool) {
+        let m = &mut self.model;
+        if m.flows.insert(client, backend).is_none() {
+            m.flow_clients.push(client);
+        }
+        if m.replies.insert((backend, client)) {
+            m.reply_list.push((backend, client));
+        }
+        let set = &self.lb.as_ref().expect("loaded").set;
+        if new {
+            m.new_flows += 1;
+            assert!(
+                set.id_of(backend).is_some(),
+                "a new flow goes to a configured backend"
+            );
+        }
+        // The client may become affine to the backend of any flow it has, at that backend's
+        // generation now: the data path records affinity when a flow is confirmed (the
+        // client's first non-SYN packet) or refreshed, which can be after a re-add.
+        if let Some(id) = set.id_of(backend) {
+            let generation = set.get(id).expect("configured").generation;
+            m.affine
+                .entry(client.ip())
+                .or_default()
+                .insert((id, generation));
+        }
+    }
+
+    /// Exactly `counter` went up by one (none for a refused frame).
+    fn expect_counter(
+        &mut self,
+        counter: Option<u32>,
+        index: u64,
+        category: Category,
+        prog: Prog,
+        input: &[u8],
+        out: &[u8],
+    ) {
+        let now = self.read_counters();
+        for (k, (id, name)) in COUNTERS.iter().enumerate() {
+            let want = self.counters[k] + u64::from(counter == Some(*id));
+            if now[k] != want {
+                let why = format!(
+                    "counter '{name}' went from {} to {} (expected outcome counter: {})",
+                    self.counters[k],
+                    now[k],
+                    counter.map_or("none", |c| COUNTERS
+                        .iter()
+                        .find(|(i, _)| *i == c)
+                        .map_or("?", |(_, n)| n))
+                );
+                self.fail(index, category, prog, input, out, &why);
+            }
+        }
+        self.counters = now;
+    }
+
+    fn fail(
+        &self,
+        index: u64,
+        category: Category,
+        prog: Prog,
+        input: &[u8],
+        out: &[u8],
+        why: &str,
+    ) -> ! {
+        panic!(
+            "packet fuzz: invariant violated\n  seed {:#x} (STICKY_FUZZ_SEED), frame {index} of \
+             setup '{}', phase '{}', {} on {}\n  {why}\n  input ({} bytes):\n{}  output ({} \
+             bytes):\n{}",
+            self.seed,
+            self.scenario.name,
+            self.phase,
+            category.name(),
+            prog.name(),
+            input.len(),
+            hex(input),
+            out.len(),
+            hex(out)
+        )
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Generators
+    // -----------------------------------------------------------------------------------------
+
+    fn v6(&self) -> bool {
+        self.scenario.vip.is_ipv6()
+    }
+
+    fn generate(&mut self) -> (Category, Prog, Vec<u8>) {
+        let category = Category::draw(&mut self.rng);
+        let ingress = |f: Vec<u8>| (category, Prog::Ingress, f);
+        match category {
+            Category::Valid => ingress(self.segment().build()),
+            Category::BitFlip => {
+                let f = self.segment().build();
+                ingress(self.flip(f))
+            }
+            Category::Truncated | Category::ReplyTruncated => {
+                if let Some(next) = self.queue.pop() {
+                    return next;
+                }
+                // A new sweep: one base of each program, every length, drawn in order.
+                let base = self.segment().build();
+                let reply = self.reply().build();
+                for len in (0..base.len()).rev() {
+                    self.queue
+                        .push((Category::Truncated, Prog::Ingress, base[..len].to_vec()));
+                }
+                for len in (0..reply.len()).rev() {
+                    self.queue.push((
+                        Category::ReplyTruncated,
+                        Prog::Egress,
+                        reply[..len].to_vec(),
+                    ));
+                }
+                self.queue.pop().expect("a sweep has frames")
+            }
+            Category::IpHeader => {
+                let mut f = self.segment().build();
+                let l3 = ETH_LEN;
+                let nibble = self.rng.range(0, 15) as u8;
+                if self.v6() {
+                    f[l3] = nibble << 4 | (f[l3] & 0x0f);
+                } else {
+                    f[l3] = 0x40 | nibble;
+                    if self.rng.percent(50) {
+                        fix_ipv4_checksum(&mut f);
+                    }
+                }
+                ingress(f)
+            }
+            Category::DataOffset => {
+                let pkt = self.segment();
+                let words = self.rng.range(0, 15) as u8;
+                ingress(pkt.data_offset(words).build())
+            }
+            Category::IpLength => {
+                let f = self.segment().build();
+                ingress(self.bogus_length(f))
+            }
+            Category::ExtHeaders => {
+                let f = if self.v6() {
+                    self.ext_chain()
+                } else {
+                    self.ip_options()
+                };
+                ingress(f)
+            }
+            Category::Fragment => {
+                let f = if self.v6() {
+                    self.ext_chain_with(&[EXT_FRAGMENT])
+                } else {
+                    let field = self.rng.pick(&[
+                        IP_MF,
+                        IP_MF | IP_DF,
+                        1,
+                        185,
+                        IP_MF | 185,
+                        IP_DF | 1,
+                        0x1fff,
+                        0x8000 | IP_MF,
+                    ]);
+                    let field = if self.rng.percent(20) {
+                        self.rng.next() as u16 & 0xbfff | 1
+                    } else {
+                        field
+                    };
+                    self.segment().frag(field).build()
+                };
+                ingress(f)
+            }
+            Category::NonTcp => ingress(self.non_tcp()),
+            Category::Ethertype => ingress(self.other_ethertype()),
+            Category::RandomBytes => ingress(self.random_bytes()),
+            Category::Reply => (category, Prog::Egress, self.reply().build()),
+            Category::ReplyBitFlip => {
+                let f = self.reply().build();
+                (category, Prog::Egress, self.flip(f))
+            }
+        }
+    }
+
+    /// A client: one of a small pool (which builds up affinity) or a fresh one.
+    fn client(&mut self) -> SocketAddr {
+        if !self.model.flow_clients.is_empty() && self.rng.percent(40) {
+            let i = self.rng.below(self.model.flow_clients.len());
+            return self.model.flow_clients[i];
+        }
+        let pool = self.rng.percent(70);
+        let port = self.rng.range(1024, 65535) as u16;
+        let ip: IpAddr = match (self.v6(), pool) {
+            (false, true) => Ipv4Addr::new(198, 51, 100, self.rng.range(1, 64) as u8).into(),
+            (false, false) => {
+                Ipv4Addr::from(0xc612_0000 | (self.rng.next() as u32 & 0xffff)).into()
+            }
+            (true, true) => {
+                Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, self.rng.range(1, 64) as u16).into()
+            }
+            (true, false) => {
+                let r = self.rng.next();
+                Ipv6Addr::new(0xfd00, 0xd, 0, 0, 0, 0, (r >> 16) as u16, r as u16).into()
+            }
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    fn flags(&mut self) -> u8 {
+        match self.rng.below(10) {
+            0..=2 => SYN,
+            3..=4 => ACK,
+            5..=7 => ACK | PSH,
+            8 => self.rng.pick(&[FIN | ACK, RST, RST | ACK, SYN | ACK]),
+            _ => self.rng.byte(),
+        }
+    }
+
+    /// A valid segment to the VIP: random client, flags, payload, header shape.
+    fn segment(&mut self) -> Pkt {
+        let client = self.client();
+        let flags = self.flags();
+        let mut p = Pkt::tcp(client, self.scenario.vip, flags);
+        self.shape(&mut p);
+        p
+    }
+
+    /// A backend's reply: mostly of a flow the model knows, else from a random backend.
+    fn reply(&mut self) -> Pkt {
+        let known = !self.model.reply_list.is_empty() && self.rng.percent(80);
+        let (backend, client) = if known {
+            let i = self.rng.below(self.model.reply_list.len());
+            self.model.reply_list[i]
+        } else {
+            let b = self.rng.pick(&self.scenario.backends);
+            (b, self.client())
+        };
+        // Now and then the client's side of the flow, seen on egress.
+        let (src, dst) = if self.rng.percent(5) {
+            (client, self.scenario.vip)
+        } else {
+            (backend, client)
+        };
+        let flags = self.flags();
+        let mut p = Pkt::tcp(src, dst, flags);
+        self.shape(&mut p);
+        p
+    }
+
+    /// Payload and header shape: IPv4 options or IPv6 hop-by-hop / destination options,
+    /// padding to the Ethernet minimum.
+    fn shape(&mut self, p: &mut Pkt) {
+        if self.rng.percent(60) {
+            let n = self.rng.range(1, 80);
+            p.payload = self.rng.bytes(n);
+        }
+        if self.v6() {
+            if self.rng.percent(25) {
+                for _ in 0..self.rng.range(1, IPV6_MAX_EXT) {
+                    p.ext.push(self.rng.pick(&[Ext::HopByHop, Ext::DestOpts]));
+                }
+            }
+        } else {
+            if self.rng.percent(25) {
+                p.ip_options = 4 * self.rng.range(1, 10);
+            }
+            if self.rng.percent(10) {
+                p.frag = IP_DF;
+            }
+        }
+        if self.rng.percent(10) {
+            p.pad_to = 60;
+        }
+    }
+
+    fn flip(&mut self, mut f: Vec<u8>) -> Vec<u8> {
+        // Half the flips land in the headers, where they change what the frame is.
+        let headers = f.len().min(ETH_LEN + 60 + 40);
+        for _ in 0..self.rng.range(1, 8) {
+            let span = if self.rng.percent(50) {
+                headers
+            } else {
+                f.len()
+            };
+            let bit = self.rng.below(span * 8);
+            f[bit / 8] ^= 1 << (bit % 8);
+        }
+        f
+    }
+
+    fn bogus_length(&mut self, mut f: Vec<u8>) -> Vec<u8> {
+        let l3 = ETH_LEN;
+        let (off, actual, header) = if self.v6() {
+            (l3 + 4, f.len() - l3 - 40, 40)
+        } else {
+            (l3 + 2, f.len() - l3, usize::from(f[l3] & 0x0f) * 4)
+        };
+        let value = match self.rng.below(12) {
+            0 => 0,
+            1 => 1,
+            2 => header.saturating_sub(1),
+            3 => header,
+            4 => header + 19,
+            5 => header + 20,
+            6 => actual.saturating_sub(1),
+            7 => actual + 1,
+            8 => 0xffff,
+            9 => actual.saturating_sub(self.rng.range(1, 8)),
+            _ => self.rng.below(0x1_0000),
+        };
+        let value = u16::try_from(value.min(0xffff)).expect("clamped");
+        f[off..off + 2].copy_from_slice(&value.to_be_bytes());
+        if !self.v6() && self.rng.percent(70) {
+            fix_ipv4_checksum(&mut f);
+        }
+        f
+    }
+
+    /// IPv4 options of random content (the IHL stays right): options are not ours to judge.
+    fn ip_options(&mut self) -> Vec<u8> {
+        let mut p = self.segment();
+        p.ip_options = 4 * self.rng.range(1, 10);
+        let mut f = p.build();
+        let l3 = ETH_LEN;
+        for b in &mut f[l3 + 20..l3 + 20 + p.ip_options] {
+            *b = self.rng.byte();
+        }
+        fix_ipv4_checksum(&mut f);
+        f
+    }
+
+    fn ext_chain(&mut self) -> Vec<u8> {
+        self.ext_chain_with(&[])
+    }
+
+    /// A segment to the VIP behind a random chain of IPv6 extension headers, `forced` among
+    /// them: known and unknown kinds, right and bogus lengths, chains past the walk's limit.
+    fn ext_chain_with(&mut self, forced: &[u8]) -> Vec<u8> {
+        let mut kinds: Vec<u8> = (0..self.rng.range(0, 6))
+            .map(|_| match self.rng.below(10) {
+                0..=3 => EXT_HOP_BY_HOP,
+                4..=6 => EXT_DEST_OPTS,
+                7 => EXT_ROUTING,
+                8 => EXT_FRAGMENT,
+                _ => {
+                    let any = self.rng.byte();
+                    self.rng
+                        .pick(&[NO_NEXT_HEADER, 135, 139, 140, 253, PROTO_UDP, any])
+                }
+            })
+            .collect();
+        for &k in forced {
+            let at = self.rng.below(kinds.len() + 1);
+            kinds.insert(at, k);
+        }
+        let last = if self.rng.percent(85) {
+            sticky_common::maps::PROTO_TCP
+        } else {
+            self.rng.byte()
+        };
+        let mut base = self.segment();
+        base.ext.clear();
+        let f = base.build();
+        let l4 = ETH_LEN + 40;
+        let mut chain = Vec::new();
+        for (i, &kind) in kinds.iter().enumerate() {
+            let next = kinds.get(i + 1).copied().unwrap_or(last);
+            match kind {
+                EXT_FRAGMENT => {
+                    let offset = if self.rng.percent(50) {
+                        0
+                    } else {
+                        self.rng.below(0x2000) as u16
+                    };
+                    let m = u16::from(self.rng.percent(50));
+                    let field = (offset << 3 | m).to_be_bytes();
+                    chain.extend([next, 0, field[0], field[1]]);
+                    chain.extend(self.rng.bytes(4));
+                }
+                _ => {
+                    let words = match self.rng.below(10) {
+                        0..=6 => 0,
+                        7..=8 => self.rng.range(1, 3),
+                        _ => self.rng.pick(&[4, 31, 255]),
+                    };
+                    // The declared length, or (bogus) a different amount of bytes. Frames stay
+                    // under MAX_FRAME: BPF_PROG_TEST_RUN takes at most about a page.
+                    let actual =
+                        if self.rng.percent(85) && chain.len() + (words + 1) * 8 < MAX_FRAME / 2 {
+                            (words + 1) * 8
+                        } else {
+                            self.rng.range(2, 24)
+                        };
+                    chain.extend([next, words as u8]);
+                    if kind == EXT_HOP_BY_HOP || kind == EXT_DEST_OPTS {
+                        // PadN over the rest, so a right-length header is a valid one.
+                        let rest = actual - 2;
+                        if rest >= 2 {
+                            chain.extend([1, (rest - 2) as u8]);
+                            chain.extend(std::iter::repeat_n(0, rest - 2));
+                        } else {
+                            chain.extend(std::iter::repeat_n(0, rest));
+                        }
+                    } else {
+                        chain.extend(self.rng.bytes(actual - 2));
+                    }
+                }
+            }
+        }
+        let mut out = f[..l4].to_vec();
+        out[ETH_LEN + 6] = kinds.first().copied().unwrap_or(last);
+        out.extend(&chain);
+        out.extend(&f[l4..]);
+        if self.rng.percent(85) {
+            let len = u16::try_from(out.len() - l4).unwrap_or(u16::MAX);
+            out[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&len.to_be_bytes());
+        }
+        out
+    }
+
+    fn non_tcp(&mut self) -> Vec<u8> {
+        let client = self.client();
+        let vip = self.scenario.vip;
+        let n = self.rng.range(0, 40);
+        let payload = self.rng.bytes(n);
+        let base = Pkt::syn(client, vip).payload(&payload);
+        let proto = match self.rng.below(6) {
+            0 => return base.udp().build(),
+            1 => return base.icmp().build(),
+            2 => 47,  // GRE
+            3 => 132, // SCTP
+            4 => 0,
+            _ => self.rng.byte(),
+        };
+        // UDP's layout (the VIP's port where TCP's would be) under another protocol number.
+        let mut f = base.udp().build();
+        if self.v6() {
+            f[ETH_LEN + 6] = proto;
+        } else {
+            f[ETH_LEN + 9] = proto;
+            fix_ipv4_checksum(&mut f);
+        }
+        f
+    }
+
+    fn other_ethertype(&mut self) -> Vec<u8> {
+        let valid = self.segment().build();
+        match self.rng.below(5) {
+            0 => vlan_tagged(valid),
+            1 => arp_request(),
+            2 => {
+                // The other family's ethertype over this one's packet.
+                let t = if self.v6() { ETH_P_IP } else { ETH_P_IPV6 };
+                patched(&valid, 12, &t.to_be_bytes())
+            }
+            3 => {
+                let t = self
+                    .rng
+                    .pick(&[0x88a8u16, 0x8847, 0x0842, 0x88cc, 0x05dc, 0x0000]);
+                patched(&valid, 12, &t.to_be_bytes())
+            }
+            _ => {
+                let t = self.rng.next() as u16;
+                patched(&valid, 12, &t.to_be_bytes())
+            }
+        }
+    }
+
+    fn random_bytes(&mut self) -> Vec<u8> {
+        let len = self.rng.range(0, 200);
+        let mut f = self.rng.bytes(len);
+        if f.len() >= ETH_LEN {
+            let t = match self.rng.below(3) {
+                0 => ETH_P_IP,
+                1 => ETH_P_IPV6,
+                _ => self.rng.next() as u16,
+            };
+            f[12..14].copy_from_slice(&t.to_be_bytes());
+            // Often a version nibble that matches, to get past the first check.
+            if f.len() > ETH_LEN && self.rng.percent(50) {
+                f[ETH_LEN] = if t == ETH_P_IPV6 { 0x60 } else { 0x45 } | (f[ETH_LEN] & 0x0f);
+            }
+        }
+        f
+    }
+}
+
+/// BPF_PROG_TEST_RUN (Linux 6.18) refuses frames shorter than an Ethernet header, and for the
+/// IPv4 and IPv6 ethertypes shorter than the fixed IP header behind it.
+fn refused(frame: &[u8]) -> bool {
+    match be16(frame, 12) {
+        None => true,
+        Some(ETH_P_IP) => frame.len() < ETH_LEN + 20,
+        Some(ETH_P_IPV6) => frame.len() < ETH_LEN + 40,
+        Some(_) => false,
+    }
+}
+
+fn fix_ipv4_checksum(f: &mut [u8]) {
+    let l3 = ETH_LEN;
+    let ihl = usize::from(f[l3] & 0x0f) * 4;
+    let end = (l3 + ihl.max(20)).min(f.len());
+    f[l3 + 10..l3 + 12].fill(0);
+    let sum = checksum(&[&f[l3..end]]);
+    f[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn hex(p: &[u8]) -> String {
+    let mut s = String::new();
+    const SHOWN: usize = 512;
+    for (i, line) in p[..p.len().min(SHOWN)].chunks(16).enumerate() {
+        let _ = write!(s, "    {:04x}: ", i * 16);
+        for b in line {
+            let _ = write!(s, "{b:02x} ");
+        }
+        s.push('\n');
+    }
+    if p.len() > SHOWN {
+        let _ = writeln!(s, "    … {} more bytes", p.len() - SHOWN);
+    }
+    s
+}
