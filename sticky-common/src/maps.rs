@@ -185,8 +185,11 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Resets the backend sent to connections still in their handshake: it refused them
+    /// (nothing listening). Health checks take such a backend out at once.
+    pub refused: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
 
 /// Not ours (other address/port/protocol) and passed untouched.
 pub const COUNTER_PASS: u32 = 0;

@@ -6,7 +6,7 @@ use sticky_common::maps::{
 };
 
 use crate::{
-    maps::{FLOWS, NEW_FLOWS, count, count_backend},
+    maps::{FLOWS, NEW_FLOWS, count, count_backend, count_refused},
     nat::{End, rewrite},
     parse::Packet,
     verdict::{drop, on_tcp, pass},
@@ -30,9 +30,9 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
     };
     // Established flows first; a SYN-ACK finds its flow among the new ones.
     // SAFETY: read-only copies of LRU values.
-    let found = match FLOWS.get_ptr(&key) {
-        Some(f) => Some(unsafe { *f }),
-        None => NEW_FLOWS.get_ptr(&key).map(|f| unsafe { *f }),
+    let (found, handshake) = match FLOWS.get_ptr(&key) {
+        Some(f) => (Some(unsafe { *f }), false),
+        None => (NEW_FLOWS.get_ptr(&key).map(|f| unsafe { *f }), true),
     };
     let Some(flow) = found else {
         return pass(COUNTER_PASS);
@@ -45,5 +45,8 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
     }
     count(COUNTER_NAT);
     count_backend(flow.backend_id, ctx.len(), false);
+    if handshake && pkt.rst {
+        count_refused(flow.backend_id);
+    }
     TC_ACT_OK
 }

@@ -75,3 +75,12 @@ pub fn count_backend(id: u32, bytes: u32, new_flow: bool) {
         }
     }
 }
+
+/// The backend reset a connection still in its handshake.
+#[inline(always)]
+pub fn count_refused(id: u32) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { (*s).refused += 1 };
+    }
+}

@@ -32,6 +32,8 @@ pub struct Packet {
     pub dport_be: u16,
     /// SYN without ACK: a connection attempt, possibly reusing a closed connection's ports.
     pub syn: bool,
+    /// RST: a reset (from a backend: it refused or dropped the connection).
+    pub rst: bool,
 }
 
 pub enum Parsed {
@@ -202,9 +204,11 @@ fn parse_tcp(
     if data_offset < TcpHdr::LEN || l4_off + data_offset > end {
         return Parsed::Malformed;
     }
+    const RST: u8 = 0x04;
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     let syn = raw[13] & (SYN | ACK) == SYN;
+    let rst = raw[13] & RST != 0;
     let sport_be = u16::from_ne_bytes(tcp.source);
     let dport_be = u16::from_ne_bytes(tcp.dest);
     Parsed::Tcp(Packet {
@@ -216,5 +220,6 @@ fn parse_tcp(
         sport_be,
         dport_be,
         syn,
+        rst,
     })
 }

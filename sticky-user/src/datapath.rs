@@ -438,6 +438,7 @@ impl Datapath {
                 packets: a.packets + s.packets,
                 bytes: a.bytes + s.bytes,
                 new_flows: a.new_flows + s.new_flows,
+                refused: a.refused + s.refused,
             }))
     }
 

@@ -363,6 +363,17 @@ impl Tracker {
     pub fn healthy(&self) -> bool {
         self.healthy
     }
+
+    /// Passive evidence that the backend is dead (it refused connections): down at once,
+    /// without waiting for `fall` probes; probes bring it back after `rise`.
+    pub fn fail_now(&mut self) -> Option<Transition> {
+        if !self.healthy {
+            return None;
+        }
+        self.healthy = false;
+        self.streak = 0;
+        Some(Transition::Down)
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +383,15 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn refusals_take_a_backend_down_at_once_and_probes_bring_it_back() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.fail_now(), Some(Transition::Down));
+        assert_eq!(t.fail_now(), None, "already down");
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(Transition::Up));
+    }
 
     fn layer(check: &str) -> HealthLayer {
         HealthLayer {

@@ -108,6 +108,12 @@ pub fn render(status: &Status) -> String {
     );
     out.per_backend(
         backends,
+        ("sticky_backend_refused_total", Counter),
+        "New connections the backend reset during their handshake (nothing listening).",
+        |b| Value::Int(b.refused_total),
+    );
+    out.per_backend(
+        backends,
         ("sticky_backend_packets_total", Counter),
         "Packets the data path steered to the backend.",
         |b| Value::Int(b.packets),
@@ -641,6 +647,7 @@ mod tests {
                     affine_clients: 12,
                     active_flows: 4,
                     new_flows_total: 100,
+                    refused_total: 2,
                     new_flows_per_sec: 1.5,
                     packets: 1000,
                     bytes: 123_456,
@@ -658,6 +665,7 @@ mod tests {
                     affine_clients: 0,
                     active_flows: 2,
                     new_flows_total: 7,
+                    refused_total: 0,
                     new_flows_per_sec: 0.0,
                     packets: 50,
                     bytes: 6_000,
@@ -676,7 +684,7 @@ mod tests {
         }
     }
 
-    const FAMILIES: [&str; 19] = [
+    const FAMILIES: [&str; 20] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -686,6 +694,7 @@ mod tests {
         "sticky_backend_affine_clients",
         "sticky_backend_active_flows",
         "sticky_backend_new_flows_total",
+        "sticky_backend_refused_total",
         "sticky_backend_packets_total",
         "sticky_backend_bytes_total",
         "sticky_backend_health_transitions_total",

@@ -22,6 +22,9 @@ pub struct BackendStatus {
     /// Connections in the flow table.
     pub active_flows: u64,
     pub new_flows_total: u64,
+    /// New connections the backend reset during their handshake (nothing listening).
+    #[serde(default)]
+    pub refused_total: u64,
     pub new_flows_per_sec: f64,
     pub packets: u64,
     pub bytes: u64,

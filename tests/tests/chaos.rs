@@ -324,11 +324,12 @@ fn kill_9_loop_keeps_the_data_path() {
 }
 
 /// Backends killed and restarted one after the other under a steady stream of new
-/// connections: connections may fail only while a dead backend is still being detected (health
-/// fall × interval); afterwards none, and at the end every backend is back in service.
+/// connections: connections may fail only right after a kill (in flight, or refused before the
+/// daemon noticed the refusals); afterwards none, and at the end every backend is back in
+/// service.
 #[test]
-fn backend_churn_fails_only_during_detection() {
-    if !root_or_skip("backend_churn_fails_only_during_detection") {
+fn backend_churn_fails_only_right_after_a_kill() {
+    if !root_or_skip("backend_churn_fails_only_right_after_a_kill") {
         return;
     }
     const CLIENTS: usize = 150;
@@ -341,7 +342,6 @@ fn backend_churn_fails_only_during_detection() {
         .into_iter()
         .map(Some)
         .collect();
-    let interval = Duration::from_millis(200);
     let health = [
         "--health-check",
         "tcp",
@@ -355,8 +355,10 @@ fn backend_churn_fails_only_during_detection() {
         "2",
     ];
     let daemon = Daemon::start(&bin, &topo.lb, &args(&topo, &health)).expect("sticky");
-    // Detection: `fall` failed probes, each at most interval + timeout apart, plus slack.
-    let detection = 2 * (interval + Duration::from_millis(100)) + Duration::from_millis(600);
+    // The kernel path counts the dead backend's resets to new connections and the daemon,
+    // reading them every 50 ms, takes it out at once (probes alone would need `fall` × 200 ms).
+    // Bound: a few polls and the table swap, with room for a loaded machine.
+    let detection = Duration::from_millis(500);
     let load = Load::start(&topo, None, CLIENTS);
     let started = Instant::now();
     let mut kills = Vec::new();
@@ -378,6 +380,12 @@ fn backend_churn_fails_only_during_detection() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let (served, failed) = load.finish();
+    // How long after the latest kill each failure came.
+    let after_kill: Vec<Duration> = failed
+        .iter()
+        .filter_map(|(t, _)| kills.iter().rev().find(|k| *k <= t).map(|k| *t - *k))
+        .collect();
+    let latest = after_kill.iter().max().copied().unwrap_or_default();
     let outside: Vec<&String> = failed
         .iter()
         .filter(|(t, _)| !kills.iter().any(|k| *t >= *k && *t <= *k + detection))
@@ -413,8 +421,10 @@ fn backend_churn_fails_only_during_detection() {
             served as usize + failed.len()
         ),
         &format!(
-            "{} failed, all within {} ms of a kill (detection); every backend back in service",
+            "{} failed (in flight or refused while the kill was being noticed), the latest {} ms \
+             after its kill (bound {} ms); every backend back in service",
             failed.len(),
+            latest.as_millis(),
             detection.as_millis()
         ),
     );

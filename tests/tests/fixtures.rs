@@ -994,6 +994,37 @@ fn handshake_ack_confirms_a_new_flow() {
     assert_eq!(lb.affinity(c).map(|a| a.backend_id), Some(lb.id_of(b)));
 }
 
+/// A backend resetting a connection in its handshake (nothing listening) is counted as a
+/// refusal, which health checking acts on at once; resets of established connections are not.
+#[test]
+fn resets_during_the_handshake_count_as_refusals() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V4.vip();
+    let mut lb = Lb::load(Setup::V4);
+    let c = sa("198.51.100.91:54100");
+    let b = lb.table_choice(c);
+    let id = lb.id_of(b);
+    let refused = |lb: &Lb| lb.dp.backend_stats(id).unwrap().refused;
+    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    lb.snat("RST answering the SYN", Pkt::tcp(b, c, RST | ACK));
+    assert_eq!(refused(&lb), 1, "refusal not counted");
+
+    let c2 = sa("198.51.100.91:54101");
+    lb.connect(c2, vip, b);
+    lb.snat(
+        "RST of an established connection",
+        Pkt::tcp(b, c2, RST | ACK),
+    );
+    lb.snat("ACK of an established connection", Pkt::tcp(b, c2, ACK));
+    assert_eq!(
+        refused(&lb),
+        1,
+        "a reset of an established flow counted as a refusal"
+    );
+}
+
 /// SYNs from many spoofed sources that never answer fill only the new-flow table: with every
 /// table far smaller than the flood, the established flows and the affinities stay, and the
 /// established connections keep their backend even after the table changes under them.

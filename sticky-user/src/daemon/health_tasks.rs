@@ -35,12 +35,14 @@ impl Daemon {
                     0,
                 ),
             };
+            let refused_seen = self.refused_count(b.addr).unwrap_or(0);
             self.health.insert(
                 b.addr,
                 HealthTask {
                     tracker,
                     transitions,
                     task,
+                    refused_seen,
                 },
             );
         }
@@ -65,7 +67,43 @@ impl Daemon {
             warn!("publish after health change of {addr}: {e:#}");
         }
     }
+
+    /// Passive check: a checked backend that reset new connections since the last look (the
+    /// kernel path counts RSTs answering a SYN) is taken out now rather than after `fall`
+    /// failed probes; its probes bring it back.
+    pub(super) fn on_refusals(&mut self) {
+        let addrs: Vec<SocketAddr> = self.health.keys().copied().collect();
+        let mut changed = false;
+        for addr in addrs {
+            let Some(now) = self.refused_count(addr) else {
+                continue;
+            };
+            let Some(h) = self.health.get_mut(&addr) else {
+                continue;
+            };
+            let new = now.saturating_sub(h.refused_seen);
+            h.refused_seen = now;
+            if new > 0 && h.tracker.fail_now().is_some() {
+                h.transitions += 1;
+                changed = true;
+                say(&format!(
+                    "health: {addr} refused {new} new connections, out of the table"
+                ));
+            }
+        }
+        if changed && let Err(e) = self.publish(&[]) {
+            warn!("publish after refused connections: {e:#}");
+        }
+    }
+
+    fn refused_count(&self, addr: SocketAddr) -> Option<u64> {
+        let id = self.set.id_of(addr)?;
+        self.dp.backend_stats(id).ok().map(|s| s.refused)
+    }
 }
+
+/// How often the kernel path's refused-connection counts are read.
+pub(super) const REFUSAL_POLL: Duration = Duration::from_millis(50);
 
 pub(super) fn check_rise(config: &Config, addr: SocketAddr) -> u32 {
     config.health.for_backend(addr).map_or(1, |c| c.rise)

@@ -35,6 +35,7 @@ mod report;
 
 use self::{
     control_server::serve_control,
+    health_tasks::REFUSAL_POLL,
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
     proxy_start::start_proxy,
 };
@@ -102,6 +103,8 @@ struct HealthTask {
     tracker: Tracker,
     transitions: u64,
     task: JoinHandle<()>,
+    /// The backend's refused-handshake count when last looked at.
+    refused_seen: u64,
 }
 
 struct Daemon {
@@ -227,6 +230,7 @@ impl Daemon {
             return false;
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut refusals = tokio::time::interval(REFUSAL_POLL);
         loop {
             tokio::select! {
                 Some((request, reply)) = self.requests.recv() => {
@@ -248,6 +252,7 @@ impl Daemon {
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = refusals.tick(), if !self.health.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
                 _ = int.recv() => return false,
             }

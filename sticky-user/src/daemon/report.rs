@@ -40,6 +40,7 @@ impl Daemon {
                     .filter(|(_, f)| f.backend_id == id && f.direction == FLOW_FORWARD)
                     .count() as u64,
                 new_flows_total: stats.new_flows,
+                refused_total: stats.refused,
                 new_flows_per_sec: self.rates.get(&id).map_or(0.0, |r| r.2),
                 packets: stats.packets,
                 bytes: stats.bytes,
