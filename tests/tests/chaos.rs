@@ -311,6 +311,8 @@ fn kill_9_loop_keeps_the_data_path() {
     );
     assert!(served > CLIENTS as u64, "the load barely ran: {served}");
     assert_eq!(assign(&topo, 0..CLIENTS, 1, false), before);
+    let maps = status(&daemon).map_bytes as f64 / (1024.0 * 1024.0);
+    println!("chaos: map memory at the default sizes: {maps:.1} MiB");
     report(
         "kill -9 loop",
         &format!(

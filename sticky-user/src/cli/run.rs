@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
     #[arg(long)]
     no_splice: bool,
+    /// Bytes a connection moves through userspace before it is spliced; a `101 Switching
+    /// Protocols` answer (WebSocket) splices at once; 0 splices every connection at once
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    splice_after: Option<u64>,
     /// Time a client has to send its request head [default: 10s].
     #[arg(long, value_name = "DURATION")]
     header_timeout: Option<String>,
@@ -132,6 +137,7 @@ impl RunArgs {
                 connect_timeout: self.connect_timeout,
                 max_head_bytes: self.max_head_bytes,
                 max_connections: self.max_connections,
+                splice_after: self.splice_after,
             },
         };
         (layer, self.config)

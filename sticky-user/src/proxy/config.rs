@@ -18,6 +18,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Client connections served at once; each also holds a backend connection.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// Bytes copied in userspace before a connection is spliced (a `101` answer splices at once):
+/// short request/response exchanges never pay for joining the sockmap.
+pub const DEFAULT_SPLICE_AFTER: u64 = 64 * 1024;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -33,6 +36,7 @@ pub struct ProxyLayer {
     pub connect_timeout: Option<String>,
     pub max_head_bytes: Option<usize>,
     pub max_connections: Option<usize>,
+    pub splice_after: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct ProxyConfig {
     pub max_head: usize,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Bytes copied before splicing (0: splice at once).
+    pub splice_after: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,7 @@ impl ProxyLayer {
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             max_head_bytes: self.max_head_bytes.or(base.max_head_bytes),
             max_connections: self.max_connections.or(base.max_connections),
+            splice_after: self.splice_after.or(base.splice_after),
         }
     }
 
@@ -100,7 +107,8 @@ impl ProxyLayer {
                 || self.trusted_proxies.is_some()
                 || self.cookie.is_some()
                 || self.ignore_missing_header.is_some()
-                || self.max_connections.is_some();
+                || self.max_connections.is_some()
+                || self.splice_after.is_some();
             return if other {
                 Err(ProxyConfigError::NoListen)
             } else {
@@ -170,6 +178,7 @@ impl ProxyLayer {
             )?,
             max_head,
             max_connections,
+            splice_after: self.splice_after.unwrap_or(DEFAULT_SPLICE_AFTER),
         }))
     }
 }

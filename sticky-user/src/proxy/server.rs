@@ -25,7 +25,7 @@ use super::{
     head::{self, HeadError, RequestHead},
     proxy_protocol,
     routing::{AffinityMap, Reason, SharedRouting, choose},
-    splice::{self, SharedSplicer},
+    splice::{self, Handoff, SharedSplicer},
 };
 
 /// Backends tried for a client without live affinity before answering 502.
@@ -301,6 +301,18 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
 
     match &proxy.splicer {
         Some(splicer) => {
+            if cfg.splice_after > 0 {
+                match splice::copy_until(&mut client, &mut backend, cfg.splice_after).await? {
+                    Handoff::Closed => return Ok(()),
+                    Handoff::Splice {
+                        client_read: c,
+                        backend_read: b,
+                    } => {
+                        client_read += c;
+                        backend_read += b;
+                    }
+                }
+            }
             if let Err((c, b, why)) =
                 splice::splice(splicer, client, backend, client_read, backend_read).await
             {

@@ -19,7 +19,7 @@ use aya::{
 };
 use sticky_common::maps::{PROG_SPLICE, SPLICE_BYTES, SPLICE_PEERS, SPLICE_SOCKS};
 use tokio::{
-    io::{AsyncWriteExt as _, unix::AsyncFd},
+    io::{AsyncReadExt as _, AsyncWriteExt as _, unix::AsyncFd},
     net::TcpStream,
 };
 
@@ -349,8 +349,167 @@ pub async fn splice(
     Ok(())
 }
 
+/// How a connection's copy phase ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// The connection ended while copying: nothing left to do.
+    Closed,
+    /// Time to splice; userspace read this much from each side while copying.
+    Splice { client_read: u64, backend_read: u64 },
+}
+
+/// Buffers of the copy phase: short exchanges only (longer ones get spliced).
+const PHASE_BUFFER: usize = 16 * 1024;
+
+/// Copies both ways until `limit` bytes have passed (both directions together) or the backend
+/// switched protocols (`101`, a WebSocket upgrade), then returns with no byte held in
+/// userspace so the connection can be spliced; or copies to the end when it closes first.
+/// Short request/response exchanges never pay for joining the sockmap.
+pub async fn copy_until(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    limit: u64,
+) -> std::io::Result<Handoff> {
+    let (mut cr, mut cw) = client.split();
+    let (mut br, mut bw) = backend.split();
+    let (mut up, mut down) = (vec![0u8; PHASE_BUFFER], vec![0u8; PHASE_BUFFER]);
+    let (mut from_client, mut from_backend) = (0u64, 0u64);
+    let mut upgraded = false;
+    while from_client + from_backend < limit && !upgraded {
+        tokio::select! {
+            r = cr.read(&mut up) => {
+                let n = r?;
+                if n == 0 {
+                    bw.shutdown().await?;
+                    tokio::io::copy(&mut br, &mut cw).await?;
+                    cw.shutdown().await?;
+                    return Ok(Handoff::Closed);
+                }
+                bw.write_all(&up[..n]).await?;
+                from_client += n as u64;
+            }
+            r = br.read(&mut down) => {
+                let n = r?;
+                if n == 0 {
+                    cw.shutdown().await?;
+                    tokio::io::copy(&mut cr, &mut bw).await?;
+                    bw.shutdown().await?;
+                    return Ok(Handoff::Closed);
+                }
+                upgraded = switches_protocols(&down[..n]);
+                cw.write_all(&down[..n]).await?;
+                from_backend += n as u64;
+            }
+        }
+    }
+    Ok(Handoff::Splice {
+        client_read: from_client,
+        backend_read: from_backend,
+    })
+}
+
+/// A response starting `HTTP/1.x 101 `: the connection leaves HTTP (WebSocket). Looked for at
+/// the start of every chunk from the backend: a body that happens to start so only splices
+/// earlier.
+fn switches_protocols(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HTTP/1.")
+        && bytes.get(8) == Some(&b' ')
+        && bytes.get(9..12) == Some(b"101")
+        && bytes.get(12) == Some(&b' ')
+}
+
 /// The userspace path: copies both ways with large buffers, forwarding half-closes.
 pub async fn copy(mut client: TcpStream, mut backend: TcpStream) -> std::io::Result<(u64, u64)> {
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Two connected TCP sockets on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    }
+
+    async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await.expect("read");
+        buf
+    }
+
+    #[test]
+    fn recognises_protocol_switches() {
+        assert!(switches_protocols(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(switches_protocols(b"HTTP/1.0 101 x"));
+        assert!(!switches_protocols(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!switches_protocols(b"HTTP/1.1 1010"));
+        assert!(!switches_protocols(b"HTTP/1.1 10"));
+        assert!(!switches_protocols(b"xxxx/1.1 101 "));
+    }
+
+    #[tokio::test]
+    async fn copies_until_the_limit_then_hands_over_with_nothing_held() {
+        let ((mut client, mut client_in), (mut backend_in, mut backend)) =
+            (pair().await, pair().await);
+        let phase = tokio::spawn(async move {
+            let h = copy_until(&mut client_in, &mut backend_in, 100).await;
+            (h, client_in, backend_in)
+        });
+        client.write_all(&[1u8; 60]).await.expect("write");
+        assert_eq!(read_exactly(&mut backend, 60).await, vec![1u8; 60]);
+        backend.write_all(&[2u8; 50]).await.expect("write");
+        assert_eq!(read_exactly(&mut client, 50).await, vec![2u8; 50]);
+        let (h, _, _) = phase.await.expect("task");
+        assert_eq!(
+            h.expect("copy"),
+            Handoff::Splice {
+                client_read: 60,
+                backend_read: 50
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_hands_over_at_once() {
+        let ((mut client, mut client_in), (mut backend_in, mut backend)) =
+            (pair().await, pair().await);
+        let phase =
+            tokio::spawn(async move { copy_until(&mut client_in, &mut backend_in, 1 << 30).await });
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        backend.write_all(answer).await.expect("write");
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        assert_eq!(
+            phase.await.expect("task").expect("copy"),
+            Handoff::Splice {
+                client_read: 0,
+                backend_read: answer.len() as u64
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_while_copying_is_forwarded_and_ends_it() {
+        let ((mut client, mut client_in), (mut backend_in, mut backend)) =
+            (pair().await, pair().await);
+        let phase =
+            tokio::spawn(async move { copy_until(&mut client_in, &mut backend_in, 1 << 30).await });
+        client.write_all(b"last words").await.expect("write");
+        client.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.expect("read to EOF");
+        assert_eq!(got, b"last words");
+        backend.write_all(b"reply").await.expect("write");
+        backend.shutdown().await.expect("close");
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.expect("read to EOF");
+        assert_eq!(reply, b"reply");
+        assert_eq!(phase.await.expect("task").expect("copy"), Handoff::Closed);
+    }
 }
