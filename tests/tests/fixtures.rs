@@ -1168,12 +1168,12 @@ fn per_packet_cost() {
     // New flows cannot repeat: single runs over distinct clients, averaged. A single run
     // carries more harness overhead than a repeated one, so the same loop over a packet that
     // is not ours gives the baseline to compare with.
-    let single_runs = |lb: &mut Lb, dst: SocketAddr| {
+    let single_runs = |lb: &mut Lb, dst: SocketAddr, flags: u8| {
         let n = 2000u32;
         let mut total = Duration::ZERO;
         for i in 0..n {
             let client = sa(&format!("198.18.{}.{}:46000", i / 250, 1 + i % 250));
-            let (action, d) = lb.bench(Prog::Ingress, &Pkt::syn(client, dst).build(), 1);
+            let (action, d) = lb.bench(Prog::Ingress, &Pkt::tcp(client, dst, flags).build(), 1);
             assert_eq!(action, TC_ACT_OK);
             total += d;
         }
@@ -1181,11 +1181,15 @@ fn per_packet_cost() {
     };
     rows.push((
         "v4 ingress, not a VIP, single runs (baseline)",
-        single_runs(&mut lb, sa("192.0.2.99:80")),
+        single_runs(&mut lb, sa("192.0.2.99:80"), SYN),
     ));
     rows.push((
-        "v4 ingress, new flow, single runs (2 flow + 1 affinity inserts)",
-        single_runs(&mut lb, vip),
+        "v4 ingress, SYN, single runs (2 new-flow inserts)",
+        single_runs(&mut lb, vip, SYN),
+    ));
+    rows.push((
+        "v4 ingress, handshake ACK, single runs (2 flow + 1 affinity inserts)",
+        single_runs(&mut lb, vip, ACK),
     ));
 
     let vip = Setup::V6.vip();
