@@ -251,7 +251,7 @@ pub const QUIET: f64 = 0.10;
 /// The longest it waits for them to quiet down.
 const QUIET_WAIT: Duration = Duration::from_secs(30);
 /// The same for `--quick`, a sanity check that must stay short.
-const QUICK_QUIET_WAIT: Duration = Duration::from_secs(3);
+const QUICK_QUIET_WAIT: Duration = Duration::from_secs(1);
 
 pub fn quiet_wait(quick: bool) -> Duration {
     if quick { QUICK_QUIET_WAIT } else { QUIET_WAIT }
