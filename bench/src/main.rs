@@ -1,5 +1,6 @@
-//! `sticky-bench`: measures sticky's kernel path against a direct veth, a routed hop with no
-//! balancer, nftables NAT, HAProxy and nginx, in network namespaces it builds and removes.
+//! `sticky-bench`: measures sticky's kernel path and its proxy mode (splicing and copying)
+//! against a direct veth, a routed hop with no balancer, nftables NAT, HAProxy and nginx, in
+//! network namespaces it builds and removes.
 //! `cargo xtask bench` installs the tools, builds everything and runs `sticky-bench run`.
 
 mod chart;
@@ -16,6 +17,7 @@ mod run;
 mod serve;
 mod tools;
 mod topology;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -34,10 +36,10 @@ enum Command {
     /// Build the namespaces, measure every case and metric, write the report (as root).
     Run(run::RunArgs),
     /// Load generator (inside a client namespace): thousands of source addresses, socket.io
-    /// handshakes, fixed-rate latency, small-frame echo. Prints one JSON line.
+    /// handshakes, fixed-rate latency, small-frame echo, bulk streams. Prints one JSON line.
     Load(load::LoadArgs),
-    /// Backend servers (inside a backend namespace): HTTP/1.1 keep-alive responder and TCP
-    /// echo.
+    /// Backend servers (inside a backend namespace): HTTP/1.1 keep-alive responder, TCP echo,
+    /// an upgrade port (head, 101, then echo or sink) and a plain sink.
     Serve(serve::ServeArgs),
     /// Render latest.md and latest.png again from a run's latest.json (no measuring).
     Report(report::ReportArgs),

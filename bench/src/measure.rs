@@ -1,4 +1,5 @@
-//! The measurements of one case: its middlebox started per service (HTTP, echo, bulk), a
+//! The measurements of one case: its middlebox started per service (HTTP, echo, bulk,
+//! upgrade), a
 //! first request to check the path, then every metric; a failed metric becomes a note in the
 //! report rather than ending the run. Also the calibration of the fixed rate.
 
@@ -64,7 +65,7 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
     } else {
         None
     };
-    for service in Service::ALL {
+    for &service in case.services() {
         cmd::check_interrupted()?;
         let mut middlebox = peers::start(case, service, ctx.bench, ctx.sticky)?;
         let route = peers::route(case, service, ctx.bench.backends().len());
@@ -74,6 +75,19 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
                 let r = load(ctx, &route, &["echo"])?;
                 Ok(r.latency.context("no echo latency")?.mean_us)
             }),
+            Service::Upgrade => {
+                measure(results, case, Metric::UpgradeEcho, || {
+                    let r = load(ctx, &route, &["echo", "--head"])?;
+                    Ok(r.latency.context("no echo latency")?.mean_us)
+                });
+                for (metric, streams) in [(Metric::UpgradeBulk1, "1"), (Metric::UpgradeBulk4, "4")]
+                {
+                    measure(results, case, metric, || {
+                        let r = load(ctx, &route, &["bulk", "--head", "--streams", streams])?;
+                        Ok(r.gbit_per_sec())
+                    });
+                }
+            }
             Service::Bulk => {
                 for (metric, streams) in [(Metric::Bulk1, 1), (Metric::Bulk4, 4)] {
                     measure(results, case, metric, || {
@@ -205,9 +219,8 @@ fn preflight(ctx: &Ctx, case: Case, route: &Route) -> anyhow::Result<()> {
         .client()
         .run(|| get_once(src, dst))?
         .with_context(|| format!("{}: first request {src} -> {dst}", case.label()))?;
-    let transparent = !matches!(case, Case::Haproxy | Case::Nginx);
     anyhow::ensure!(
-        !transparent || answer.seen_client == src,
+        !case.transparent() || answer.seen_client == src,
         "{}: backend {} saw {} instead of the client {src}",
         case.label(),
         answer.backend,

@@ -17,13 +17,17 @@ pub enum Metric {
     CpuPerRequest,
     Bulk1,
     Bulk4,
+    /// Our own sender after an HTTP upgrade: the one bulk figure every case has.
+    UpgradeBulk1,
+    UpgradeBulk4,
     Echo,
+    UpgradeEcho,
     /// Share of the fixed rate a path sustained (not a table row: it qualifies latency).
     RateReached,
 }
 
 impl Metric {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::KeepAlive,
         Self::NewConn,
         Self::Handshake,
@@ -32,7 +36,10 @@ impl Metric {
         Self::CpuPerRequest,
         Self::Bulk1,
         Self::Bulk4,
+        Self::UpgradeBulk1,
+        Self::UpgradeBulk4,
         Self::Echo,
+        Self::UpgradeEcho,
     ];
 
     pub fn label(self) -> &'static str {
@@ -45,7 +52,10 @@ impl Metric {
             Self::CpuPerRequest => "CPU µs per request (fixed rate)",
             Self::Bulk1 => "bulk Gbit/s, 1 stream",
             Self::Bulk4 => "bulk Gbit/s, 4 streams",
+            Self::UpgradeBulk1 => "bulk via upgrade Gbit/s, 1 stream",
+            Self::UpgradeBulk4 => "bulk via upgrade Gbit/s, 4 streams",
             Self::Echo => "64 B echo round trip µs",
+            Self::UpgradeEcho => "64 B echo via upgrade µs",
             Self::RateReached => "share of the fixed rate reached",
         }
     }
@@ -61,7 +71,10 @@ impl Metric {
             Self::CpuPerRequest => "CPU/req (lower)",
             Self::Bulk1 => "bulk x1",
             Self::Bulk4 => "bulk x4",
-            Self::Echo => "echo RTT (lower)",
+            Self::UpgradeBulk1 => "upg. bulk x1",
+            Self::UpgradeBulk4 => "upg. bulk x4",
+            Self::Echo => "echo (lower)",
+            Self::UpgradeEcho => "upg. echo (lower)",
             Self::RateReached => "rate reached",
         }
     }
@@ -69,7 +82,7 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         !matches!(
             self,
-            Self::P50 | Self::P99 | Self::CpuPerRequest | Self::Echo
+            Self::P50 | Self::P99 | Self::CpuPerRequest | Self::Echo | Self::UpgradeEcho
         )
     }
 
@@ -79,7 +92,9 @@ impl Metric {
                 format!("{:.1}k", v / 1e3)
             }
             Self::KeepAlive | Self::NewConn | Self::Handshake => format!("{v:.0}"),
-            Self::Bulk1 | Self::Bulk4 => format!("{v:.2}"),
+            Self::Bulk1 | Self::Bulk4 | Self::UpgradeBulk1 | Self::UpgradeBulk4 => {
+                format!("{v:.2}")
+            }
             _ if v >= 100.0 => format!("{v:.0}"),
             _ => format!("{v:.1}"),
         }
@@ -186,7 +201,12 @@ impl Results {
 
     /// This case's median over the routed path's median.
     pub fn ratio(&self, case: Case, metric: Metric) -> Option<f64> {
-        let base = self.summary(Case::Routed, metric)?.median;
+        self.vs(case, Case::Routed, metric)
+    }
+
+    /// This case's median over another case's median.
+    pub fn vs(&self, case: Case, base: Case, metric: Metric) -> Option<f64> {
+        let base = self.summary(base, metric)?.median;
         let v = self.summary(case, metric)?.median;
         (base > 0.0).then(|| v / base)
     }

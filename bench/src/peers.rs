@@ -1,5 +1,6 @@
 //! The cases and their middleboxes: nothing (direct veth, routed), nftables `jhash` DNAT,
-//! HAProxy `balance source`, nginx stream `hash $remote_addr consistent`, and sticky. Each
+//! HAProxy `balance source`, nginx stream `hash $remote_addr consistent`, sticky's kernel path
+//! and sticky's proxy mode (splicing or copying). Each
 //! runs in the balancer namespace, pinned to the server CPU, from configuration generated in a
 //! private folder, and is stopped by PID (or its table deleted) on drop.
 
@@ -16,6 +17,9 @@ use crate::{
 
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const NFT_TABLE: &str = "sticky_bench";
+/// The kernel path's VIP port in the proxy cases: one no service uses, so the tc program
+/// leaves the proxy's connections alone (sticky refuses a proxy address that is a VIP).
+const PROXY_CASE_KERNEL_PORT: u16 = 9;
 
 #[derive(
     Clone,
@@ -37,16 +41,20 @@ pub enum Case {
     Haproxy,
     Nginx,
     Sticky,
+    StickyProxy,
+    StickyProxyCopy,
 }
 
 impl Case {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::Routed,
         Self::Nftables,
         Self::Haproxy,
         Self::Nginx,
         Self::Sticky,
+        Self::StickyProxy,
+        Self::StickyProxyCopy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -57,6 +65,8 @@ impl Case {
             Self::Haproxy => "HAProxy source",
             Self::Nginx => "nginx hash",
             Self::Sticky => "sticky kernel",
+            Self::StickyProxy => "sticky proxy, splice",
+            Self::StickyProxyCopy => "sticky proxy, --no-splice",
         }
     }
 
@@ -68,8 +78,34 @@ impl Case {
             }
             Self::Nftables => "`dnat to jhash ip saddr mod N map {…}` with conntrack",
             Self::Haproxy => "HAProxy 2.6, TCP mode, `balance source`, one thread",
-            Self::Nginx => "nginx 1.22 stream, `hash $remote_addr consistent`, one worker",
+            Self::Nginx => {
+                "nginx 1.22 stream, `hash $remote_addr consistent`, one worker, `proxy_half_close on`"
+            }
             Self::Sticky => "`sticky run` (tc eBPF DNAT, Maglev, flow and affinity tables)",
+            Self::StickyProxy => {
+                "`sticky run --proxy`: reads the first request head, picks the backend by the \
+                 peer address (no trusted proxies), then splices in the kernel (sockmap)"
+            }
+            Self::StickyProxyCopy => {
+                "`sticky run --proxy --no-splice`: the same, then copies in userspace"
+            }
+        }
+    }
+
+    /// Whether the backend sees the client's own address (not the middlebox's).
+    pub fn transparent(self) -> bool {
+        !matches!(
+            self,
+            Self::Haproxy | Self::Nginx | Self::StickyProxy | Self::StickyProxyCopy
+        )
+    }
+
+    /// The services measured: proxy mode needs an HTTP request head first, so it gets no raw
+    /// echo or iperf3 runs, only HTTP and the upgrade port.
+    pub fn services(self) -> &'static [Service] {
+        match self {
+            Self::StickyProxy | Self::StickyProxyCopy => &[Service::Http, Service::Upgrade],
+            _ => &Service::ALL,
         }
     }
 }
@@ -80,16 +116,19 @@ pub enum Service {
     Http,
     Echo,
     Bulk,
+    /// HTTP upgrade, then echo or sink (`crate::upgrade`).
+    Upgrade,
 }
 
 impl Service {
-    pub const ALL: [Self; 3] = [Self::Http, Self::Echo, Self::Bulk];
+    pub const ALL: [Self; 4] = [Self::Http, Self::Echo, Self::Bulk, Self::Upgrade];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Echo => "echo",
             Self::Bulk => "bulk",
+            Self::Upgrade => "upgrade",
         }
     }
 
@@ -98,6 +137,7 @@ impl Service {
             Self::Http => plan::BACKEND_PORT,
             Self::Echo => 8081,
             Self::Bulk => 5201,
+            Self::Upgrade => 8090,
         }
     }
 
@@ -106,6 +146,7 @@ impl Service {
             Self::Http => plan::VIP_PORT,
             Self::Echo => 7,
             Self::Bulk => 5201,
+            Self::Upgrade => 8090,
         }
     }
 }
@@ -147,7 +188,12 @@ pub enum Middlebox<'a> {
         proc: Proc,
         _config: TempDir,
     },
+    /// The kernel path, whose eBPF statistics the report shows.
     Sticky(Daemon),
+    /// Proxy mode (its kernel path idle on an unused port); held for its drop, which stops it.
+    StickyProxy {
+        _daemon: Daemon,
+    },
 }
 
 impl Middlebox<'_> {
@@ -218,20 +264,19 @@ pub fn start<'a>(
             let args = bench
                 .topo
                 .sticky_args_on(false, service.vip_port(), service.backend_port());
-            let daemon = Daemon::start(sticky_bin, bench.lb(), &args)
-                .context("start sticky in the balancer namespace")?;
-            cmd::output(
-                std::process::Command::new("taskset").args([
-                    "-a",
-                    "-p",
-                    "-c",
-                    &SERVER_CPU.to_string(),
-                    &daemon.pid().to_string(),
-                ]),
-                Duration::from_secs(5),
-            )
-            .context("pin the sticky daemon")?;
-            Middlebox::Sticky(daemon)
+            Middlebox::Sticky(start_sticky(sticky_bin, bench, &args)?)
+        }
+        Case::StickyProxy | Case::StickyProxyCopy => {
+            let kernel =
+                bench
+                    .topo
+                    .sticky_args_on(false, PROXY_CASE_KERNEL_PORT, service.backend_port());
+            let args = proxy_args(kernel, vip, case == Case::StickyProxy);
+            let daemon = start_sticky(sticky_bin, bench, &args)?;
+            bench
+                .wait_lb_listening(vip.port())
+                .with_context(|| format!("{} did not start", case.label()))?;
+            Middlebox::StickyProxy { _daemon: daemon }
         }
     };
     let mut started = started;
@@ -243,6 +288,35 @@ pub fn start<'a>(
         return Err(e.context(format!("{} did not start", case.label())));
     }
     Ok(started)
+}
+
+/// `sticky run ARGS` in the balancer namespace, every thread pinned to the server CPU.
+fn start_sticky(bin: &Path, bench: &Bench, args: &[String]) -> anyhow::Result<Daemon> {
+    let daemon =
+        Daemon::start(bin, bench.lb(), args).context("start sticky in the balancer namespace")?;
+    cmd::output(
+        std::process::Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            &SERVER_CPU.to_string(),
+            &daemon.pid().to_string(),
+        ]),
+        Duration::from_secs(5),
+    )
+    .context("pin the sticky daemon")?;
+    Ok(daemon)
+}
+
+/// Proxy mode on `listen`, on top of the kernel path's arguments (`--iface`, a `--vip` on
+/// another port, the backends): no trusted proxies, so the peer address picks the backend.
+fn proxy_args(kernel: Vec<String>, listen: SocketAddr, splice: bool) -> Vec<String> {
+    let mut args = kernel;
+    args.extend(["--proxy".to_string(), listen.to_string()]);
+    if !splice {
+        args.push("--no-splice".into());
+    }
+    args
 }
 
 /// The nftables DNAT table in the balancer namespace; deleted on drop.
@@ -332,7 +406,8 @@ fn nginx_config(dir: &Path, vip: SocketAddr, backends: &[SocketAddr]) -> String 
          pid {dir}/nginx.pid;\nerror_log {dir}/error.log error;\n\
          events {{\n    worker_connections 9000;\n    multi_accept on;\n}}\n\
          stream {{\n    upstream backends {{\n        hash $remote_addr consistent;\n{servers}    }}\n    \
-         server {{\n        listen {vip};\n        proxy_pass backends;\n    }}\n}}\n",
+         server {{\n        listen {vip};\n        proxy_pass backends;\n        \
+         proxy_half_close on;\n    }}\n}}\n",
         dir = dir.display()
     )
 }
@@ -364,7 +439,44 @@ mod tests {
         assert!(h.contains("balance source") && h.contains("server be1 198.19.1.2:8080"));
         let n = nginx_config(Path::new("/tmp/x"), vip, &backends());
         assert!(n.contains("hash $remote_addr consistent;"));
+        // The bulk sink answers its count after the client's FIN.
+        assert!(n.contains("proxy_half_close on;"));
         assert!(n.contains("listen 198.18.0.100:80;") && n.contains("server 198.19.0.2:8080;"));
+    }
+
+    #[test]
+    fn proxy_mode_listens_beside_an_idle_vip() {
+        let kernel = vec![
+            "--iface".to_string(),
+            "cli0".into(),
+            "--vip".into(),
+            Bench::vip(PROXY_CASE_KERNEL_PORT).to_string(),
+            "--backend".into(),
+            "198.19.0.2:8080".into(),
+        ];
+        let listen = Bench::vip(Service::Http.vip_port());
+        let splice = proxy_args(kernel.clone(), listen, true);
+        assert_eq!(
+            splice[kernel.len()..],
+            ["--proxy".to_string(), "198.18.0.100:80".into()]
+        );
+        let copy = proxy_args(kernel, listen, false);
+        assert_eq!(copy.last().map(String::as_str), Some("--no-splice"));
+        // sticky refuses a proxy address that is also a VIP.
+        for service in Service::ALL {
+            assert_ne!(service.vip_port(), PROXY_CASE_KERNEL_PORT);
+        }
+    }
+
+    #[test]
+    fn proxy_cases_are_http_only_and_not_transparent() {
+        for case in [Case::StickyProxy, Case::StickyProxyCopy] {
+            assert!(!case.transparent());
+            assert!(!case.services().contains(&Service::Echo));
+            assert!(case.services().contains(&Service::Upgrade));
+        }
+        assert!(Case::Sticky.transparent());
+        assert_eq!(Case::Routed.services(), &Service::ALL);
     }
 
     #[test]

@@ -12,12 +12,16 @@ use crate::{
     measure::{CONCURRENCY, RATE_CONNECTIONS, RATE_SHARE, WRK_CONNECTIONS},
     metrics::{Metric, Results},
     peers::Case,
-    run::{QUIET, QUIET_WAIT},
+    run::{QUIET, quiet_wait},
     topology::{CLIENT_NET, LOAD_CPU, SERVER_CPU},
 };
 
 /// The sticky kernel path should reach this share of the routed path.
 const TARGET: f64 = 0.97;
+/// Proxy mode should reach this multiple of HAProxy's keep-alive and new-connection rates.
+const PROXY_VS_HAPROXY: f64 = 1.5;
+/// Proxy mode with splicing should reach this share of the direct path's bulk rate.
+const SPLICE_VS_DIRECT: f64 = 0.8;
 /// Below this share of the fixed rate, a path's latency is its queue's.
 const OVERLOAD: f64 = 0.95;
 
@@ -106,7 +110,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
         results.background_cpu * 100.0,
         mean * 100.0,
         max * 100.0,
-        QUIET_WAIT.as_secs(),
+        quiet_wait(results.quick).as_secs(),
         QUIET * 100.0,
         results.steal * 100.0
     );
@@ -202,6 +206,7 @@ fn ebpf_paragraph(md: &mut String, results: &Results) {
         ("http", "HTTP metrics, mostly new connections"),
         ("echo", "echo, one established connection"),
         ("bulk", "bulk, TSO/GRO-sized packets"),
+        ("upgrade", "echo and bulk via upgrade"),
     ]
     .iter()
     .filter_map(|(key, what)| {
@@ -219,7 +224,21 @@ fn ebpf_paragraph(md: &mut String, results: &Results) {
     );
 }
 
+/// A ratio against a goal; equal at the precision shown counts as meeting it.
+fn verdict(r: Option<f64>, goal: f64) -> String {
+    match r {
+        Some(r) if r >= goal - 0.0005 => format!("{r:.3}× (meets)"),
+        Some(r) => format!("{r:.3}× (below)"),
+        None => "not measured".into(),
+    }
+}
+
 fn targets(md: &mut String, results: &Results) {
+    kernel_targets(md, results);
+    proxy_targets(md, results);
+}
+
+fn kernel_targets(md: &mut String, results: &Results) {
     let Some(_) = results.samples.get(&Case::Sticky) else {
         return;
     };
@@ -235,22 +254,78 @@ fn targets(md: &mut String, results: &Results) {
         Metric::Bulk4,
     ] {
         let routed = results.ratio(Case::Sticky, m);
-        let nft = results
-            .summary(Case::Sticky, m)
-            .zip(results.summary(Case::Nftables, m))
-            .and_then(|(s, n)| (n.median > 0.0).then(|| s.median / n.median));
-        // Equal at the precision shown counts as meeting it.
-        let verdict = |r: Option<f64>, goal: f64| match r {
-            Some(r) if r >= goal - 0.0005 => format!("{r:.3}× (meets)"),
-            Some(r) => format!("{r:.3}× (below)"),
-            None => "not measured".into(),
-        };
+        let nft = results.vs(Case::Sticky, Case::Nftables, m);
         let _ = writeln!(
             md,
             "- {}: {} routed, {} nftables",
             m.label(),
             verdict(routed, TARGET),
             verdict(nft, 1.0)
+        );
+    }
+    md.push('\n');
+}
+
+/// Proxy mode against HAProxy and the direct path, and splicing against copying: the data
+/// for the splice default.
+fn proxy_targets(md: &mut String, results: &Results) {
+    let proxies: Vec<Case> = [Case::StickyProxy, Case::StickyProxyCopy]
+        .into_iter()
+        .filter(|c| results.samples.contains_key(c))
+        .collect();
+    if proxies.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Where sticky's proxy mode stands against its targets (≥ {PROXY_VS_HAPROXY}× HAProxy \
+         on keep-alive and new-connection req/s; with splicing, bulk via upgrade ≥ \
+         {SPLICE_VS_DIRECT}× the direct path):\n"
+    );
+    for &case in &proxies {
+        let mut parts = Vec::new();
+        for m in [Metric::KeepAlive, Metric::NewConn] {
+            parts.push(format!(
+                "{} {} HAProxy",
+                m.label(),
+                verdict(results.vs(case, Case::Haproxy, m), PROXY_VS_HAPROXY)
+            ));
+        }
+        for m in [Metric::UpgradeBulk1, Metric::UpgradeBulk4] {
+            let r = results.vs(case, Case::Direct, m);
+            parts.push(if case == Case::StickyProxy {
+                format!("{} {} direct", m.label(), verdict(r, SPLICE_VS_DIRECT))
+            } else {
+                format!(
+                    "{} {} direct",
+                    m.label(),
+                    r.map_or_else(|| "not measured".into(), |r| format!("{r:.3}×"))
+                )
+            });
+        }
+        let _ = writeln!(md, "- {}: {}", case.label(), parts.join("; "));
+    }
+    if proxies.len() == 2 {
+        let ratios: Vec<String> = [
+            Metric::KeepAlive,
+            Metric::NewConn,
+            Metric::P99,
+            Metric::CpuPerRequest,
+            Metric::UpgradeEcho,
+            Metric::UpgradeBulk1,
+            Metric::UpgradeBulk4,
+        ]
+        .into_iter()
+        .filter_map(|m| {
+            let r = results.vs(Case::StickyProxy, Case::StickyProxyCopy, m)?;
+            let arrow = if m.higher_is_better() { "↑" } else { "↓" };
+            Some(format!("{} {arrow} {r:.2}×", m.label()))
+        })
+        .collect();
+        let _ = writeln!(
+            md,
+            "- splice ÷ --no-splice (medians): {}",
+            ratios.join(", ")
         );
     }
     md.push('\n');
@@ -288,12 +363,20 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
          - CPU µs per request: CPU time of the whole machine (all CPUs, softirqs included, \
          from /proc/stat) during the fixed-rate run, divided by its requests.\n\
          - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate.\n\
-         - echo round trip: 64-byte frames written and read back on one connection, mean.\n\
+         - bulk via upgrade Gbit/s: `sticky-bench load bulk --head`, 1 and 4 streams: each \
+         sends `GET /sink` with `Connection: Upgrade`, gets 101 from the backend, then writes \
+         256 KiB blocks from its own thread and half-closes; the backend answers the bytes it \
+         received (which must equal those sent), rate = bytes over the time to the last \
+         answer. Proxy mode needs a request head first, so this is the bulk figure every case \
+         has; iperf3 and raw echo are not measured through the proxy (–).\n\
+         - echo round trip: 64-byte frames written and read back on one connection, mean; via \
+         upgrade: the same after `GET /echo` and its 101.\n\
          - eBPF ns per packet: kernel statistics (`BPF_ENABLE_STATS`, as \
          `kernel.bpf_stats_enabled=1`, on during the sticky case only) `run_time_ns / run_cnt` \
          of sticky's programs over all its runs.\n\n\
          CPUs: load generators (wrk, iperf3 client, sticky-bench load) pinned to CPU {LOAD_CPU}; \
-         backend servers, iperf3 servers, HAProxy, nginx and the sticky daemon pinned to CPU \
+         backend servers, iperf3 servers, HAProxy, nginx and the sticky daemon (kernel path or \
+         proxy) pinned to CPU \
          {SERVER_CPU}; the kernel's packet work runs on the CPU that sends.",
         results.backends,
         CLIENT_NET.len()
@@ -384,5 +467,54 @@ mod tests {
             md.contains("(median share reached: nftables jhash 50%)"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn proxy_cases_have_their_targets_and_gaps() {
+        let mut r = Results {
+            rounds: 1,
+            seconds_per_metric: 1,
+            ..Results::default()
+        };
+        for (case, keep_alive, conn, bulk) in [
+            (Case::Direct, 100e3, 17e3, 20.0),
+            (Case::Routed, 90e3, 13e3, 18.0),
+            (Case::Haproxy, 40e3, 7e3, 6.0),
+            (Case::StickyProxy, 64e3, 9e3, 10.0),
+            (Case::StickyProxyCopy, 66e3, 11e3, 12.0),
+        ] {
+            r.add(case, Metric::KeepAlive, keep_alive);
+            r.add(case, Metric::NewConn, conn);
+            r.add(case, Metric::UpgradeBulk1, bulk);
+            r.add(case, Metric::UpgradeEcho, 100.0);
+            if case.services().contains(&crate::peers::Service::Bulk) {
+                r.add(case, Metric::Bulk1, bulk);
+            }
+        }
+        let md = markdown(&r, "latest.png");
+        assert!(
+            md.contains(
+                "- sticky proxy, splice: keep-alive req/s 1.600× (meets) HAProxy; \
+                 new-connection req/s 1.286× (below) HAProxy; bulk via upgrade Gbit/s, 1 stream \
+                 0.500× (below) direct; bulk via upgrade Gbit/s, 4 streams not measured direct"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("bulk via upgrade Gbit/s, 1 stream 0.600× direct"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- splice ÷ --no-splice (medians): keep-alive req/s ↑ 0.97×"),
+            "{md}"
+        );
+        // Proxy mode has no iperf3 figure: its cells are empty, the others' are not.
+        assert!(
+            md.contains(
+                "| bulk Gbit/s, 1 stream ↑ | 20.00 **1.11×** | 18.00 | 6.00 **0.33×** | – | – |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("**sticky proxy, --no-splice**: `sticky run --proxy --no-splice`"));
     }
 }

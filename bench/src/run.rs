@@ -25,8 +25,14 @@ pub struct RunArgs {
     /// The sticky binary, built with its eBPF object (`cargo xtask build --release`).
     #[arg(long, value_name = "PATH")]
     sticky: PathBuf,
-    /// Folder for latest.md, latest.png and latest.json.
-    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    /// Folder for latest.md, latest.png and latest.json (the last one given wins, so
+    /// `cargo xtask bench -- --out DIR` keeps trial runs away from bench/results).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "bench/results",
+        overrides_with = "out"
+    )]
     out: PathBuf,
     /// Sanity check in under 2 minutes: one round of 1-second measurements, not a result.
     #[arg(long)]
@@ -47,6 +53,25 @@ pub struct RunArgs {
     /// Run only these cases (repeatable) [default: all].
     #[arg(long = "case", value_enum)]
     cases: Vec<Case>,
+    /// A sysctl for the balancer namespace, like net.ipv4.tcp_wmem="4096 4194304 16777216"
+    /// (repeatable; noted in the report): tries socket buffer sizes for proxy mode.
+    #[arg(long = "lb-sysctl", value_name = "KEY=VALUE", value_parser = parse_sysctl)]
+    lb_sysctls: Vec<(String, String)>,
+}
+
+fn parse_sysctl(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!("'{key}' is not a sysctl name"));
+    }
+    Ok((key.to_string(), value.trim().to_string()))
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -104,6 +129,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.backends
     );
     let bench = Bench::build(args.backends)?;
+    for (key, value) in &args.lb_sysctls {
+        bench
+            .lb()
+            .sysctl(key, value)
+            .with_context(|| format!("set {key} in the balancer namespace"))?;
+        results.note(format!("balancer namespace: {key} = {value}"));
+    }
+    let quiet_wait = quiet_wait(args.quick);
     let exe = std::env::current_exe().context("locate sticky-bench")?;
     let _servers = start_servers(&bench, &exe)?;
     let mut ctx = Ctx {
@@ -117,7 +150,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(r) if r > 0.0 => r,
         Some(r) => anyhow::bail!("--rate {r}: must be positive"),
         None => {
-            wait_for_quiet()?;
+            wait_for_quiet(quiet_wait)?;
             measure::calibrate(&ctx)?
         }
     };
@@ -140,14 +173,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 continue;
             };
             println!("bench: round {}/{rounds}: {}", round + 1, case.label());
-            let idle = wait_for_quiet()?;
+            let idle = wait_for_quiet(quiet_wait)?;
             results.between_cases_cpu.push(idle);
             if idle > QUIET {
                 results.note(format!(
                     "other processes still kept {:.0}% of the CPUs busy after waiting {} s \
                      before {} (round {})",
                     idle * 100.0,
-                    QUIET_WAIT.as_secs(),
+                    quiet_wait.as_secs(),
                     case.label(),
                     round + 1
                 ));
@@ -216,13 +249,19 @@ fn hash_and_table() -> String {
 /// Other processes' CPU share above which the bench waits before a case.
 pub const QUIET: f64 = 0.10;
 /// The longest it waits for them to quiet down.
-pub const QUIET_WAIT: Duration = Duration::from_secs(30);
+const QUIET_WAIT: Duration = Duration::from_secs(30);
+/// The same for `--quick`, a sanity check that must stay short.
+const QUICK_QUIET_WAIT: Duration = Duration::from_secs(1);
 
-/// Waits (up to `QUIET_WAIT`) until other processes leave the CPUs mostly idle, so a shared
+pub fn quiet_wait(quick: bool) -> Duration {
+    if quick { QUICK_QUIET_WAIT } else { QUIET_WAIT }
+}
+
+/// Waits (up to `limit`) until other processes leave the CPUs mostly idle, so a shared
 /// machine's builds and tests do not land inside a measurement; returns their last share.
 /// Our servers idle between cases, so what the CPUs do then is someone else's work.
-fn wait_for_quiet() -> anyhow::Result<f64> {
-    let deadline = Instant::now() + QUIET_WAIT;
+fn wait_for_quiet(limit: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + limit;
     let mut said = false;
     loop {
         let idle = background_cpu(Duration::from_millis(300))?;
@@ -261,4 +300,43 @@ fn start_servers(bench: &Bench, exe: &std::path::Path) -> anyhow::Result<Vec<Pro
         servers.push(p);
     }
     Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn the_last_out_wins_and_sysctls_parse() {
+        let cli = Cli::try_parse_from([
+            "run",
+            "--sticky",
+            "s",
+            "--out",
+            "bench/results",
+            "--out",
+            "/tmp/trial",
+            "--lb-sysctl",
+            "net.ipv4.tcp_wmem=4096 4194304 16777216",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.out, PathBuf::from("/tmp/trial"));
+        assert_eq!(
+            cli.run.lb_sysctls,
+            [(
+                "net.ipv4.tcp_wmem".to_string(),
+                "4096 4194304 16777216".to_string()
+            )]
+        );
+        assert!(parse_sysctl("novalue").is_err());
+        assert!(parse_sysctl("a b=1").is_err());
+    }
 }

@@ -1,6 +1,8 @@
 //! `sticky-bench serve`: a backend's servers. An HTTP/1.1 responder answering every request
 //! with `<id> <client-ip>\n` (the sandbox's backend protocol, so `sandbox::HttpConn` reads it)
-//! on tokio, fast enough not to be the bottleneck; and a TCP echo server for round trips.
+//! on tokio, fast enough not to be the bottleneck; a TCP echo server for round trips; an
+//! upgrade port where an HTTP request head comes first (`crate::upgrade`), then echo or a
+//! byte sink; and a plain byte sink.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
@@ -14,8 +16,15 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
 };
 
+use crate::upgrade::{self, Kind};
+
 /// Largest request head we accept; ours are under 100 bytes.
 const MAX_HEAD: usize = 16 * 1024;
+/// Read size of the byte sinks: as large as the bulk sender's writes.
+const SINK_READ: usize = 256 * 1024;
+
+/// The plain sink's port on the backends (`sticky-bench load bulk` without `--head`).
+pub const SINK_PORT: u16 = 8091;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -28,6 +37,12 @@ pub struct ServeArgs {
     /// TCP echo port, on every address of the namespace.
     #[arg(long, default_value_t = crate::peers::Service::Echo.backend_port())]
     echo: u16,
+    /// Upgrade port (request head, 101, then echo or sink), on every address.
+    #[arg(long, default_value_t = crate::peers::Service::Upgrade.backend_port())]
+    upgrade: u16,
+    /// Plain byte sink (no head), on every address.
+    #[arg(long, default_value_t = SINK_PORT)]
+    sink: u16,
     /// Exit after this many seconds even if nobody stops us.
     #[arg(long, default_value_t = 3600)]
     max_secs: u64,
@@ -44,11 +59,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let http = listen(args.http).await?;
         let echo = listen(args.echo).await?;
-        println!("ready: http :{} echo :{}", args.http, args.echo);
+        let upgrade = listen(args.upgrade).await?;
+        let sink = listen(args.sink).await?;
+        println!(
+            "ready: http :{} echo :{} upgrade :{} sink :{}",
+            args.http, args.echo, args.upgrade, args.sink
+        );
         let id: Arc<str> = args.id.as_str().into();
         tokio::select! {
             r = accept_loop(http, move |s| http_conn(s, id.clone())) => r,
             r = accept_loop(echo, echo_conn) => r,
+            r = accept_loop(upgrade, upgrade_conn) => r,
+            r = accept_loop(sink, |s| sink_conn(s, 0)) => r,
             () = tokio::time::sleep(Duration::from_secs(args.max_secs)) => Ok(()),
         }
     })
@@ -132,6 +154,54 @@ async fn echo_conn(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut r, mut w) = stream.split();
     tokio::io::copy(&mut r, &mut w).await.map(drop)
+}
+
+/// Reads a request head; answers 101 and becomes an echo or a sink, or answers 404.
+async fn upgrade_conn(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let len = loop {
+        if let Some(len) = upgrade::head_len(&buf) {
+            break len;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let Some(kind) = Kind::of_head(&buf[..len]) else {
+        return stream.write_all(upgrade::REFUSED).await;
+    };
+    stream.write_all(upgrade::ANSWER).await?;
+    // Bytes sent along with the head are the connection's first data.
+    let early = &buf[len..];
+    match kind {
+        Kind::Echo => {
+            stream.write_all(early).await?;
+            echo_conn(stream).await
+        }
+        Kind::Sink => sink_conn(stream, early.len() as u64).await,
+    }
+}
+
+/// Counts and drops bytes until the client's FIN, then writes the count (`already` included).
+async fn sink_conn(mut stream: TcpStream, already: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; SINK_READ];
+    let mut count = already;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        count += n as u64;
+    }
+    stream.write_all(format!("{count}\n").as_bytes()).await?;
+    stream.shutdown().await
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,5 +1,5 @@
 //! Small-frame round trips on one connection, as a socket.io message exchange: write a frame,
-//! wait for it to come back, repeat.
+//! wait for it to come back, repeat. With `head`, after an HTTP upgrade (`crate::upgrade`).
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,11 +11,13 @@ use anyhow::Context as _;
 use socket2::{Domain, Socket, Type};
 
 use super::{LoadResult, Percentiles};
+use crate::upgrade::{self, Kind};
 
 pub fn run(
     src: Ipv4Addr,
     dst: SocketAddr,
     size: usize,
+    head: bool,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
@@ -27,6 +29,9 @@ pub fn run(
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     socket.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut stream: std::net::TcpStream = socket.into();
+    if head {
+        upgrade::open(&mut stream, Kind::Echo)?;
+    }
     let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut back = vec![0u8; size];
     let mut once = || -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 //! `sticky-bench load`: the load generator for what wrk cannot do — thousands of source
 //! addresses so source hashing spreads, socket.io-style handshakes, fixed-rate latency and
-//! small-frame echo. Runs inside the client namespace (started through `nsenter`) and prints
+//! small-frame echo, bulk streams; echo and bulk optionally after an HTTP upgrade head, for
+//! paths that need a request first (sticky's proxy mode). Runs inside the client namespace (started through `nsenter`) and prints
 //! one JSON line.
 
+mod bulk;
 mod closed;
 mod echo;
 mod http;
@@ -74,6 +76,21 @@ enum Mode {
         /// Frame size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Upgrade first (`GET /echo`, 101): for the backends' upgrade port.
+        #[arg(long)]
+        head: bool,
+    },
+    /// Bulk streams, one blocking thread each, 256 KiB writes: Gbit/s the sink received.
+    Bulk {
+        #[command(flatten)]
+        common: Common,
+        /// Parallel streams, from sources 0..N.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Upgrade first (`GET /sink`, 101): for the backends' upgrade port; without it the
+        /// target must be a plain sink.
+        #[arg(long)]
+        head: bool,
     },
 }
 
@@ -83,7 +100,8 @@ impl Mode {
             Self::Connect { common, .. }
             | Self::Handshake { common, .. }
             | Self::Rate { common, .. }
-            | Self::Echo { common, .. } => common,
+            | Self::Echo { common, .. }
+            | Self::Bulk { common, .. } => common,
         }
     }
 }
@@ -129,12 +147,22 @@ pub struct LoadResult {
     pub cpu_secs: f64,
     pub latency: Option<Percentiles>,
     pub first_error: Option<String>,
+    /// Bytes the sinks counted (bulk).
+    pub bytes: u64,
 }
 
 impl LoadResult {
     pub fn rate(&self) -> f64 {
         if self.secs > 0.0 {
             self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    pub fn gbit_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.bytes as f64 * 8.0 / self.secs / 1e9
         } else {
             0.0
         }
@@ -162,12 +190,13 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         Mode::Rate {
             rate, connections, ..
         } => rate::run(targets, *sources, connections, rate, duration)?,
-        Mode::Echo { size, .. } => {
+        Mode::Echo { size, head, .. } => {
             let dst = *targets
                 .first()
                 .ok_or_else(|| anyhow::anyhow!("no target"))?;
-            echo::run(sources.addr(0), dst, size, duration)?
+            echo::run(sources.addr(0), dst, size, head, duration)?
         }
+        Mode::Bulk { streams, head, .. } => bulk::run(targets, *sources, streams, head, duration)?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
