@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bpf_linker;
 mod build_cmd;
+mod fuzz_cmd;
 mod run_cmd;
 mod setup;
 mod sh;
@@ -53,6 +54,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz every parser that reads network or user input with cargo-fuzz (nightly), one
+    /// target after the other; fails naming the input if any target crashes.
+    ///
+    /// Installs cargo-fuzz if it is missing. Starts from fuzz/corpus and fuzz/regressions;
+    /// new inputs go to fuzz/target/campaign, logs to fuzz/target/campaign/<target>.log.
+    Fuzz {
+        /// Seconds to fuzz each target.
+        #[arg(long, default_value_t = fuzz_cmd::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Fuzz only this target (`cargo fuzz list` in fuzz/ names them).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Install the benchmark's tools, build in release, and benchmark sticky against direct
     /// paths, nftables NAT, HAProxy and nginx (as root; about 15 minutes).
     ///
@@ -74,6 +88,9 @@ fn main() -> Result<ExitCode> {
         Command::Run { release, args } => run_cmd::run(release, &args),
         Command::Test { release, args } => {
             test_cmd::run(release, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Fuzz { seconds, target } => {
+            fuzz_cmd::run(seconds, target.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { quick, args } => bench_cmd::run(quick, &args),
     }
@@ -118,6 +135,24 @@ mod tests {
         };
         assert!(quick);
         assert_eq!(args, ["--case", "sticky"]);
+        Ok(())
+    }
+
+    #[test]
+    fn fuzz_defaults_to_every_target() -> Result<()> {
+        assert!(matches!(
+            parse(&["fuzz"])?,
+            Command::Fuzz {
+                seconds: fuzz_cmd::DEFAULT_SECONDS,
+                target: None
+            }
+        ));
+        let Command::Fuzz { seconds, target } =
+            parse(&["fuzz", "--seconds", "5", "--target", "cookies"])?
+        else {
+            anyhow::bail!("not parsed as fuzz");
+        };
+        assert_eq!((seconds, target.as_deref()), (5, Some("cookies")));
         Ok(())
     }
 
