@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod duration;
+pub mod fuzzing;
 pub mod hashbench;
 pub mod health;
 pub mod metrics;

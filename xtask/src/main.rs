@@ -4,6 +4,7 @@ mod bench_cmd;
 mod bpf_linker;
 mod build_cmd;
 mod chaos_cmd;
+mod fuzz_cmd;
 mod run_cmd;
 mod setup;
 mod sh;
@@ -62,6 +63,24 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Fuzz every parser that reads network or user input with cargo-fuzz (nightly), one
+    /// target after the other, then send random and mutated frames through the real eBPF
+    /// programs; fails naming the input if any target crashes or a frame breaks an invariant.
+    ///
+    /// Installs cargo-fuzz if it is missing. Starts from fuzz/corpus and fuzz/regressions;
+    /// new inputs go to fuzz/target/campaign, logs to fuzz/target/campaign/<target>.log.
+    Fuzz {
+        /// Seconds to fuzz each target.
+        #[arg(long, default_value_t = fuzz_cmd::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Fuzz only this target (`cargo fuzz list` in fuzz/ names them); skips the packets.
+        #[arg(long)]
+        target: Option<String>,
+        /// Random and mutated frames sent through the real eBPF programs (BPF_PROG_TEST_RUN,
+        /// as root) after the parsers.
+        #[arg(long, default_value_t = fuzz_cmd::DEFAULT_FRAMES)]
+        frames: u64,
+    },
     /// Install the benchmark's tools, build in release, and benchmark sticky against direct
     /// paths, nftables NAT, HAProxy and nginx (as root; about 15 minutes).
     ///
@@ -85,6 +104,11 @@ fn main() -> Result<ExitCode> {
             test_cmd::run(release, &args).map(|()| ExitCode::SUCCESS)
         }
         Command::Chaos { release } => chaos_cmd::run(release).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz {
+            seconds,
+            target,
+            frames,
+        } => fuzz_cmd::run(seconds, target.as_deref(), frames).map(|()| ExitCode::SUCCESS),
         Command::Bench { quick, args } => bench_cmd::run(quick, &args),
     }
 }
@@ -128,6 +152,48 @@ mod tests {
         };
         assert!(quick);
         assert_eq!(args, ["--case", "sticky"]);
+        Ok(())
+    }
+
+    #[test]
+    fn fuzz_defaults_to_every_target() -> Result<()> {
+        assert!(matches!(
+            parse(&["fuzz"])?,
+            Command::Fuzz {
+                seconds: fuzz_cmd::DEFAULT_SECONDS,
+                target: None,
+                frames: fuzz_cmd::DEFAULT_FRAMES,
+            }
+        ));
+        let Command::Fuzz {
+            seconds,
+            target,
+            frames,
+        } = parse(&[
+            "fuzz",
+            "--seconds",
+            "5",
+            "--target",
+            "cookies",
+            "--frames",
+            "10",
+        ])?
+        else {
+            anyhow::bail!("not parsed as fuzz");
+        };
+        assert_eq!(
+            (seconds, target.as_deref(), frames),
+            (5, Some("cookies"), 10)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn chaos_takes_release() -> Result<()> {
+        assert!(matches!(
+            parse(&["chaos", "--release"])?,
+            Command::Chaos { release: true }
+        ));
         Ok(())
     }
 

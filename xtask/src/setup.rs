@@ -27,7 +27,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn nightly() -> Result<()> {
+pub fn nightly() -> Result<()> {
     let list = sh::output(sh::cmd("rustup")?.args(["toolchain", "list"]))
         .context("listing toolchains failed; install rustup from https://rustup.rs")?;
     if list.lines().any(|l| l.starts_with("nightly")) {

@@ -1,10 +1,11 @@
-//! `cargo xtask test`: everything CI runs, from a bare machine to a test report.
+//! `cargo xtask test`: everything CI runs, from a bare machine to a test report, then a
+//! short fuzzing campaign.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::{build_cmd, setup, sh};
+use crate::{build_cmd, fuzz_cmd, setup, sh};
 
 pub fn run(release: bool, extra: &[String]) -> Result<()> {
     let start = Instant::now();
@@ -44,7 +45,14 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
         cargo.arg("--");
     }
     cargo.arg("--test-threads=1");
-    sh::run(&mut cargo).context("tests failed; see cargo's output above")
+    sh::run(&mut cargo).context("tests failed; see cargo's output above")?;
+    // A test filter asks for a focused run: the campaign would only get in the way.
+    if !extra.is_empty() {
+        println!("note: fuzzing skipped because test arguments were given");
+        return Ok(());
+    }
+    // The packet campaign already ran (300k frames) as part of `cargo test`: 0 frames here.
+    fuzz_cmd::run(fuzz_cmd::TEST_SECONDS, None, 0)
 }
 
 /// The socket.io tests run the example with its locked dependencies: install them once.
