@@ -75,6 +75,10 @@ fn parse_sysctl(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    // sticky (proxy mode) sizes its runtime by CPUs at start, before the bench pins it to one:
+    // one worker, like HAProxy's `nbthread 1` and nginx's one worker.
+    // SAFETY: first thing in the process, before any thread exists.
+    unsafe { std::env::set_var("TOKIO_WORKER_THREADS", "1") };
     // SAFETY: no arguments.
     anyhow::ensure!(
         unsafe { libc::geteuid() } == 0,

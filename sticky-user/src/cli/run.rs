@@ -82,9 +82,9 @@ pub struct RunArgs {
     /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
     #[arg(long)]
     no_splice: bool,
-    /// Bytes a connection moves through userspace before it is spliced; a `101 Switching
-    /// Protocols` answer (WebSocket) splices at once; 0 splices every connection at once
-    /// [default: 65536].
+    /// Bytes a connection moves through small userspace buffers before it is spliced (or
+    /// copied with large buffers under --no-splice); a `101 Switching Protocols` answer
+    /// (WebSocket) hands over at once; 0 hands over at once [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     splice_after: Option<u64>,
     /// Time a client has to send its request head [default: 10s].
@@ -147,8 +147,9 @@ impl RunArgs {
 pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
     let (mut layer, file) = args.into_layer();
     layer.instance = instance;
+    // One worker per CPU the process may use (proxy mode scales with them); TOKIO_WORKER_THREADS
+    // overrides it.
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(crate::daemon::run(layer, file))

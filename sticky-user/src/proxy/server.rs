@@ -299,20 +299,22 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         }
     }
 
+    // Short exchanges stay in small userspace buffers; what outgrows them (or upgrades) is
+    // spliced, or copied with large buffers under --no-splice.
+    if cfg.splice_after > 0 {
+        match splice::copy_until(&mut client, &mut backend, cfg.splice_after).await? {
+            Handoff::Closed => return Ok(()),
+            Handoff::Splice {
+                client_read: c,
+                backend_read: b,
+            } => {
+                client_read += c;
+                backend_read += b;
+            }
+        }
+    }
     match &proxy.splicer {
         Some(splicer) => {
-            if cfg.splice_after > 0 {
-                match splice::copy_until(&mut client, &mut backend, cfg.splice_after).await? {
-                    Handoff::Closed => return Ok(()),
-                    Handoff::Splice {
-                        client_read: c,
-                        backend_read: b,
-                    } => {
-                        client_read += c;
-                        backend_read += b;
-                    }
-                }
-            }
             if let Err((c, b, why)) =
                 splice::splice(splicer, client, backend, client_read, backend_read).await
             {
