@@ -82,9 +82,9 @@ pub struct RunArgs {
     /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
     #[arg(long)]
     no_splice: bool,
-    /// Bytes a connection moves through small userspace buffers before it is spliced (or
-    /// copied with large buffers under --no-splice); a `101 Switching Protocols` answer
-    /// (WebSocket) hands over at once; 0 hands over at once [default: 1048576].
+    /// Also splice connections that moved this many bytes (0: every connection at once)
+    /// [default: only WebSocket upgrades (`101`) are spliced; other connections are copied,
+    /// large buffers after their first MiB].
     #[arg(long, value_name = "BYTES")]
     splice_after: Option<u64>,
     /// Time a client has to send its request head [default: 10s].

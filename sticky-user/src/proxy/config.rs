@@ -18,11 +18,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Client connections served at once; each also holds a backend connection.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
-/// Bytes copied in userspace (small buffers) before a connection is spliced (or, with
-/// `--no-splice`, copied with large buffers); a `101` answer hands over at once. Measured
-/// (bench): splicing costs short request/response connections 20–30 % of their rate, so
-/// only upgraded and bulk connections get it.
-pub const DEFAULT_SPLICE_AFTER: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -56,8 +51,9 @@ pub struct ProxyConfig {
     pub max_head: usize,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
-    /// Bytes copied before splicing (0: splice at once).
-    pub splice_after: u64,
+    /// Splice connections once they moved this many bytes (0: at once); `None`: splice only
+    /// WebSocket upgrades (`101`), copy the rest.
+    pub splice_after: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +176,7 @@ impl ProxyLayer {
             )?,
             max_head,
             max_connections,
-            splice_after: self.splice_after.unwrap_or(DEFAULT_SPLICE_AFTER),
+            splice_after: self.splice_after,
         }))
     }
 }

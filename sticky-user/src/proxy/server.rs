@@ -299,22 +299,25 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         }
     }
 
-    // Short exchanges stay in small userspace buffers; what outgrows them (or upgrades) is
-    // spliced, or copied with large buffers under --no-splice.
-    if cfg.splice_after > 0 {
-        match splice::copy_until(&mut client, &mut backend, cfg.splice_after).await? {
-            Handoff::Closed => return Ok(()),
-            Handoff::Splice {
-                client_read: c,
-                backend_read: b,
-            } => {
-                client_read += c;
-                backend_read += b;
-            }
+    // Short exchanges stay in small userspace buffers. A WebSocket (101) is spliced: the
+    // kernel carries it for its whole life with no proxy CPU. A connection that outgrows the
+    // small buffers is copied with large ones (faster than the splice for bulk here, see the
+    // README), or spliced when `--splice-after` asks for it.
+    let limit = cfg.splice_after.unwrap_or(SMALL_PHASE);
+    let splice_now = match splice::copy_until(&mut client, &mut backend, limit).await? {
+        Handoff::Closed => return Ok(()),
+        Handoff::Grown {
+            client_read: c,
+            backend_read: b,
+            upgraded,
+        } => {
+            client_read += c;
+            backend_read += b;
+            upgraded || cfg.splice_after.is_some()
         }
-    }
+    };
     match &proxy.splicer {
-        Some(splicer) => {
+        Some(splicer) if splice_now => {
             if let Err((c, b, why)) =
                 splice::splice(splicer, client, backend, client_read, backend_read).await
             {
@@ -322,12 +325,15 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
                 splice::copy(c, b).await?;
             }
         }
-        None => {
+        _ => {
             splice::copy(client, backend).await?;
         }
     }
     Ok(())
 }
+
+/// Bytes a connection moves through small buffers before it gets large ones (or the splice).
+const SMALL_PHASE: u64 = 1 << 20;
 
 /// Chooses and connects; a client with no live affinity or cookie moves on to the next
 /// backend when one refuses, an affine one gets 502 (moving it would lose its session).

@@ -118,48 +118,6 @@ fn set_rcvlowat(fd: RawFd) {
     }
 }
 
-/// Send buffer of a spliced socket. The verdict redirects into the peer's send queue; with
-/// the default (autotuned from 16 KiB) it fills and the kernel falls back to a slower
-/// deferred path: measured, one spliced stream went from 0.62× to 1.2× the copy path's bulk
-/// rate with 4 MiB (the kernel doubles it). Only long-lived connections get spliced.
-const SPLICE_SNDBUF: libc::c_int = 4 << 20;
-
-/// `SO_SNDBUFFORCE` (we hold CAP_NET_ADMIN) passes `net.core.wmem_max` (208 KiB by default);
-/// without the capability, `SO_SNDBUF` gets what the sysctl allows.
-fn set_sndbuf(fd: RawFd) {
-    let size = SPLICE_SNDBUF;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: valid fd and option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-    }
-    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-        // SAFETY: valid fd and option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-}
-
 /// `tcpi_bytes_acked` and `tcpi_bytes_received` (offsets 120 and 128 of `struct tcp_info`,
 /// Linux ≥ 4.1).
 fn tcp_counts(fd: RawFd) -> (u64, u64) {
@@ -359,8 +317,6 @@ pub async fn splice(
     }
     set_rcvlowat(cfd);
     set_rcvlowat(bfd);
-    set_sndbuf(cfd);
-    set_sndbuf(bfd);
     let watch = match HangupWatch::new([cfd, bfd]) {
         Ok(w) => w,
         Err(_) => {
@@ -398,8 +354,14 @@ pub async fn splice(
 pub enum Handoff {
     /// The connection ended while copying: nothing left to do.
     Closed,
-    /// Time to splice; userspace read this much from each side while copying.
-    Splice { client_read: u64, backend_read: u64 },
+    /// The connection outgrew the small buffers or switched protocols; userspace read this
+    /// much from each side while copying.
+    Grown {
+        client_read: u64,
+        backend_read: u64,
+        /// The backend answered `101 Switching Protocols` (a WebSocket).
+        upgraded: bool,
+    },
 }
 
 /// Buffers of the copy phase: short exchanges only (longer ones get spliced).
@@ -407,8 +369,8 @@ const PHASE_BUFFER: usize = 16 * 1024;
 
 /// Copies both ways until `limit` bytes have passed (both directions together) or the backend
 /// switched protocols (`101`, a WebSocket upgrade), then returns with no byte held in
-/// userspace so the connection can be spliced; or copies to the end when it closes first.
-/// Short request/response exchanges never pay for joining the sockmap.
+/// userspace so the connection can be spliced or copied with large buffers; or copies to the
+/// end when it closes first. Short request/response exchanges never pay for either.
 pub async fn copy_until(
     client: &mut TcpStream,
     backend: &mut TcpStream,
@@ -446,9 +408,10 @@ pub async fn copy_until(
             }
         }
     }
-    Ok(Handoff::Splice {
+    Ok(Handoff::Grown {
         client_read: from_client,
         backend_read: from_backend,
+        upgraded,
     })
 }
 
@@ -513,9 +476,10 @@ mod tests {
         let (h, _, _) = phase.await.expect("task");
         assert_eq!(
             h.expect("copy"),
-            Handoff::Splice {
+            Handoff::Grown {
                 client_read: 60,
-                backend_read: 50
+                backend_read: 50,
+                upgraded: false
             }
         );
     }
@@ -531,9 +495,10 @@ mod tests {
         assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
         assert_eq!(
             phase.await.expect("task").expect("copy"),
-            Handoff::Splice {
+            Handoff::Grown {
                 client_read: 0,
-                backend_read: answer.len() as u64
+                backend_read: answer.len() as u64,
+                upgraded: true
             }
         );
     }
