@@ -84,10 +84,12 @@ impl Case {
             Self::Sticky => "`sticky run` (tc eBPF DNAT, Maglev, flow and affinity tables)",
             Self::StickyProxy => {
                 "`sticky run --proxy`: reads the first request head, picks the backend by the \
-                 peer address (no trusted proxies), then splices in the kernel (sockmap)"
+                 peer address (no trusted proxies); splices upgraded (101) connections in the \
+                 kernel (sockmap), copies the rest"
             }
             Self::StickyProxyCopy => {
-                "`sticky run --proxy --no-splice`: the same, then copies in userspace"
+                "`sticky run --proxy --no-splice`: the same, copying every connection in \
+                 userspace"
             }
         }
     }

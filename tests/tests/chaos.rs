@@ -15,7 +15,6 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     os::{linux::fs::MetadataExt as _, unix::net::UnixStream},
-    process::Output,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,11 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assign, open_long_lived, root_or_skip, sticky_bin};
+use common::{args_with, assign, ok, open_long_lived, root_or_skip, status, sticky_bin};
 use sticky::{
     control,
     sandbox::{Daemon, HttpBackend, HttpConn, Topology, get_once, plan},
-    status::Status,
 };
 
 /// How big a campaign is: short in `cargo xtask test`, full in `cargo xtask chaos`.
@@ -68,40 +66,13 @@ fn report(campaign: &str, size: &str, result: &str) {
     println!("chaos ({}): {campaign} · {size} · {result}", scale().name);
 }
 
+/// Every backend of the topology.
+fn all(topo: &Topology) -> Vec<usize> {
+    (0..topo.backends.len()).collect()
+}
+
 fn backend(k: usize) -> String {
     SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT).to_string()
-}
-
-fn args(topo: &Topology, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "--iface".to_string(),
-        "cli0".into(),
-        "--vip".into(),
-        topo.vip(false).to_string(),
-    ];
-    for k in 0..topo.backends.len() {
-        args.extend(["--backend".into(), backend(k)]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn status(daemon: &Daemon) -> Status {
-    let out = ok(
-        &daemon.ctl(&sticky_bin(), &["status", "--json"]),
-        "status --json",
-    );
-    serde_json::from_str(&out).expect("status JSON")
 }
 
 type Held = Vec<(usize, HttpConn, String)>;
@@ -186,7 +157,8 @@ fn syn_flood_keeps_established_connections() {
         "--max-clients",
         "4096",
     ];
-    let daemon = Daemon::start(&bin, &topo.lb, &args(&topo, &sizes)).expect("sticky");
+    let daemon =
+        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &sizes)).expect("sticky");
     let mut held = open_long_lived(&topo, 0..HELD, false);
     let before = assign(&topo, 0..HELD, 1, false);
     let wire = flood::Wire::between(&topo.client, "eth0", &topo.lb, "cli0").expect("wire");
@@ -280,7 +252,7 @@ fn kill_9_loop_keeps_the_data_path() {
     let bin = sticky_bin();
     let topo = Topology::build("kill9", 3, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let args = args(&topo, &[]);
+    let args = args_with(&topo, &all(&topo), &[]);
     let mut daemon = Daemon::start(&bin, &topo.lb, &args).expect("sticky");
     let mut held = open_long_lived(&topo, 0..100, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
@@ -356,7 +328,8 @@ fn backend_churn_fails_only_right_after_a_kill() {
         "--health-rise",
         "2",
     ];
-    let daemon = Daemon::start(&bin, &topo.lb, &args(&topo, &health)).expect("sticky");
+    let daemon =
+        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &health)).expect("sticky");
     // The kernel path counts the dead backend's resets to new connections and the daemon,
     // reading them every 50 ms, takes it out at once (probes alone would need `fall` × 200 ms).
     // Bound: a few polls and the table swap, with room for a loaded machine.
@@ -478,7 +451,7 @@ fn proxy_connection_limit_holds_under_a_flood() {
         "--max-connections".into(),
         limit_arg,
     ];
-    let mut full = args(&topo, &[]);
+    let mut full = args_with(&topo, &all(&topo), &[]);
     full.append(&mut extra);
     let daemon = Daemon::start(&bin, &topo.lb, &full).expect("sticky --proxy");
     let rss_before = rss_kib(daemon.pid());
@@ -619,7 +592,8 @@ fn control_plane_refuses_bad_requests_and_serialises_writers() {
     let bin = sticky_bin();
     let topo = Topology::build("ctl", 2, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let daemon = Daemon::start(&bin, &topo.lb, &args(&topo, &[])).expect("sticky");
+    let daemon =
+        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &[])).expect("sticky");
     let before = assign(&topo, 0..CLIENTS, 1, false);
     let list = |d: &Daemon| ok(&d.ctl(&bin, &["backend", "list", "--json"]), "list");
     let initial = list(&daemon);

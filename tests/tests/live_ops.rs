@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assign, open_long_lived, predicted, root_or_skip, spread, sticky_bin};
+use common::{
+    args_with, assign, ok, open_long_lived, predicted, root_or_skip, spread, status, sticky_bin,
+};
 use sticky::{
     sandbox::{Daemon, HttpBackend, Topology, plan},
     status::Status,
@@ -24,30 +26,6 @@ fn backend(k: usize) -> String {
     SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT).to_string()
 }
 
-fn args_with(topo: &Topology, backends: &[usize], extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "--iface".to_string(),
-        "cli0".into(),
-        "--vip".into(),
-        topo.vip(false).to_string(),
-    ];
-    for &k in backends {
-        args.extend(["--backend".into(), backend(k)]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn refused(out: &Output, what: &str, expect: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what} succeeded");
@@ -55,14 +33,6 @@ fn refused(out: &Output, what: &str, expect: &str) {
         stderr.contains(expect),
         "{what}: expected '{expect}' in: {stderr}"
     );
-}
-
-fn status(daemon: &Daemon) -> Status {
-    let out = ok(
-        &daemon.ctl(&sticky_bin(), &["status", "--json"]),
-        "status --json",
-    );
-    serde_json::from_str(&out).expect("status JSON")
 }
 
 fn state_of(status: &Status, addr: &str) -> Option<String> {

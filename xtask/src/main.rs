@@ -82,7 +82,7 @@ enum Command {
         frames: u64,
     },
     /// Install the benchmark's tools, build in release, and benchmark sticky against direct
-    /// paths, nftables NAT, HAProxy and nginx (as root; about 15 minutes).
+    /// paths, nftables NAT, HAProxy and nginx (as root; about 25 minutes).
     ///
     /// Writes bench/results/latest.md (table), latest.png (chart) and latest.json (samples).
     Bench {

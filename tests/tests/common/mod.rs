@@ -166,3 +166,40 @@ pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) 
     }
     d
 }
+
+/// `--iface cli0 --vip <IPv4 VIP>` and a `--backend` for each of `backends` (remote, on
+/// `BACKEND_PORT`), then `extra`.
+pub fn args_with(topo: &Topology, backends: &[usize], extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--iface".to_string(),
+        "cli0".into(),
+        "--vip".into(),
+        topo.vip(false).to_string(),
+    ];
+    for &k in backends {
+        let addr = std::net::SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT);
+        args.extend(["--backend".into(), addr.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A sticky command's stdout; panics with its output unless it succeeded.
+pub fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sticky status --json` of a running daemon.
+pub fn status(daemon: &Daemon) -> sticky::status::Status {
+    let out = ok(
+        &daemon.ctl(&sticky_bin(), &["status", "--json"]),
+        "status --json",
+    );
+    serde_json::from_str(&out).expect("status JSON")
+}
