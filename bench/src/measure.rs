@@ -39,6 +39,8 @@ pub struct Ctx<'a> {
     pub secs: u64,
     /// Requests per second of the latency runs.
     pub rate: f64,
+    /// `--quick`: bulk only through our own tool (no iperf3 service), to stay under 2 minutes.
+    pub quick: bool,
 }
 
 /// The routed path's keep-alive capacity; latency is measured at a share of it.
@@ -66,6 +68,9 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
         None
     };
     for &service in case.services() {
+        if ctx.quick && service == Service::Bulk {
+            continue;
+        }
         cmd::check_interrupted()?;
         let mut middlebox = peers::start(case, service, ctx.bench, ctx.sticky)?;
         let route = peers::route(case, service, ctx.bench.backends().len());

@@ -149,6 +149,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         exe,
         secs,
         rate: 0.0,
+        quick: args.quick,
     };
     ctx.rate = match args.rate {
         Some(r) if r > 0.0 => r,
