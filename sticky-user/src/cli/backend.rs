@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::control::{call, deadline, endpoint, weight};
+use super::control::{ChangeArgs, call, deadline, endpoint};
 use crate::control::{Change, Request};
 
 #[derive(clap::Args)]
@@ -13,19 +13,8 @@ pub struct BackendArgs {
 
 #[derive(clap::Subcommand)]
 pub enum Action {
-    /// Add a backend: it takes its share of new clients; affine clients stay where they are.
-    Add {
-        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
-        addr: SocketAddr,
-        /// Relative weight, 1-1000.
-        #[arg(long, default_value_t = 1, value_parser = weight)]
-        weight: u32,
-    },
-    /// Remove a backend: its clients move; its established connections continue.
-    Remove {
-        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
-        addr: SocketAddr,
-    },
+    #[command(flatten)]
+    Change(ChangeArgs),
     /// Drain: no new clients; established connections and affine clients continue until they
     /// end or the deadline passes (then the backend is removed and its flows dropped).
     Drain {
@@ -40,13 +29,6 @@ pub enum Action {
         #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
         addr: SocketAddr,
     },
-    /// Set a backend's weight, 1-1000.
-    Weight {
-        #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
-        addr: SocketAddr,
-        #[arg(value_parser = weight)]
-        weight: u32,
-    },
     /// List backends with weight and state.
     List {
         /// Print JSON.
@@ -57,14 +39,8 @@ pub enum Action {
 
 pub fn run(args: BackendArgs, instance: &str) -> anyhow::Result<()> {
     let request = match args.action {
-        Action::Add { addr, weight } => Request::Apply {
-            change: Change::Add { addr, weight },
-        },
-        Action::Remove { addr } => Request::Apply {
-            change: Change::Remove { addr },
-        },
-        Action::Weight { addr, weight } => Request::Apply {
-            change: Change::Weight { addr, weight },
+        Action::Change(change) => Request::Apply {
+            change: Change::from(&change),
         },
         Action::Drain { addr, deadline } => Request::Drain {
             addr,

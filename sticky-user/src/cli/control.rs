@@ -54,21 +54,23 @@ pub struct PreviewArgs {
     pub change: ChangeArgs,
 }
 
+/// A change to the backend set: made by `sticky backend`, previewed by `sticky preview`.
 #[derive(clap::Subcommand)]
 pub enum ChangeArgs {
-    /// Adding a backend.
+    /// Add a backend: it takes its share of new clients; affine clients stay where they are.
     Add {
         #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
         addr: SocketAddr,
+        /// Relative weight, 1-1000.
         #[arg(long, default_value_t = 1, value_parser = weight)]
         weight: u32,
     },
-    /// Removing a backend.
+    /// Remove a backend: its clients move; its established connections continue.
     Remove {
         #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
         addr: SocketAddr,
     },
-    /// Changing a backend's weight.
+    /// Set a backend's weight, 1-1000.
     Weight {
         #[arg(value_parser = endpoint, value_name = "ADDR:PORT")]
         addr: SocketAddr,

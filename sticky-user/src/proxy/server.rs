@@ -154,6 +154,43 @@ async fn read_more(
     }
 }
 
+/// What waiting for a complete header gave.
+enum Waited<T> {
+    Parsed(T),
+    /// The client closed first.
+    Closed,
+    /// Malformed, too large, or not complete before the deadline (`408`).
+    Refused(Refusal),
+}
+
+/// Reads from the client until `parse` finds a complete header in `buf`, the client closes,
+/// `parse` refuses what it got, or `deadline` passes (`408`, `late` saying what was missing).
+async fn read_until<T>(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+    late: &str,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, Refusal>,
+) -> anyhow::Result<Waited<T>> {
+    loop {
+        match parse(buf) {
+            Ok(Some(found)) => return Ok(Waited::Parsed(found)),
+            Ok(None) => match read_more(client, buf, deadline).await? {
+                Some(true) => {}
+                Some(false) => return Ok(Waited::Closed),
+                None => {
+                    return Ok(Waited::Refused(Refusal(
+                        408,
+                        "timeout",
+                        format!("{late} in time"),
+                    )));
+                }
+            },
+            Err(r) => return Ok(Waited::Refused(r)),
+        }
+    }
+}
+
 async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
     let cfg = &proxy.config;
     let deadline = tokio::time::Instant::now() + cfg.header_timeout;
@@ -163,65 +200,46 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
     let mut client_read = 0u64;
 
     if cfg.proxy_protocol {
-        loop {
-            match proxy_protocol::parse(&buf) {
-                Ok(Some((header, used))) => {
-                    client_read += used as u64;
-                    // Only a trusted balancer may tell us who the client is.
-                    if cfg.trusted.contains(peer_ip)
-                        && let Some(src) = header.source
-                    {
-                        peer_ip = canonical(src.ip());
-                    }
-                    buf.drain(..used);
-                    break;
-                }
-                Ok(None) => match read_more(&mut client, &mut buf, deadline).await? {
-                    Some(true) => {}
-                    Some(false) => return Ok(()),
-                    None => {
-                        return refuse(
-                            &mut client,
-                            Refusal(408, "timeout", "no PROXY header in time".into()),
-                        )
-                        .await;
-                    }
-                },
-                Err(e) => {
-                    return refuse(&mut client, Refusal(400, "bad PROXY header", e.to_string()))
-                        .await;
-                }
-            }
+        let parsed = read_until(&mut client, &mut buf, deadline, "no PROXY header", |b| {
+            proxy_protocol::parse(b).map_err(|e| Refusal(400, "bad PROXY header", e.to_string()))
+        })
+        .await?;
+        let (header, used) = match parsed {
+            Waited::Parsed(found) => found,
+            Waited::Closed => return Ok(()),
+            Waited::Refused(r) => return refuse(&mut client, r).await,
+        };
+        client_read += used as u64;
+        // Only a trusted balancer may tell us who the client is.
+        if cfg.trusted.contains(peer_ip)
+            && let Some(src) = header.source
+        {
+            peer_ip = canonical(src.ip());
         }
+        buf.drain(..used);
     }
 
-    let head: RequestHead = loop {
-        match head::parse(&buf, cfg.max_head) {
-            Ok(Some(h)) => break h,
-            Ok(None) => match read_more(&mut client, &mut buf, deadline).await? {
-                Some(true) => {}
-                Some(false) => return Ok(()),
-                None => {
-                    return refuse(
-                        &mut client,
-                        Refusal(408, "timeout", "request head not complete in time".into()),
-                    )
-                    .await;
-                }
-            },
-            Err(HeadError::TooLarge { .. }) => {
-                return refuse(
-                    &mut client,
-                    Refusal(
-                        431,
-                        "head too large",
-                        format!("request head over {} bytes", cfg.max_head),
-                    ),
-                )
-                .await;
-            }
-            Err(e) => return refuse(&mut client, Refusal(400, "malformed", e.to_string())).await,
-        }
+    let parsed = read_until(
+        &mut client,
+        &mut buf,
+        deadline,
+        "request head not complete",
+        |b| {
+            head::parse(b, cfg.max_head).map_err(|e| match e {
+                HeadError::TooLarge { .. } => Refusal(
+                    431,
+                    "head too large",
+                    format!("request head over {} bytes", cfg.max_head),
+                ),
+                e => Refusal(400, "malformed", e.to_string()),
+            })
+        },
+    )
+    .await?;
+    let head: RequestHead = match parsed {
+        Waited::Parsed(h) => h,
+        Waited::Closed => return Ok(()),
+        Waited::Refused(r) => return refuse(&mut client, r).await,
     };
 
     let client_addr = if cfg.proxy_protocol {
