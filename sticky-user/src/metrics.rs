@@ -37,6 +37,82 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 const BACKEND_STATES: [&str; 3] = ["up", "draining", "down"];
 
+/// The per-backend families after `up` and `state`: name, kind, help, value.
+type PerBackend = (
+    &'static str,
+    Kind,
+    &'static str,
+    fn(&BackendStatus) -> Value,
+);
+const PER_BACKEND: [PerBackend; 11] = [
+    (
+        "sticky_backend_healthy",
+        Kind::Gauge,
+        "Whether the backend passes its health checks or is unchecked (1) rather than failing (0).",
+        |b| Value::flag(b.health != "failing"),
+    ),
+    (
+        "sticky_backend_weight",
+        Kind::Gauge,
+        "Configured weight of the backend.",
+        |b| Value::Int(b.weight.into()),
+    ),
+    (
+        "sticky_backend_table_share",
+        Kind::Gauge,
+        "Share of the lookup table slots held by the backend (0..1).",
+        |b| Value::Float(b.table_share),
+    ),
+    (
+        "sticky_backend_ideal_share",
+        Kind::Gauge,
+        "Backend weight over the total weight of the backends in the table (0..1).",
+        |b| Value::Float(b.ideal_share),
+    ),
+    (
+        "sticky_backend_affine_clients",
+        Kind::Gauge,
+        "Clients whose unexpired affinity names the backend.",
+        |b| Value::Int(b.affine_clients),
+    ),
+    (
+        "sticky_backend_active_flows",
+        Kind::Gauge,
+        "Connections to the backend in the flow table.",
+        |b| Value::Int(b.active_flows),
+    ),
+    (
+        "sticky_backend_new_flows_total",
+        Kind::Counter,
+        "Connections the data path assigned to the backend.",
+        |b| Value::Int(b.new_flows_total),
+    ),
+    (
+        "sticky_backend_refused_total",
+        Kind::Counter,
+        "New connections the backend reset during their handshake (nothing listening).",
+        |b| Value::Int(b.refused_total),
+    ),
+    (
+        "sticky_backend_packets_total",
+        Kind::Counter,
+        "Packets the data path steered to the backend.",
+        |b| Value::Int(b.packets),
+    ),
+    (
+        "sticky_backend_bytes_total",
+        Kind::Counter,
+        "Bytes the data path steered to the backend.",
+        |b| Value::Int(b.bytes),
+    ),
+    (
+        "sticky_backend_health_transitions_total",
+        Kind::Counter,
+        "Health state changes of the backend since start.",
+        |b| Value::Int(b.health_transitions),
+    ),
+];
+
 /// The whole exposition for `status`.
 pub fn render(status: &Status) -> String {
     use Kind::{Counter, Gauge};
@@ -64,72 +140,9 @@ pub fn render(status: &Status) -> String {
             );
         }
     }
-    out.per_backend(
-        backends,
-        ("sticky_backend_healthy", Gauge),
-        "Whether the backend passes its health checks or is unchecked (1) rather than failing (0).",
-        |b| Value::flag(b.health != "failing"),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_weight", Gauge),
-        "Configured weight of the backend.",
-        |b| Value::Int(b.weight.into()),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_table_share", Gauge),
-        "Share of the lookup table slots held by the backend (0..1).",
-        |b| Value::Float(b.table_share),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_ideal_share", Gauge),
-        "Backend weight over the total weight of the backends in the table (0..1).",
-        |b| Value::Float(b.ideal_share),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_affine_clients", Gauge),
-        "Clients whose unexpired affinity names the backend.",
-        |b| Value::Int(b.affine_clients),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_active_flows", Gauge),
-        "Connections to the backend in the flow table.",
-        |b| Value::Int(b.active_flows),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_new_flows_total", Counter),
-        "Connections the data path assigned to the backend.",
-        |b| Value::Int(b.new_flows_total),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_refused_total", Counter),
-        "New connections the backend reset during their handshake (nothing listening).",
-        |b| Value::Int(b.refused_total),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_packets_total", Counter),
-        "Packets the data path steered to the backend.",
-        |b| Value::Int(b.packets),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_bytes_total", Counter),
-        "Bytes the data path steered to the backend.",
-        |b| Value::Int(b.bytes),
-    );
-    out.per_backend(
-        backends,
-        ("sticky_backend_health_transitions_total", Counter),
-        "Health state changes of the backend since start.",
-        |b| Value::Int(b.health_transitions),
-    );
+    for (name, kind, help, value) in PER_BACKEND {
+        out.per_backend(backends, (name, kind), help, value);
+    }
 
     out.family(
         "sticky_packets_total",
