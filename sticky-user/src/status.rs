@@ -47,7 +47,7 @@ pub struct Status {
     pub affinity_entries: u64,
     /// Established flows, both directions.
     pub flow_entries: u64,
-    /// Flows still in their handshake, both directions.
+    /// Flows still in their handshake (not yet confirmed by the client), both directions.
     #[serde(default)]
     pub new_flow_entries: u64,
     /// Memory the kernel charges for the instance's maps (flows, affinity, table…).

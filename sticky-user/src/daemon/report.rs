@@ -74,7 +74,16 @@ impl Daemon {
                 .collect(),
             affinity_entries: self.dp.affinity_entries()?.len() as u64,
             flow_entries: flows.len() as u64,
-            new_flow_entries: self.dp.new_flow_entries()?.len() as u64,
+            new_flow_entries: {
+                // Confirmed flows stay in the new-flow table until they age out: count the rest.
+                let established: std::collections::HashSet<_> =
+                    flows.iter().map(|(k, _)| *k).collect();
+                self.dp
+                    .new_flow_entries()?
+                    .iter()
+                    .filter(|(k, _)| !established.contains(k))
+                    .count() as u64
+            },
             map_bytes: self.dp.map_memory()?.iter().map(|m| m.bytes).sum(),
         })
     }
