@@ -344,9 +344,15 @@ impl Datapath {
         self.entries_of(names::FLOWS)
     }
 
-    /// Every entry of flows still in their handshake (both directions).
-    pub fn new_flow_entries(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
-        self.entries_of(names::NEW_FLOWS)
+    /// The keys of the new-flow table (flows in their handshake, and confirmed ones not yet
+    /// aged out): a key walk, half the syscalls of reading the values too.
+    pub fn new_flow_keys(&self) -> anyhow::Result<Vec<FlowKey>> {
+        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(
+            self.ebpf
+                .map(names::NEW_FLOWS)
+                .context("new-flow map missing")?,
+        )?;
+        Ok(map.keys().filter_map(Result::ok).collect())
     }
 
     fn entries_of(&self, name: &str) -> anyhow::Result<Vec<(FlowKey, Flow)>> {

@@ -93,17 +93,13 @@ fn client_ip_checked(source: &Source, flags: u8, values: &[u8]) {
         source.header_name().to_owned(),
         source.header_name().to_uppercase(),
     ];
-    let head = RequestHead {
-        method: "GET".to_owned(),
-        path: "/".to_owned(),
-        version: 1,
-        headers: values
+    let head = get_with(
+        values
             .split(|&b| b == b'\n')
             .zip(names.iter().cycle())
             .map(|(value, name)| (name.clone(), value.to_vec()))
             .collect(),
-        len: 0,
-    };
+    );
     match client_ip(&head, source, peer, &trusted) {
         Ok(ip) if !trusted.contains(peer) => assert_eq!(ip, peer.to_canonical()),
         Ok(ip) => {
@@ -191,16 +187,12 @@ pub fn cookies(data: &[u8]) {
     let Ok(name) = std::str::from_utf8(name) else {
         return;
     };
-    let head = RequestHead {
-        method: "GET".to_owned(),
-        path: "/".to_owned(),
-        version: 1,
-        headers: lines
+    let head = get_with(
+        lines
             .split(|&b| b == b'\n')
             .map(|value| ("Cookie".to_owned(), value.to_vec()))
             .collect(),
-        len: 0,
-    };
+    );
     if let Some(value) = cookie::find(&head, name) {
         assert!(
             head.headers
@@ -324,6 +316,17 @@ pub fn metrics_request(data: &[u8]) {
     let head = &buf[..end];
     assert!(head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"));
     let _ = metrics::parse_head(head);
+}
+
+/// `GET / HTTP/1.1` with these header lines, as the head parser would have built it.
+fn get_with(headers: Vec<(String, Vec<u8>)>) -> RequestHead {
+    RequestHead {
+        method: "GET".to_owned(),
+        path: "/".to_owned(),
+        version: 1,
+        headers,
+        len: 0,
+    }
 }
 
 #[cfg(test)]

@@ -79,9 +79,9 @@ impl Daemon {
                 let established: std::collections::HashSet<_> =
                     flows.iter().map(|(k, _)| *k).collect();
                 self.dp
-                    .new_flow_entries()?
+                    .new_flow_keys()?
                     .iter()
-                    .filter(|(k, _)| !established.contains(k))
+                    .filter(|k| !established.contains(k))
                     .count() as u64
             },
             map_bytes: self.dp.map_memory()?.iter().map(|m| m.bytes).sum(),
