@@ -513,8 +513,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A backend that answers any request head with `101 Switching Protocols` (a WebSocket-style
-/// upgrade), then echoes every byte until the client half-closes, then half-closes too.
+/// A backend that answers a request head with `101 Switching Protocols` (a WebSocket-style
+/// upgrade; `GET /plain`: `200 OK`, streamed until close), then echoes every byte until the
+/// client half-closes, then half-closes too.
 pub struct EchoBackend {
     _listener: Listener,
 }
@@ -536,19 +537,24 @@ fn echo(stream: TcpStream) {
     };
     let mut reader = BufReader::new(clone);
     let mut writer = stream;
+    let mut plain = false;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) if line == "\r\n" => break,
-            Ok(_) => {}
+            Ok(_) => plain |= line.starts_with("GET /plain "),
         }
     }
-    let upgrade =
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    // `GET /plain`: an ordinary response streamed until close (no protocol switch).
+    let answer: &[u8] = if plain {
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    } else {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    };
     // Bytes that arrived with the head are echoed first.
     let pending = reader.buffer().to_vec();
-    if writer.write_all(upgrade).is_err() || writer.write_all(&pending).is_err() {
+    if writer.write_all(answer).is_err() || writer.write_all(&pending).is_err() {
         return;
     }
     let mut stream = reader.into_inner();

@@ -271,12 +271,21 @@ fn cookies_keep_clients_behind_one_address_apart() {
 }
 
 /// Sends `total` bytes after the upgrade while reading the echo, checks every byte.
+/// `total` bytes each way through a WebSocket-style upgrade (`101`), checked byte by byte.
 fn echo_through(to: SocketAddr, total: usize, half_close: bool) -> Result<(), String> {
+    echo_via(to, "/ws", total, half_close)
+}
+
+/// The same through `GET path`: `/plain` gets an ordinary streamed response (`200`).
+fn echo_via(to: SocketAddr, path: &str, total: usize, half_close: bool) -> Result<(), String> {
     let mut s = TcpStream::connect(to).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\nConnection: \
+         Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -284,8 +293,16 @@ fn echo_through(to: SocketAddr, total: usize, half_close: bool) -> Result<(), St
             .map_err(|e| format!("upgrade answer: {e}"))?;
         head.push(byte[0]);
     }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(format!("no upgrade: {}", String::from_utf8_lossy(&head)));
+    let want: &[u8] = if path == "/plain" {
+        b"HTTP/1.1 200"
+    } else {
+        b"HTTP/1.1 101"
+    };
+    if !head.starts_with(want) {
+        return Err(format!(
+            "unexpected answer: {}",
+            String::from_utf8_lossy(&head)
+        ));
     }
     let mut writer = s.try_clone().map_err(|e| e.to_string())?;
     let sender = std::thread::spawn(move || {
@@ -370,6 +387,9 @@ fn bulk_and_concurrency(splice: bool) {
             // 100 MB each way on one connection, then a half-close that must carry through.
             echo_through(to, 100 << 20, true)
                 .unwrap_or_else(|e| panic!("100 MB (splice={splice}): {e}"));
+            // No upgrade: copied in small buffers, then (past 1 MiB) in large ones.
+            echo_via(to, "/plain", 16 << 20, true)
+                .unwrap_or_else(|e| panic!("16 MB plain (splice={splice}): {e}"));
             // 500 connections at once, 64 KiB each way.
             let handles: Vec<_> = (0..500)
                 .map(|_| std::thread::spawn(move || echo_through(to, 64 << 10, true)))
@@ -381,6 +401,48 @@ fn bulk_and_concurrency(splice: bool) {
             assert!(
                 failed.is_empty(),
                 "{} of 500 failed (splice={splice}): {:?}",
+                failed.len(),
+                &failed[..failed.len().min(3)]
+            );
+        })
+        .expect("client namespace");
+}
+
+/// `--splice-after`: a connection without an upgrade is copied for its first 64 KiB, then
+/// joins the sockmap mid-stream; every byte and the half-close must carry through the handoff.
+#[test]
+fn splice_after_a_threshold_carries_every_byte() {
+    if !root_or_skip("splice_after_a_threshold_carries_every_byte") {
+        return;
+    }
+    let topo = Topology::build("pthresh", 2, 1).expect("topology");
+    let _echo: Vec<EchoBackend> = topo
+        .backends
+        .iter()
+        .map(|ns| {
+            EchoBackend::start(
+                ns,
+                SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), ECHO_PORT),
+            )
+            .expect("echo")
+        })
+        .collect();
+    let _daemon = start(&topo, ECHO_PORT, &["--splice-after", "65536"]);
+    let to = proxy_addr(&topo);
+    topo.client
+        .run(move || {
+            echo_via(to, "/plain", 32 << 20, true)
+                .unwrap_or_else(|e| panic!("32 MB through the handoff: {e}"));
+            let handles: Vec<_> = (0..100)
+                .map(|_| std::thread::spawn(move || echo_via(to, "/plain", 256 << 10, true)))
+                .collect();
+            let failed: Vec<String> = handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())).err())
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{} of 100 failed: {:?}",
                 failed.len(),
                 &failed[..failed.len().min(3)]
             );
