@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{args_with, assign, ok, open_long_lived, root_or_skip, status, sticky_bin};
+use common::{args_with, assign, backend, ok, open_long_lived, root_or_skip, status, sticky_bin};
 use sticky::{
     control,
     sandbox::{Daemon, HttpBackend, HttpConn, Topology, get_once, plan},
@@ -69,10 +69,6 @@ fn report(campaign: &str, size: &str, result: &str) {
 /// Every backend of the topology.
 fn all(topo: &Topology) -> Vec<usize> {
     (0..topo.backends.len()).collect()
-}
-
-fn backend(k: usize) -> String {
-    SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT).to_string()
 }
 
 type Held = Vec<(usize, HttpConn, String)>;

@@ -13,7 +13,8 @@ use std::{
 };
 
 use common::{
-    args_with, assign, ok, open_long_lived, predicted, root_or_skip, spread, status, sticky_bin,
+    args_with, assign, backend, ok, open_long_lived, predicted, root_or_skip, spread, status,
+    sticky_bin,
 };
 use sticky::{
     sandbox::{Daemon, HttpBackend, Topology, plan},
@@ -21,10 +22,6 @@ use sticky::{
 };
 
 const CLIENTS: usize = 250;
-
-fn backend(k: usize) -> String {
-    SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT).to_string()
-}
 
 fn refused(out: &Output, what: &str, expect: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);

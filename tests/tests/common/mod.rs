@@ -167,6 +167,11 @@ pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) 
     d
 }
 
+/// Backend `k`'s IPv4 `ADDR:PORT` in the topology plan.
+pub fn backend(k: usize) -> String {
+    std::net::SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT).to_string()
+}
+
 /// `--iface cli0 --vip <IPv4 VIP>` and a `--backend` for each of `backends` (remote, on
 /// `BACKEND_PORT`), then `extra`.
 pub fn args_with(topo: &Topology, backends: &[usize], extra: &[&str]) -> Vec<String> {
@@ -177,8 +182,7 @@ pub fn args_with(topo: &Topology, backends: &[usize], extra: &[&str]) -> Vec<Str
         topo.vip(false).to_string(),
     ];
     for &k in backends {
-        let addr = std::net::SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT);
-        args.extend(["--backend".into(), addr.to_string()]);
+        args.extend(["--backend".into(), backend(k)]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
