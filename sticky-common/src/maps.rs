@@ -99,7 +99,7 @@ pub const BACKEND_DOWN: u8 = 3;
 pub struct Backend {
     pub addr: Addr16,
     pub port_be: u16,
-    /// One of `BACKEND_*`.
+    /// One of `BACKEND_*`; read it as a [`crate::BackendState`] with [`Backend::state`].
     pub state: u8,
     pub _pad0: u8,
     /// Bumped whenever the id is given to another address, so affinity to an id's previous
@@ -107,14 +107,6 @@ pub struct Backend {
     pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
-
-impl Backend {
-    /// Whether an affine client's new connection may still go here.
-    #[inline(always)]
-    pub const fn honours_affinity(&self) -> bool {
-        self.state == BACKEND_UP || self.state == BACKEND_DRAINING
-    }
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

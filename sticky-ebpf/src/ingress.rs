@@ -1,7 +1,7 @@
 //! Client → VIP: find or make the flow, DNAT it to its backend.
 //!
-//! Backend choice for a new flow: the client's affinity while it is fresh and its backend
-//! still honours it (up or draining); otherwise the Maglev table slot of the client hash.
+//! Backend choice for a new flow: `sticky_common::choose` over the maps (see `choice` there:
+//! the one place the rule lives).
 //!
 //! A new flow first lives in `NEW_FLOWS`; the client's next non-SYN packet (the handshake's
 //! ACK) moves it to `FLOWS` and records the client's affinity. Sources that never answer —
@@ -10,13 +10,12 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
-    Addr16, client_hash,
+    Addr16, View, choose,
     maps::{
-        AFFINITY_REFRESH_NS, Affinity, BACKEND_UP, Backend, COUNTER_DROP_NAT_ERROR,
-        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow,
-        FlowKey, NO_BACKEND, PROTO_TCP, VipKey,
+        AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND,
+        COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings,
+        VipKey,
     },
-    table_slot,
 };
 
 use crate::{
@@ -93,10 +92,9 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
 /// `NEW_FLOWS`. Returns the forward entry (backend address and port to NAT to).
 #[inline(always)]
 fn open_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<Flow> {
-    let (id, backend) = match affine_backend(&pkt.src, now) {
-        Some(found) => found,
-        None => table_backend(&pkt.src)?,
-    };
+    let settings = SETTINGS.get(0)?;
+    let choice = choose(&Maps { settings }, &pkt.src, settings, now)?;
+    let (id, backend) = (choice.id, choice.backend);
     // A backend at the unspecified address is a local port on whatever address the client
     // reached (`sticky cluster`: loopback and every interface alike).
     let target = if backend.addr.is_unspecified() {
@@ -167,37 +165,32 @@ fn reverse_of(pkt: &Packet, forward: &Flow) -> Flow {
     }
 }
 
-#[inline(always)]
-fn affine_backend(client: &Addr16, now: u64) -> Option<(u32, Backend)> {
-    let settings = SETTINGS.get(0)?;
-    // SAFETY: read-only copy of an LRU value.
-    let affinity = unsafe { *AFFINITY.get_ptr(client)? };
-    if now.saturating_sub(affinity.last_seen_ns) > settings.affinity_timeout_ns {
-        return None;
-    }
-    let backend = *BACKENDS.get(affinity.backend_id)?;
-    if !backend.honours_affinity() || backend.generation != affinity.generation {
-        return None;
-    }
-    Some((affinity.backend_id, backend))
+/// The decision's view of the maps: the live half of the table, backends, affinity.
+struct Maps<'a> {
+    settings: &'a Settings,
 }
 
-#[inline(always)]
-fn table_backend(client: &Addr16) -> Option<(u32, Backend)> {
-    let settings = SETTINGS.get(0)?;
-    let size = settings.table_size;
-    let slot = table_slot(client_hash(client, settings.hash_seed), size);
-    let base = if settings.active_table == 0 { 0 } else { size };
-    let id = *TABLE.get(base + slot)?;
-    if id == NO_BACKEND {
-        return None;
+impl View for Maps<'_> {
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<Backend> {
+        BACKENDS.get(id).copied()
     }
-    let backend = *BACKENDS.get(id)?;
-    // The table only ever names backends that are up; anything else is a table being swapped.
-    if backend.state != BACKEND_UP {
-        return None;
+
+    #[inline(always)]
+    fn table_entry(&self, slot: u32) -> Option<u32> {
+        let base = if self.settings.active_table == 0 {
+            0
+        } else {
+            self.settings.table_size
+        };
+        TABLE.get(base + slot).copied()
     }
-    Some((id, backend))
+
+    #[inline(always)]
+    fn affinity(&self, client: &Addr16) -> Option<Affinity> {
+        // SAFETY: read-only copy of an LRU value.
+        AFFINITY.get_ptr(client).map(|a| unsafe { *a })
+    }
 }
 
 /// Keeps a client with a long-lived connection affine: at most once a second per flow.
