@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod defaults;
 pub mod hash;
 pub mod maps;
 
