@@ -36,7 +36,10 @@ pub fn format(d: Duration) -> String {
         (60_000, "m"),
         (1_000, "s"),
     ];
-    match units.iter().find(|(size, _)| ms != 0 && ms.is_multiple_of(*size)) {
+    match units
+        .iter()
+        .find(|(size, _)| ms != 0 && ms.is_multiple_of(*size))
+    {
         Some((size, unit)) => format!("{}{unit}", ms / size),
         None => format!("{ms}ms"),
     }

@@ -7,8 +7,7 @@ use serde::Deserialize;
 
 use super::{
     ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
-    merge::{merge_fields, with_default},
+    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, merge::merge_fields, with_default,
 };
 use crate::{duration, health::HealthLayer, proxy::config::ProxyLayer};
 

@@ -48,11 +48,6 @@ macro_rules! merge_fields {
 }
 pub(crate) use merge_fields;
 
-/// Help text for a flag whose default is a constant, so the number is written once.
-pub fn with_default(help: &str, default: impl std::fmt::Display) -> String {
-    format!("{help} [default: {default}]")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ mod merge;
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 pub use layer::Layer;
+pub use merge::Merge;
 pub(crate) use merge::merge_fields;
-pub use merge::{Merge, with_default};
 pub use sticky_common::defaults::{
     DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
     MAX_TABLE_SIZE, MAX_VIPS, MIN_MAP_ENTRIES,
@@ -25,6 +25,11 @@ use crate::{
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_SEED: u32 = 0;
 pub const DEFAULT_INSTANCE: &str = "default";
+
+/// Help text for a flag whose default is a constant, so the value is written once.
+pub fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
 
 /// What a valid configuration holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
