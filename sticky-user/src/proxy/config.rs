@@ -22,7 +22,8 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Proxy settings, each optional: one layer from the command line, one from the config file's
 /// `[proxy]` table. A flag's name is its key, except `--proxy` (`listen`) and `--no-splice`
-/// (`splice = false`).
+/// (`splice = false`). Switches take no value and are `Some` only when given (a clap `SetTrue`
+/// flag would be `Some(false)` when absent and override the file).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProxyLayer {
