@@ -7,6 +7,9 @@ use aya_ebpf::{
 };
 use sticky_common::{
     Addr16,
+    defaults::{
+        DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, MAX_VIPS,
+    },
     maps::{
         Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, MAX_SPLICED,
         Settings, Vip, VipKey,
@@ -14,29 +17,31 @@ use sticky_common::{
 };
 
 #[map(name = "STICKY_VIPS")]
-pub static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(64, 0);
+pub static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "STICKY_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Set by userspace: 2 × table size.
 #[map(name = "STICKY_TABLE")]
-pub static TABLE: Array<u32> = Array::with_max_entries(2 * 65_537, 0);
+pub static TABLE: Array<u32> = Array::with_max_entries(2 * DEFAULT_TABLE_SIZE, 0);
 
 #[map(name = "STICKY_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Set by userspace (`max_flows`).
 #[map(name = "STICKY_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(262_144, 0);
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Set by userspace (`max_new_flows`).
 #[map(name = "STICKY_NEW_FLOWS")]
-pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(131_072, 0);
+pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_NEW_FLOWS, 0);
 
 /// Set by userspace (`max_clients`).
 #[map(name = "STICKY_AFFINITY")]
-pub static AFFINITY: LruHashMap<Addr16, Affinity> = LruHashMap::with_max_entries(131_072, 0);
+pub static AFFINITY: LruHashMap<Addr16, Affinity> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CLIENTS, 0);
 
 #[map(name = "STICKY_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

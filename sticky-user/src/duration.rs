@@ -27,6 +27,24 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     n.checked_mul(ms).map(Duration::from_millis).ok_or_else(err)
 }
 
+/// `d` as [`parse`] reads it, in the largest unit that divides it (help texts show defaults).
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    match units
+        .iter()
+        .find(|(size, _)| ms != 0 && ms.is_multiple_of(*size))
+    {
+        Some((size, unit)) => format!("{}{unit}", ms / size),
+        None => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +55,13 @@ mod tests {
         assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse(" 90s "), Ok(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["30m", "2s", "1d", "90s", "500ms", "0ms"] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
     }
 
     #[test]

@@ -27,27 +27,55 @@ pub const MAX_COUNT: u32 = 100;
 /// Longest status line read: a real one is ~20 bytes, so this only bounds hostile peers.
 const MAX_STATUS_LINE: u64 = 1024;
 
-/// Health settings, each optional: one layer from the command line, one from the config
-/// file's `[health]` table, and per-backend overrides under `[health.backends."ADDR:PORT"]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// Health settings, each optional: one layer from the command line (`--health-*`), one from
+/// the config file's `[health]` table, and per-backend overrides under
+/// `[health.backends."ADDR:PORT"]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HealthLayer {
-    /// `none`, `tcp` or `http:/PATH`.
+    /// Health check for every backend: none, tcp or http:/PATH [default: none].
+    #[arg(long = "health-check", value_name = "CHECK")]
     pub check: Option<String>,
-    /// Time between probes, like `2s`.
+    #[arg(long = "health-interval", value_name = "DURATION", help = crate::config::with_default(
+        "Time between health probes",
+        duration::format(DEFAULT_INTERVAL),
+    ))]
     pub interval: Option<String>,
-    /// How long one probe may take; less than the interval.
+    #[arg(long = "health-timeout", value_name = "DURATION", help = crate::config::with_default(
+        "How long one probe may take",
+        duration::format(DEFAULT_TIMEOUT),
+    ))]
     pub timeout: Option<String>,
-    /// Consecutive successes that bring a down backend back.
+    #[arg(long = "health-rise", value_name = "HEALTH_RISE", help = crate::config::with_default(
+        "Consecutive successes that bring a backend back",
+        DEFAULT_RISE,
+    ))]
     pub rise: Option<u32>,
-    /// Consecutive failures that take an up backend out.
+    #[arg(long = "health-fall", value_name = "HEALTH_FALL", help = crate::config::with_default(
+        "Consecutive failures that take a backend out",
+        DEFAULT_FALL,
+    ))]
     pub fall: Option<u32>,
-    /// HTTP statuses that count as healthy: `200-399` or a single code.
+    #[arg(long = "health-status", value_name = "RANGE", help = crate::config::with_default(
+        "HTTP statuses counted as healthy, like 200-399",
+        format!("{}-{}", DEFAULT_STATUS.start(), DEFAULT_STATUS.end()),
+    ))]
     pub status: Option<String>,
-    /// Overrides keyed by `ADDR:PORT`; unset fields come from this layer.
+    /// Overrides keyed by `ADDR:PORT` (config file only); unset fields come from this layer.
+    #[arg(skip)]
     #[serde(default)]
     pub backends: BTreeMap<String, HealthLayer>,
 }
+
+crate::config::merge_fields!(HealthLayer {
+    check,
+    interval,
+    timeout,
+    rise,
+    fall,
+    status,
+    backends,
+});
 
 /// How to probe a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,21 +160,6 @@ pub enum HealthError {
 }
 
 impl HealthLayer {
-    /// `self` over `base`: values set here win; a backend entry here replaces the base's.
-    pub fn over(self, base: HealthLayer) -> HealthLayer {
-        let mut backends = base.backends;
-        backends.extend(self.backends);
-        HealthLayer {
-            check: self.check.or(base.check),
-            interval: self.interval.or(base.interval),
-            timeout: self.timeout.or(base.timeout),
-            rise: self.rise.or(base.rise),
-            fall: self.fall.or(base.fall),
-            status: self.status.or(base.status),
-            backends,
-        }
-    }
-
     /// Checks every value, set or inherited, even where the check kind would not use it, so a
     /// typo never hides behind `check = "none"`.
     pub fn validate(&self) -> Result<HealthConfig, HealthError> {

@@ -232,6 +232,22 @@ fn bad_command_lines_are_refused_clearly() {
 }
 
 #[test]
+fn more_vips_than_the_map_holds_are_refused_before_loading() {
+    if !root_or_skip("more_vips_than_the_map_holds_are_refused_before_loading") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("vips")).expect("netns");
+    let mut args = ["run", "--iface", "lo", "--backend", "127.0.0.1:81"]
+        .map(String::from)
+        .to_vec();
+    for port in 1..=65 {
+        args.extend(["--vip".to_string(), format!("127.0.0.1:{port}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_refused(&ns, &args, "65 VIPs is more than the 64 sticky supports");
+}
+
+#[test]
 fn bad_config_file_names_the_line() {
     if !root_or_skip("bad_config_file_names_the_line") {
         return;

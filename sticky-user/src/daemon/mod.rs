@@ -299,24 +299,11 @@ impl Daemon {
     fn reload(&mut self) -> anyhow::Result<()> {
         let file = self.file.clone().context("no --config file to reload")?;
         let new = resolve(self.flags.clone(), Some(&file))?;
-        let fixed = |c: &Config| {
-            (
-                c.ifaces.clone(),
-                c.vips.clone(),
-                c.table_size,
-                c.seed,
-                c.max_flows,
-                c.max_new_flows,
-                c.max_clients,
-                c.affinity_timeout,
-                c.instance.clone(),
-                c.metrics,
-            )
-        };
-        if fixed(&new) != fixed(&self.config) {
+        let restart_only = self.config.restart_only(&new);
+        if !restart_only.is_empty() {
             bail!(
-                "only backends and health checks change on reload; interfaces, VIPs, seed, \
-                 table and map sizes, affinity timeout, instance and metrics need a restart"
+                "only backends and health checks change on reload; restart to change {}",
+                restart_only.join(", ")
             );
         }
         self.config.health = new.health;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::{cidr::CidrList, client_ip::Source};
 use crate::{
     addr::{AddrError, parse_endpoint},
+    config::{merge_fields, with_default},
     duration::{self, DurationError},
 };
 
@@ -19,22 +20,78 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// Proxy settings, each optional: one layer from the command line, one from the config file's
+/// `[proxy]` table. A flag's name is its key, except `--proxy` (`listen`) and `--no-splice`
+/// (`splice = false`). Switches take no value and are `Some` only when given (a clap `SetTrue`
+/// flag would be `Some(false)` when absent and override the file).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProxyLayer {
+    /// Proxy mode: listen on ADDR:PORT, take the client from a header or PROXY protocol.
+    #[arg(long = "proxy", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    #[arg(long, value_name = "NAME", help = with_default(
+        "Header naming the client: X-Forwarded-For, Forwarded, X-Real-IP or another list header",
+        DEFAULT_HEADER,
+    ))]
     pub header: Option<String>,
+    /// Expect a PROXY protocol v1/v2 header (HAProxy, cloud balancers) instead of a header.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub proxy_protocol: Option<bool>,
+    /// Peers whose header or PROXY header is believed, like 10.0.0.0/8,fd00::/8 [default: none].
+    #[arg(long, value_name = "CIDR,...")]
     pub trusted_proxies: Option<String>,
+    /// Route a trusted peer's request without the header by the peer address instead of 400.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub ignore_missing_header: Option<bool>,
+    /// Cookie stickiness: insert NAME=<backend token> and route by it while valid.
+    #[arg(long, value_name = "NAME")]
     pub cookie: Option<String>,
+    /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
+    #[arg(long = "no-splice", num_args = 0, default_missing_value = "false")]
     pub splice: Option<bool>,
-    pub header_timeout: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub max_head_bytes: Option<usize>,
-    pub max_connections: Option<usize>,
+    /// Also splice connections that moved this many bytes (0: every connection at once)
+    /// [default: only WebSocket upgrades (`101`) are spliced; other connections are copied,
+    /// large buffers after their first MiB].
+    #[arg(long, value_name = "BYTES")]
     pub splice_after: Option<u64>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "Time a client has to send its request head",
+        duration::format(DEFAULT_HEADER_TIMEOUT),
+    ))]
+    pub header_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "Time to connect to a backend",
+        duration::format(DEFAULT_CONNECT_TIMEOUT),
+    ))]
+    pub connect_timeout: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default(
+        "Largest request head; larger gets 431",
+        DEFAULT_MAX_HEAD,
+    ))]
+    pub max_head_bytes: Option<usize>,
+    #[arg(long, value_name = "N", help = with_default(
+        "Client connections the proxy serves at once; past it new ones get 503 and are closed \
+         while the others carry on",
+        DEFAULT_MAX_CONNECTIONS,
+    ))]
+    pub max_connections: Option<usize>,
 }
+
+merge_fields!(ProxyLayer {
+    listen,
+    header,
+    proxy_protocol,
+    trusted_proxies,
+    ignore_missing_header,
+    cookie,
+    splice,
+    splice_after,
+    header_timeout,
+    connect_timeout,
+    max_head_bytes,
+    max_connections,
+});
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
@@ -80,23 +137,6 @@ pub enum ProxyConfigError {
 }
 
 impl ProxyLayer {
-    pub fn over(self, base: ProxyLayer) -> ProxyLayer {
-        ProxyLayer {
-            listen: self.listen.or(base.listen),
-            header: self.header.or(base.header),
-            proxy_protocol: self.proxy_protocol.or(base.proxy_protocol),
-            trusted_proxies: self.trusted_proxies.or(base.trusted_proxies),
-            ignore_missing_header: self.ignore_missing_header.or(base.ignore_missing_header),
-            cookie: self.cookie.or(base.cookie),
-            splice: self.splice.or(base.splice),
-            header_timeout: self.header_timeout.or(base.header_timeout),
-            connect_timeout: self.connect_timeout.or(base.connect_timeout),
-            max_head_bytes: self.max_head_bytes.or(base.max_head_bytes),
-            max_connections: self.max_connections.or(base.max_connections),
-            splice_after: self.splice_after.or(base.splice_after),
-        }
-    }
-
     /// `None` when proxy mode is off.
     pub fn validate(&self) -> Result<Option<ProxyConfig>, ProxyConfigError> {
         let Some(listen) = &self.listen else {

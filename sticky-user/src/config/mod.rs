@@ -1,28 +1,35 @@
 //! `sticky run` configuration: flags, or the same names in a TOML file (flags win), checked
 //! as a whole before anything touches the kernel.
 
-use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+mod layer;
+mod merge;
 
-use serde::Deserialize;
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
+
+pub use layer::Layer;
+pub use merge::Merge;
+pub(crate) use merge::merge_fields;
+pub use sticky_common::defaults::{
+    DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
+    MAX_TABLE_SIZE, MAX_VIPS, MIN_MAP_ENTRIES,
+};
 use sticky_common::maps::MAX_BACKENDS;
 
 use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
     duration,
-    health::{HealthConfig, HealthError, HealthLayer},
-    proxy::config::{ProxyConfig, ProxyConfigError, ProxyLayer},
+    health::{HealthConfig, HealthError},
+    proxy::config::{ProxyConfig, ProxyConfigError},
 };
 
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
-pub const DEFAULT_MAX_CLIENTS: u32 = 131_072;
-/// Entries for handshakes in progress (two per connection): 64k connections opening at once.
-pub const DEFAULT_MAX_NEW_FLOWS: u32 = 131_072;
 pub const DEFAULT_SEED: u32 = 0;
 pub const DEFAULT_INSTANCE: &str = "default";
-/// Largest table: 2 × this many u32 slots stay well under a few MiB of map memory.
-pub const MAX_TABLE_SIZE: u32 = 1_000_003;
+
+/// Help text for a flag whose default is a constant, so the value is written once.
+pub fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
 
 /// What a valid configuration holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,31 +47,6 @@ pub struct Config {
     pub health: HealthConfig,
     pub metrics: Option<SocketAddr>,
     pub proxy: Option<ProxyConfig>,
-}
-
-/// Every setting, each optional: one layer from the command line, one from a file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Layer {
-    #[serde(default)]
-    pub iface: Vec<String>,
-    #[serde(default)]
-    pub vip: Vec<String>,
-    #[serde(default)]
-    pub backend: Vec<String>,
-    pub seed: Option<u32>,
-    pub table_size: Option<u32>,
-    pub affinity_timeout: Option<String>,
-    pub max_flows: Option<u32>,
-    pub max_new_flows: Option<u32>,
-    pub max_clients: Option<u32>,
-    pub instance: Option<String>,
-    /// Prometheus endpoint, `ADDR:PORT`.
-    pub metrics: Option<String>,
-    #[serde(default)]
-    pub health: HealthLayer,
-    #[serde(default)]
-    pub proxy: ProxyLayer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +70,8 @@ pub enum ConfigError {
     Vip(AddrError),
     #[error("backend {0}")]
     Backend(AddrError),
+    #[error("{0} VIPs is more than the {MAX_VIPS} sticky supports")]
+    TooManyVips(usize),
     #[error("duplicate VIP {0}")]
     DuplicateVip(SocketAddr),
     #[error("duplicate backend {0}")]
@@ -123,63 +107,6 @@ pub enum ConfigError {
 }
 
 impl Layer {
-    /// Reads a TOML file; errors name the file, line and field.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Toml {
-            path: path.display().to_string(),
-            message,
-        })
-    }
-
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            // Unknown keys are reported against their whole table: point at the key instead.
-            let key_line = msg
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split_once('`'))
-                .and_then(|(key, _)| {
-                    text.lines()
-                        .position(|l| l.trim_start().starts_with(key))
-                        .map(|i| i + 1)
-                });
-            if let Some(line) = key_line {
-                return format!("line {line}: {msg}");
-            }
-            match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}: {msg}")
-                }
-                None => msg,
-            }
-        })
-    }
-
-    /// `self` over `base`: lists and values set here replace the base's.
-    pub fn over(self, base: Layer) -> Layer {
-        let pick = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
-        Layer {
-            iface: pick(self.iface, base.iface),
-            vip: pick(self.vip, base.vip),
-            backend: pick(self.backend, base.backend),
-            seed: self.seed.or(base.seed),
-            table_size: self.table_size.or(base.table_size),
-            affinity_timeout: self.affinity_timeout.or(base.affinity_timeout),
-            max_flows: self.max_flows.or(base.max_flows),
-            max_new_flows: self.max_new_flows.or(base.max_new_flows),
-            max_clients: self.max_clients.or(base.max_clients),
-            instance: self.instance.or(base.instance),
-            metrics: self.metrics.or(base.metrics),
-            health: self.health.over(base.health),
-            proxy: self.proxy.over(base.proxy),
-        }
-    }
-
     /// Checks everything that does not depend on this host.
     pub fn validate(self) -> Result<Config, ConfigError> {
         if self.iface.is_empty() {
@@ -198,6 +125,9 @@ impl Layer {
                 return Err(ConfigError::DuplicateVip(vip));
             }
             vips.push(vip);
+        }
+        if vips.len() > MAX_VIPS as usize {
+            return Err(ConfigError::TooManyVips(vips.len()));
         }
         let mut backends = Vec::new();
         let mut seen = HashSet::new();
@@ -225,24 +155,17 @@ impl Layer {
             None => DEFAULT_AFFINITY_TIMEOUT,
         };
         let max_flows = self.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
-        if max_flows < 64 {
-            return Err(ConfigError::TooSmall {
-                name: "max-flows",
-                min: 64,
-            });
-        }
         let max_new_flows = self.max_new_flows.unwrap_or(DEFAULT_MAX_NEW_FLOWS);
-        if max_new_flows < 64 {
-            return Err(ConfigError::TooSmall {
-                name: "max-new-flows",
-                min: 64,
-            });
-        }
         let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
-        if max_clients < 64 {
+        let sizes = [
+            ("max-flows", max_flows),
+            ("max-new-flows", max_new_flows),
+            ("max-clients", max_clients),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, n)| *n < MIN_MAP_ENTRIES) {
             return Err(ConfigError::TooSmall {
-                name: "max-clients",
-                min: 64,
+                name,
+                min: MIN_MAP_ENTRIES,
             });
         }
         let instance = self
@@ -297,6 +220,46 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The settings (by key) that differ in `new` but only take effect on a restart: maps are
+    /// sized, programs attached and endpoints bound at start. Reload applies the rest.
+    pub fn restart_only(&self, new: &Config) -> Vec<&'static str> {
+        // Taken apart in full so a new setting does not compile until it is sorted here.
+        let Config {
+            ifaces,
+            vips,
+            backends: _,
+            seed,
+            table_size,
+            affinity_timeout,
+            max_flows,
+            max_new_flows,
+            max_clients,
+            instance,
+            health: _,
+            metrics,
+            // Read once at start; a reload leaves the running proxy as it is.
+            proxy: _,
+        } = self;
+        [
+            ("iface", *ifaces != new.ifaces),
+            ("vip", *vips != new.vips),
+            ("seed", *seed != new.seed),
+            ("table-size", *table_size != new.table_size),
+            (
+                "affinity-timeout",
+                *affinity_timeout != new.affinity_timeout,
+            ),
+            ("max-flows", *max_flows != new.max_flows),
+            ("max-new-flows", *max_new_flows != new.max_new_flows),
+            ("max-clients", *max_clients != new.max_clients),
+            ("instance", *instance != new.instance),
+            ("metrics", *metrics != new.metrics),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 }
 
@@ -364,6 +327,58 @@ mod tests {
         let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
         l.instance = Some("../etc".into());
         assert!(msg(l).contains("instance name"));
+    }
+
+    #[test]
+    fn map_sizes_below_the_minimum_are_named() {
+        for (name, set) in [
+            (
+                "max-flows",
+                (|l: &mut Layer| l.max_flows = Some(63)) as fn(&mut Layer),
+            ),
+            ("max-new-flows", |l| l.max_new_flows = Some(63)),
+            ("max-clients", |l| l.max_clients = Some(63)),
+        ] {
+            let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+            set(&mut l);
+            let err = l.validate().unwrap_err().to_string();
+            assert_eq!(err, format!("{name} must be at least 64"));
+        }
+    }
+
+    #[test]
+    fn more_vips_than_the_map_holds_are_refused() {
+        let vips: Vec<String> = (1..=MAX_VIPS + 1)
+            .map(|p| format!("10.0.0.1:{p}"))
+            .collect();
+        let vips: Vec<&str> = vips.iter().map(String::as_str).collect();
+        let err = layer(&["e"], &vips, &["10.0.1.1:80"])
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::TooManyVips(65)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "65 VIPs is more than the 64 sticky supports"
+        );
+        let most = &vips[..MAX_VIPS as usize];
+        assert!(layer(&["e"], most, &["10.0.1.1:80"]).validate().is_ok());
+    }
+
+    #[test]
+    fn restart_only_names_the_changed_settings_that_need_a_restart() {
+        let running = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"])
+            .validate()
+            .unwrap();
+        assert!(running.restart_only(&running.clone()).is_empty());
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.2:80@3"]);
+        l.health.check = Some("tcp".into());
+        let reloadable = l.clone().validate().unwrap();
+        assert!(running.restart_only(&reloadable).is_empty());
+        l.seed = Some(7);
+        l.max_flows = Some(1024);
+        l.vip = vec!["10.0.0.2:80".into()];
+        let fixed = l.validate().unwrap();
+        assert_eq!(running.restart_only(&fixed), ["vip", "seed", "max-flows"]);
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! Every `sticky run` setting, each optional: one layer from the command line, one from the
+//! `--config` file, under the same names (flag `--max-flows` is key `max-flows`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{
+    ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, merge::merge_fields, with_default,
+};
+use crate::{duration, health::HealthLayer, proxy::config::ProxyLayer};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Layer {
+    /// Client-facing interface to attach to (repeatable).
+    #[arg(long, value_name = "IF")]
+    pub iface: Vec<String>,
+    /// Virtual IP and port clients connect to (repeatable; IPv6 as [ADDR]:PORT).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub vip: Vec<String>,
+    /// Backend and optional weight (repeatable; weight 1-1000, default 1).
+    #[arg(long, value_name = "ADDR:PORT[@WEIGHT]")]
+    pub backend: Vec<String>,
+    /// Hash seed: nodes with the same seed and backends pick the same backend per client.
+    #[arg(long)]
+    pub seed: Option<u32>,
+    #[arg(long, help = with_default("Maglev table slots, a prime", DEFAULT_TABLE_SIZE))]
+    pub table_size: Option<u32>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "How long a client's new connections keep going to its backend after its last packet",
+        duration::format(DEFAULT_AFFINITY_TIMEOUT),
+    ))]
+    pub affinity_timeout: Option<String>,
+    #[arg(long, help = with_default(
+        "Connection-tracking entries (two per connection)",
+        DEFAULT_MAX_FLOWS,
+    ))]
+    pub max_flows: Option<u32>,
+    #[arg(long, help = with_default(
+        "Entries for connections still in their handshake (two per connection); SYN floods \
+         churn only these, never established flows",
+        DEFAULT_MAX_NEW_FLOWS,
+    ))]
+    pub max_new_flows: Option<u32>,
+    #[arg(long, help = with_default("Client-affinity entries", DEFAULT_MAX_CLIENTS))]
+    pub max_clients: Option<u32>,
+    /// From the global `--instance` flag or the file's `instance` key.
+    #[arg(skip)]
+    pub instance: Option<String>,
+    /// Serve Prometheus metrics on ADDR:PORT (/metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+    #[command(flatten)]
+    pub health: HealthLayer,
+    #[command(flatten)]
+    pub proxy: ProxyLayer,
+}
+
+merge_fields!(Layer {
+    iface,
+    vip,
+    backend,
+    seed,
+    table_size,
+    affinity_timeout,
+    max_flows,
+    max_new_flows,
+    max_clients,
+    instance,
+    metrics,
+    health,
+    proxy,
+});
+
+impl Layer {
+    /// Reads a TOML file; errors name the file, line and field.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Toml {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            // Unknown keys are reported against their whole table: point at the key instead.
+            let key_line = msg
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split_once('`'))
+                .and_then(|(key, _)| {
+                    text.lines()
+                        .position(|l| l.trim_start().starts_with(key))
+                        .map(|i| i + 1)
+                });
+            if let Some(line) = key_line {
+                return format!("line {line}: {msg}");
+            }
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })
+    }
+}
