@@ -1,6 +1,6 @@
 //! Backend → client: replies of flows we DNATed get the VIP back as their source.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use sticky_common::maps::{
     COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP,
 };
@@ -9,7 +9,7 @@ use crate::{
     maps::{FLOWS, NEW_FLOWS, count, count_backend, count_refused},
     nat::{End, rewrite},
     parse::Packet,
-    verdict::{drop, on_tcp, pass},
+    verdict::{drop, forwarded, on_tcp, pass},
 };
 
 #[inline(always)]
@@ -48,5 +48,5 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
     if handshake && pkt.rst {
         count_refused(flow.backend_id);
     }
-    TC_ACT_OK
+    forwarded()
 }

@@ -8,7 +8,7 @@
 //! a SYN flood from spoofed addresses — only churn `NEW_FLOWS`: established flows and
 //! affinities are never evicted to make room for them.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
     Addr16, View, choose,
     maps::{
@@ -22,7 +22,7 @@ use crate::{
     maps::{AFFINITY, BACKENDS, FLOWS, NEW_FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
     nat::{End, rewrite},
     parse::Packet,
-    verdict::{drop, on_tcp, pass},
+    verdict::{drop, forwarded, on_tcp, pass},
 };
 
 #[inline(always)]
@@ -85,7 +85,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     }
     count(COUNTER_NAT);
     count_backend(id, ctx.len(), new_flow);
-    TC_ACT_OK
+    forwarded()
 }
 
 /// Picks the backend for a flow we have no state for and records both directions of it in

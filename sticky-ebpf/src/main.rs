@@ -1,5 +1,6 @@
-//! Entry points only. Fail policy: traffic that is not ours, or that we cannot parse, passes
-//! untouched (`TC_ACT_OK`); VIP traffic we cannot deliver is dropped and counted.
+//! Entry points only. Fail policy (`verdict`): traffic that is not ours, or that we cannot
+//! parse, passes untouched to the next program on the hook (`TCX_NEXT`); VIP traffic we
+//! cannot deliver is dropped and counted; what we rewrote ends the chain (`TC_ACT_OK`).
 #![no_std]
 #![no_main]
 

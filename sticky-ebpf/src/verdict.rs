@@ -1,8 +1,14 @@
-//! The programs' shared fail policy: what is not a TCP segment we can read passes untouched,
-//! counted by kind; VIP traffic we cannot deliver is dropped, counted.
+//! The programs' shared fail policy: what is not ours passes untouched to the next program on
+//! the hook, counted by kind; VIP traffic we cannot deliver is dropped, counted; only packets
+//! we rewrote end the chain.
+//!
+//! "Not ours" returns `TCX_NEXT` (`TC_ACT_UNSPEC` on legacy tc, the same -1): with tcx,
+//! `TC_ACT_OK` ends the hook's chain, so returning it for other traffic would hide that
+//! traffic from every program attached after us — a second sticky instance on the same
+//! interface, a firewall, Cilium. On the last program of a chain, next behaves as pass.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
     programs::TcContext,
 };
 use sticky_common::maps::{COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED};
@@ -23,9 +29,16 @@ pub fn on_tcp(ctx: &TcContext, on_tcp: impl FnOnce(&Packet) -> i32) -> i32 {
     }
 }
 
+/// Not ours: counted, and on to the next program of the hook.
 #[inline(always)]
 pub fn pass(counter: u32) -> i32 {
     count(counter);
+    TCX_NEXT
+}
+
+/// Ours and rewritten: the chain ends here and the stack routes the packet.
+#[inline(always)]
+pub fn forwarded() -> i32 {
     TC_ACT_OK
 }
 

@@ -16,7 +16,7 @@
 //! - `common::packets::classify` (the parsing rules, written out independently) says which
 //!   frames are TCP segments. A frame that is not one, or is one not addressed to the VIP
 //!   (ingress) or not a reply of a flow the model saw NATed (egress), comes back
-//!   byte-identical with `TC_ACT_OK`.
+//!   byte-identical with `TCX_NEXT` (on to the next program of the hook).
 //! - A segment to the VIP comes back with `TC_ACT_OK`, rewritten: nothing changed but the
 //!   destination address and port and the checksums, and each checksum's error carried over
 //!   (`packets::nat_rewrite`: valid stays valid; the programs never verify checksums, so a
@@ -294,7 +294,7 @@ struct Model {
 enum Want {
     /// EINVAL from BPF_PROG_TEST_RUN: too short to run.
     Refused,
-    /// `TC_ACT_OK`, byte-identical, this counter up.
+    /// `TCX_NEXT`, byte-identical, this counter up.
     Unchanged { counter: u32, why: &'static str },
     /// Ingress to the VIP: rewritten to one of `allowed`, or dropped when it is empty.
     Dnat {
@@ -320,7 +320,7 @@ impl Outcome {
     fn name(self) -> &'static str {
         match self {
             Outcome::Refused => "refused (EINVAL, too short to run)",
-            Outcome::Passed => "TC_ACT_OK, byte-identical",
+            Outcome::Passed => "TCX_NEXT, byte-identical",
             Outcome::DnatNew => "TC_ACT_OK, DNAT of a new flow",
             Outcome::DnatEstablished => "TC_ACT_OK, DNAT of an established flow",
             Outcome::Snat => "TC_ACT_OK, reverse NAT of a reply",
@@ -734,7 +734,7 @@ impl<'a> Fuzz<'a> {
         match want {
             Want::Refused => unreachable!("handled by the caller"),
             Want::Unchanged { counter, why } => {
-                want_action(TC_ACT_OK).map_err(|e| format!("{why}: {e}"))?;
+                want_action(TCX_NEXT).map_err(|e| format!("{why}: {e}"))?;
                 unchanged(input, out).map_err(|e| format!("{why}, must pass untouched: {e}"))?;
                 Ok((Outcome::Passed, *counter))
             }
@@ -778,10 +778,11 @@ impl<'a> Fuzz<'a> {
                 Ok((outcome, COUNTER_NAT))
             }
             Want::Snat { layout, must } => {
-                want_action(TC_ACT_OK).map_err(|e| format!("reply: {e}"))?;
                 if !must && input == out {
+                    want_action(TCX_NEXT).map_err(|e| format!("reply passed: {e}"))?;
                     return Ok((Outcome::Passed, COUNTER_PASS));
                 }
+                want_action(TC_ACT_OK).map_err(|e| format!("reply: {e}"))?;
                 let after = nat_rewrite(input, out, layout).map_err(|e| format!("reply: {e}"))?;
                 if after.dst != layout.dst || after.src != self.scenario.vip {
                     return Err(format!(

@@ -22,8 +22,11 @@ use sticky_common::{
     maps::{self as names, Flow, FlowKey},
 };
 
+/// A packet sticky rewrote: the hook's chain ends, the stack routes it.
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+/// Not sticky's: on to the next program of the hook (`TC_ACT_UNSPEC` on legacy tc).
+pub const TCX_NEXT: i32 = -1;
 
 pub const SEED: u32 = 0x5eed_0001;
 /// Prime and small: every `apply` writes the whole idle half of the table.
@@ -48,6 +51,7 @@ pub fn action_name(action: i32) -> &'static str {
     match action {
         TC_ACT_OK => "TC_ACT_OK",
         TC_ACT_SHOT => "TC_ACT_SHOT",
+        TCX_NEXT => "TCX_NEXT",
         _ => "other",
     }
 }
