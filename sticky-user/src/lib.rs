@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod hashbench;
 pub mod health;
 pub mod metrics;
+pub mod namespaces;
 pub mod object;
 pub mod proxy;
 pub mod sandbox;

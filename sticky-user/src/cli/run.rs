@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::config::Layer;
+use crate::{
+    config::Layer,
+    namespaces::{self, PROCESS_LIFETIME_WARNING, PinScope},
+};
 
 /// Balance VIP traffic on interfaces to backends, in the kernel (tc eBPF).
 #[derive(clap::Args)]
@@ -20,12 +23,29 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
         config: file,
     } = args;
     layer.instance = instance;
+    // While this process still has one thread: namespaces can only be changed then.
+    if enter_namespaces(&layer, file.as_ref())? == PinScope::ProcessLifetime {
+        eprintln!("sticky: {PROCESS_LIFETIME_WARNING}");
+    }
     // One worker per CPU the process may use (proxy mode scales with them); TOKIO_WORKER_THREADS
     // overrides it.
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(crate::daemon::run(layer, file))
+}
+
+/// Enters `--netns` (flag or file), then makes sure the pins outlive this process.
+fn enter_namespaces(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<PinScope> {
+    let netns = match (&flags.netns, file) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(path)) => Layer::from_file(path)?.netns,
+        (None, None) => None,
+    };
+    if let Some(name) = netns {
+        namespaces::enter_netns(&name)?;
+    }
+    Ok(namespaces::persistent_pins())
 }
 
 #[cfg(test)]
@@ -53,7 +73,7 @@ mod tests {
         let args: Vec<&str> = concat!(
             "--iface eth0 --iface eth1 --vip 10.0.0.1:80 --backend 10.0.1.1:80@2 ",
             "--seed 7 --table-size 7 --affinity-timeout 5m --max-flows 100 ",
-            "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 ",
+            "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 --netns lb ",
             "--health-check tcp --health-interval 3s --health-timeout 2s --health-rise 4 ",
             "--health-fall 5 --health-status 200 --proxy 10.0.0.1:8080 --header Forwarded ",
             "--proxy-protocol --trusted-proxies 10.0.0.0/8 --ignore-missing-header ",
@@ -74,6 +94,7 @@ mod tests {
             max-new-flows = 101
             max-clients = 102
             metrics = "127.0.0.1:9100"
+            netns = "lb"
             [health]
             check = "tcp"
             interval = "3s"

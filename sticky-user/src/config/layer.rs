@@ -52,6 +52,10 @@ pub struct Layer {
     /// Serve Prometheus metrics on ADDR:PORT (/metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// Run in this network namespace (a name from `ip netns list`, or a path): entered by the
+    /// daemon itself, mounts untouched, so pins outlive it (unlike `ip netns exec`).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
     #[command(flatten)]
     pub health: HealthLayer,
     #[command(flatten)]
@@ -70,6 +74,7 @@ merge_fields!(Layer {
     max_clients,
     instance,
     metrics,
+    netns,
     health,
     proxy,
 });

@@ -46,6 +46,8 @@ pub struct Config {
     pub instance: String,
     pub health: HealthConfig,
     pub metrics: Option<SocketAddr>,
+    /// The network namespace the daemon enters itself (`--netns`).
+    pub netns: Option<String>,
     pub proxy: Option<ProxyConfig>,
 }
 
@@ -203,6 +205,7 @@ impl Layer {
             max_new_flows,
             max_clients,
             instance,
+            netns: self.netns,
         })
     }
 }
@@ -239,8 +242,8 @@ impl Config {
             instance,
             health: _,
             metrics,
-            // Read once at start; a reload leaves the running proxy as it is.
-            proxy: _,
+            netns,
+            proxy,
         } = self;
         [
             ("iface", *ifaces != new.ifaces),
@@ -256,6 +259,10 @@ impl Config {
             ("max-clients", *max_clients != new.max_clients),
             ("instance", *instance != new.instance),
             ("metrics", *metrics != new.metrics),
+            ("netns", *netns != new.netns),
+            // The proxy's listener, sources and limits are set up once at start: a reload
+            // that changes them is refused rather than silently ignored.
+            ("proxy", *proxy != new.proxy),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
