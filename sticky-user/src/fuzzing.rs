@@ -9,12 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::{
     config::{self, Layer},
-    control, metrics,
+    control,
+    http::{self, HeadError, RequestHead, request as head},
+    metrics,
     proxy::{
         cidr::{Cidr, CidrList},
         client_ip::{ClientIpError, MAX_EXCERPT, Source, client_ip},
         cookie,
-        head::{self, HeadError, RequestHead},
         proxy_protocol::{self, V1_MAX_LEN, V2_MAX_BLOCK, V2_SIGNATURE},
     },
 };
@@ -118,7 +119,7 @@ fn client_ip_checked(source: &Source, flags: u8, values: &[u8]) {
                 );
             }
             // The error text reaches the client in a 400 response: it must stay its body.
-            let response = head::response_status(400, &e.to_string());
+            let response = http::response_status(400, &e.to_string());
             let mut headers = [httparse::EMPTY_HEADER; 8];
             let mut parsed = httparse::Response::new(&mut headers);
             let status = parsed.parse(&response).expect("own response parses");
@@ -302,20 +303,12 @@ pub fn cidr_list(data: &[u8]) {
     }
 }
 
-/// The Prometheus endpoint's request head, as its reader delimits it.
+/// The Prometheus endpoint's request head, as its reader parses it.
 pub fn metrics_request(data: &[u8]) {
-    let start = data
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    let buf = &data[start..];
-    let Some(end) = metrics::head_end(buf) else {
-        return;
-    };
-    assert!(end <= buf.len());
-    let head = &buf[..end];
-    assert!(head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"));
-    let _ = metrics::parse_head(head);
+    if let Ok(Some(head)) = metrics::parse_request(data) {
+        assert!(head.len <= data.len());
+        let _ = head.origin_path();
+    }
 }
 
 /// `GET / HTTP/1.1` with these header lines, as the head parser would have built it.

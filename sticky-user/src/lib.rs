@@ -15,6 +15,7 @@ pub mod duration;
 pub mod fuzzing;
 pub mod hashbench;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod namespaces;
 pub mod object;

@@ -237,7 +237,7 @@ impl<'de> Deserialize<'de> for CidrList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::head::fuzz::XorShift;
+    use crate::http::fuzz::XorShift;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

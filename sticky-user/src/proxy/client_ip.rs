@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::cidr::CidrList;
-use super::head::{RequestHead, is_token};
+use crate::http::{RequestHead, is_token};
 
 /// Where the client address is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,7 +274,7 @@ fn excerpt(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::head::fuzz::XorShift;
+    use crate::http::fuzz::XorShift;
 
     const TRUSTED: &str = "10.0.0.0/8, fd00::/8";
 

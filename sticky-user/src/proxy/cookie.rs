@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use sticky_common::Addr16;
 
-use super::head::{RequestHead, is_token};
+use crate::http::{self, RequestHead, is_token};
 
 /// The value of the first cookie called exactly `name` across all `Cookie` headers, with
 /// surrounding blanks and one pair of double quotes removed. Cookie names are
@@ -65,11 +65,8 @@ pub fn set_cookie_line(name: &str, token: &str) -> String {
 /// A `1xx` interim response gets the line too; clients may ignore cookies there, so the
 /// next response without a cookie in its request sets it again.
 pub fn insert_into_response(buf: &[u8], line: &str) -> Option<Vec<u8>> {
-    if !buf.starts_with(b"HTTP/1.") {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == b'\n')? + 1;
-    let (status, rest) = buf.split_at_checked(end)?;
+    let end = http::status_line(buf).ok()??.len?;
+    let (status, rest) = buf.split_at(end);
     let mut out = Vec::with_capacity(buf.len() + line.len());
     out.extend_from_slice(status);
     out.extend_from_slice(line.as_bytes());
@@ -128,8 +125,8 @@ fn sip_round(v: &mut [u64; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::head::fuzz::XorShift;
-    use crate::proxy::head::parse;
+    use crate::http::fuzz::XorShift;
+    use crate::http::request::parse;
 
     fn with_cookies(values: &[&str]) -> RequestHead {
         let mut req = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();

@@ -6,7 +6,6 @@ pub mod cidr;
 pub mod client_ip;
 pub mod config;
 pub mod cookie;
-pub mod head;
 pub mod proxy_protocol;
 pub mod routing;
 pub mod server;

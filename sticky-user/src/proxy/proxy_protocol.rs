@@ -220,7 +220,7 @@ fn v2_addresses<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::head::fuzz::XorShift;
+    use crate::http::fuzz::XorShift;
 
     fn sock(s: &str) -> Option<SocketAddr> {
         Some(s.parse().unwrap())

@@ -12,18 +12,18 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
-    time::timeout_at,
 };
 use tracing::{debug, info, warn};
 
-use crate::clock::monotonic_ns;
+use crate::{
+    clock::monotonic_ns,
+    http::{self, HeadError, ReadError, RequestHead},
+};
 
 use super::{
     client_ip::{ClientIpError, client_ip},
     config::ProxyConfig,
-    cookie,
-    head::{self, HeadError, RequestHead},
-    proxy_protocol,
+    cookie, proxy_protocol,
     routing::{AffinityMap, Reason, SharedRouting, choose},
     splice::{self, Handoff, SharedSplicer},
 };
@@ -42,7 +42,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     let limit = proxy.config.max_connections;
     let slots = Arc::new(Semaphore::new(limit));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-    let full = head::response_status(503, "connection limit reached");
+    let full = http::response_status(503, "connection limit reached");
     let mut refused = Refused::default();
     loop {
         match listener.accept().await {
@@ -123,7 +123,7 @@ impl Refused {
 struct Refusal(u16, &'static str, String);
 
 async fn refuse(client: &mut TcpStream, r: Refusal) -> anyhow::Result<()> {
-    let _ = client.write_all(&head::response_status(r.0, &r.2)).await;
+    let _ = client.write_all(&http::response_status(r.0, &r.2)).await;
     let _ = client.shutdown().await;
     anyhow::bail!("{} {}: {}", r.0, r.1, r.2)
 }
@@ -132,25 +132,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    }
-}
-
-/// Reads more bytes into `buf` before `deadline`; false on EOF. Bytes read from the client
-/// are what the splice's half-close accounting subtracts.
-async fn read_more(
-    client: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<Option<bool>> {
-    let mut chunk = [0u8; 4096];
-    match timeout_at(deadline, client.read(&mut chunk)).await {
-        Err(_) => Ok(None),
-        Ok(Ok(0)) => Ok(Some(false)),
-        Ok(Ok(n)) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(Some(true))
-        }
-        Ok(Err(e)) => Err(e.into()),
     }
 }
 
@@ -170,24 +151,18 @@ async fn read_until<T>(
     buf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
     late: &str,
-    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, Refusal>,
+    parse: impl FnMut(&[u8]) -> Result<Option<T>, Refusal>,
 ) -> anyhow::Result<Waited<T>> {
-    loop {
-        match parse(buf) {
-            Ok(Some(found)) => return Ok(Waited::Parsed(found)),
-            Ok(None) => match read_more(client, buf, deadline).await? {
-                Some(true) => {}
-                Some(false) => return Ok(Waited::Closed),
-                None => {
-                    return Ok(Waited::Refused(Refusal(
-                        408,
-                        "timeout",
-                        format!("{late} in time"),
-                    )));
-                }
-            },
-            Err(r) => return Ok(Waited::Refused(r)),
-        }
+    match http::read::until(client, buf, deadline, parse).await {
+        Ok(found) => Ok(Waited::Parsed(found)),
+        Err(ReadError::Closed) => Ok(Waited::Closed),
+        Err(ReadError::Timeout) => Ok(Waited::Refused(Refusal(
+            408,
+            "timeout",
+            format!("{late} in time"),
+        ))),
+        Err(ReadError::Parse(r)) => Ok(Waited::Refused(r)),
+        Err(ReadError::Io(e)) => Err(e.into()),
     }
 }
 
@@ -225,13 +200,13 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         deadline,
         "request head not complete",
         |b| {
-            head::parse(b, cfg.max_head).map_err(|e| match e {
+            http::request::parse(b, cfg.max_head).map_err(|e| match e {
                 HeadError::TooLarge { .. } => Refusal(
-                    431,
+                    e.status(),
                     "head too large",
                     format!("request head over {} bytes", cfg.max_head),
                 ),
-                e => Refusal(400, "malformed", e.to_string()),
+                e => Refusal(e.status(), "malformed", e.to_string()),
             })
         },
     )
@@ -292,28 +267,25 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         let line = cookie::set_cookie_line(name, &choice.backend.token);
         let mut response = Vec::with_capacity(4096);
         let answer_deadline = tokio::time::Instant::now() + cfg.header_timeout;
-        loop {
-            if let Some(with_cookie) = cookie::insert_into_response(&response, &line) {
-                client.write_all(&with_cookie).await?;
-                break;
+        let read = http::read::until(&mut backend, &mut response, answer_deadline, |b| {
+            match cookie::insert_into_response(b, &line) {
+                Some(with_cookie) => Ok(Some(with_cookie)),
+                // No status line within the limit (not HTTP/1.x, say): passed on untouched.
+                None if b.len() > cfg.max_head => Err(()),
+                None => Ok(None),
             }
-            if response.len() > cfg.max_head {
+        })
+        .await;
+        backend_read += response.len() as u64;
+        match read {
+            Ok(with_cookie) => client.write_all(&with_cookie).await?,
+            Err(ReadError::Parse(())) => client.write_all(&response).await?,
+            Err(ReadError::Closed | ReadError::Timeout) => {
                 client.write_all(&response).await?;
-                break;
+                let _ = client.shutdown().await;
+                return Ok(());
             }
-            let mut chunk = [0u8; 4096];
-            match timeout_at(answer_deadline, backend.read(&mut chunk)).await {
-                Ok(Ok(0)) | Err(_) => {
-                    client.write_all(&response).await?;
-                    let _ = client.shutdown().await;
-                    return Ok(());
-                }
-                Ok(Ok(n)) => {
-                    backend_read += n as u64;
-                    response.extend_from_slice(&chunk[..n]);
-                }
-                Ok(Err(e)) => return Err(e.into()),
-            }
+            Err(ReadError::Io(e)) => return Err(e.into()),
         }
     }
 

@@ -23,6 +23,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::http;
+
 /// Copy buffers: large buffers copy 2× faster than tokio's default 8 KiB here.
 pub const COPY_BUFFER: usize = 256 * 1024;
 
@@ -415,14 +417,14 @@ pub async fn copy_until(
     })
 }
 
-/// A response starting `HTTP/1.x 101 `: the connection leaves HTTP (WebSocket). Looked for at
+/// A chunk starting a `101` response: the connection leaves HTTP (WebSocket). Looked for at
 /// the start of every chunk from the backend: a body that happens to start so only splices
 /// earlier.
 fn switches_protocols(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"HTTP/1.")
-        && bytes.get(8) == Some(&b' ')
-        && bytes.get(9..12) == Some(b"101")
-        && bytes.get(12) == Some(&b' ')
+    matches!(
+        http::status_line(bytes),
+        Ok(Some(http::StatusLine { code: 101, .. }))
+    )
 }
 
 /// The userspace path: copies both ways with large buffers, forwarding half-closes.

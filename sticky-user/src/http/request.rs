@@ -1,4 +1,4 @@
-//! HTTP/1.x request heads, read incrementally from a client connection.
+//! HTTP/1.x request heads, parsed incrementally by httparse.
 
 /// Headers beyond this many make the request fail: real browsers send a few dozen, and the
 /// cap bounds the work an attacker can make us do per request.
@@ -7,15 +7,36 @@ pub const MAX_HEADERS: usize = 128;
 /// Why a request head cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
-    /// No complete head within the first `limit` bytes: answer 431.
+    /// No complete head within the first `limit` bytes.
     #[error("request head is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    /// Not HTTP/1.x: answer 400.
+    /// Not HTTP/1.x.
     #[error("malformed request head: {reason}")]
-    Malformed { reason: &'static str },
-    /// More than [`MAX_HEADERS`] header lines: answer 431.
+    Malformed {
+        reason: &'static str,
+        /// Where the head went wrong, for servers that say so.
+        at: Part,
+    },
+    /// More than [`MAX_HEADERS`] header lines.
     #[error("request has more than {MAX_HEADERS} headers")]
     TooManyHeaders,
+}
+
+impl HeadError {
+    /// The status that refuses the request: 431 when it is too large, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge { .. } => 431,
+            Self::Malformed { .. } | Self::TooManyHeaders => 400,
+        }
+    }
+}
+
+/// A part of a request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    RequestLine,
+    Headers,
 }
 
 /// A parsed request line and headers, owned so the read buffer can be reused.
@@ -55,12 +76,34 @@ impl RequestHead {
                 .header_values("upgrade")
                 .any(|v| !v.trim_ascii().is_empty())
     }
+
+    /// Whether the `Host` headers are as RFC 9112 §3.2 requires of a server's request:
+    /// exactly one in HTTP/1.1, at most one in HTTP/1.0.
+    pub fn host_is_valid(&self) -> bool {
+        match self.header_values("host").count() {
+            0 => self.version == 0,
+            1 => true,
+            _ => false,
+        }
+    }
+
+    /// The path of the target without query or fragment; the absolute form
+    /// (`http://host:9000/metrics`, which proxies send) gives its path, `/` if it has none.
+    pub fn origin_path(&self) -> &str {
+        let target = self.path.as_str();
+        let origin = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| target.strip_prefix(scheme))
+            .map_or(target, |rest| rest.find('/').map_or("/", |at| &rest[at..]));
+        origin.split(['?', '#']).next().unwrap_or_default()
+    }
 }
 
 /// Parses the request head at the start of `buf`, looking at no more than `limit` bytes.
 ///
 /// `Ok(None)` means the head is incomplete and more bytes may still complete it;
 /// [`HeadError::TooLarge`] means they cannot, because `limit` bytes are already here.
+/// A malformed request line is refused as soon as its first bad byte is here.
 pub fn parse(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError> {
     // Parsing only the window keeps a complete head that ends beyond `limit` from being
     // accepted merely because the bytes happened to arrive together.
@@ -74,12 +117,18 @@ pub fn parse(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError>
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(e) => return Err(HeadError::Malformed { reason: reason(e) }),
+        Err(e) => {
+            return Err(HeadError::Malformed {
+                reason: reason(e),
+                at: failed_part(window),
+            });
+        }
     };
     // httparse fills all three whenever it reports a complete request.
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed {
             reason: "incomplete request line",
+            at: Part::RequestLine,
         });
     };
     Ok(Some(RequestHead {
@@ -95,6 +144,23 @@ pub fn parse(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError>
     }))
 }
 
+/// Where a head httparse rejected went wrong: in the request line if that line alone (through
+/// its line feed, after any blank lines) fails too, or has not ended.
+fn failed_part(window: &[u8]) -> Part {
+    let blank = window
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let line_end = window[blank..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|at| blank + at + 1);
+    match line_end.map(|end| httparse::Request::new(&mut []).parse(&window[..end])) {
+        Some(Ok(_)) => Part::Headers,
+        None | Some(Err(_)) => Part::RequestLine,
+    }
+}
+
 /// Whether `s` is an RFC 9110 `token`: what header names, cookie names and `Forwarded`
 /// parameter names must be.
 pub fn is_token(s: &str) -> bool {
@@ -104,7 +170,7 @@ pub fn is_token(s: &str) -> bool {
 }
 
 /// A short, fixed description of what httparse rejected (it never echoes client bytes).
-fn reason(e: httparse::Error) -> &'static str {
+pub(super) fn reason(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name",
         httparse::Error::HeaderValue => "invalid header value",
@@ -116,95 +182,10 @@ fn reason(e: httparse::Error) -> &'static str {
     }
 }
 
-/// A complete `HTTP/1.1` response with status `code` whose reason phrase and plain-text
-/// body are `reason`, closing the connection. Control characters in `reason` become spaces
-/// so it cannot add header lines; a `code` outside 100..=999 becomes 500.
-pub fn response_status(code: u16, reason: &str) -> Vec<u8> {
-    let code = if (100..=999).contains(&code) {
-        code
-    } else {
-        500
-    };
-    let reason: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{reason}\n",
-        reason.len() + 1
-    )
-    .into_bytes()
-}
-
-/// A deterministic generator of hostile input for the parsers' tests: no dependency, and a
-/// failure reproduces from the seed alone.
-#[cfg(test)]
-pub(crate) mod fuzz {
-    /// xorshift64* (Marsaglia, Vigna).
-    pub(crate) struct XorShift(u64);
-
-    impl XorShift {
-        pub(crate) fn new(seed: u64) -> Self {
-            Self(seed | 1)
-        }
-
-        pub(crate) fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        /// Uniform enough in `0..n` for fuzzing; `n` must be non-zero.
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[self.below(items.len())]
-        }
-
-        /// Noise half the time; otherwise one of `seeds` with a few bytes replaced,
-        /// inserted (from `alphabet` or anything), removed or cut off, which reaches much
-        /// deeper into a parser than noise does.
-        pub(crate) fn input(
-            &mut self,
-            seeds: &[&[u8]],
-            alphabet: &[u8],
-            max_len: usize,
-        ) -> Vec<u8> {
-            if seeds.is_empty() || self.below(2) == 0 {
-                let len = self.below(max_len + 1);
-                return (0..len).map(|_| self.next_u64() as u8).collect();
-            }
-            let mut out = self.pick(seeds).to_vec();
-            for _ in 0..=self.below(4) {
-                let byte = if self.below(4) == 0 {
-                    self.next_u64() as u8
-                } else {
-                    self.pick(alphabet)
-                };
-                let at = self.below(out.len() + 1);
-                match self.below(4) {
-                    0 if at < out.len() => out[at] = byte,
-                    1 => out.insert(at, byte),
-                    2 if at < out.len() => {
-                        out.remove(at);
-                    }
-                    3 => out.truncate(at),
-                    _ => {}
-                }
-            }
-            out
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fuzz::XorShift;
     use super::*;
+    use crate::http::fuzz::XorShift;
 
     const GET: &[u8] = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n\
         Host: example.com\r\n\
@@ -298,6 +279,20 @@ mod tests {
     }
 
     #[test]
+    fn malformed_heads_say_where() {
+        let at = |buf: &[u8]| match parse(buf, 8192) {
+            Err(HeadError::Malformed { at, .. }) => at,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(b"G(T / HTTP/1.1\r\n"), Part::RequestLine);
+        assert_eq!(at(b"\x16\x03\x01"), Part::RequestLine);
+        assert_eq!(at(b"\r\nGET / HTTP/1.1\rX"), Part::RequestLine);
+        assert_eq!(at(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Part::Headers);
+        assert_eq!(at(b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n"), Part::Headers);
+        assert_eq!(at(b"GET / HTTP/1.1\n folded: x\n\n"), Part::Headers);
+    }
+
+    #[test]
     fn upgrade_needs_both_headers() {
         let ws = parse_all(
             b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\
@@ -315,27 +310,6 @@ mod tests {
         let lookalike =
             parse_all(b"GET / HTTP/1.1\r\nConnection: upgraded\r\nUpgrade: websocket\r\n\r\n");
         assert!(!lookalike.is_upgrade());
-    }
-
-    #[test]
-    fn status_responses_are_complete() {
-        let resp = response_status(431, "Request Header Fields Too Large");
-        assert_eq!(
-            resp,
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n\
-              content-length: 32\r\nconnection: close\r\n\r\nRequest Header Fields Too Large\n"
-        );
-        let mut headers = [httparse::EMPTY_HEADER; 8];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let resp = response_status(400, "Bad\r\nSet-Cookie: x=y");
-        let len = parsed.parse(&resp).unwrap().unwrap();
-        assert_eq!(
-            (parsed.code, parsed.reason),
-            (Some(400), Some("Bad  Set-Cookie: x=y"))
-        );
-        assert_eq!(parsed.headers.len(), 3);
-        assert_eq!(resp.len() - len, "Bad  Set-Cookie: x=y\n".len());
-        assert!(response_status(7, "x").starts_with(b"HTTP/1.1 500 x\r\n"));
     }
 
     #[test]

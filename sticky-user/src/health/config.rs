@@ -1,16 +1,8 @@
-//! Backend health checks: the `[health]` settings (global, with per-backend overrides), one
-//! probe (TCP connect or HTTP status line), and the rise/fall tracker that turns probe results
-//! into up/down transitions the way HAProxy does.
-//!
-//! Checks are opt-in: with nothing configured every backend stays in the table.
+//! The `[health]` settings (global, with per-backend overrides) and their validation.
 
-use std::{collections::BTreeMap, io, net::SocketAddr, ops::RangeInclusive, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, ops::RangeInclusive, time::Duration};
 
 use serde::Deserialize;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
-};
 
 use crate::{
     addr::{AddrError, parse_endpoint},
@@ -24,8 +16,6 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_STATUS: RangeInclusive<u16> = 200..=399;
 /// Largest rise or fall: beyond this a backend would take minutes to change state.
 pub const MAX_COUNT: u32 = 100;
-/// Longest status line read: a real one is ~20 bytes, so this only bounds hostile peers.
-const MAX_STATUS_LINE: u64 = 1024;
 
 /// Health settings, each optional: one layer from the command line (`--health-*`), one from
 /// the config file's `[health]` table, and per-backend overrides under
@@ -281,130 +271,9 @@ fn parse_status(input: &str) -> Option<RangeInclusive<u16>> {
     let (lo, hi) = (code(lo)?, code(hi)?);
     (lo <= hi).then_some(lo..=hi)
 }
-
-/// Probes `addr` once; any error, timeout or unexpected answer counts as unhealthy.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
-    matches!(
-        tokio::time::timeout(check.timeout, exchange(addr, &check.kind)).await,
-        Ok(Ok(true))
-    )
-}
-
-async fn exchange(addr: SocketAddr, kind: &CheckKind) -> io::Result<bool> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let CheckKind::Http { path, status } = kind else {
-        return Ok(true);
-    };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sticky-health\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut line = Vec::new();
-    BufReader::new(stream.take(MAX_STATUS_LINE))
-        .read_until(b'\n', &mut line)
-        .await?;
-    Ok(status_code(&line).is_some_and(|code| status.contains(&code)))
-}
-
-/// The code from an `HTTP/1.x NNN ...` status line, or `None` for anything else.
-fn status_code(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let [minor, b' ', digits @ ..] = rest else {
-        return None;
-    };
-    let [a, b, c, tail @ ..] = digits else {
-        return None;
-    };
-    let code_digits = [*a, *b, *c];
-    if !minor.is_ascii_digit() || !code_digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if !matches!(tail.first(), None | Some(b' ' | b'\r' | b'\n')) {
-        return None;
-    }
-    Some(
-        code_digits
-            .iter()
-            .fold(0, |n, d| n * 10 + u16::from(d - b'0')),
-    )
-}
-
-/// A change of a backend's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Up,
-    Down,
-}
-
-/// Turns probe results into transitions with HAProxy's rise/fall rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tracker {
-    rise: u32,
-    fall: u32,
-    healthy: bool,
-    /// Consecutive results against the current state.
-    streak: u32,
-}
-
-impl Tracker {
-    /// Starts healthy, as HAProxy does, so enabling checks never empties the table at once.
-    pub fn new(rise: u32, fall: u32) -> Self {
-        Self {
-            rise,
-            fall,
-            healthy: true,
-            streak: 0,
-        }
-    }
-
-    /// Records one probe result; returns the transition it completes, if any.
-    pub fn record(&mut self, ok: bool) -> Option<Transition> {
-        if ok == self.healthy {
-            self.streak = 0;
-            return None;
-        }
-        self.streak = self.streak.saturating_add(1);
-        let needed = if self.healthy { self.fall } else { self.rise };
-        if self.streak < needed {
-            return None;
-        }
-        self.healthy = ok;
-        self.streak = 0;
-        Some(if ok { Transition::Up } else { Transition::Down })
-    }
-
-    pub fn healthy(&self) -> bool {
-        self.healthy
-    }
-
-    /// Passive evidence that the backend is dead (it refused connections): down at once,
-    /// without waiting for `fall` probes; probes bring it back after `rise`.
-    pub fn fail_now(&mut self) -> Option<Transition> {
-        if !self.healthy {
-            return None;
-        }
-        self.healthy = false;
-        self.streak = 0;
-        Some(Transition::Down)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
-    use tokio::net::TcpListener;
-
     use super::*;
-
-    #[test]
-    fn refusals_take_a_backend_down_at_once_and_probes_bring_it_back() {
-        let mut t = Tracker::new(2, 3);
-        assert_eq!(t.fail_now(), Some(Transition::Down));
-        assert_eq!(t.fail_now(), None, "already down");
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(true), Some(Transition::Up));
-    }
 
     fn layer(check: &str) -> HealthLayer {
         HealthLayer {
@@ -415,34 +284,6 @@ mod tests {
 
     fn err(l: HealthLayer) -> HealthError {
         l.validate().unwrap_err()
-    }
-
-    #[test]
-    fn tracker_goes_down_after_fall_consecutive_failures() {
-        let mut t = Tracker::new(2, 3);
-        let results = [true, false, false, true, false, false, false];
-        let got: Vec<_> = results.iter().map(|&ok| t.record(ok)).collect();
-        assert_eq!(got[..6], [None; 6]);
-        assert_eq!(got[6], Some(Transition::Down));
-        assert!(!t.healthy());
-
-        // Rise = 2, and a failure in between starts the count again.
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(true), Some(Transition::Up));
-        assert!(t.healthy());
-        assert_eq!(t.record(true), None);
-    }
-
-    #[test]
-    fn tracker_starts_healthy_and_reports_each_transition_once() {
-        let mut t = Tracker::new(1, 1);
-        assert!(t.healthy());
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(false), Some(Transition::Down));
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(true), Some(Transition::Up));
     }
 
     #[test]
@@ -686,148 +527,5 @@ mod tests {
 
         assert!(toml::from_str::<HealthLayer>("intervall = \"1s\"").is_err());
         assert!(toml::from_str::<HealthLayer>("[backends.\"10.0.0.2:80\"]\nbogus = 1").is_err());
-    }
-
-    #[test]
-    fn status_line_parsing_never_trusts_the_peer() {
-        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(status_code(b"HTTP/1.0 503\r\n"), Some(503));
-        assert_eq!(status_code(b"HTTP/1.1 204"), Some(204));
-        for bad in [
-            &b""[..],
-            b"HTTP/1.1",
-            b"HTTP/1.1 ",
-            b"HTTP/1.1 20",
-            b"HTTP/1.1 2000 OK",
-            b"HTTP/1.1 -20 OK",
-            b"HTTP/2 200 OK",
-            b"http/1.1 200 OK",
-            b"HTTP/1.x 200 OK",
-            b"\xff\xfe\x00garbage",
-        ] {
-            assert_eq!(status_code(bad), None, "{bad:?}");
-        }
-    }
-
-    fn check(kind: CheckKind) -> HealthCheck {
-        HealthCheck {
-            kind,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(200),
-            rise: 1,
-            fall: 1,
-        }
-    }
-
-    fn http(path: &str) -> HealthCheck {
-        check(CheckKind::Http {
-            path: path.to_string(),
-            status: DEFAULT_STATUS,
-        })
-    }
-
-    /// Serves `answer` to every connection after reading the request; `None` never answers.
-    async fn server(answer: Option<&'static [u8]>) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 512];
-                    while !request.ends_with(b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    match answer {
-                        Some(a) => {
-                            let _ = conn.write_all(a).await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    #[tokio::test]
-    async fn tcp_probe_sees_listener_and_closed_port() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = listener.local_addr().unwrap();
-        assert!(probe(up, &check(CheckKind::Tcp)).await);
-
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        assert!(!probe(closed, &check(CheckKind::Tcp)).await);
-    }
-
-    #[tokio::test]
-    async fn http_probe_judges_the_status() {
-        let ok = server(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
-        assert!(probe(ok, &http("/healthz")).await);
-
-        let unavailable = server(Some(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")).await;
-        assert!(!probe(unavailable, &http("/healthz")).await);
-        let accept_503 = check(CheckKind::Http {
-            path: "/".to_string(),
-            status: 500..=599,
-        });
-        assert!(probe(unavailable, &accept_503).await);
-    }
-
-    #[tokio::test]
-    async fn http_probe_rejects_garbage() {
-        let garbage = server(Some(b"SSH-2.0-OpenSSH_9.6\r\n")).await;
-        assert!(!probe(garbage, &http("/")).await);
-        let endless = server(Some(&[b'A'; 4096])).await;
-        assert!(!probe(endless, &http("/")).await);
-        let empty = server(Some(b"")).await;
-        assert!(!probe(empty, &http("/")).await);
-    }
-
-    #[tokio::test]
-    async fn http_probe_gives_up_on_silent_backend() {
-        let silent = server(None).await;
-        let started = Instant::now();
-        assert!(!probe(silent, &http("/")).await);
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(150), "{took:?}");
-        assert!(took < Duration::from_secs(2), "{took:?}");
-    }
-
-    #[tokio::test]
-    async fn http_probe_sends_a_well_formed_request() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backend = tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 512];
-            while !request.ends_with(b"\r\n\r\n") {
-                let n = conn.read(&mut buf).await.unwrap();
-                assert!(n > 0, "probe closed before finishing its request");
-                request.extend_from_slice(&buf[..n]);
-            }
-            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await.unwrap();
-            String::from_utf8(request).unwrap()
-        });
-        assert!(probe(addr, &http("/healthz?full=1")).await);
-        let request = backend.await.unwrap();
-        assert_eq!(
-            request,
-            format!(
-                "GET /healthz?full=1 HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sticky-health\r\n\
-                 Connection: close\r\n\r\n"
-            )
-        );
     }
 }

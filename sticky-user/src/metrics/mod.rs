@@ -1,0 +1,9 @@
+//! The Prometheus endpoint: [`render`] writes a [`Status`](crate::status::Status) in the
+//! text exposition format 0.0.4, and [`serve`] answers `GET /metrics` with a deliberately
+//! small HTTP/1.1 server that reads one request head per connection, answers it and closes.
+
+mod exposition;
+mod server;
+
+pub use exposition::{CONTENT_TYPE, render};
+pub use server::{Refused, Snapshot, bind, parse_request, serve};
