@@ -120,12 +120,30 @@ impl Refused {
 }
 
 /// An answer to the client before any backend is involved.
-struct Refusal(u16, &'static str, String);
+struct Refusal {
+    /// The HTTP status sent.
+    status: u16,
+    /// What kind of refusal, for the log.
+    kind: &'static str,
+    /// The response body: what was wrong.
+    detail: String,
+}
+
+/// `Refusal { status, kind, detail }`, shorter at the many call sites.
+fn refusal(status: u16, kind: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        kind,
+        detail: detail.into(),
+    }
+}
 
 async fn refuse(client: &mut TcpStream, r: Refusal) -> anyhow::Result<()> {
-    let _ = client.write_all(&http::response_status(r.0, &r.2)).await;
+    let _ = client
+        .write_all(&http::response_status(r.status, &r.detail))
+        .await;
     let _ = client.shutdown().await;
-    anyhow::bail!("{} {}: {}", r.0, r.1, r.2)
+    anyhow::bail!("{} {}: {}", r.status, r.kind, r.detail)
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -156,7 +174,7 @@ async fn read_until<T>(
     match http::read::until(client, buf, deadline, parse).await {
         Ok(found) => Ok(Waited::Parsed(found)),
         Err(ReadError::Closed) => Ok(Waited::Closed),
-        Err(ReadError::Timeout) => Ok(Waited::Refused(Refusal(
+        Err(ReadError::Timeout) => Ok(Waited::Refused(refusal(
             408,
             "timeout",
             format!("{late} in time"),
@@ -176,7 +194,7 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
 
     if cfg.proxy_protocol {
         let parsed = read_until(&mut client, &mut buf, deadline, "no PROXY header", |b| {
-            proxy_protocol::parse(b).map_err(|e| Refusal(400, "bad PROXY header", e.to_string()))
+            proxy_protocol::parse(b).map_err(|e| refusal(400, "bad PROXY header", e.to_string()))
         })
         .await?;
         let (header, used) = match parsed {
@@ -201,12 +219,12 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         "request head not complete",
         |b| {
             http::request::parse(b, cfg.max_head).map_err(|e| match e {
-                HeadError::TooLarge { .. } => Refusal(
+                HeadError::TooLarge { .. } => refusal(
                     e.status(),
                     "head too large",
                     format!("request head over {} bytes", cfg.max_head),
                 ),
-                e => Refusal(e.status(), "malformed", e.to_string()),
+                e => refusal(e.status(), "malformed", e.to_string()),
             })
         },
     )
@@ -226,7 +244,7 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
             Err(ClientIpError::Missing { .. }) => {
                 return refuse(
                     &mut client,
-                    Refusal(
+                    refusal(
                         400,
                         "missing header",
                         format!("missing {} header", cfg.header_name),
@@ -234,7 +252,7 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
                 )
                 .await;
             }
-            Err(e) => return refuse(&mut client, Refusal(400, "bad header", e.to_string())).await,
+            Err(e) => return refuse(&mut client, refusal(400, "bad header", e.to_string())).await,
         }
     };
 
@@ -339,7 +357,7 @@ async fn connect(
             let routing = proxy
                 .routing
                 .read()
-                .map_err(|_| Refusal(500, "internal", "routing state poisoned".into()))?;
+                .map_err(|_| refusal(500, "internal", "routing state poisoned"))?;
             choose(
                 &routing,
                 &proxy.affinity,
@@ -351,7 +369,7 @@ async fn connect(
             )
         };
         let Some(choice) = choice else {
-            return Err(Refusal(503, "no backend", "no backend in service".into()));
+            return Err(refusal(503, "no backend", "no backend in service"));
         };
         let started = Instant::now();
         match tokio::time::timeout(
@@ -372,7 +390,7 @@ async fn connect(
                     }
                 );
                 if choice.reason != Reason::Table {
-                    return Err(Refusal(
+                    return Err(refusal(
                         502,
                         "backend down",
                         format!("backend {} unreachable", choice.backend.addr),
@@ -382,5 +400,5 @@ async fn connect(
             }
         }
     }
-    Err(Refusal(502, "backends down", "no backend reachable".into()))
+    Err(refusal(502, "backends down", "no backend reachable"))
 }

@@ -1,7 +1,7 @@
 //! Kernel splicing of a proxied connection pair through the sk_skb verdict program, and the
 //! userspace copy it falls back to.
 //!
-//! Order matters (measured, see FACTS): drain both sockets to EAGAIN and forward what was
+//! Order matters (measured on 6.18: the README's proxy mode notes): drain both sockets to EAGAIN and forward what was
 //! read; register each under the peer's cookie, then under its own (which runs the verdict);
 //! then `SO_RCVLOWAT=1` so bytes queued meanwhile go through the verdict too. A half-close is
 //! forwarded only once the peer has sent every byte the kernel redirected into it.
