@@ -10,8 +10,9 @@ use std::{
 };
 
 use sticky_common::{
+    Addr16,
     choice::affinity_holds,
-    maps::{COUNTER_NAMES, FLOW_FORWARD},
+    maps::{Affinity, BackendStats, COUNTER_NAMES, FLOW_FORWARD, Flow, FlowKey},
 };
 use tokio::sync::{oneshot, watch};
 
@@ -21,7 +22,7 @@ use crate::{
     backends::BackendSet,
     clock::monotonic_ns,
     control::Response,
-    datapath::{Datapath, MapReader},
+    datapath::{Counters, Datapath, MapReader},
     status::{BackendStatus, Health, Status},
 };
 
@@ -114,25 +115,55 @@ impl Snapshots {
     }
 }
 
-/// One snapshot: each map walked once, counts by backend id gathered in that walk.
+/// What one pass over the maps read: each map walked once.
+struct Walk {
+    affinity: Vec<(Addr16, Affinity)>,
+    flows: Vec<(FlowKey, Flow)>,
+    new_flow_keys: Vec<FlowKey>,
+    counters: Counters,
+    /// By backend id, for the backends status reports.
+    stats: BTreeMap<u32, BackendStats>,
+    map_bytes: u64,
+}
+
 fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
-    let now = monotonic_ns();
-    let affinity = maps.affinity_entries();
+    let mut stats = BTreeMap::new();
+    for b in &p.backends {
+        if let Some(id) = p.set.id_of(b.addr) {
+            stats.insert(id, maps.backend_stats(id)?);
+        }
+    }
+    let walk = Walk {
+        affinity: maps.affinity_entries(),
+        flows: maps.flow_entries(),
+        new_flow_keys: maps.new_flow_keys(),
+        counters: maps.counters()?,
+        stats,
+        map_bytes: maps.map_memory()?.iter().map(|m| m.bytes).sum(),
+    };
+    Ok(assemble(p, &walk, monotonic_ns(), Instant::now()))
+}
+
+/// The snapshot of what a walk read, counted by backend id in one pass over each map.
+fn assemble(p: &Published, walk: &Walk, now_ns: u64, now: Instant) -> Status {
     let mut affine: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, a) in &affinity {
-        if affinity_holds(a, &p.set.entry(a.backend_id), now, p.affinity_timeout_ns) {
+    for (_, a) in &walk.affinity {
+        if affinity_holds(a, &p.set.entry(a.backend_id), now_ns, p.affinity_timeout_ns) {
             *affine.entry(a.backend_id).or_default() += 1;
         }
     }
-    let flows = maps.flow_entries();
     let mut active: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, f) in flows.iter().filter(|(_, f)| f.direction == FLOW_FORWARD) {
+    for (_, f) in walk
+        .flows
+        .iter()
+        .filter(|(_, f)| f.direction == FLOW_FORWARD)
+    {
         *active.entry(f.backend_id).or_default() += 1;
     }
     // Confirmed flows stay in the new-flow table until they age out: count the rest.
-    let established: HashSet<_> = flows.iter().map(|(k, _)| k).collect();
-    let new_flow_entries = maps
-        .new_flow_keys()
+    let established: HashSet<_> = walk.flows.iter().map(|(k, _)| k).collect();
+    let new_flow_entries = walk
+        .new_flow_keys
         .iter()
         .filter(|k| !established.contains(k))
         .count() as u64;
@@ -148,7 +179,7 @@ fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
         let Some(id) = p.set.id_of(b.addr) else {
             continue;
         };
-        let stats = maps.backend_stats(id)?;
+        let stats = walk.stats.get(&id).copied().unwrap_or_default();
         let in_table = members.iter().any(|m| m.id == id);
         let (health, health_transitions) = p
             .health
@@ -180,10 +211,10 @@ fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
                 .get(&b.addr)
                 .copied()
                 .flatten()
-                .map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
+                .map(|d| d.saturating_duration_since(now).as_secs()),
         });
     }
-    Ok(Status {
+    Status {
         instance: p.instance.clone(),
         vips: p.vips.clone(),
         ifaces: p.ifaces.clone(),
@@ -192,13 +223,13 @@ fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
         counters: COUNTER_NAMES
             .iter()
             .map(|n| n.to_string())
-            .zip(maps.counters()?.values)
+            .zip(walk.counters.values)
             .collect(),
-        affinity_entries: affinity.len() as u64,
-        flow_entries: flows.len() as u64,
+        affinity_entries: walk.affinity.len() as u64,
+        flow_entries: walk.flows.len() as u64,
         new_flow_entries,
-        map_bytes: maps.map_memory()?.iter().map(|m| m.bytes).sum(),
-    })
+        map_bytes: walk.map_bytes,
+    }
 }
 
 impl Daemon {
@@ -238,5 +269,128 @@ impl Daemon {
             };
             let _ = reply.send(response);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use sticky_common::{BackendState, maps::FLOW_REVERSE};
+
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn flow(src: u32, backend_id: u32, direction: u8) -> (FlowKey, Flow) {
+        let key = FlowKey {
+            src: Addr16::from_v4_word(src),
+            ..FlowKey::default()
+        };
+        let flow = Flow {
+            backend_id,
+            direction,
+            ..Flow::default()
+        };
+        (key, flow)
+    }
+
+    #[test]
+    fn one_walk_counts_every_backend() {
+        let backends = vec![
+            BackendSpec {
+                addr: addr(1),
+                weight: 3,
+            },
+            BackendSpec {
+                addr: addr(2),
+                weight: 1,
+            },
+        ];
+        let mut set = BackendSet::default();
+        set.reconcile(&backends).unwrap();
+        set.set_state(addr(2), BackendState::Draining.raw());
+        let (one, two) = (set.id_of(addr(1)).unwrap(), set.id_of(addr(2)).unwrap());
+        let now = Instant::now();
+        let p = Published {
+            table_size: 4,
+            affinity_timeout_ns: 100,
+            table: vec![one, one, one, one],
+            health: [(addr(2), (Health::Failing, 2))].into(),
+            drains: [(addr(2), Some(now + Duration::from_secs(30)))].into(),
+            rates: [(one, 1.5)].into(),
+            backends,
+            set: set.clone(),
+            ..Published::default()
+        };
+        let affinity = |client, backend_id, last_seen_ns| {
+            let generation = set.entry(backend_id).generation;
+            let a = Affinity {
+                backend_id,
+                generation,
+                last_seen_ns,
+            };
+            (Addr16::from_v4_word(client), a)
+        };
+        let flows = vec![
+            flow(1, one, FLOW_FORWARD),
+            flow(2, one, FLOW_REVERSE),
+            flow(3, two, FLOW_FORWARD),
+        ];
+        let walk = Walk {
+            // Fresh on both (draining honours affinity), one lapsed.
+            affinity: vec![
+                affinity(1, one, 950),
+                affinity(2, two, 900),
+                affinity(3, one, 10),
+            ],
+            new_flow_keys: vec![flows[0].0, flow(9, two, FLOW_FORWARD).0],
+            flows,
+            counters: Counters::default(),
+            stats: [(
+                one,
+                BackendStats {
+                    new_flows: 7,
+                    ..BackendStats::default()
+                },
+            )]
+            .into(),
+            map_bytes: 42,
+        };
+        let s = assemble(&p, &walk, 1000, now);
+        assert_eq!(
+            (
+                s.affinity_entries,
+                s.flow_entries,
+                s.new_flow_entries,
+                s.map_bytes
+            ),
+            (3, 3, 1, 42)
+        );
+        let (a, b) = (&s.backends[0], &s.backends[1]);
+        assert_eq!(
+            (a.state, a.health, a.affine_clients, a.active_flows),
+            (BackendState::Up, Health::Unchecked, 1, 1)
+        );
+        assert_eq!(
+            (a.table_share, a.ideal_share, a.new_flows_total),
+            (1.0, 1.0, 7)
+        );
+        assert_eq!(a.new_flows_per_sec, 1.5);
+        assert_eq!(
+            (
+                b.state,
+                b.health,
+                b.health_transitions,
+                b.affine_clients,
+                b.active_flows
+            ),
+            (BackendState::Draining, Health::Failing, 2, 1, 1)
+        );
+        assert_eq!((b.table_share, b.ideal_share), (0.0, 0.0));
+        assert!(matches!(b.drain_deadline_secs, Some(29 | 30)));
+        assert_eq!(s.counters.len(), COUNTER_NAMES.len());
     }
 }
