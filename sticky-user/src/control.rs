@@ -287,6 +287,38 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_served_socket_answers_each_request_in_turn() {
+        let path = std::env::temp_dir().join(format!("sticky-control-{}.sock", std::process::id()));
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let _server = serve(&path, tx).unwrap();
+        tokio::spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                let answer = match request {
+                    Request::Reload => Response::ok("reloaded 2 workers"),
+                    _ => Response::err("only reload"),
+                };
+                let _ = reply.send(answer);
+            }
+        });
+        let endpoint = Endpoint {
+            path: path.clone(),
+            who: "the test",
+            absent: "nobody there".into(),
+            answer_within: None,
+        };
+        let ok = endpoint.call(&Request::Reload).await.unwrap();
+        assert_eq!(
+            (ok.ok, ok.data.as_str()),
+            (true, Some("reloaded 2 workers"))
+        );
+        let refused = endpoint.call(&Request::List).await.unwrap();
+        assert_eq!(refused.error.as_deref(), Some("only reload"));
+        let _ = std::fs::remove_file(&path);
+        let gone = endpoint.call(&Request::Reload).await.unwrap_err();
+        assert_eq!(gone.to_string(), "nobody there");
+    }
+
     #[test]
     fn bad_requests_say_why() {
         for bad in [
