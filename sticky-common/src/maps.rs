@@ -40,6 +40,7 @@ pub const ALL_MAPS: [&str; 9] = [
     BACKEND_STATS,
 ];
 
+// The splice maps are per process, never pinned: sockets die with the proxy.
 /// Proxy mode: every spliced socket under its own cookie; the verdict program is attached here.
 pub const SPLICE_SOCKS: &str = "STICKY_SPLICE_SOCKS";
 /// Proxy mode: every spliced socket under its *peer's* cookie, the redirect target.
@@ -47,8 +48,6 @@ pub const SPLICE_PEERS: &str = "STICKY_SPLICE_PEERS";
 /// Proxy mode: bytes the kernel redirected away from a socket (by its cookie), so a half-close
 /// is forwarded only after the peer has sent them all.
 pub const SPLICE_BYTES: &str = "STICKY_SPLICE_BYTES";
-/// The splice maps: per process, never pinned (sockets die with the proxy).
-pub const SPLICE_MAPS: [&str; 3] = [SPLICE_SOCKS, SPLICE_PEERS, SPLICE_BYTES];
 /// Most sockets spliced at once (two per connection).
 pub const MAX_SPLICED: u32 = 65_536;
 
@@ -196,6 +195,24 @@ pub const COUNTER_DROP_NAT_ERROR: u32 = 4;
 /// Packets rewritten (either direction).
 pub const COUNTER_NAT: u32 = 5;
 pub const COUNTER_COUNT: u32 = 6;
+/// Each counter's name in status and metrics, by id.
+pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = {
+    let mut names = [""; COUNTER_COUNT as usize];
+    names[COUNTER_PASS as usize] = "pass";
+    names[COUNTER_PARSE_ERROR as usize] = "parse_error";
+    names[COUNTER_UNHANDLED as usize] = "unhandled";
+    names[COUNTER_DROP_NO_BACKEND as usize] = "drop_no_backend";
+    names[COUNTER_DROP_NAT_ERROR as usize] = "drop_nat_error";
+    names[COUNTER_NAT as usize] = "nat";
+    names
+};
+const _: () = {
+    let mut i = 0;
+    while i < COUNTER_NAMES.len() {
+        assert!(!COUNTER_NAMES[i].is_empty(), "a counter without a name");
+        i += 1;
+    }
+};
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,18 +1,26 @@
 //! The daemon's control API: newline-delimited JSON over a unix socket per instance
-//! (`/run/sticky/<instance>.sock`, mode 0600), one request and one response per line.
+//! (`/run/sticky/<instance>.sock`, mode 0600), one request and one response per line. A
+//! cluster supervisor answers the same protocol on its own socket.
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
+use sticky_common::BackendState;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixStream,
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
 };
+use tracing::warn;
+
+use crate::status::backend_state;
 
 pub const RUN_DIR: &str = "/run/sticky";
 /// Longest request line accepted.
@@ -98,6 +106,15 @@ pub struct Preview {
     pub affine_clients_moved: u64,
 }
 
+/// One backend of what `list` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendListEntry {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    #[serde(with = "backend_state")]
+    pub state: BackendState,
+}
+
 /// What `lookup` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
@@ -117,38 +134,131 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
 }
 
+/// A request on its way to whoever answers it, with the channel for the answer.
+pub type Incoming = (Request, oneshot::Sender<Response>);
+
+/// Serves the protocol on a unix socket at `path` (mode 0600): each request goes to
+/// `requests`, each answer back on its connection.
+pub fn serve(path: &Path, requests: mpsc::Sender<Incoming>) -> anyhow::Result<JoinHandle<()>> {
+    // The caller owns the instance: a socket file here is a crashed process's leftover.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection(stream, requests).await {
+                    warn!("control connection: {e:#}");
+                }
+            });
+        }
+    }))
+}
+
+async fn connection(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 2));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
+            .await
+            .context("idle control connection")??;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = match std::str::from_utf8(&line) {
+            Err(_) => Response::err("malformed request: not UTF-8"),
+            Ok(text) => match parse_request(text.trim_end_matches(['\n', '\r'])) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    requests
+                        .send((request, tx))
+                        .await
+                        .context("the serving loop is gone")?;
+                    rx.await.context("the serving loop dropped the request")?
+                }
+                Err(message) => Response::err(message),
+            },
+        };
+        let mut out = serde_json::to_string(&response)?;
+        out.push('\n');
+        write.write_all(out.as_bytes()).await?;
+    }
+}
+
+/// A control socket and what to say about whoever answers there.
+pub struct Endpoint {
+    pub path: PathBuf,
+    /// Who answers, in error messages ("the daemon").
+    pub who: &'static str,
+    /// The error when nothing listens: what to start.
+    pub absent: String,
+    /// How long an answer may take; `None`: as long as it takes.
+    pub answer_within: Option<Duration>,
+}
+
+impl Endpoint {
+    /// The daemon of `instance`.
+    pub fn daemon(instance: &str) -> Self {
+        let path = socket_path(instance);
+        Self {
+            absent: format!(
+                "no sticky daemon for instance '{instance}' ({} is missing or dead): start one \
+                 with `sticky run`",
+                path.display()
+            ),
+            path,
+            who: "the daemon",
+            // Table rebuilds and map walks can take a while on big tables.
+            answer_within: Some(Duration::from_secs(60)),
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(&self, request: &Request) -> anyhow::Result<Response> {
+        let path = &self.path;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    anyhow::anyhow!("{}", self.absent)
+                }
+                std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                    "permission denied on {}: the control socket is root only",
+                    path.display()
+                ),
+                _ => anyhow::Error::new(e).context(format!("connect {}", path.display())),
+            })?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        write
+            .write_all(line.as_bytes())
+            .await
+            .context("send request")?;
+        let mut reader = BufReader::new(read);
+        let mut answer = String::new();
+        let read = reader.read_line(&mut answer);
+        match self.answer_within {
+            Some(limit) => tokio::time::timeout(limit, read).await.with_context(|| {
+                format!("no answer from {} within {} s", self.who, limit.as_secs())
+            })?,
+            None => read.await,
+        }
+        .context("read answer")?;
+        if answer.is_empty() {
+            bail!("{} closed the connection without answering", self.who);
+        }
+        serde_json::from_str(&answer).with_context(|| format!("malformed answer from {}", self.who))
+    }
+}
+
 /// Sends one request to the daemon of `instance` and waits for its answer.
 pub async fn call(instance: &str, request: &Request) -> anyhow::Result<Response> {
-    let path = socket_path(instance);
-    let stream = UnixStream::connect(&path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-            "no sticky daemon for instance '{instance}' ({} is missing or dead): start one with \
-             `sticky run`",
-            path.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("permission denied on {}: the control socket is root only", path.display())
-        }
-        _ => anyhow::Error::new(e).context(format!("connect {}", path.display())),
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    write
-        .write_all(line.as_bytes())
-        .await
-        .context("send request")?;
-    let mut reader = BufReader::new(read);
-    let mut answer = String::new();
-    // Table rebuilds and map walks can take a while on big tables.
-    tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut answer))
-        .await
-        .context("no answer from the daemon within 60 s")?
-        .context("read answer")?;
-    if answer.is_empty() {
-        bail!("the daemon closed the connection without answering");
-    }
-    serde_json::from_str(&answer).context("malformed answer from the daemon")
+    Endpoint::daemon(instance).call(request).await
 }
 
 #[cfg(test)]
@@ -175,6 +285,38 @@ mod tests {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(parse_request(&line).unwrap(), r);
         }
+    }
+
+    #[tokio::test]
+    async fn a_served_socket_answers_each_request_in_turn() {
+        let path = std::env::temp_dir().join(format!("sticky-control-{}.sock", std::process::id()));
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let _server = serve(&path, tx).unwrap();
+        tokio::spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                let answer = match request {
+                    Request::Reload => Response::ok("reloaded 2 workers"),
+                    _ => Response::err("only reload"),
+                };
+                let _ = reply.send(answer);
+            }
+        });
+        let endpoint = Endpoint {
+            path: path.clone(),
+            who: "the test",
+            absent: "nobody there".into(),
+            answer_within: None,
+        };
+        let ok = endpoint.call(&Request::Reload).await.unwrap();
+        assert_eq!(
+            (ok.ok, ok.data.as_str()),
+            (true, Some("reloaded 2 workers"))
+        );
+        let refused = endpoint.call(&Request::List).await.unwrap();
+        assert_eq!(refused.error.as_deref(), Some("only reload"));
+        let _ = std::fs::remove_file(&path);
+        let gone = endpoint.call(&Request::Reload).await.unwrap_err();
+        assert_eq!(gone.to_string(), "nobody there");
     }
 
     #[test]

@@ -1,17 +1,71 @@
 //! What `sticky status`, `--json` and the metrics endpoint report: one snapshot type.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
+use sticky_common::BackendState;
+
+/// What the health checks say of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Passes its checks.
+    Healthy,
+    /// Failed its checks: down, out of the table.
+    Failing,
+    /// Has no health check.
+    Unchecked,
+}
+
+impl Health {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Failing => "failing",
+            Self::Unchecked => "unchecked",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Serialises a [`BackendState`] as its name (`up`, `draining`, `down`, `removed`), for
+/// `#[serde(with = "backend_state")]`.
+pub mod backend_state {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+    use sticky_common::BackendState;
+
+    const ALL: [BackendState; 4] = [
+        BackendState::Up,
+        BackendState::Draining,
+        BackendState::Down,
+        BackendState::Empty,
+    ];
+
+    pub fn serialize<S: Serializer>(state: &BackendState, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(state.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BackendState, D::Error> {
+        let name = String::deserialize(d)?;
+        ALL.into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| D::Error::custom(format!("unknown backend state '{name}'")))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub id: u32,
     pub addr: SocketAddr,
     /// `up`, `draining` or `down` (failed health checks).
-    pub state: String,
-    /// `healthy`, `failing` or `unchecked`.
-    pub health: String,
+    #[serde(with = "backend_state")]
+    pub state: BackendState,
+    pub health: Health,
     pub weight: u32,
     /// Share of table slots (0..1).
     pub table_share: f64,
@@ -41,8 +95,7 @@ pub struct Status {
     pub ifaces: Vec<String>,
     pub table_size: u32,
     pub backends: Vec<BackendStatus>,
-    /// Global data-path counters by name (`pass`, `parse_error`, `unhandled`,
-    /// `drop_no_backend`, `drop_nat_error`, `nat`).
+    /// Global data-path counters by name ([`sticky_common::maps::COUNTER_NAMES`]).
     pub counters: BTreeMap<String, u64>,
     pub affinity_entries: u64,
     /// Established flows, both directions.
@@ -53,4 +106,49 @@ pub struct Status {
     /// Memory the kernel charges for the instance's maps (flows, affinity, table…).
     #[serde(default)]
     pub map_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_health_keep_their_wire_names() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Both {
+            #[serde(with = "backend_state")]
+            state: BackendState,
+            health: Health,
+        }
+        for (state, health, json) in [
+            (
+                BackendState::Up,
+                Health::Healthy,
+                r#"{"state":"up","health":"healthy"}"#,
+            ),
+            (
+                BackendState::Draining,
+                Health::Failing,
+                r#"{"state":"draining","health":"failing"}"#,
+            ),
+            (
+                BackendState::Down,
+                Health::Unchecked,
+                r#"{"state":"down","health":"unchecked"}"#,
+            ),
+            (
+                BackendState::Empty,
+                Health::Unchecked,
+                r#"{"state":"removed","health":"unchecked"}"#,
+            ),
+        ] {
+            let both = Both { state, health };
+            assert_eq!(serde_json::to_string(&both).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Both>(json).unwrap(), both);
+        }
+        assert!(
+            serde_json::from_str::<Both>(r#"{"state":"sideways","health":"healthy"}"#).is_err()
+        );
+        assert_eq!(format!("{:<9}|", Health::Failing), "failing  |");
+    }
 }

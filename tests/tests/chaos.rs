@@ -372,7 +372,7 @@ fn backend_churn_fails_only_right_after_a_kill() {
     assert!(
         st.backends
             .iter()
-            .all(|b| b.state == "up" && b.health == "healthy"),
+            .all(|b| b.state.name() == "up" && b.health.name() == "healthy"),
         "not every backend back in service: {:?}",
         st.backends
             .iter()
@@ -409,8 +409,8 @@ fn wait_state(daemon: &Daemon, addr: &str, want: &str, within: Duration) {
             .backends
             .iter()
             .find(|b| b.addr.to_string() == addr)
-            .map(|b| b.state.clone());
-        if state.as_deref() == Some(want) {
+            .map(|b| b.state.name());
+        if state == Some(want) {
             return;
         }
         assert!(

@@ -228,7 +228,7 @@ impl Lb {
     }
 
     fn flow_map(&mut self, name: &str) -> HashMap<&mut MapData, FlowKey, Flow> {
-        HashMap::try_from(self.dp.ebpf().map_mut(name).unwrap()).unwrap()
+        HashMap::try_from(self.dp.map_mut(name).unwrap()).unwrap()
     }
 
     fn affinity(&self, client: SocketAddr) -> Option<Affinity> {
@@ -651,11 +651,10 @@ fn every_map_and_program_resolves() {
         return;
     }
     let mut lb = Lb::load(Setup::V4);
-    let ebpf = lb.dp.ebpf();
     let missing: Vec<&str> = names::ALL_MAPS
         .iter()
         .copied()
-        .filter(|name| ebpf.map(name).is_none())
+        .filter(|name| lb.dp.map(name).is_none())
         .collect();
     assert!(
         missing.is_empty(),
@@ -663,7 +662,7 @@ fn every_map_and_program_resolves() {
     );
     for prog in [Prog::Ingress, Prog::Egress] {
         assert!(
-            ebpf.program(prog.name()).is_some(),
+            lb.dp.classifier(prog.name()).is_ok(),
             "program {} missing",
             prog.name()
         );
@@ -776,7 +775,7 @@ fn flows_and_affinity_survive_a_table_change() {
         want
     );
     let affinity: HashMap<&MapData, Addr16, Affinity> =
-        HashMap::try_from(lb.dp.ebpf().map(names::AFFINITY).unwrap()).unwrap();
+        HashMap::try_from(lb.dp.map(names::AFFINITY).unwrap()).unwrap();
     let aff = affinity
         .get(&Addr16::from_ip(c.ip()), 0)
         .expect("affinity entry");
@@ -864,7 +863,7 @@ fn draining_and_down_backends() {
     lb.set_backends(&rest);
     let set_state = |lb: &mut Lb, state: u8| {
         let mut backends: Array<&mut MapData, Backend> =
-            Array::try_from(lb.dp.ebpf().map_mut(names::BACKENDS).unwrap()).unwrap();
+            Array::try_from(lb.dp.map_mut(names::BACKENDS).unwrap()).unwrap();
         backends.set(id, Backend { state, ..entry }, 0).unwrap();
     };
     set_state(&mut lb, BACKEND_DRAINING);
@@ -1148,7 +1147,7 @@ fn per_packet_cost() {
     // its flow maps back to the VIP.
     {
         let mut vips: HashMap<&mut MapData, VipKey, Vip> =
-            HashMap::try_from(lb.dp.ebpf().map_mut(names::VIPS).unwrap()).unwrap();
+            HashMap::try_from(lb.dp.map_mut(names::VIPS).unwrap()).unwrap();
         let key = VipKey {
             addr: Addr16::from_ip(b.ip()),
             port_be: b.port().to_be(),

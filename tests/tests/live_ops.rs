@@ -37,7 +37,7 @@ fn state_of(status: &Status, addr: &str) -> Option<String> {
         .backends
         .iter()
         .find(|b| b.addr.to_string() == addr)
-        .map(|b| b.state.clone())
+        .map(|b| b.state.name().to_string())
 }
 
 fn list(daemon: &Daemon) -> String {
@@ -70,7 +70,7 @@ fn every_backend_command_changes_real_traffic() {
             .count() as u64;
         assert_eq!(b.affine_clients, ours, "affine clients of {}", b.addr);
         assert!(b.new_flows_total >= 2 * ours && b.bytes > 0 && b.active_flows >= ours);
-        assert_eq!((b.state.as_str(), b.health.as_str()), ("up", "unchecked"));
+        assert_eq!((b.state.name(), b.health.name()), ("up", "unchecked"));
     }
     let text = ok(&daemon.ctl(&bin, &["status"]), "status");
     assert!(
@@ -325,7 +325,7 @@ fn health_checks_take_a_dead_backend_out_and_back() {
         status(&daemon)
             .backends
             .iter()
-            .all(|b| b.health == "healthy")
+            .all(|b| b.health.name() == "healthy")
     );
 
     // Kill be1's server: out of the table within 3 intervals.
@@ -358,7 +358,7 @@ fn health_checks_take_a_dead_backend_out_and_back() {
         .find(|b| b.addr.to_string() == backend(1))
         .expect("be1");
     assert_eq!(
-        (b1.health.as_str(), b1.health_transitions, b1.table_share),
+        (b1.health.name(), b1.health_transitions, b1.table_share),
         ("failing", 1, 0.0)
     );
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::control::{ChangeArgs, call, deadline, endpoint};
-use crate::control::{Change, Request};
+use crate::control::{BackendListEntry, Change, Request};
 
 #[derive(clap::Args)]
 pub struct BackendArgs {
@@ -52,12 +52,15 @@ pub fn run(args: BackendArgs, instance: &str) -> anyhow::Result<()> {
             if json {
                 println!("{data}");
             } else {
-                for b in data.as_array().into_iter().flatten() {
+                let backends: Vec<BackendListEntry> = serde_json::from_value(data)?;
+                // The weight is not padded: this line's format predates the typed list (a
+                // JSON value ignores widths) and scripts may read it.
+                for b in backends {
                     println!(
-                        "{:<24} weight {:<5} {}",
-                        b["addr"].as_str().unwrap_or("?"),
-                        b["weight"],
-                        b["state"].as_str().unwrap_or("?")
+                        "{:<24} weight {} {}",
+                        b.addr.to_string(),
+                        b.weight,
+                        b.state.name()
                     );
                 }
             }

@@ -170,8 +170,8 @@ pub fn render_status(s: &Status) -> String {
             })
             .collect();
         let state = match b.drain_deadline_secs {
-            Some(secs) => format!("{}({secs}s)", b.state),
-            None => b.state.clone(),
+            Some(secs) => format!("{}({secs}s)", b.state.name()),
+            None => b.state.name().to_string(),
         };
         out.push_str(&format!(
             "{:<24} {:<8} {:<9} {:>6} [{bar}] {:>6.1}% {:>8} {:>7} {:>8.1} {:>10}\n",

@@ -1,6 +1,25 @@
 //! Backend changes, previews and lookups: validated on a copy, then published whole.
 
-use super::*;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use sticky_common::{
+    Addr16, BackendState,
+    maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, NO_BACKEND},
+};
+use tracing::info;
+
+use super::{Daemon, cookie_key};
+use crate::{
+    addr::{BackendSpec, MAX_WEIGHT},
+    clock::monotonic_ns,
+    control::{BackendListEntry, Change, Lookup, Preview, Response},
+    proxy::routing::Routing,
+    table,
+};
 
 impl Daemon {
     pub(super) fn spec_index(&self, addr: SocketAddr) -> anyhow::Result<usize> {
@@ -56,11 +75,12 @@ impl Daemon {
 
     /// Makes `specs` the backend set and publishes it.
     pub(super) fn set_backends(&mut self, specs: Vec<BackendSpec>) -> anyhow::Result<()> {
-        let mut set = self.set.clone();
+        let mut set = self.publishing.set.clone();
         let removed = set.reconcile(&specs)?;
-        self.set = set;
+        self.publishing.set = set;
         self.config.backends = specs;
-        self.drains
+        self.publishing
+            .drains
             .retain(|a, _| self.config.backends.iter().any(|b| b.addr == *a));
         self.publish(&removed)?;
         self.restart_health();
@@ -70,23 +90,27 @@ impl Daemon {
     /// The kernel state each backend should have: health first, then drain.
     pub(super) fn publish(&mut self, removed: &[u32]) -> anyhow::Result<()> {
         for b in &self.config.backends {
-            let healthy = self.health.get(&b.addr).is_none_or(|h| h.tracker.healthy());
+            let healthy = self
+                .health
+                .tasks
+                .get(&b.addr)
+                .is_none_or(|h| h.tracker.healthy());
             let state = if !healthy {
                 BACKEND_DOWN
-            } else if self.drains.contains_key(&b.addr) {
+            } else if self.publishing.drains.contains_key(&b.addr) {
                 BACKEND_DRAINING
             } else {
                 BACKEND_UP
             };
-            self.set.set_state(b.addr, state);
+            self.publishing.set.set_state(b.addr, state);
         }
-        self.table = self.dp.apply(&self.set, removed)?;
-        if let Some(routing) = &self.routing
+        self.publishing.table = self.dp.apply(&self.publishing.set, removed)?;
+        if let Some(routing) = &self.publishing.routing
             && let Ok(mut r) = routing.write()
         {
             *r = Routing::new(
-                self.table.clone(),
-                &self.set,
+                self.publishing.table.clone(),
+                &self.publishing.set,
                 self.dp.seed(),
                 self.dp.affinity_timeout().as_nanos() as u64,
                 cookie_key(self.dp.seed()),
@@ -102,7 +126,7 @@ impl Daemon {
     ) -> anyhow::Result<Response> {
         self.spec_index(addr)?;
         let deadline = deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        self.drains.insert(addr, deadline);
+        self.publishing.drains.insert(addr, deadline);
         self.publish(&[])?;
         info!("draining {addr}");
         Ok(Response::ok("draining"))
@@ -110,39 +134,29 @@ impl Daemon {
 
     pub(super) fn undrain(&mut self, addr: SocketAddr) -> anyhow::Result<Response> {
         self.spec_index(addr)?;
-        if self.drains.remove(&addr).is_none() {
+        if self.publishing.drains.remove(&addr).is_none() {
             bail!("backend {addr} is not draining");
         }
         self.publish(&[])?;
         Ok(Response::ok("in service"))
     }
 
-    pub(super) fn list(&self) -> Vec<serde_json::Value> {
+    pub(super) fn list(&self) -> Vec<BackendListEntry> {
         self.config
             .backends
             .iter()
-            .map(|b| {
-                serde_json::json!({
-                    "addr": b.addr,
-                    "weight": b.weight,
-                    "state": self.state_name(b.addr),
-                })
+            .map(|b| BackendListEntry {
+                addr: b.addr,
+                weight: b.weight,
+                state: self
+                    .publishing
+                    .set
+                    .id_of(b.addr)
+                    .map_or(BackendState::Empty, |id| {
+                        self.publishing.set.entry(id).state()
+                    }),
             })
             .collect()
-    }
-
-    pub(super) fn state_name(&self, addr: SocketAddr) -> &'static str {
-        let state = self
-            .set
-            .id_of(addr)
-            .and_then(|id| self.set.get(id))
-            .map_or(0, |s| s.state);
-        match state {
-            BACKEND_UP => "up",
-            BACKEND_DRAINING => "draining",
-            BACKEND_DOWN => "down",
-            _ => "removed",
-        }
     }
 
     pub(super) fn fresh_affinity(&self) -> anyhow::Result<Vec<(Addr16, u32)>> {
@@ -154,7 +168,7 @@ impl Daemon {
             .into_iter()
             .filter(|(_, a)| {
                 now.saturating_sub(a.last_seen_ns) <= timeout
-                    && self.set.get(a.backend_id).is_some_and(|s| {
+                    && self.publishing.set.get(a.backend_id).is_some_and(|s| {
                         s.generation == a.generation
                             && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
                     })
@@ -165,10 +179,11 @@ impl Daemon {
 
     pub(super) fn preview(&self, change: &Change) -> anyhow::Result<Preview> {
         let specs = self.changed_specs(change)?;
-        let mut set = self.set.clone();
+        let mut set = self.publishing.set.clone();
         set.reconcile(&specs)?;
         let new_table = table::build(&set.members(), self.dp.table_size(), self.dp.seed());
         let slots_moved = self
+            .publishing
             .table
             .iter()
             .zip(&new_table)
@@ -192,10 +207,10 @@ impl Daemon {
             bail!("{ip} is not of the VIPs' address family");
         }
         let client = Addr16::from_ip(ip);
-        let backend_addr = |id: u32| self.set.get(id).map(|s| s.addr);
+        let backend_addr = |id: u32| self.publishing.set.get(id).map(|s| s.addr);
         if let Some(a) = self.dp.affinity_of(&client)? {
             let idle = monotonic_ns().saturating_sub(a.last_seen_ns);
-            let honoured = self.set.get(a.backend_id).is_some_and(|s| {
+            let honoured = self.publishing.set.get(a.backend_id).is_some_and(|s| {
                 s.generation == a.generation
                     && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
             });
@@ -208,7 +223,7 @@ impl Daemon {
                 });
             }
         }
-        let id = table::lookup(&self.table, &client, self.dp.seed());
+        let id = table::lookup(&self.publishing.table, &client, self.dp.seed());
         Ok(Lookup {
             client: ip,
             backend: if id == NO_BACKEND {

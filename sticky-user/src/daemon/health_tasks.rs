@@ -1,12 +1,73 @@
 //! Health probes: one task per checked backend, HAProxy rise/fall, state changes published.
 
-use super::*;
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::warn;
+
+use super::{Daemon, say};
+use crate::{
+    health::{self, Tracker, Transition},
+    status::Health,
+};
+
+/// How often the kernel path's refused-connection counts are read.
+pub(super) const REFUSAL_POLL: Duration = Duration::from_millis(50);
+
+/// A probe result: the backend, the epoch of the task that probed, whether it passed.
+type Probe = (SocketAddr, u64, bool);
+
+/// The probe tasks and the channel their results come back on.
+pub(super) struct HealthChecks {
+    pub(super) tasks: BTreeMap<SocketAddr, HealthTask>,
+    /// Bumped on each restart: results of tasks from an earlier epoch are stale.
+    epoch: u64,
+    tx: mpsc::Sender<Probe>,
+    pub(super) rx: mpsc::Receiver<Probe>,
+}
+
+pub(super) struct HealthTask {
+    pub(super) tracker: Tracker,
+    transitions: u64,
+    task: JoinHandle<()>,
+    /// The backend's refused-handshake count when last looked at.
+    refused_seen: u64,
+}
+
+impl HealthChecks {
+    pub(super) fn new() -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        Self {
+            tasks: BTreeMap::new(),
+            epoch: 0,
+            tx,
+            rx,
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        for task in self.tasks.values() {
+            task.task.abort();
+        }
+    }
+
+    /// What status reports of `addr`: `None` when it has no check.
+    pub(super) fn report(&self, addr: SocketAddr) -> Option<(Health, u64)> {
+        let h = self.tasks.get(&addr)?;
+        let health = if h.tracker.healthy() {
+            Health::Healthy
+        } else {
+            Health::Failing
+        };
+        Some((health, h.transitions))
+    }
+}
 
 impl Daemon {
     /// (Re)starts one probe task per checked backend, keeping trackers of unchanged checks.
     pub(super) fn restart_health(&mut self) {
-        self.health_epoch += 1;
-        let old = std::mem::take(&mut self.health);
+        self.health.epoch += 1;
+        let old = std::mem::take(&mut self.health.tasks);
         for task in old.values() {
             task.task.abort();
         }
@@ -14,7 +75,8 @@ impl Daemon {
             let Some(check) = self.config.health.for_backend(b.addr).cloned() else {
                 continue;
             };
-            let (addr, epoch, tx) = (b.addr, self.health_epoch, self.health_tx.clone());
+            let (rise, fall) = (check.rise, check.fall);
+            let (addr, epoch, tx) = (b.addr, self.health.epoch, self.health.tx.clone());
             let task = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(check.interval);
                 loop {
@@ -27,16 +89,10 @@ impl Daemon {
             });
             let (tracker, transitions) = match old.get(&b.addr) {
                 Some(h) => (h.tracker, h.transitions),
-                None => (
-                    Tracker::new(
-                        check_rise(&self.config, b.addr),
-                        check_fall(&self.config, b.addr),
-                    ),
-                    0,
-                ),
+                None => (Tracker::new(rise, fall), 0),
             };
             let refused_seen = self.refused_count(b.addr).unwrap_or(0);
-            self.health.insert(
+            self.health.tasks.insert(
                 b.addr,
                 HealthTask {
                     tracker,
@@ -49,10 +105,10 @@ impl Daemon {
     }
 
     pub(super) fn on_probe(&mut self, addr: SocketAddr, epoch: u64, ok: bool) {
-        if epoch != self.health_epoch {
+        if epoch != self.health.epoch {
             return;
         }
-        let Some(h) = self.health.get_mut(&addr) else {
+        let Some(h) = self.health.tasks.get_mut(&addr) else {
             return;
         };
         let Some(transition) = h.tracker.record(ok) else {
@@ -72,13 +128,13 @@ impl Daemon {
     /// kernel path counts RSTs answering a SYN) is taken out now rather than after `fall`
     /// failed probes; its probes bring it back.
     pub(super) fn on_refusals(&mut self) {
-        let addrs: Vec<SocketAddr> = self.health.keys().copied().collect();
+        let addrs: Vec<SocketAddr> = self.health.tasks.keys().copied().collect();
         let mut changed = false;
         for addr in addrs {
             let Some(now) = self.refused_count(addr) else {
                 continue;
             };
-            let Some(h) = self.health.get_mut(&addr) else {
+            let Some(h) = self.health.tasks.get_mut(&addr) else {
                 continue;
             };
             let new = now.saturating_sub(h.refused_seen);
@@ -97,18 +153,7 @@ impl Daemon {
     }
 
     fn refused_count(&self, addr: SocketAddr) -> Option<u64> {
-        let id = self.set.id_of(addr)?;
+        let id = self.publishing.set.id_of(addr)?;
         self.dp.backend_stats(id).ok().map(|s| s.refused)
     }
-}
-
-/// How often the kernel path's refused-connection counts are read.
-pub(super) const REFUSAL_POLL: Duration = Duration::from_millis(50);
-
-pub(super) fn check_rise(config: &Config, addr: SocketAddr) -> u32 {
-    config.health.for_backend(addr).map_or(1, |c| c.rise)
-}
-
-pub(super) fn check_fall(config: &Config, addr: SocketAddr) -> u32 {
-    config.health.for_backend(addr).map_or(1, |c| c.fall)
 }

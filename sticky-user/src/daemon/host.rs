@@ -1,6 +1,11 @@
 //! What the host must provide: one daemon per instance, bpffs, privileges.
 
-use super::*;
+use std::os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _};
+
+use anyhow::{Context as _, bail};
+use tracing::warn;
+
+use crate::{control, proxy::config::ProxyConfig};
 
 /// One daemon per instance: an exclusive `flock` on `/run/sticky/<instance>.lock`.
 pub(super) struct InstanceLock {
@@ -20,7 +25,6 @@ impl InstanceLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
-        use std::os::fd::AsRawFd as _;
         // SAFETY: a valid fd; the lock lives as long as the file.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(
@@ -109,7 +113,8 @@ pub(super) fn raise_fd_limit(proxy: Option<&ProxyConfig>) {
     let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0;
     if !raised || new.rlim_cur < wanted {
         warn!(
-            "proxy: --max-connections {} needs {wanted} open files, the limit is {}: raise              `ulimit -n` or lower --max-connections",
+            "proxy: --max-connections {} needs {wanted} open files, the limit is {}: raise \
+             `ulimit -n` or lower --max-connections",
             proxy.max_connections,
             if raised { new.rlim_cur } else { lim.rlim_cur }
         );

@@ -1,62 +1,45 @@
 //! `sticky run`: the daemon. Loads (or adopts) the pinned data path, attaches it, publishes
-//! the backends, then serves the control API, health checks, metrics and signals from one
-//! loop that owns all state, so every change is applied whole and in order.
+//! the backends, then serves the control API, health checks and signals from one loop that
+//! owns all state, so every change is applied whole and in order. Status and metrics walk the
+//! maps on a blocking thread, from state the loop hands over (see `report`).
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use sticky_common::{
-    Addr16,
-    maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, COUNTER_COUNT, FLOW_FORWARD, NO_BACKEND},
-};
+use sticky_common::maps::BACKEND_UP;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 mod backend_ops;
-mod control_server;
 mod health_tasks;
 mod host;
 mod proxy_start;
 mod report;
 
 use self::{
-    control_server::serve_control,
-    health_tasks::REFUSAL_POLL,
+    health_tasks::{HealthChecks, REFUSAL_POLL},
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
     proxy_start::start_proxy,
+    report::Reporting,
 };
 use crate::{
-    addr::{BackendSpec, MAX_WEIGHT},
     backends::BackendSet,
-    clock::monotonic_ns,
     config::{Config, Layer},
-    control::{self, Change, Lookup, Preview, Request, Response},
+    control::{self, Change, Incoming, Request, Response},
     datapath::{Datapath, Pins},
-    health::{self, Tracker, Transition},
     metrics,
-    proxy::{
-        self,
-        config::ProxyConfig,
-        routing::{AffinityMap, Routing, SharedRouting},
-        server::Proxy,
-        splice::Splicer,
-    },
-    status::{BackendStatus, Status},
-    table,
+    proxy::routing::SharedRouting,
 };
 
 /// Builds the configuration from flags over the optional file.
@@ -99,33 +82,30 @@ pub async fn run(flags: Layer, file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct HealthTask {
-    tracker: Tracker,
-    transitions: u64,
-    task: JoinHandle<()>,
-    /// The backend's refused-handshake count when last looked at.
-    refused_seen: u64,
-}
-
 struct Daemon {
     config: Config,
     flags: Layer,
     file: Option<PathBuf>,
     dp: Datapath,
+    publishing: Publishing,
+    health: HealthChecks,
+    control: Control,
+    report: Reporting,
+}
+
+/// What the daemon publishes to the data path and proxy mode, and the drains behind it.
+struct Publishing {
     set: BackendSet,
     table: Vec<u32>,
     /// Draining backends and their optional deadline.
     drains: BTreeMap<SocketAddr, Option<Instant>>,
-    health: BTreeMap<SocketAddr, HealthTask>,
-    health_epoch: u64,
-    health_tx: mpsc::Sender<(SocketAddr, u64, bool)>,
-    health_rx: mpsc::Receiver<(SocketAddr, u64, bool)>,
-    requests: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
-    /// Last new-flow totals per backend id, for rates.
-    rates: BTreeMap<u32, (Instant, u64, f64)>,
-    metrics_cache: Option<Arc<Mutex<Status>>>,
     /// Proxy mode's view of the backends, refreshed on every publish.
     routing: Option<SharedRouting>,
+}
+
+/// The control socket's requests, and the task accepting its connections.
+struct Control {
+    requests: mpsc::Receiver<Incoming>,
     _server: JoinHandle<()>,
 }
 
@@ -155,53 +135,42 @@ impl Daemon {
             dp.attach(iface)?;
         }
         let (req_tx, requests) = mpsc::channel(64);
-        let server = serve_control(&config.instance, req_tx)?;
-        let metrics_cache = match config.metrics {
-            Some(addr) => {
-                let listener = metrics::bind(addr).await?;
-                let cache = Arc::new(Mutex::new(Status::default()));
-                let reader = cache.clone();
-                let snapshot: Arc<dyn Fn() -> anyhow::Result<Status> + Send + Sync> =
-                    Arc::new(move || {
-                        reader
-                            .lock()
-                            .map(|s| s.clone())
-                            .map_err(|_| anyhow::anyhow!("poisoned"))
-                    });
-                tokio::spawn(async move {
-                    if let Err(e) = metrics::serve(listener, snapshot).await {
-                        warn!("metrics endpoint stopped: {e:#}");
-                    }
-                });
-                Some(cache)
-            }
-            None => None,
-        };
+        let server = control::serve(&control::socket_path(&config.instance), req_tx)?;
+        let report = Reporting::new(dp.reader());
+        if let Some(addr) = config.metrics {
+            let listener = metrics::bind(addr).await?;
+            let snapshots = report.snapshots();
+            let snapshot: metrics::Snapshot = Arc::new(move || snapshots.take());
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, snapshot).await {
+                    warn!("metrics endpoint stopped: {e:#}");
+                }
+            });
+        }
         let routing = match &config.proxy {
             Some(proxy) => Some(start_proxy(proxy, &config, &mut dp, &set, &table).await?),
             None => None,
         };
-        let (health_tx, health_rx) = mpsc::channel(256);
         let mut daemon = Self {
-            routing,
             config,
             flags,
             file,
             dp,
-            set,
-            table,
-            drains: BTreeMap::new(),
-            health: BTreeMap::new(),
-            health_epoch: 0,
-            health_tx,
-            health_rx,
-            requests,
-            rates: BTreeMap::new(),
-            metrics_cache,
-            _server: server,
+            publishing: Publishing {
+                set,
+                table,
+                drains: BTreeMap::new(),
+                routing,
+            },
+            health: HealthChecks::new(),
+            control: Control {
+                requests,
+                _server: server,
+            },
+            report,
         };
         daemon.restart_health();
-        daemon.refresh_metrics();
+        daemon.share();
         let vips: Vec<String> = daemon.config.vips.iter().map(ToString::to_string).collect();
         println!(
             "sticky ready: vip {} on {} -> {} backends (instance {}{})",
@@ -233,26 +202,20 @@ impl Daemon {
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
         loop {
             tokio::select! {
-                Some((request, reply)) = self.requests.recv() => {
-                    let stop = match &request {
-                        Request::Stop { keep } => Some(*keep),
-                        _ => None,
-                    };
-                    let response = self.handle(request);
-                    let _ = reply.send(response);
-                    if let Some(keep) = stop {
+                Some((request, reply)) = self.control.requests.recv() => {
+                    if let Some(keep) = self.handle(request, reply) {
                         // Let the connection task write the answer before the process exits.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         return keep;
                     }
                 }
-                Some((addr, epoch, ok)) = self.health_rx.recv() => self.on_probe(addr, epoch, ok),
+                Some((addr, epoch, ok)) = self.health.rx.recv() => self.on_probe(addr, epoch, ok),
                 _ = hup.recv() => match self.reload() {
                     Ok(()) => say(&format!("sticky reloaded: {} backends", self.config.backends.len())),
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
                 _ = tick.tick() => self.on_tick(),
-                _ = refusals.tick(), if !self.health.is_empty() => self.on_refusals(),
+                _ = refusals.tick(), if !self.health.tasks.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
                 _ = int.recv() => return false,
             }
@@ -260,9 +223,7 @@ impl Daemon {
     }
 
     fn shutdown(self, keep: bool) -> anyhow::Result<()> {
-        for task in self.health.values() {
-            task.task.abort();
-        }
+        self.health.stop();
         let _ = std::fs::remove_file(control::socket_path(&self.config.instance));
         if keep {
             say("sticky stopped: data path left running (pinned)");
@@ -275,7 +236,12 @@ impl Daemon {
         Ok(())
     }
 
-    fn handle(&mut self, request: Request) -> Response {
+    /// Answers one control request; `Some(keep)` when it asks the daemon to stop.
+    fn handle(&mut self, request: Request, reply: oneshot::Sender<Response>) -> Option<bool> {
+        let stop = match request {
+            Request::Stop { keep } => Some(keep),
+            _ => None,
+        };
         let result = match request {
             Request::Apply { change } => {
                 self.apply_change(&change).map(|()| Response::ok("applied"))
@@ -284,7 +250,10 @@ impl Daemon {
             Request::Drain { addr, deadline_ms } => self.drain(addr, deadline_ms),
             Request::Undrain { addr } => self.undrain(addr),
             Request::List => Ok(Response::ok(self.list())),
-            Request::Status => self.status().map(Response::ok),
+            Request::Status => {
+                self.status_later(reply);
+                return None;
+            }
             Request::Lookup { ip } => self.lookup(ip).map(Response::ok),
             Request::Reload => self.reload().map(|()| Response::ok("reloaded")),
             Request::Stop { keep } => Ok(Response::ok(if keep {
@@ -293,7 +262,9 @@ impl Daemon {
                 "stopping"
             })),
         };
-        result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+        let _ = reply.send(result.unwrap_or_else(|e| Response::err(format!("{e:#}"))));
+        self.share();
+        stop
     }
 
     fn reload(&mut self) -> anyhow::Result<()> {
@@ -313,13 +284,14 @@ impl Daemon {
     fn on_tick(&mut self) {
         let now = Instant::now();
         let expired: Vec<SocketAddr> = self
+            .publishing
             .drains
             .iter()
             .filter(|(_, d)| d.is_some_and(|d| d <= now))
             .map(|(a, _)| *a)
             .collect();
         for addr in expired {
-            let id = self.set.id_of(addr);
+            let id = self.publishing.set.id_of(addr);
             match self.apply_change(&Change::Remove { addr }) {
                 Ok(()) => {
                     let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
@@ -330,35 +302,9 @@ impl Daemon {
                 Err(e) => warn!("remove {addr} after its drain deadline: {e:#}"),
             }
         }
-        let ids: Vec<u32> = self.set.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            if let Ok(stats) = self.dp.backend_stats(id) {
-                let entry = self.rates.entry(id).or_insert((now, stats.new_flows, 0.0));
-                let secs = now.duration_since(entry.0).as_secs_f64();
-                if secs > 0.0 {
-                    *entry = (
-                        now,
-                        stats.new_flows,
-                        (stats.new_flows.saturating_sub(entry.1)) as f64 / secs,
-                    );
-                }
-            }
-        }
-        self.refresh_metrics();
-    }
-
-    fn refresh_metrics(&mut self) {
-        let Some(cache) = self.metrics_cache.clone() else {
-            return;
-        };
-        match self.status() {
-            Ok(status) => {
-                if let Ok(mut c) = cache.lock() {
-                    *c = status;
-                }
-            }
-            Err(e) => warn!("metrics snapshot: {e:#}"),
-        }
+        self.report
+            .measure_rates(&self.publishing.set, &self.dp, now);
+        self.share();
     }
 }
 

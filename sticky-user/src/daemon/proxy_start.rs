@@ -1,6 +1,22 @@
 //! Starting proxy mode inside the daemon.
 
-use super::*;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use super::{cookie_key, say};
+use crate::{
+    backends::BackendSet,
+    config::Config,
+    datapath::Datapath,
+    proxy::{
+        self,
+        config::ProxyConfig,
+        routing::{AffinityMap, Routing, SharedRouting},
+        server::Proxy,
+    },
+};
 
 /// Binds the proxy listener and starts serving; splicing when possible, else copying (the
 /// reason logged).
@@ -11,15 +27,8 @@ pub(super) async fn start_proxy(
     set: &BackendSet,
     table: &[u32],
 ) -> anyhow::Result<SharedRouting> {
-    let pins = dp
-        .pins()
-        .context("proxy mode needs the pinned affinity map")?
-        .clone();
-    let path = pins.map(sticky_common::maps::AFFINITY);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("open the affinity map {}", path.display()))?;
-    let affinity = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
-    let routing: SharedRouting = Arc::new(std::sync::RwLock::new(Routing::new(
+    let affinity = dp.affinity_map()?;
+    let routing: SharedRouting = Arc::new(RwLock::new(Routing::new(
         table.to_vec(),
         set,
         config.seed,
@@ -27,7 +36,7 @@ pub(super) async fn start_proxy(
         cookie_key(config.seed),
     )));
     let splicer = if proxy.splice {
-        match Splicer::new(dp.ebpf()) {
+        match dp.splicer() {
             Ok(s) => Some(Arc::new(Mutex::new(s))),
             Err(e) => {
                 warn!("proxy: splicing unavailable, copying in userspace: {e:#}");

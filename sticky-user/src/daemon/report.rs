@@ -1,90 +1,396 @@
-//! `sticky status`: the snapshot of every backend, built from the maps.
+//! `sticky status` and the metrics endpoint. The loop hands the small state it published
+//! (backends, table, health, drains, rates) to a watch channel; a snapshot walks the maps on
+//! a blocking thread with its own handles, each map once, so full maps never stall the loop.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
+use sticky_common::{
+    Addr16,
+    choice::affinity_holds,
+    maps::{Affinity, BackendStats, COUNTER_NAMES, FLOW_FORWARD, Flow, FlowKey},
+};
+use tokio::sync::{oneshot, watch};
+
+use super::Daemon;
+use crate::{
+    addr::BackendSpec,
+    backends::BackendSet,
+    clock::monotonic_ns,
+    control::Response,
+    datapath::{Counters, Datapath, MapReader},
+    status::{BackendStatus, Health, Status},
+};
+
+/// What the loop hands over for status reports: small, replaced whole.
+#[derive(Default)]
+pub(super) struct Published {
+    instance: String,
+    vips: Vec<SocketAddr>,
+    ifaces: Vec<String>,
+    table_size: u32,
+    affinity_timeout_ns: u64,
+    backends: Vec<BackendSpec>,
+    set: BackendSet,
+    table: Vec<u32>,
+    /// Health and health transitions per checked backend.
+    health: BTreeMap<SocketAddr, (Health, u64)>,
+    drains: BTreeMap<SocketAddr, Option<Instant>>,
+    /// New flows per second by backend id.
+    rates: BTreeMap<u32, f64>,
+}
+
+/// The loop's side of reporting.
+pub(super) struct Reporting {
+    /// Last new-flow totals per backend id: when, the total, the rate since the one before.
+    rates: BTreeMap<u32, (Instant, u64, f64)>,
+    published: watch::Sender<Arc<Published>>,
+    snapshots: Arc<Snapshots>,
+}
+
+impl Reporting {
+    pub(super) fn new(maps: Arc<MapReader>) -> Self {
+        let (published, receiver) = watch::channel(Arc::default());
+        Self {
+            rates: BTreeMap::new(),
+            published,
+            snapshots: Arc::new(Snapshots {
+                maps,
+                published: receiver,
+                last: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(super) fn snapshots(&self) -> Arc<Snapshots> {
+        Arc::clone(&self.snapshots)
+    }
+
+    /// Reads each backend's new-flow total (one lookup per backend) for its rate.
+    pub(super) fn measure_rates(&mut self, set: &BackendSet, dp: &Datapath, now: Instant) {
+        for (id, _) in set.iter() {
+            if let Ok(stats) = dp.backend_stats(id) {
+                let entry = self.rates.entry(id).or_insert((now, stats.new_flows, 0.0));
+                let secs = now.duration_since(entry.0).as_secs_f64();
+                if secs > 0.0 {
+                    *entry = (
+                        now,
+                        stats.new_flows,
+                        (stats.new_flows.saturating_sub(entry.1)) as f64 / secs,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Builds status snapshots from the published state and the maps; any thread may call it.
+pub(super) struct Snapshots {
+    maps: Arc<MapReader>,
+    published: watch::Receiver<Arc<Published>>,
+    /// The last snapshot and when its walk started.
+    last: Mutex<Option<(Instant, Status)>>,
+}
+
+impl Snapshots {
+    /// A snapshot whose walk started after this call: callers that arrive while a walk runs
+    /// wait for the next one, and callers queued behind the same walk share its result.
+    pub(super) fn take(&self) -> anyhow::Result<Status> {
+        let asked = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, status)) = last.as_ref()
+            && *at >= asked
+        {
+            return Ok(status.clone());
+        }
+        let started = Instant::now();
+        let published = Arc::clone(&self.published.borrow());
+        let status = build(&published, &self.maps)?;
+        *last = Some((started, status.clone()));
+        Ok(status)
+    }
+}
+
+/// What one pass over the maps read: each map walked once.
+struct Walk {
+    affinity: Vec<(Addr16, Affinity)>,
+    flows: Vec<(FlowKey, Flow)>,
+    new_flow_keys: Vec<FlowKey>,
+    counters: Counters,
+    /// By backend id, for the backends status reports.
+    stats: BTreeMap<u32, BackendStats>,
+    map_bytes: u64,
+}
+
+fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
+    let mut stats = BTreeMap::new();
+    for b in &p.backends {
+        if let Some(id) = p.set.id_of(b.addr) {
+            stats.insert(id, maps.backend_stats(id)?);
+        }
+    }
+    let walk = Walk {
+        affinity: maps.affinity_entries(),
+        flows: maps.flow_entries(),
+        new_flow_keys: maps.new_flow_keys(),
+        counters: maps.counters()?,
+        stats,
+        map_bytes: maps.map_memory()?.iter().map(|m| m.bytes).sum(),
+    };
+    Ok(assemble(p, &walk, monotonic_ns(), Instant::now()))
+}
+
+/// The snapshot of what a walk read, counted by backend id in one pass over each map.
+fn assemble(p: &Published, walk: &Walk, now_ns: u64, now: Instant) -> Status {
+    let mut affine: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, a) in &walk.affinity {
+        if affinity_holds(a, &p.set.entry(a.backend_id), now_ns, p.affinity_timeout_ns) {
+            *affine.entry(a.backend_id).or_default() += 1;
+        }
+    }
+    let mut active: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, f) in walk
+        .flows
+        .iter()
+        .filter(|(_, f)| f.direction == FLOW_FORWARD)
+    {
+        *active.entry(f.backend_id).or_default() += 1;
+    }
+    // Confirmed flows stay in the new-flow table until they age out: count the rest.
+    let established: HashSet<_> = walk.flows.iter().map(|(k, _)| k).collect();
+    let new_flow_entries = walk
+        .new_flow_keys
+        .iter()
+        .filter(|k| !established.contains(k))
+        .count() as u64;
+    let mut slots: BTreeMap<u32, u64> = BTreeMap::new();
+    for &id in &p.table {
+        *slots.entry(id).or_default() += 1;
+    }
+    let size = p.table.len().max(1) as f64;
+    let members = p.set.members();
+    let total_weight: u32 = members.iter().map(|m| m.weight).sum();
+    let mut backends = Vec::new();
+    for b in &p.backends {
+        let Some(id) = p.set.id_of(b.addr) else {
+            continue;
+        };
+        let stats = walk.stats.get(&id).copied().unwrap_or_default();
+        let in_table = members.iter().any(|m| m.id == id);
+        let (health, health_transitions) = p
+            .health
+            .get(&b.addr)
+            .copied()
+            .unwrap_or((Health::Unchecked, 0));
+        backends.push(BackendStatus {
+            id,
+            addr: b.addr,
+            state: p.set.entry(id).state(),
+            health,
+            weight: b.weight,
+            table_share: slots.get(&id).copied().unwrap_or(0) as f64 / size,
+            ideal_share: if in_table && total_weight > 0 {
+                f64::from(b.weight) / f64::from(total_weight)
+            } else {
+                0.0
+            },
+            affine_clients: affine.get(&id).copied().unwrap_or(0),
+            active_flows: active.get(&id).copied().unwrap_or(0),
+            new_flows_total: stats.new_flows,
+            refused_total: stats.refused,
+            new_flows_per_sec: p.rates.get(&id).copied().unwrap_or(0.0),
+            packets: stats.packets,
+            bytes: stats.bytes,
+            health_transitions,
+            drain_deadline_secs: p
+                .drains
+                .get(&b.addr)
+                .copied()
+                .flatten()
+                .map(|d| d.saturating_duration_since(now).as_secs()),
+        });
+    }
+    Status {
+        instance: p.instance.clone(),
+        vips: p.vips.clone(),
+        ifaces: p.ifaces.clone(),
+        table_size: p.table_size,
+        backends,
+        counters: COUNTER_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .zip(walk.counters.values)
+            .collect(),
+        affinity_entries: walk.affinity.len() as u64,
+        flow_entries: walk.flows.len() as u64,
+        new_flow_entries,
+        map_bytes: walk.map_bytes,
+    }
+}
 
 impl Daemon {
-    pub(super) fn status(&mut self) -> anyhow::Result<Status> {
-        let affine = self.fresh_affinity()?;
-        let flows = self.dp.flow_entries()?;
-        let counters = self.dp.counters()?;
-        let size = self.table.len().max(1) as f64;
-        let members = self.set.members();
-        let total_weight: u32 = members.iter().map(|m| m.weight).sum();
-        let mut backends = Vec::new();
-        for b in &self.config.backends {
-            let Some(id) = self.set.id_of(b.addr) else {
-                continue;
-            };
-            let stats = self.dp.backend_stats(id)?;
-            let in_table = members.iter().any(|m| m.id == id);
-            let health = match self.health.get(&b.addr) {
-                None => "unchecked",
-                Some(h) if h.tracker.healthy() => "healthy",
-                Some(_) => "failing",
-            };
-            backends.push(BackendStatus {
-                id,
-                addr: b.addr,
-                state: self.state_name(b.addr).into(),
-                health: health.into(),
-                weight: b.weight,
-                table_share: self.table.iter().filter(|&&s| s == id).count() as f64 / size,
-                ideal_share: if in_table && total_weight > 0 {
-                    f64::from(b.weight) / f64::from(total_weight)
-                } else {
-                    0.0
-                },
-                affine_clients: affine.iter().filter(|(_, a)| *a == id).count() as u64,
-                active_flows: flows
-                    .iter()
-                    .filter(|(_, f)| f.backend_id == id && f.direction == FLOW_FORWARD)
-                    .count() as u64,
-                new_flows_total: stats.new_flows,
-                refused_total: stats.refused,
-                new_flows_per_sec: self.rates.get(&id).map_or(0.0, |r| r.2),
-                packets: stats.packets,
-                bytes: stats.bytes,
-                health_transitions: self.health.get(&b.addr).map_or(0, |h| h.transitions),
-                drain_deadline_secs: self
-                    .drains
-                    .get(&b.addr)
-                    .copied()
-                    .flatten()
-                    .map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
-            });
-        }
-        const NAMES: [&str; COUNTER_COUNT as usize] = [
-            "pass",
-            "parse_error",
-            "unhandled",
-            "drop_no_backend",
-            "drop_nat_error",
-            "nat",
-        ];
-        Ok(Status {
+    /// Hands the state status reports over to the snapshot side.
+    pub(super) fn share(&self) {
+        let health = self
+            .config
+            .backends
+            .iter()
+            .filter_map(|b| Some((b.addr, self.health.report(b.addr)?)))
+            .collect();
+        self.report.published.send_replace(Arc::new(Published {
             instance: self.config.instance.clone(),
             vips: self.config.vips.clone(),
             ifaces: self.config.ifaces.clone(),
             table_size: self.dp.table_size(),
-            backends,
-            counters: NAMES
-                .iter()
-                .map(|n| n.to_string())
-                .zip(counters.values)
-                .collect(),
-            affinity_entries: self.dp.affinity_entries()?.len() as u64,
-            flow_entries: flows.len() as u64,
-            new_flow_entries: {
-                // Confirmed flows stay in the new-flow table until they age out: count the rest.
-                let established: std::collections::HashSet<_> =
-                    flows.iter().map(|(k, _)| *k).collect();
-                self.dp
-                    .new_flow_keys()?
-                    .iter()
-                    .filter(|k| !established.contains(k))
-                    .count() as u64
+            affinity_timeout_ns: self.dp.affinity_timeout().as_nanos() as u64,
+            backends: self.config.backends.clone(),
+            set: self.publishing.set.clone(),
+            table: self.publishing.table.clone(),
+            health,
+            drains: self.publishing.drains.clone(),
+            rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
+        }));
+    }
+
+    /// Answers a status request from a blocking task: the loop goes on while the maps are
+    /// walked.
+    pub(super) fn status_later(&self, reply: oneshot::Sender<Response>) {
+        self.share();
+        let snapshots = self.report.snapshots();
+        tokio::spawn(async move {
+            let response = match tokio::task::spawn_blocking(move || snapshots.take()).await {
+                Ok(Ok(status)) => Response::ok(status),
+                Ok(Err(e)) => Response::err(format!("{e:#}")),
+                Err(e) => Response::err(format!("status snapshot failed: {e}")),
+            };
+            let _ = reply.send(response);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use sticky_common::{BackendState, maps::FLOW_REVERSE};
+
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn flow(src: u32, backend_id: u32, direction: u8) -> (FlowKey, Flow) {
+        let key = FlowKey {
+            src: Addr16::from_v4_word(src),
+            ..FlowKey::default()
+        };
+        let flow = Flow {
+            backend_id,
+            direction,
+            ..Flow::default()
+        };
+        (key, flow)
+    }
+
+    #[test]
+    fn one_walk_counts_every_backend() {
+        let backends = vec![
+            BackendSpec {
+                addr: addr(1),
+                weight: 3,
             },
-            map_bytes: self.dp.map_memory()?.iter().map(|m| m.bytes).sum(),
-        })
+            BackendSpec {
+                addr: addr(2),
+                weight: 1,
+            },
+        ];
+        let mut set = BackendSet::default();
+        set.reconcile(&backends).unwrap();
+        set.set_state(addr(2), BackendState::Draining.raw());
+        let (one, two) = (set.id_of(addr(1)).unwrap(), set.id_of(addr(2)).unwrap());
+        let now = Instant::now();
+        let p = Published {
+            table_size: 4,
+            affinity_timeout_ns: 100,
+            table: vec![one, one, one, one],
+            health: [(addr(2), (Health::Failing, 2))].into(),
+            drains: [(addr(2), Some(now + Duration::from_secs(30)))].into(),
+            rates: [(one, 1.5)].into(),
+            backends,
+            set: set.clone(),
+            ..Published::default()
+        };
+        let affinity = |client, backend_id, last_seen_ns| {
+            let generation = set.entry(backend_id).generation;
+            let a = Affinity {
+                backend_id,
+                generation,
+                last_seen_ns,
+            };
+            (Addr16::from_v4_word(client), a)
+        };
+        let flows = vec![
+            flow(1, one, FLOW_FORWARD),
+            flow(2, one, FLOW_REVERSE),
+            flow(3, two, FLOW_FORWARD),
+        ];
+        let walk = Walk {
+            // Fresh on both (draining honours affinity), one lapsed.
+            affinity: vec![
+                affinity(1, one, 950),
+                affinity(2, two, 900),
+                affinity(3, one, 10),
+            ],
+            new_flow_keys: vec![flows[0].0, flow(9, two, FLOW_FORWARD).0],
+            flows,
+            counters: Counters::default(),
+            stats: [(
+                one,
+                BackendStats {
+                    new_flows: 7,
+                    ..BackendStats::default()
+                },
+            )]
+            .into(),
+            map_bytes: 42,
+        };
+        let s = assemble(&p, &walk, 1000, now);
+        assert_eq!(
+            (
+                s.affinity_entries,
+                s.flow_entries,
+                s.new_flow_entries,
+                s.map_bytes
+            ),
+            (3, 3, 1, 42)
+        );
+        let (a, b) = (&s.backends[0], &s.backends[1]);
+        assert_eq!(
+            (a.state, a.health, a.affine_clients, a.active_flows),
+            (BackendState::Up, Health::Unchecked, 1, 1)
+        );
+        assert_eq!(
+            (a.table_share, a.ideal_share, a.new_flows_total),
+            (1.0, 1.0, 7)
+        );
+        assert_eq!(a.new_flows_per_sec, 1.5);
+        assert_eq!(
+            (
+                b.state,
+                b.health,
+                b.health_transitions,
+                b.affine_clients,
+                b.active_flows
+            ),
+            (BackendState::Draining, Health::Failing, 2, 1, 1)
+        );
+        assert_eq!((b.table_share, b.ideal_share), (0.0, 0.0));
+        assert!(matches!(b.drain_deadline_secs, Some(29 | 30)));
+        assert_eq!(s.counters.len(), COUNTER_NAMES.len());
     }
 }

@@ -2,12 +2,15 @@
 
 use std::fmt;
 
-use crate::status::{BackendStatus, Status};
+use sticky_common::BackendState;
+
+use crate::status::{BackendStatus, Health, Status};
 
 /// `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const BACKEND_STATES: [&str; 3] = ["up", "draining", "down"];
+const BACKEND_STATES: [BackendState; 3] =
+    [BackendState::Up, BackendState::Draining, BackendState::Down];
 
 /// The per-backend families after `up` and `state`: name, kind, help, value.
 type PerBackend = (
@@ -21,7 +24,7 @@ const PER_BACKEND: [PerBackend; 11] = [
         "sticky_backend_healthy",
         Kind::Gauge,
         "Whether the backend passes its health checks or is unchecked (1) rather than failing (0).",
-        |b| Value::flag(b.health != "failing"),
+        |b| Value::flag(b.health != Health::Failing),
     ),
     (
         "sticky_backend_weight",
@@ -95,7 +98,7 @@ pub fn render(status: &Status) -> String {
         backends,
         ("sticky_backend_up", Gauge),
         "Whether the backend is up (1) rather than draining or down (0).",
-        |b| Value::flag(b.state == "up"),
+        |b| Value::flag(b.state == BackendState::Up),
     );
     out.family(
         "sticky_backend_state",
@@ -107,7 +110,7 @@ pub fn render(status: &Status) -> String {
         for state in BACKEND_STATES {
             out.sample(
                 "sticky_backend_state",
-                &[("backend", &addr), ("state", state)],
+                &[("backend", &addr), ("state", state.name())],
                 Value::flag(b.state == state),
             );
         }
@@ -297,8 +300,8 @@ pub(super) mod tests {
                 BackendStatus {
                     id: 0,
                     addr: "10.0.0.1:80".parse().unwrap(),
-                    state: "up".into(),
-                    health: "healthy".into(),
+                    state: BackendState::Up,
+                    health: Health::Healthy,
                     weight: 3,
                     table_share: 0.75,
                     ideal_share: 0.75,
@@ -315,8 +318,8 @@ pub(super) mod tests {
                 BackendStatus {
                     id: 1,
                     addr: "[2001:db8::2]:8080".parse().unwrap(),
-                    state: "draining".into(),
-                    health: "failing".into(),
+                    state: BackendState::Draining,
+                    health: Health::Failing,
                     weight: 1,
                     table_share: 0.25,
                     ideal_share: 0.0,

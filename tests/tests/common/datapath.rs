@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult},
+    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult},
 };
 use sticky::{
     addr::BackendSpec,
@@ -193,13 +193,10 @@ impl Lb {
         program: Prog,
         opts: TestRunOptions<'_>,
     ) -> Result<TestRunResult, ProgramError> {
-        let prog: &mut SchedClassifier = self
+        let prog = self
             .dp
-            .ebpf()
-            .program_mut(program.name())
-            .unwrap_or_else(|| panic!("program {} missing", program.name()))
-            .try_into()
-            .unwrap_or_else(|e| panic!("program {}: {e}", program.name()));
+            .classifier(program.name())
+            .unwrap_or_else(|e| panic!("program {}: {e:#}", program.name()));
         prog.test_run(opts)
     }
 
@@ -237,7 +234,6 @@ impl Lb {
     pub fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, Flow> {
         let map = self
             .dp
-            .ebpf()
             .map_mut(names::FLOWS)
             .expect("flow map in the object");
         HashMap::try_from(map).expect("flow map is a hash map")

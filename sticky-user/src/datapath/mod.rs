@@ -1,14 +1,15 @@
-//! The loaded eBPF object: attaching the tc programs and writing the maps.
+//! The loaded eBPF object: attaching the tc programs and writing the maps. The object stays
+//! inside [`Datapath`]; callers get typed handles on its maps and programs.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+mod maps;
+mod pins;
+
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData},
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -18,12 +19,15 @@ use aya::{
 use sticky_common::{
     Addr16,
     maps::{
-        self as names, Affinity, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS,
-        PROTO_TCP, Settings, Vip, VipKey,
+        self as names, Affinity, BackendStats, Flow, FlowKey, PROTO_TCP, Settings, Vip, VipKey,
     },
 };
 
-use crate::{backends::BackendSet, config::Config, object, table};
+pub use self::{
+    maps::{Counters, MapMemory, MapReader},
+    pins::Pins,
+};
+use crate::{backends::BackendSet, config::Config, object, proxy::splice::Splicer, table};
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -31,75 +35,7 @@ pub struct Datapath {
     pins: Option<Pins>,
     /// Whether the maps were adopted from a previous daemon's pins.
     adopted: bool,
-}
-
-/// Where an instance pins its maps and tc links: `/sys/fs/bpf/sticky/<instance>/`.
-#[derive(Clone, Debug)]
-pub struct Pins {
-    pub dir: PathBuf,
-}
-
-impl Pins {
-    pub const ROOT: &str = "/sys/fs/bpf/sticky";
-
-    pub fn for_instance(instance: &str) -> Self {
-        Self {
-            dir: Path::new(Self::ROOT).join(instance),
-        }
-    }
-
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.dir.join("maps").join(name)
-    }
-
-    fn link(&self, iface: &str, kind: TcAttachType) -> PathBuf {
-        let dir = if kind == TcAttachType::Ingress {
-            "ingress"
-        } else {
-            "egress"
-        };
-        self.dir.join("links").join(format!("{iface}-{dir}"))
-    }
-
-    /// Whether a previous daemon left pinned state here.
-    pub fn exist(&self) -> bool {
-        self.map(names::SETTINGS).exists()
-    }
-
-    /// Detaches every pinned link and removes every pin of the instance.
-    pub fn remove(&self) -> anyhow::Result<()> {
-        let links = self.dir.join("links");
-        if let Ok(entries) = std::fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                match PinnedLink::from_pin(&path) {
-                    Ok(link) => drop(
-                        link.unpin()
-                            .with_context(|| format!("unpin {}", path.display()))?,
-                    ),
-                    Err(_) => std::fs::remove_file(&path)
-                        .with_context(|| format!("remove {}", path.display()))?,
-                }
-            }
-        }
-        let maps = self.dir.join("maps");
-        if let Ok(entries) = std::fs::read_dir(&maps) {
-            for entry in entries.flatten() {
-                std::fs::remove_file(entry.path())
-                    .with_context(|| format!("remove {}", entry.path().display()))?;
-            }
-        }
-        for dir in [links, maps, self.dir.clone()] {
-            let _ = std::fs::remove_dir(dir);
-        }
-        Ok(())
-    }
-}
-
-/// Global counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub values: [u64; COUNTER_COUNT as usize],
+    reader: Arc<MapReader>,
 }
 
 impl Datapath {
@@ -121,17 +57,10 @@ impl Datapath {
         let mut adopted = false;
         let mut pinned_settings = None;
         if let Some(pins) = &pins {
-            std::fs::create_dir_all(pins.dir.join("maps"))
-                .and_then(|()| std::fs::create_dir_all(pins.dir.join("links")))
-                .with_context(|| {
-                    format!(
-                        "create pin folder {} (is bpffs mounted?)",
-                        pins.dir.display()
-                    )
-                })?;
+            pins.create()?;
             adopted = pins.exist();
             if adopted {
-                pinned_settings = Some(read_pinned_settings(&pins.map(names::SETTINGS))?);
+                pinned_settings = Some(pins.settings()?);
             }
             for name in names::ALL_MAPS {
                 loader.map_pin_path(name, pins.map(name));
@@ -167,11 +96,13 @@ impl Datapath {
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
         };
+        let reader = Arc::new(MapReader::new(&ebpf)?);
         let mut dp = Self {
             ebpf,
             settings,
             pins,
             adopted,
+            reader,
         };
         dp.write_settings()?;
         dp.set_vips(&config.vips)?;
@@ -187,11 +118,7 @@ impl Datapath {
             (names::PROG_INGRESS, TcAttachType::Ingress),
         ] {
             let pin = self.pins.as_ref().map(|p| p.link(iface, kind));
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
+            let prog = self.classifier(name)?;
             match pin {
                 Some(pin) if pin.exists() => {
                     let link = PinnedLink::from_pin(&pin)
@@ -240,8 +167,41 @@ impl Datapath {
         map.iter().map(|r| r.map_err(Into::into)).collect()
     }
 
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Read-only handles on the maps status reads, usable from any thread.
+    pub fn reader(&self) -> Arc<MapReader> {
+        Arc::clone(&self.reader)
+    }
+
+    /// An owned handle on the client-affinity map (proxy mode records affinity in it).
+    pub fn affinity_map(&self) -> anyhow::Result<HashMap<MapData, Addr16, Affinity>> {
+        Ok(HashMap::try_from(maps::duplicate(
+            &self.ebpf,
+            names::AFFINITY,
+        )?)?)
+    }
+
+    /// Proxy mode's splicer: takes the per-process splice maps and attaches their verdict.
+    pub fn splicer(&mut self) -> anyhow::Result<Splicer> {
+        Splicer::new(&mut self.ebpf)
+    }
+
+    /// A tc program, for BPF_PROG_TEST_RUN.
+    pub fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// A map by name, for tests and tools that set up state the daemon never writes.
+    pub fn map(&self, name: &str) -> Option<&Map> {
+        self.ebpf.map(name)
+    }
+
+    /// A map by name, writable (see [`Datapath::map`]).
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut Map> {
+        self.ebpf.map_mut(name)
     }
 
     fn write_settings(&mut self) -> anyhow::Result<()> {
@@ -318,50 +278,16 @@ impl Datapath {
 
     /// Every client-affinity entry (a map walk: for status and previews, not hot paths).
     pub fn affinity_entries(&self) -> anyhow::Result<Vec<(Addr16, Affinity)>> {
-        let map: HashMap<&MapData, Addr16, Affinity> = HashMap::try_from(
-            self.ebpf
-                .map(names::AFFINITY)
-                .context("affinity map missing")?,
-        )?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        Ok(self.reader.affinity_entries())
     }
 
     pub fn affinity_of(&self, client: &Addr16) -> anyhow::Result<Option<Affinity>> {
-        let map: HashMap<&MapData, Addr16, Affinity> = HashMap::try_from(
-            self.ebpf
-                .map(names::AFFINITY)
-                .context("affinity map missing")?,
-        )?;
-        match map.get(client, 0) {
-            Ok(a) => Ok(Some(a)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.reader.affinity_of(client)
     }
 
     /// Every established flow-table entry (both directions).
     pub fn flow_entries(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
-        self.entries_of(names::FLOWS)
-    }
-
-    /// The keys of the new-flow table (flows in their handshake, and confirmed ones not yet
-    /// aged out): a key walk, half the syscalls of reading the values too.
-    pub fn new_flow_keys(&self) -> anyhow::Result<Vec<FlowKey>> {
-        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(
-            self.ebpf
-                .map(names::NEW_FLOWS)
-                .context("new-flow map missing")?,
-        )?;
-        Ok(map.keys().filter_map(Result::ok).collect())
-    }
-
-    fn entries_of(&self, name: &str) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
-        let map: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(
-            self.ebpf
-                .map(name)
-                .with_context(|| format!("{name} missing"))?,
-        )?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        Ok(self.reader.flow_entries())
     }
 
     /// Forgets every flow of backend `id`, established or new: their next packets are
@@ -370,17 +296,17 @@ impl Datapath {
     pub fn purge_flows(&mut self, id: u32) -> anyhow::Result<usize> {
         let mut purged = 0;
         for name in [names::FLOWS, names::NEW_FLOWS] {
-            let doomed: Vec<FlowKey> = self
-                .entries_of(name)?
-                .into_iter()
-                .filter(|(_, f)| f.backend_id == id)
-                .map(|(k, _)| k)
-                .collect();
             let mut map: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(
                 self.ebpf
                     .map_mut(name)
                     .with_context(|| format!("{name} missing"))?,
             )?;
+            let doomed: Vec<FlowKey> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, f)| f.backend_id == id)
+                .map(|(k, _)| k)
+                .collect();
             for key in &doomed {
                 let _ = map.remove(key);
             }
@@ -391,22 +317,9 @@ impl Datapath {
         Ok(purged)
     }
 
-    /// Memory the kernel charges for each of the pinned (per-instance) maps, from their
-    /// fdinfo: what `max-flows`, `max-new-flows`, `max-clients` and the table size cost.
+    /// Memory the kernel charges for each of the pinned (per-instance) maps.
     pub fn map_memory(&self) -> anyhow::Result<Vec<MapMemory>> {
-        names::ALL_MAPS
-            .iter()
-            .map(|&name| {
-                let map = self
-                    .ebpf
-                    .map(name)
-                    .with_context(|| format!("{name} missing"))?;
-                let fd = map_fd(map);
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-                    .with_context(|| format!("read fdinfo of {name}"))?;
-                Ok(MapMemory::from_fdinfo(name, &info))
-            })
-            .collect()
+        self.reader.map_memory()
     }
 
     pub fn table_size(&self) -> u32 {
@@ -418,47 +331,17 @@ impl Datapath {
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).context("counters missing")?)?;
-        let mut out = Counters::default();
-        for (i, v) in out.values.iter_mut().enumerate() {
-            *v = map.get(&(i as u32), 0)?.iter().sum();
-        }
-        Ok(out)
+        self.reader.counters()
     }
 
     /// Per-backend packets, bytes and new flows, summed over CPUs.
     pub fn backend_stats(&self, id: u32) -> anyhow::Result<BackendStats> {
-        if id >= MAX_BACKENDS {
-            bail!("backend id {id} out of range");
-        }
-        let map: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(
-            self.ebpf
-                .map(names::BACKEND_STATS)
-                .context("backend stats missing")?,
-        )?;
-        Ok(map
-            .get(&id, 0)?
-            .iter()
-            .fold(BackendStats::default(), |a, s| BackendStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-                new_flows: a.new_flows + s.new_flows,
-                refused: a.refused + s.refused,
-            }))
+        self.reader.backend_stats(id)
     }
 
     pub fn affinity_timeout(&self) -> Duration {
         Duration::from_nanos(self.settings.affinity_timeout_ns)
     }
-}
-
-fn read_pinned_settings(path: &Path) -> anyhow::Result<Settings> {
-    let data =
-        MapData::from_pin(path).with_context(|| format!("open pinned {}", path.display()))?;
-    let map = aya::maps::Map::Array(data);
-    let array: Array<MapData, Settings> = Array::try_from(map)?;
-    Ok(array.get(&0, 0)?)
 }
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
@@ -471,58 +354,5 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
         )
     } else {
         anyhow::Error::new(e).context("load the eBPF object")
-    }
-}
-
-/// One map's size and the memory the kernel charges for it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MapMemory {
-    pub name: String,
-    pub max_entries: u64,
-    /// `memlock` of the map's fdinfo.
-    pub bytes: u64,
-}
-
-impl MapMemory {
-    /// Reads `max_entries:` and `memlock:` from a map's `/proc/PID/fdinfo/FD` text.
-    pub fn from_fdinfo(name: &str, info: &str) -> Self {
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Self {
-            name: name.to_string(),
-            max_entries: field("max_entries:"),
-            bytes: field("memlock:"),
-        }
-    }
-}
-
-fn map_fd(map: &aya::maps::Map) -> std::os::fd::RawFd {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let data: &MapData = match map {
-        aya::maps::Map::Array(d)
-        | aya::maps::Map::HashMap(d)
-        | aya::maps::Map::LruHashMap(d)
-        | aya::maps::Map::PerCpuArray(d) => d,
-        _ => return -1,
-    };
-    data.fd().as_fd().as_raw_fd()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn map_memory_reads_fdinfo() {
-        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\n\
-                    key_size:\t40\nvalue_size:\t32\nmax_entries:\t262144\nmap_flags:\t0x0\n\
-                    map_extra:\t0x0\nmemlock:\t29360128\nmap_id:\t12\nfrozen:\t0\n";
-        let m = MapMemory::from_fdinfo("STICKY_FLOWS", info);
-        assert_eq!((m.max_entries, m.bytes), (262_144, 29_360_128));
-        assert_eq!(MapMemory::from_fdinfo("X", "garbage").bytes, 0);
     }
 }

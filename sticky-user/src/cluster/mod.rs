@@ -6,6 +6,8 @@
 //! with the same index and port (backoff, crash-loop limit) and rejoins, so its clients come
 //! back; `sticky cluster reload` restarts them one at a time, each drained first.
 
+mod worker;
+
 use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -17,19 +19,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::mpsc,
 };
-use tracing::warn;
 
-use crate::control::{self, Change, Request};
+use self::worker::{Worker, accepts, check_worker, signal_child, spawn_worker, stop_child};
+use crate::control::{self, Change, Endpoint, Request, Response};
 
 /// Crashes within `CRASH_WINDOW` after which a worker is given up.
 pub const CRASH_LIMIT: usize = 5;
 pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -52,73 +51,9 @@ pub fn control_socket(instance: &str) -> PathBuf {
     PathBuf::from(control::RUN_DIR).join(format!("{instance}.cluster.sock"))
 }
 
-struct Worker {
-    index: usize,
-    port: u16,
-    child: Option<Child>,
-    in_table: bool,
-    crashes: Vec<Instant>,
-    restart_at: Option<Instant>,
-    given_up: bool,
-}
-
-impl Worker {
-    fn backend(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port)
-    }
-}
-
 fn say(line: &str) {
     println!("{line}");
     std::io::stdout().flush().ok();
-}
-
-fn spawn_worker(spec: &ClusterSpec, index: usize, port: u16) -> anyhow::Result<Child> {
-    let (program, args) = spec
-        .command
-        .split_first()
-        .context("no worker command after --")?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env(&spec.port_env, port.to_string())
-        .env(&spec.index_env, index.to_string())
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        // Its own process group: a terminal's Ctrl-C reaches the supervisor, which shuts the
-        // workers down in order.
-        .process_group(0);
-    cmd.spawn()
-        .with_context(|| format!("start worker {index}: {}", spec.command.join(" ")))
-}
-
-fn accepts(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-fn signal_child(child: &Child, sig: i32) {
-    // SAFETY: our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// SIGTERM, then SIGKILL after `delay`.
-fn stop_child(child: &mut Child, delay: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    signal_child(child, libc::SIGTERM);
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// IPv4 addresses of `iface` (the VIPs remote clients reach).
@@ -166,15 +101,7 @@ pub async fn run(spec: ClusterSpec) -> anyhow::Result<()> {
         vips.extend(iface_addrs(iface)?);
     }
     let mut workers: Vec<Worker> = (0..spec.workers)
-        .map(|index| Worker {
-            index,
-            port: spec.base_port + index as u16,
-            child: None,
-            in_table: false,
-            crashes: Vec::new(),
-            restart_at: None,
-            given_up: false,
-        })
+        .map(|index| Worker::new(index, spec.base_port + index as u16))
         .collect();
     for w in &mut workers {
         w.child = Some(spawn_worker(&spec, w.index, w.port)?);
@@ -278,15 +205,13 @@ async fn supervise(
     result
 }
 
-type ReloadRequest = oneshot::Sender<Result<String, String>>;
-
 async fn manage(
     spec: &ClusterSpec,
     workers: &mut [Worker],
     daemon: &mut Child,
 ) -> anyhow::Result<()> {
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
-    serve_control(&spec.instance, reload_tx)?;
+    let (requests_tx, mut requests) = mpsc::channel(4);
+    let _server = control::serve(&control_socket(&spec.instance), requests_tx)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -308,84 +233,21 @@ async fn manage(
                     check_worker(spec, w).await;
                 }
             }
-            Some(reply) = reload_rx.recv() => {
-                let outcome = rolling_reload(spec, workers).await.map_err(|e| format!("{e:#}"));
-                let _ = reply.send(outcome);
+            Some((request, reply)) = requests.recv() => {
+                let response = match request {
+                    Request::Reload => match rolling_reload(spec, workers).await {
+                        Ok(done) => Response::ok(done),
+                        Err(e) => Response::err(format!("{e:#}")),
+                    },
+                    _ => Response::err(
+                        "a cluster supervisor answers only reload; send other requests to its \
+                         daemon (sticky … --instance)",
+                    ),
+                };
+                let _ = reply.send(response);
             }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-        }
-    }
-}
-
-/// One supervision step: notice a crash, restart after backoff, join the table on accept.
-async fn check_worker(spec: &ClusterSpec, w: &mut Worker) {
-    if w.given_up {
-        return;
-    }
-    if let Some(child) = &mut w.child
-        && let Ok(Some(status)) = child.try_wait()
-    {
-        w.child = None;
-        let now = Instant::now();
-        w.crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
-        w.crashes.push(now);
-        if w.in_table {
-            let _ = call(
-                &spec.instance,
-                Request::Apply {
-                    change: Change::Remove { addr: w.backend() },
-                },
-            )
-            .await;
-            w.in_table = false;
-        }
-        if w.crashes.len() >= CRASH_LIMIT {
-            w.given_up = true;
-            say(&format!(
-                "worker {} crashed {} times within {:?} ({status}): crash loop, not restarting",
-                w.index, CRASH_LIMIT, CRASH_WINDOW
-            ));
-            return;
-        }
-        let backoff =
-            (Duration::from_millis(100) * 2u32.pow(w.crashes.len() as u32 - 1)).min(MAX_BACKOFF);
-        say(&format!(
-            "worker {} exited ({status}); restarting in {backoff:?}",
-            w.index
-        ));
-        w.restart_at = Some(now + backoff);
-    }
-    if w.child.is_none()
-        && let Some(at) = w.restart_at
-        && Instant::now() >= at
-    {
-        w.restart_at = None;
-        match spawn_worker(spec, w.index, w.port) {
-            Ok(child) => w.child = Some(child),
-            Err(e) => warn!("restart worker {}: {e:#}", w.index),
-        }
-    }
-    if w.child.is_some() && !w.in_table && accepts(w.port) {
-        match call(
-            &spec.instance,
-            Request::Apply {
-                change: Change::Add {
-                    addr: w.backend(),
-                    weight: 1,
-                },
-            },
-        )
-        .await
-        {
-            Ok(()) => {
-                w.in_table = true;
-                say(&format!(
-                    "worker {} accepts on {}: in the table",
-                    w.index, w.port
-                ));
-            }
-            Err(e) => warn!("add worker {}: {e:#}", w.index),
         }
     }
 }
@@ -444,53 +306,25 @@ async fn rolling_reload(spec: &ClusterSpec, workers: &mut [Worker]) -> anyhow::R
     Ok(format!("reloaded {restarted} workers"))
 }
 
-fn serve_control(instance: &str, reloads: mpsc::Sender<ReloadRequest>) -> anyhow::Result<()> {
-    let path = control_socket(instance);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let reloads = reloads.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                if BufReader::new(read).read_line(&mut line).await.is_err()
-                    || line.trim() != "reload"
-                {
-                    let _ = write.write_all(b"error: unknown request\n").await;
-                    return;
-                }
-                let (tx, rx) = oneshot::channel();
-                let answer = match reloads.send(tx).await {
-                    Ok(()) => rx.await.unwrap_or_else(|_| Err("cluster stopped".into())),
-                    Err(_) => Err("cluster stopped".into()),
-                };
-                let text = match answer {
-                    Ok(ok) => format!("ok: {ok}\n"),
-                    Err(e) => format!("error: {e}\n"),
-                };
-                let _ = write.write_all(text.as_bytes()).await;
-            });
-        }
-    });
-    Ok(())
-}
-
 /// `sticky cluster reload`: asks the supervisor of `instance` for a rolling restart.
 pub async fn reload(instance: &str) -> anyhow::Result<String> {
     let path = control_socket(instance);
-    let stream = tokio::net::UnixStream::connect(&path).await.map_err(|_| {
-        anyhow::anyhow!("no sticky cluster for instance '{instance}' ({} is missing): start one with `sticky cluster`", path.display())
-    })?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(b"reload\n").await?;
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    match line.trim().strip_prefix("ok: ") {
-        Some(ok) => Ok(ok.to_string()),
-        None => bail!("{}", line.trim().trim_start_matches("error: ")),
+    let supervisor = Endpoint {
+        absent: format!(
+            "no sticky cluster for instance '{instance}' ({} is missing): start one with \
+             `sticky cluster`",
+            path.display()
+        ),
+        path,
+        who: "the cluster supervisor",
+        // One worker after another, each drained and restarted: as long as that takes.
+        answer_within: None,
+    };
+    let answer = supervisor.call(&Request::Reload).await?;
+    if !answer.ok {
+        bail!("{}", answer.error.unwrap_or_default());
     }
+    Ok(answer.data.as_str().unwrap_or("reloaded").to_string())
 }
 
 /// Parses `KEY=VALUE` for `--env`.
@@ -511,19 +345,5 @@ mod tests {
     fn env_pairs() {
         assert_eq!(env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(env_pair("=x").is_err() && env_pair("noequals").is_err());
-    }
-
-    #[test]
-    fn worker_backend_is_a_local_port() {
-        let w = Worker {
-            index: 0,
-            port: 3001,
-            child: None,
-            in_table: false,
-            crashes: vec![],
-            restart_at: None,
-            given_up: false,
-        };
-        assert_eq!(w.backend().to_string(), "0.0.0.0:3001");
     }
 }

@@ -1,0 +1,94 @@
+//! Where an instance pins its maps and tc links, and what a previous daemon left there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TcAttachType, links::PinnedLink},
+};
+use sticky_common::maps::{self as names, Settings};
+
+/// Where an instance pins its maps and tc links: `/sys/fs/bpf/sticky/<instance>/`.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub const ROOT: &str = "/sys/fs/bpf/sticky";
+
+    pub fn for_instance(instance: &str) -> Self {
+        Self {
+            dir: Path::new(Self::ROOT).join(instance),
+        }
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    pub(super) fn link(&self, iface: &str, kind: TcAttachType) -> PathBuf {
+        let dir = if kind == TcAttachType::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
+        self.dir.join("links").join(format!("{iface}-{dir}"))
+    }
+
+    /// Whether a previous daemon left pinned state here.
+    pub fn exist(&self) -> bool {
+        self.map(names::SETTINGS).exists()
+    }
+
+    /// Creates the folders pins go in.
+    pub(super) fn create(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.dir.join("maps"))
+            .and_then(|()| std::fs::create_dir_all(self.dir.join("links")))
+            .with_context(|| {
+                format!(
+                    "create pin folder {} (is bpffs mounted?)",
+                    self.dir.display()
+                )
+            })
+    }
+
+    /// The settings a previous daemon pinned.
+    pub(super) fn settings(&self) -> anyhow::Result<Settings> {
+        let path = self.map(names::SETTINGS);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("open pinned {}", path.display()))?;
+        let array: Array<MapData, Settings> = Array::try_from(Map::Array(data))?;
+        Ok(array.get(&0, 0)?)
+    }
+
+    /// Detaches every pinned link and removes every pin of the instance.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        let links = self.dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match PinnedLink::from_pin(&path) {
+                    Ok(link) => drop(
+                        link.unpin()
+                            .with_context(|| format!("unpin {}", path.display()))?,
+                    ),
+                    Err(_) => std::fs::remove_file(&path)
+                        .with_context(|| format!("remove {}", path.display()))?,
+                }
+            }
+        }
+        let maps = self.dir.join("maps");
+        if let Ok(entries) = std::fs::read_dir(&maps) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("remove {}", entry.path().display()))?;
+            }
+        }
+        for dir in [links, maps, self.dir.clone()] {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
