@@ -5,8 +5,10 @@ mod common;
 
 use std::{
     collections::BTreeSet,
+    io::{BufRead as _, BufReader},
     os::fd::{FromRawFd as _, OwnedFd},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use common::{root_or_skip, sticky_bin};
@@ -75,6 +77,16 @@ fn a_clean_topology_passes_ipv4_and_ipv6() {
         assert!(all.contains("through this node (connected)"), "{all}");
         assert!(all.contains("shares the host's mount namespace"), "{all}");
     }
+    // Proxy mode splices through sockmap: checked, and present on this kernel.
+    let mut proxy = topo.sticky_args(false);
+    proxy.extend(["--proxy".to_string(), "198.18.0.1:8081".to_string()]);
+    let out = doctor(&topo.lb, &proxy);
+    assert_clean(&out);
+    assert!(
+        text(&out).contains("sockmap and sk_skb programs available"),
+        "{}",
+        text(&out)
+    );
     // The same settings from a config file.
     let file = std::env::temp_dir().join(format!("{}.toml", topo.lb.name));
     let (vip, b0, b1) = (
@@ -182,6 +194,22 @@ fn a_backend_side_mtu_below_the_client_side() {
         t.lb.ip(&["link", "set", "be0", "mtu", "1280"]).map(drop)
     });
     assert_only(&out, 17, "ip link set dev be0 mtu 1500");
+}
+
+#[test]
+fn an_ipv6_client_side_under_1280() {
+    if !root_or_skip("an_ipv6_client_side_under_1280") {
+        return;
+    }
+    let out = with_fault("doc-mtu6", true, |t| {
+        t.lb.ip(&["link", "set", "cli0", "mtu", "1200"]).map(drop)
+    });
+    assert_only(&out, 17, "ip link set dev cli0 mtu 1500");
+    assert!(
+        text(&out).contains("IPv6 needs at least 1280"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -378,11 +406,37 @@ fn ip_netns_exec_makes_pins_die_with_the_process() {
         .args(topo.sticky_args(false))
         .output()
         .expect("run sticky doctor under ip netns exec");
-    assert_only(
-        &out,
-        18,
-        "start sticky with `nsenter --net=/run/netns/NAME sticky run",
-    );
+    let fix = "start sticky with `nsenter --net=/run/netns/NAME sticky run";
+    assert_only(&out, 18, fix);
+
+    // The case: the daemon itself started with `ip netns exec`, doctor run from the
+    // host against it finds its pins on a bpffs that dies with it.
+    let instance = topo.lb.name.clone();
+    let mut daemon = Command::new("ip")
+        .args(["netns", "exec", &topo.lb.name])
+        .arg(sticky_bin())
+        .arg("run")
+        .args(topo.sticky_args(false))
+        .args(["--instance", &instance])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start sticky run under ip netns exec");
+    let stdout = daemon.stdout.take().expect("stdout");
+    // Reads until the ready line (then keeps the pipe open, so the daemon never gets EPIPE).
+    let (tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let _ = tx.send(lines.any(|l| l.contains("sticky ready")));
+        lines.for_each(drop);
+    });
+    let started = ready.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
+    let out = doctor(&topo.lb, &["--instance".to_string(), instance]);
+    // SAFETY: our own child, not yet reaped.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert!(started, "sticky run under ip netns exec did not get ready");
+    assert_only(&out, 18, fix);
+    assert!(text(&out).contains("the daemon (pid"), "{}", text(&out));
 }
 
 #[test]

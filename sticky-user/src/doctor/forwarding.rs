@@ -52,9 +52,8 @@ fn forwarding(code: Code, key: &str, family: &str) -> Line {
 /// came in on. That hits clients exactly when the way back to them is another interface:
 /// judged by the default route, the way back to "anyone".
 fn rp_filter(iface: &str) -> Line {
-    let read = |k: &str| {
-        host::sysctl(&format!("net.ipv4.conf.{k}.rp_filter")).and_then(|v| v.parse::<u8>().ok())
-    };
+    let read =
+        |k: &str| host::sysctl(&host::conf_key(k, "rp_filter")).and_then(|v| v.parse::<u8>().ok());
     let (Some(all), Some(own)) = (read("all"), read(iface)) else {
         return Line::skip(Code::RpFilter, format!("cannot read rp_filter for {iface}"));
     };
@@ -76,8 +75,9 @@ fn rp_filter(iface: &str) -> Line {
                  route) has its packets dropped before they reach a backend"
             ),
             format!(
-                "loose mode: sysctl -w net.ipv4.conf.{iface}.rp_filter=2 \
-                 net.ipv4.conf.all.rp_filter=2 (or route the clients' networks through {iface})"
+                "loose mode: sysctl -w {}=2 (the larger of `all` and the interface's value \
+                 applies), or route the clients' networks through {iface}",
+                host::conf_key(iface, "rp_filter")
             ),
         ),
         Some(_) => Line::ok(

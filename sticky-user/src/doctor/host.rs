@@ -53,12 +53,27 @@ fn json<T: for<'a> Deserialize<'a>>(program: &'static str, args: &[&str]) -> Res
     })
 }
 
-/// A sysctl by its dotted name (`net.ipv4.ip_forward`), trimmed; `None` when absent.
+/// A sysctl by its dotted name (`net.ipv4.ip_forward`) or, as `sysctl` also takes it, its
+/// slashed one (`net/ipv4/conf/eth0.100/rp_filter`), trimmed; `None` when absent.
 pub fn sysctl(key: &str) -> Option<String> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let path = if key.contains('/') {
+        format!("/proc/sys/{key}")
+    } else {
+        format!("/proc/sys/{}", key.replace('.', "/"))
+    };
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+/// The name of a per-interface IPv4 sysctl: dotted unless the interface name has a dot
+/// (VLANs such as `eth0.100`), where only the slashed form is unambiguous.
+pub fn conf_key(iface: &str, name: &str) -> String {
+    if iface.contains('.') {
+        format!("net/ipv4/conf/{iface}/{name}")
+    } else {
+        format!("net.ipv4.conf.{iface}.{name}")
+    }
 }
 
 /// The route the node would use to reach an address (`ip route get`).
