@@ -58,13 +58,17 @@ pub fn run(args: DoctorArgs, instance: Option<String>) -> anyhow::Result<()> {
         running(&name)?
     };
     let lines = doctor::check(&target);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", doctor::to_json(&lines))?;
+    let text = if args.json {
+        format!("{}\n", doctor::to_json(&lines))
     } else {
-        write!(out, "{}", doctor::render(&lines))?;
+        doctor::render(&lines)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `sticky doctor | head` still exits with the finding's code.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
-    out.flush()?;
     match doctor::exit_code(&lines) {
         0 => Ok(()),
         code => std::process::exit(i32::from(code)),
