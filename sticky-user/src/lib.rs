@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
+pub mod doctor;
 pub mod duration;
 pub mod fuzzing;
 pub mod hashbench;

@@ -14,6 +14,7 @@ pub const DEB_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "redis-server",
+    "nftables",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench_hash;
 pub mod cluster;
 pub mod control;
+pub mod doctor;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ pub enum Command {
     /// Run N workers of an app (e.g. `-- node app.js`) on their own ports and balance one port
     /// across them in the kernel; `sticky cluster reload` restarts them one by one.
     Cluster(Box<cluster::ClusterArgs>),
+    /// Check what would stop a balancer from forwarding (before a start or on --instance).
+    Doctor(Box<doctor::DoctorArgs>),
     /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
     /// (What `sticky` does with no command.)
     Demo,
@@ -81,6 +84,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Stop(args) => control::stop(args, &name),
         Command::BenchHash(args) => bench_hash::run(args),
         Command::Cluster(args) => cluster::run(*args, &name),
+        Command::Doctor(args) => doctor::run(*args, instance),
         Command::Demo => crate::demo::run(),
     }
 }
