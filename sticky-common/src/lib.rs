@@ -7,6 +7,7 @@ pub mod addr;
 pub mod choice;
 pub mod hash;
 pub mod maps;
+pub mod trace;
 
 pub use addr::Addr16;
 pub use choice::{BackendState, Choice, Reason, View, choose};

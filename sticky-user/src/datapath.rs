@@ -506,7 +506,8 @@ fn map_fd(map: &aya::maps::Map) -> std::os::fd::RawFd {
         aya::maps::Map::Array(d)
         | aya::maps::Map::HashMap(d)
         | aya::maps::Map::LruHashMap(d)
-        | aya::maps::Map::PerCpuArray(d) => d,
+        | aya::maps::Map::PerCpuArray(d)
+        | aya::maps::Map::RingBuf(d) => d,
         _ => return -1,
     };
     data.fd().as_fd().as_raw_fd()

@@ -21,3 +21,4 @@ pub mod proxy;
 pub mod sandbox;
 pub mod status;
 pub mod table;
+pub mod trace;
