@@ -19,7 +19,7 @@ use sticky_common::{
         PROTO_TCP, Settings, VipKey,
     },
     trace::{
-        TRACE_CONFIRMED, TRACE_DROPPED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
+        TRACE_CONFIRMED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
         TRACE_REASON_NAT_ERROR, TRACE_REASON_NO_BACKEND, TRACE_REASON_TABLE,
     },
 };
@@ -96,15 +96,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     };
     if rewrite(ctx, pkt, End::Destination, &addr, port_be).is_err() {
         if traced {
-            let d = Decision {
-                kind: TRACE_DROPPED,
-                reason: TRACE_REASON_NAT_ERROR,
-                flags: 0,
-                slot: 0,
-                backend: &addr,
-                backend_port_be: port_be,
-                backend_id: id,
-            };
+            let d = Decision::dropped(TRACE_REASON_NAT_ERROR, &addr, port_be, id);
             trace::ingress(pkt, &d);
         }
         return drop(COUNTER_DROP_NAT_ERROR);
@@ -155,15 +147,8 @@ fn open_flow(pkt: &Packet, key: &FlowKey, now: u64, traced: bool) -> Option<Flow
 #[inline(always)]
 fn no_backend(pkt: &Packet, traced: bool) -> i32 {
     if traced {
-        let d = Decision {
-            kind: TRACE_DROPPED,
-            reason: TRACE_REASON_NO_BACKEND,
-            flags: 0,
-            slot: 0,
-            backend: &Addr16 { words: [0; 4] },
-            backend_port_be: 0,
-            backend_id: NO_BACKEND,
-        };
+        let none = &Addr16 { words: [0; 4] };
+        let d = Decision::dropped(TRACE_REASON_NO_BACKEND, none, 0, NO_BACKEND);
         trace::ingress(pkt, &d);
     }
     drop(COUNTER_DROP_NO_BACKEND)

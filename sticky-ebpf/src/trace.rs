@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sticky_common::{
     Addr16,
-    trace::{TRACE_FLAG_RST, TRACE_FLAG_SYN, TraceEvent},
+    trace::{TRACE_DROPPED, TRACE_FLAG_RST, TRACE_FLAG_SYN, TraceEvent},
 };
 
 use crate::{
@@ -32,6 +32,22 @@ pub struct Decision<'a> {
     pub backend: &'a Addr16,
     pub backend_port_be: u16,
     pub backend_id: u32,
+}
+
+impl<'a> Decision<'a> {
+    /// A drop for `reason` of a packet bound for `backend`.
+    #[inline(always)]
+    pub fn dropped(reason: u8, backend: &'a Addr16, backend_port_be: u16, backend_id: u32) -> Self {
+        Self {
+            kind: TRACE_DROPPED,
+            reason,
+            flags: 0,
+            slot: 0,
+            backend,
+            backend_port_be,
+            backend_id,
+        }
+    }
 }
 
 /// A client → VIP packet: the client is the source.
