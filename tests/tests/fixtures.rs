@@ -34,7 +34,7 @@ use sticky_common::{
         COUNTER_PARSE_ERROR, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip,
         VipKey,
     },
-    trace::{TRACE, TraceTarget},
+    trace::{TRACE, TRACE_EVENTS, TraceTarget},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1369,4 +1369,51 @@ fn trace_reports_one_clients_decisions() {
         Err(TraceError::NoInstance { .. })
     ));
     pins.remove().unwrap();
+}
+
+/// IPv6 clients are traced the same way, here through the maps of an unpinned datapath; the
+/// traced reply of a local backend names the backend port on the VIP's address.
+#[test]
+fn trace_reports_ipv6_clients() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V6Local.vip();
+    let backend = sa("[fd00::100]:8080");
+    let mut lb = Lb::load(Setup::V6Local);
+    let take = |lb: &mut Lb, name: &str| {
+        lb.dp
+            .ebpf()
+            .take_map(name)
+            .unwrap_or_else(|| panic!("{name} in the object"))
+    };
+    let target = Array::try_from(take(&mut lb, TRACE)).unwrap();
+    let events = aya::maps::RingBuf::try_from(take(&mut lb, TRACE_EVENTS)).unwrap();
+    let c = sa("[fd00:c::7]:54000");
+    let mut tracer = Tracer::start(target, events, c.ip()).unwrap();
+    lb.dnat("v6 SYN", Pkt::syn(c, vip), backend);
+    lb.snat("v6 SYN-ACK", Pkt::tcp(backend, c, SYN | ACK));
+    lb.dnat("v6 ACK", Pkt::tcp(c, vip, ACK), backend);
+    lb.dnat(
+        "other v6 client",
+        Pkt::syn(sa("[fd00:c::8]:54000"), vip),
+        backend,
+    );
+    assert_eq!(
+        traced(&mut tracer),
+        [
+            ("new-flow", Some("table"), Some(backend)),
+            ("reply", None, Some(backend)),
+            ("confirmed", None, Some(backend)),
+        ]
+    );
+    let line = {
+        lb.dnat(
+            "v6 request",
+            Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET),
+            backend,
+        );
+        Decision::of(&tracer.next_event().expect("an established event")).describe()
+    };
+    assert_eq!(line, format!("{c} -> {vip} established -> {backend}"));
 }
