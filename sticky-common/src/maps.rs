@@ -28,7 +28,7 @@ pub const COUNTERS: &str = "STICKY_COUNTERS";
 pub const BACKEND_STATS: &str = "STICKY_BACKEND_STATS";
 
 /// Every map name, for checks that each one resolves in the loaded object.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     VIPS,
     BACKENDS,
     TABLE,
@@ -38,6 +38,8 @@ pub const ALL_MAPS: [&str; 9] = [
     AFFINITY,
     COUNTERS,
     BACKEND_STATS,
+    crate::trace::TRACE,
+    crate::trace::TRACE_EVENTS,
 ];
 
 // The splice maps are per process, never pinned: sockets die with the proxy.

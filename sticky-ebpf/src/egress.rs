@@ -1,14 +1,16 @@
 //! Backend → client: replies of flows we DNATed get the VIP back as their source.
 
 use aya_ebpf::programs::TcContext;
-use sticky_common::maps::{
-    COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP,
+use sticky_common::{
+    maps::{COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP},
+    trace::{TRACE_DROPPED, TRACE_FLAG_HANDSHAKE, TRACE_REASON_NAT_ERROR, TRACE_REPLY},
 };
 
 use crate::{
     maps::{FLOWS, NEW_FLOWS, count, count_backend, count_refused},
     nat::{End, rewrite},
     parse::Packet,
+    trace::{self, Decision},
     verdict::{drop, forwarded, on_tcp, pass},
 };
 
@@ -40,7 +42,20 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
     if flow.direction != FLOW_REVERSE {
         return pass(COUNTER_PASS);
     }
-    if rewrite(ctx, pkt, End::Source, &flow.nat_addr, flow.nat_port_be).is_err() {
+    let failed = rewrite(ctx, pkt, End::Source, &flow.nat_addr, flow.nat_port_be).is_err();
+    if trace::traced(&pkt.dst) {
+        let d = Decision {
+            kind: if failed { TRACE_DROPPED } else { TRACE_REPLY },
+            reason: if failed { TRACE_REASON_NAT_ERROR } else { 0 },
+            flags: if handshake { TRACE_FLAG_HANDSHAKE } else { 0 },
+            slot: 0,
+            backend: &pkt.src,
+            backend_port_be: pkt.sport_be,
+            backend_id: flow.backend_id,
+        };
+        trace::egress(pkt, &d, &flow.nat_addr, flow.nat_port_be);
+    }
+    if failed {
         return drop(COUNTER_DROP_NAT_ERROR);
     }
     count(COUNTER_NAT);

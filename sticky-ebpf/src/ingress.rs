@@ -10,18 +10,25 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
-    Addr16, View, choose,
+    Addr16, Reason, View,
+    choice::slot_of,
+    choose,
     maps::{
         AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND,
-        COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings,
-        VipKey,
+        COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND,
+        PROTO_TCP, Settings, VipKey,
+    },
+    trace::{
+        TRACE_CONFIRMED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
+        TRACE_REASON_NAT_ERROR, TRACE_REASON_NO_BACKEND, TRACE_REASON_TABLE,
     },
 };
 
 use crate::{
     maps::{AFFINITY, BACKENDS, FLOWS, NEW_FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
     nat::{End, rewrite},
-    parse::Packet,
+    parse::{Packet, same_addr},
+    trace::{self, Decision},
     verdict::{drop, forwarded, on_tcp, pass},
 };
 
@@ -41,6 +48,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
     if VIPS.get_ptr(&vip).is_none() {
         return pass(COUNTER_PASS);
     }
+    let traced = trace::traced(&pkt.src);
     let key = FlowKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -55,9 +63,9 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         // A SYN starts a new connection even when a closed one with the same ports is still
         // in the table: it is balanced afresh instead of following a backend that may be gone.
         forget_established(pkt, &key);
-        match open_flow(pkt, &key, now) {
+        match open_flow(pkt, &key, now, traced) {
             Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
-            None => return drop(COUNTER_DROP_NO_BACKEND),
+            None => return no_backend(pkt, traced),
         }
     } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
@@ -66,21 +74,31 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
             flow.touched_ns = now;
             refresh_affinity(&pkt.src, flow, now);
         }
+        if traced {
+            trace::ingress(pkt, &decision(TRACE_ESTABLISHED, 0, 0, flow));
+        }
         (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
     } else if let Some(flow) = NEW_FLOWS.get_ptr(&key) {
         // SAFETY: read-only copy of an LRU value.
         let flow = unsafe { *flow };
         confirm(pkt, &key, &flow, now);
+        if traced {
+            trace::ingress(pkt, &decision(TRACE_CONFIRMED, 0, 0, &flow));
+        }
         (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
     } else {
         // Mid-connection with no state (maps lost, or evicted): balanced like a SYN, and kept
         // with the unconfirmed flows until the client's next packet.
-        match open_flow(pkt, &key, now) {
+        match open_flow(pkt, &key, now, traced) {
             Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
-            None => return drop(COUNTER_DROP_NO_BACKEND),
+            None => return no_backend(pkt, traced),
         }
     };
     if rewrite(ctx, pkt, End::Destination, &addr, port_be).is_err() {
+        if traced {
+            let d = Decision::dropped(TRACE_REASON_NAT_ERROR, &addr, port_be, id);
+            trace::ingress(pkt, &d);
+        }
         return drop(COUNTER_DROP_NAT_ERROR);
     }
     count(COUNTER_NAT);
@@ -91,7 +109,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
 /// Picks the backend for a flow we have no state for and records both directions of it in
 /// `NEW_FLOWS`. Returns the forward entry (backend address and port to NAT to).
 #[inline(always)]
-fn open_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<Flow> {
+fn open_flow(pkt: &Packet, key: &FlowKey, now: u64, traced: bool) -> Option<Flow> {
     let settings = SETTINGS.get(0)?;
     let choice = choose(&Maps { settings }, &pkt.src, settings, now)?;
     let (id, backend) = (choice.id, choice.backend);
@@ -110,12 +128,44 @@ fn open_flow(pkt: &Packet, key: &FlowKey, now: u64) -> Option<Flow> {
         backend_id: id,
         touched_ns: now,
     };
+    if traced {
+        let (reason, slot) = match choice.reason {
+            Reason::Affinity => (TRACE_REASON_AFFINITY, 0),
+            Reason::Table => (TRACE_REASON_TABLE, slot_of(&pkt.src, settings)),
+        };
+        trace::ingress(pkt, &decision(TRACE_NEW_FLOW, reason, slot, &forward));
+    }
     // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
     // and the next packet tries again. Reverse first: a reply must never find no entry once
     // its SYN went out.
     let _ = NEW_FLOWS.insert(&reply_key(pkt, &forward), &reverse_of(pkt, &forward), 0);
     let _ = NEW_FLOWS.insert(key, &forward, 0);
     Some(forward)
+}
+
+/// Nothing in service for the client: dropped.
+#[inline(always)]
+fn no_backend(pkt: &Packet, traced: bool) -> i32 {
+    if traced {
+        let none = &Addr16 { words: [0; 4] };
+        let d = Decision::dropped(TRACE_REASON_NO_BACKEND, none, 0, NO_BACKEND);
+        trace::ingress(pkt, &d);
+    }
+    drop(COUNTER_DROP_NO_BACKEND)
+}
+
+/// The traced decision for a forward flow.
+#[inline(always)]
+fn decision(kind: u8, reason: u8, slot: u32, flow: &Flow) -> Decision<'_> {
+    Decision {
+        kind,
+        reason,
+        flags: 0,
+        slot,
+        backend: &flow.nat_addr,
+        backend_port_be: flow.nat_port_be,
+        backend_id: flow.backend_id,
+    }
 }
 
 /// The client answered: its flow becomes established (both directions in `FLOWS`) and the
@@ -226,12 +276,4 @@ fn remember_client(client: &Addr16, flow: &Flow, now: u64) {
         };
         let _ = AFFINITY.insert(client, &affinity, 0);
     }
-}
-
-/// Word-wise: a derived `==` on arrays may become a `bcmp` call the verifier rejects.
-#[inline(always)]
-fn same_addr(a: &Addr16, b: &Addr16) -> bool {
-    let [a0, a1, a2, a3] = a.words;
-    let [b0, b1, b2, b3] = b.words;
-    a0 == b0 && a1 == b1 && a2 == b2 && a3 == b3
 }

@@ -10,6 +10,7 @@ mod maps;
 mod nat;
 mod parse;
 mod splice;
+mod trace;
 mod verdict;
 
 use aya_ebpf::{

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use sticky_common::{
     Addr16,
@@ -14,6 +14,7 @@ use sticky_common::{
         Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, MAX_SPLICED,
         Settings, Vip, VipKey,
     },
+    trace::{TRACE_EVENTS_BYTES, TraceTarget},
 };
 
 #[map(name = "STICKY_VIPS")]
@@ -89,3 +90,11 @@ pub fn count_refused(id: u32) {
         unsafe { (*s).refused += 1 };
     }
 }
+
+/// Whom `sticky trace` follows; read once per VIP packet.
+#[map(name = "STICKY_TRACE")]
+pub static TRACE: Array<TraceTarget> = Array::with_max_entries(1, 0);
+
+/// What happened to the traced client's packets, for `sticky trace` to print.
+#[map(name = "STICKY_TRACE_EVENTS")]
+pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(TRACE_EVENTS_BYTES, 0);

@@ -24,3 +24,4 @@ pub mod proxy;
 pub mod sandbox;
 pub mod status;
 pub mod table;
+pub mod trace;

@@ -86,18 +86,44 @@ fn mount_ns(pid: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// What [`persistent_pins`] does about this process's mount namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountPlan {
+    /// Shared with the parent (the host, a container, a unit): kept as it is.
+    Keep,
+    /// Made for this process alone (`ip netns exec`): the parent's is joined.
+    JoinParent,
+    /// Made for this process alone, and the parent's cannot be opened.
+    Private,
+}
+
+/// The plan for this process, without acting on it (`sticky doctor` reports it).
+pub fn mount_plan() -> MountPlan {
+    // SAFETY: no arguments.
+    let parent = unsafe { libc::getppid() };
+    match (mount_ns("self"), mount_ns(&parent.to_string())) {
+        (Some(ours), Some(theirs)) if ours != theirs => {
+            if File::open(format!("/proc/{parent}/ns/mnt")).is_ok() {
+                MountPlan::JoinParent
+            } else {
+                MountPlan::Private
+            }
+        }
+        // Shared, or nothing to compare without /proc: trust the local bpffs.
+        _ => MountPlan::Keep,
+    }
+}
+
 /// Makes the pins of this process outlive it where that can be arranged, and says whether they
 /// will. Call before any thread starts (joining a mount namespace needs a single thread).
 pub fn persistent_pins() -> PinScope {
-    // SAFETY: no arguments.
-    let parent = unsafe { libc::getppid() }.to_string();
-    let (Some(ours), Some(theirs)) = (mount_ns("self"), mount_ns(&parent)) else {
-        // Without /proc there is nothing to compare: trust the local bpffs.
-        return PinScope::Persistent;
-    };
-    if ours == theirs {
-        return PinScope::Persistent;
+    match mount_plan() {
+        MountPlan::Keep => return PinScope::Persistent,
+        MountPlan::Private => return PinScope::ProcessLifetime,
+        MountPlan::JoinParent => {}
     }
+    // SAFETY: no arguments.
+    let parent = unsafe { libc::getppid() };
     // A mount namespace of our own (`ip netns exec`): join the parent's. Joining moves the
     // working directory to that namespace's root: come back to the same path, so relative
     // paths (`--config sticky.toml`) keep working.

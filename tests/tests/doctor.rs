@@ -394,11 +394,13 @@ fn a_nat_rule_for_the_vip() {
 }
 
 #[test]
-fn ip_netns_exec_makes_pins_die_with_the_process() {
-    if !root_or_skip("ip_netns_exec_makes_pins_die_with_the_process") {
+fn ip_netns_exec_is_fine_and_a_private_bpffs_is_found() {
+    if !root_or_skip("ip_netns_exec_is_fine_and_a_private_bpffs_is_found") {
         return;
     }
     let topo = topology("doc-bpffs");
+    // `ip netns exec` gives the process a mount namespace of its own; `sticky run` started that
+    // way joins its parent's, so doctor started the same way says the pins will outlive it.
     let out = Command::new("ip")
         .args(["netns", "exec", &topo.lb.name])
         .arg(sticky_bin())
@@ -406,11 +408,11 @@ fn ip_netns_exec_makes_pins_die_with_the_process() {
         .args(topo.sticky_args(false))
         .output()
         .expect("run sticky doctor under ip netns exec");
-    let fix = "start sticky with `nsenter --net=/run/netns/NAME sticky run";
-    assert_only(&out, 18, fix);
+    assert!(failed(&out).is_empty(), "{}", text(&out));
+    assert!(text(&out).contains("joins its parent's"), "{}", text(&out));
 
     // The case: the daemon itself started with `ip netns exec`, doctor run from the
-    // host against it finds its pins on a bpffs that dies with it.
+    // host against it: its pins are on the host's bpffs.
     let instance = topo.lb.name.clone();
     let mut daemon = Command::new("ip")
         .args(["netns", "exec", &topo.lb.name])
@@ -435,8 +437,33 @@ fn ip_netns_exec_makes_pins_die_with_the_process() {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     assert!(started, "sticky run under ip netns exec did not get ready");
-    assert_only(&out, 18, fix);
-    assert!(text(&out).contains("the daemon (pid"), "{}", text(&out));
+    assert!(failed(&out).is_empty(), "{}", text(&out));
+    assert!(
+        text(&out).contains("shares the host's mount namespace"),
+        "{}",
+        text(&out)
+    );
+
+    // A private mount namespace shared with its parent (a container, a unit with private
+    // mounts) and a fresh /sys: pins there die with the namespace.
+    let script = "umount -l /sys && mount -t sysfs sysfs /sys && \"$0\" \"$@\"; rc=$?; exit $rc";
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.lb.path()))
+        .args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            script,
+        ])
+        .arg(sticky_bin())
+        .arg("doctor")
+        .args(topo.sticky_args(false))
+        .output()
+        .expect("run sticky doctor in a private mount namespace");
+    assert_only(&out, 18, "bind-mount the host's /sys/fs/bpf into it");
 }
 
 #[test]

@@ -20,13 +20,21 @@ use aya::{
     programs::ProgramError,
 };
 use common::{datapath::*, packets::*};
-use sticky::{backends::BackendSet, config::Config};
+use sticky::{
+    backends::BackendSet,
+    config::Config,
+    datapath::{Datapath, Pins},
+    trace::{Decision, TraceError, Tracer},
+};
 use sticky_common::{
     Addr16,
+    choice::slot_of,
     maps::{
         self as names, Affinity, BACKEND_DOWN, BACKEND_DRAINING, Backend, COUNTER_NAT,
-        COUNTER_PARSE_ERROR, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Vip, VipKey,
+        COUNTER_PARSE_ERROR, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip,
+        VipKey,
     },
+    trace::{TRACE, TRACE_EVENTS, TraceTarget},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1209,4 +1217,202 @@ fn per_packet_cost() {
     for (what, d) in rows {
         println!("  {what:<66} {:>6} ns", d.as_nanos());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sticky trace
+// ---------------------------------------------------------------------------------------------
+
+type Traced = (&'static str, Option<&'static str>, Option<SocketAddr>);
+
+/// The decisions the programs reported since the last call: (event, reason, backend).
+fn traced(tracer: &mut Tracer) -> Vec<Traced> {
+    std::iter::from_fn(|| tracer.next_event())
+        .map(|e| {
+            let d = Decision::of(&e);
+            (d.event, d.reason, d.backend)
+        })
+        .collect()
+}
+
+/// A traced client's new flow (by the table, with its slot), handshake, established packets,
+/// replies, a new flow by affinity and a drop for want of a backend each show up once with
+/// the right reason; another client's packets show up nowhere. The instance is pinned, and the
+/// tracer opens the pins as `sticky trace` does: one trace at a time, the client's address
+/// family checked, and the trace cleared when the tracer goes.
+#[test]
+fn trace_reports_one_clients_decisions() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V4.vip();
+    let (three, eight) = (v4_backends(3), v4_backends(8));
+    let instance = sticky::sandbox::unique_name("trace-fx");
+    let pins = Pins::for_instance(&instance);
+    let config = config(&instance, vip, &three);
+    let dp = Datapath::load_with(&config, Some(pins.clone()))
+        .unwrap_or_else(|e| panic!("load with pins: {e:#}"));
+    let mut lb = Lb {
+        setup: Setup::V4,
+        lb: common::datapath::Lb {
+            dp,
+            set: BackendSet::default(),
+        },
+    };
+    lb.set_backends(&three);
+    let c = moved_client(&three, &eight[3..], 53_000);
+    let mut tracer = Tracer::open(&pins, &instance, c.ip()).unwrap();
+    let other = sa("198.51.100.95:53000");
+
+    let b = lb.table_choice(c);
+    let settings = Settings {
+        table_size: TABLE_SIZE,
+        hash_seed: SEED,
+        ..Settings::default()
+    };
+    let slot = slot_of(&Addr16::from_ip(c.ip()), &settings);
+    lb.dnat("traced SYN", Pkt::syn(c, vip), b);
+    let new = tracer.next_event().expect("an event for the SYN");
+    let d = Decision::of(&new);
+    assert_eq!(
+        (d.event, d.reason, d.backend, d.slot, d.syn),
+        ("new-flow", Some("table"), Some(b), Some(slot), true)
+    );
+    assert_eq!(
+        d.describe(),
+        format!("{c} -> {vip} new flow -> {b} (table slot {slot})")
+    );
+    assert_eq!(traced(&mut tracer), []);
+    lb.dnat(
+        "SYN of another client",
+        Pkt::syn(other, vip),
+        lb.table_choice(other),
+    );
+    lb.snat("SYN-ACK", Pkt::tcp(b, c, SYN | ACK));
+    lb.dnat("handshake ACK", Pkt::tcp(c, vip, ACK), b);
+    lb.dnat("request", Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET), b);
+    lb.snat("reply", Pkt::tcp(b, c, ACK | PSH).payload(HTTP_GET));
+    lb.connect(other, vip, lb.table_choice(other));
+    assert_eq!(
+        traced(&mut tracer),
+        [
+            ("reply", None, Some(b)),
+            ("confirmed", None, Some(b)),
+            ("established", None, Some(b)),
+            ("reply", None, Some(b)),
+        ]
+    );
+
+    // The table now sends the client elsewhere; its affinity keeps it on `b`.
+    lb.set_backends(&eight);
+    assert_ne!(lb.table_choice(c), b);
+    let c2 = SocketAddr::new(c.ip(), 53_001);
+    lb.dnat("traced SYN by affinity", Pkt::syn(c2, vip), b);
+    lb.set_backends(&[]);
+    let c3 = SocketAddr::new(c.ip(), 53_002);
+    lb.expect(&Fixture {
+        name: "traced SYN with nothing in service".into(),
+        setup: Setup::V4,
+        program: Prog::Ingress,
+        input: Pkt::syn(c3, vip).build(),
+        expect_action: TC_ACT_SHOT,
+        expect: Expect::Unchanged,
+    });
+    assert_eq!(
+        traced(&mut tracer),
+        [
+            ("new-flow", Some("affinity"), Some(b)),
+            ("dropped", Some("no-backend"), None),
+        ]
+    );
+    lb.set_backends(&three);
+
+    match Tracer::open(&pins, &instance, other.ip()) {
+        Err(TraceError::Busy { client, .. }) => assert_eq!(client, c.ip()),
+        Err(e) => panic!("second trace: {e}"),
+        Ok(_) => panic!("a second trace started while one runs"),
+    }
+    match Tracer::open(&pins, &instance, "fd00::1".parse().unwrap()) {
+        Err(TraceError::WrongFamily { .. }) => {}
+        Err(e) => panic!("IPv6 client of an IPv4 instance: {e}"),
+        Ok(_) => panic!("traced an IPv6 client of an IPv4-only instance"),
+    }
+    drop(tracer);
+    let target: Array<MapData, TraceTarget> = Array::try_from(
+        aya::maps::Map::from_map_data(MapData::from_pin(pins.map(TRACE)).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(target.get(&0, 0).unwrap().enabled, 0, "trace left enabled");
+    drop(target);
+    let mut again = Tracer::open(&pins, &instance, other.ip()).expect("a trace after the first");
+    for client in [c, other] {
+        let syn = Pkt::syn(SocketAddr::new(client.ip(), 53_003), vip).build();
+        let (action, _) = lb.run(Prog::Ingress, &syn).unwrap();
+        assert_eq!(action, TC_ACT_OK, "SYN of {client}");
+    }
+    let events: Vec<&str> = traced(&mut again).iter().map(|t| t.0).collect();
+    assert_eq!(
+        events,
+        ["new-flow"],
+        "only the newly traced client shows up"
+    );
+    drop(again);
+
+    std::fs::remove_file(pins.map(TRACE)).unwrap();
+    assert!(matches!(
+        Tracer::open(&pins, &instance, c.ip()),
+        Err(TraceError::Unsupported { .. })
+    ));
+    let missing = Pins::for_instance("no-such-instance-here");
+    assert!(matches!(
+        Tracer::open(&missing, "no-such-instance-here", c.ip()),
+        Err(TraceError::NoInstance { .. })
+    ));
+    pins.remove().unwrap();
+}
+
+/// IPv6 clients are traced the same way, here through the maps of an unpinned datapath; the
+/// traced reply of a local backend names the backend port on the VIP's address.
+#[test]
+fn trace_reports_ipv6_clients() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V6Local.vip();
+    let backend = sa("[fd00::100]:8080");
+    let mut lb = Lb::load(Setup::V6Local);
+    let take = |lb: &mut Lb, name: &str| {
+        lb.dp
+            .map_handle(name)
+            .unwrap_or_else(|e| panic!("{name} in the object: {e:#}"))
+    };
+    let target = Array::try_from(take(&mut lb, TRACE)).unwrap();
+    let events = aya::maps::RingBuf::try_from(take(&mut lb, TRACE_EVENTS)).unwrap();
+    let c = sa("[fd00:c::7]:54000");
+    let mut tracer = Tracer::start(target, events, c.ip()).unwrap();
+    lb.dnat("v6 SYN", Pkt::syn(c, vip), backend);
+    lb.snat("v6 SYN-ACK", Pkt::tcp(backend, c, SYN | ACK));
+    lb.dnat("v6 ACK", Pkt::tcp(c, vip, ACK), backend);
+    lb.dnat(
+        "other v6 client",
+        Pkt::syn(sa("[fd00:c::8]:54000"), vip),
+        backend,
+    );
+    assert_eq!(
+        traced(&mut tracer),
+        [
+            ("new-flow", Some("table"), Some(backend)),
+            ("reply", None, Some(backend)),
+            ("confirmed", None, Some(backend)),
+        ]
+    );
+    let line = {
+        lb.dnat(
+            "v6 request",
+            Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET),
+            backend,
+        );
+        Decision::of(&tracer.next_event().expect("an established event")).describe()
+    };
+    assert_eq!(line, format!("{c} -> {vip} established -> {backend}"));
 }

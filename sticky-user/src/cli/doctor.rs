@@ -44,12 +44,16 @@ pub struct DoctorArgs {
 }
 
 pub fn run(args: DoctorArgs, instance: Option<String>) -> anyhow::Result<()> {
-    let (mut layer, file) = args.run.into_layer();
+    let (mut layer, file) = args.run.into_parts();
     let pre_start = file.is_some()
         || !layer.iface.is_empty()
         || !layer.vip.is_empty()
         || !layer.backend.is_empty();
     let target = if pre_start {
+        // Checked where the daemon would run: in its --netns.
+        if let Some(name) = &layer.netns {
+            crate::namespaces::enter_netns(name)?;
+        }
         layer.instance = instance;
         let config = crate::daemon::resolve(layer, file.as_ref())?;
         Target::from_config(&config)

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod control;
 pub mod doctor;
 pub mod run;
+pub mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ pub enum Command {
     Status(control::StatusArgs),
     /// Which backend a client gets, and why (affinity or table).
     Lookup(control::LookupArgs),
+    /// Print each data-path decision for one client's packets, live.
+    Trace(trace::TraceArgs),
     /// Re-read the daemon's config file and apply the difference (as SIGHUP).
     Reload,
     /// Stop the daemon: detach and unpin, or with --keep leave the data path running.
@@ -80,6 +83,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Preview(args) => control::preview(args, &name),
         Command::Status(args) => control::status(args, &name),
         Command::Lookup(args) => control::lookup(args, &name),
+        Command::Trace(args) => trace::run(args, &name),
         Command::Reload => control::reload(&name),
         Command::Stop(args) => control::stop(args, &name),
         Command::BenchHash(args) => bench_hash::run(args),

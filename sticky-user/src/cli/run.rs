@@ -17,11 +17,15 @@ pub struct RunArgs {
     config: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// The flags' settings and the `--config` file.
+    pub fn into_parts(self) -> (Layer, Option<PathBuf>) {
+        (self.settings, self.config)
+    }
+}
+
 pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
-    let RunArgs {
-        settings: mut layer,
-        config: file,
-    } = args;
+    let (mut layer, file) = args.into_parts();
     layer.instance = instance;
     // While this process still has one thread: namespaces can only be changed then.
     if enter_namespaces(&layer, file.as_ref())? == PinScope::ProcessLifetime {
@@ -36,7 +40,7 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
 }
 
 /// Enters `--netns` (flag or file), then makes sure the pins outlive this process.
-fn enter_namespaces(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<PinScope> {
+pub fn enter_namespaces(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<PinScope> {
     let netns = match (&flags.netns, file) {
         (Some(name), _) => Some(name.clone()),
         (None, Some(path)) => Layer::from_file(path)?.netns,

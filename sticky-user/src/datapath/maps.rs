@@ -35,7 +35,11 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
         .map(name)
         .with_context(|| format!("map {name} missing"))?
     {
-        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d) => Ok(d),
         _ => bail!("map {name} is of a kind sticky does not declare"),
     }
 }

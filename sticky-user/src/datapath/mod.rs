@@ -173,6 +173,12 @@ impl Datapath {
     }
 
     /// An owned handle on the client-affinity map (proxy mode records affinity in it).
+    /// An owned second handle on map `name` (a duplicated descriptor): for tests and tools
+    /// that need one map apart from the object.
+    pub fn map_handle(&self, name: &str) -> anyhow::Result<Map> {
+        maps::duplicate(&self.ebpf, name)
+    }
+
     pub fn affinity_map(&self) -> anyhow::Result<HashMap<MapData, Addr16, Affinity>> {
         Ok(HashMap::try_from(maps::duplicate(
             &self.ebpf,

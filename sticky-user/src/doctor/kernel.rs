@@ -63,6 +63,14 @@ pub fn sockmap(t: &Target) -> Vec<Line> {
 /// the last process in it, and the tc links pinned there detach. Checked for `pid` (the
 /// running daemon) or this process, against the outermost mount namespace visible here.
 pub fn bpffs(pid: Option<u32>) -> Vec<Line> {
+    if pid.is_none() && crate::namespaces::mount_plan() == crate::namespaces::MountPlan::JoinParent
+    {
+        return vec![Line::ok(
+            Code::Bpffs,
+            "this process has a mount namespace of its own (`ip netns exec`): `sticky run` \
+             started the same way joins its parent's, so its pins outlive it",
+        )];
+    }
     let subject = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
     let who = pid.map_or_else(
         || "this process".to_string(),
@@ -102,12 +110,12 @@ pub fn bpffs(pid: Option<u32>) -> Vec<Line> {
     vec![Line::fail(
         Code::Bpffs,
         format!(
-            "{who} runs in a private mount namespace (`ip netns exec`, a container, systemd \
-             PrivateMounts) whose /sys/fs/bpf is not the host's bpffs: pins die with the \
-             process, so a restart detaches sticky and resets every connection"
+            "{who} runs in a private mount namespace (a container, systemd PrivateMounts, a \
+             shell inside `unshare -m`) whose /sys/fs/bpf is not the host's bpffs: pins die \
+             with it, so a restart detaches sticky and resets every connection"
         ),
-        "start sticky with `nsenter --net=/run/netns/NAME sticky run …` instead of `ip netns \
-         exec`, or bind-mount the host's /sys/fs/bpf into it (systemd: BindPaths=/sys/fs/bpf)",
+        "bind-mount the host's /sys/fs/bpf into it (systemd: BindPaths=/sys/fs/bpf), or start \
+         sticky from the host's mount namespace with `sticky run --netns NAME …`",
     )]
 }
 
