@@ -1,6 +1,9 @@
 //! Backend changes, previews and lookups: validated on a copy, then published whole.
 
+use sticky_common::{BackendState, maps::Affinity};
+
 use super::*;
+use crate::decision::{Published, no_affinity};
 
 impl Daemon {
     pub(super) fn spec_index(&self, addr: SocketAddr) -> anyhow::Result<usize> {
@@ -72,11 +75,11 @@ impl Daemon {
         for b in &self.config.backends {
             let healthy = self.health.get(&b.addr).is_none_or(|h| h.tracker.healthy());
             let state = if !healthy {
-                BACKEND_DOWN
+                BackendState::Down
             } else if self.drains.contains_key(&b.addr) {
-                BACKEND_DRAINING
+                BackendState::Draining
             } else {
-                BACKEND_UP
+                BackendState::Up
             };
             self.set.set_state(b.addr, state);
         }
@@ -132,34 +135,33 @@ impl Daemon {
     }
 
     pub(super) fn state_name(&self, addr: SocketAddr) -> &'static str {
-        let state = self
-            .set
+        self.set
             .id_of(addr)
             .and_then(|id| self.set.get(id))
-            .map_or(0, |s| s.state);
-        match state {
-            BACKEND_UP => "up",
-            BACKEND_DRAINING => "draining",
-            BACKEND_DOWN => "down",
-            _ => "removed",
-        }
+            .map_or(BackendState::Empty, |s| s.state)
+            .name()
     }
 
+    /// The published state as the backend decision sees it, affinity from `affinity`.
+    fn published<A: Fn(&Addr16) -> Option<Affinity>>(&self, affinity: A) -> Published<'_, A> {
+        Published::new(
+            &self.set,
+            &self.table,
+            self.dp.seed(),
+            self.dp.affinity_timeout().as_nanos() as u64,
+            affinity,
+        )
+    }
+
+    /// Clients whose affinity holds now, and their backend ids.
     pub(super) fn fresh_affinity(&self) -> anyhow::Result<Vec<(Addr16, u32)>> {
         let now = monotonic_ns();
-        let timeout = self.dp.affinity_timeout().as_nanos() as u64;
+        let view = self.published(no_affinity);
         Ok(self
             .dp
             .affinity_entries()?
             .into_iter()
-            .filter(|(_, a)| {
-                now.saturating_sub(a.last_seen_ns) <= timeout
-                    && self.set.get(a.backend_id).is_some_and(|s| {
-                        s.generation == a.generation
-                            && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
-                    })
-            })
-            .map(|(c, a)| (c, a.backend_id))
+            .filter_map(|(c, a)| Some((c, view.holding(&c, a, now)?)))
             .collect())
     }
 
@@ -174,16 +176,30 @@ impl Daemon {
             .zip(&new_table)
             .filter(|(a, b)| a != b)
             .count();
-        let affine = self.fresh_affinity()?;
-        let moved = affine
-            .iter()
-            .filter(|(_, id)| set.get(*id).is_none())
-            .count();
+        let now = monotonic_ns();
+        let view = self.published(no_affinity);
+        let after = Published::new(
+            &set,
+            &new_table,
+            self.dp.seed(),
+            view.settings().affinity_timeout_ns,
+            no_affinity,
+        );
+        let mut affine = 0u64;
+        let mut moved = 0u64;
+        for (c, a) in self.dp.affinity_entries()? {
+            if view.holding(&c, a, now).is_some() {
+                affine += 1;
+                if after.holding(&c, a, now).is_none() {
+                    moved += 1;
+                }
+            }
+        }
         Ok(Preview {
             slots_moved: slots_moved as u64,
             table_size: self.dp.table_size(),
-            affine_clients: affine.len() as u64,
-            affine_clients_moved: moved as u64,
+            affine_clients: affine,
+            affine_clients_moved: moved,
         })
     }
 
@@ -192,32 +208,15 @@ impl Daemon {
             bail!("{ip} is not of the VIPs' address family");
         }
         let client = Addr16::from_ip(ip);
-        let backend_addr = |id: u32| self.set.get(id).map(|s| s.addr);
-        if let Some(a) = self.dp.affinity_of(&client)? {
-            let idle = monotonic_ns().saturating_sub(a.last_seen_ns);
-            let honoured = self.set.get(a.backend_id).is_some_and(|s| {
-                s.generation == a.generation
-                    && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
-            });
-            if honoured && idle <= self.dp.affinity_timeout().as_nanos() as u64 {
-                return Ok(Lookup {
-                    client: ip,
-                    backend: backend_addr(a.backend_id),
-                    reason: "affinity".into(),
-                    idle_secs: Some(idle / 1_000_000_000),
-                });
-            }
-        }
-        let id = table::lookup(&self.table, &client, self.dp.seed());
+        let affinity = self.dp.affinity_of(&client)?;
+        let (id, why) = self
+            .published(|c: &Addr16| affinity.filter(|_| *c == client))
+            .explain(&client, monotonic_ns());
         Ok(Lookup {
             client: ip,
-            backend: if id == NO_BACKEND {
-                None
-            } else {
-                backend_addr(id)
-            },
-            reason: if id == NO_BACKEND { "none" } else { "table" }.into(),
-            idle_secs: None,
+            backend: id.and_then(|id| self.set.get(id)).map(|s| s.addr),
+            reason: why.name().into(),
+            idle_secs: why.idle_secs(),
         })
     }
 }

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sticky_common::{
-    Addr16,
-    maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, COUNTER_COUNT, FLOW_FORWARD, NO_BACKEND},
+    Addr16, BackendState,
+    maps::{COUNTER_COUNT, FLOW_FORWARD},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -148,7 +148,7 @@ impl Daemon {
         let removed = set.reconcile(&config.backends)?;
         // Adopted drain/down states are re-derived below from this daemon's own knowledge.
         for b in &config.backends {
-            set.set_state(b.addr, BACKEND_UP);
+            set.set_state(b.addr, BackendState::Up);
         }
         let table = dp.apply(&set, &removed)?;
         for iface in &config.ifaces {

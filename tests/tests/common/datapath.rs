@@ -113,11 +113,13 @@ pub fn sa(s: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad socket address {s}: {e}"))
 }
 
-/// The backend a new client goes to by the table: the same build and lookup the datapath
-/// uses (`sticky::table`, over `sticky_common::{client_hash, table_slot}`).
+/// The backend a new client goes to by the table: the same build the datapath uses
+/// (`sticky::table`) and the decision it runs (`sticky_common::choice`).
 pub fn table_choice(set: &BackendSet, client: IpAddr) -> Option<SocketAddr> {
     let slots = table::build(&set.members(), TABLE_SIZE, SEED);
-    let id = table::lookup(&slots, &Addr16::from_ip(client), SEED);
+    let view =
+        sticky::decision::Published::new(set, &slots, SEED, 0, sticky::decision::no_affinity);
+    let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())?.id;
     set.get(id).map(|s| s.addr)
 }
 
@@ -162,15 +164,15 @@ impl Lb {
             .unwrap_or_else(|e| panic!("apply {addrs:?}: {e:#}"));
     }
 
-    /// Sets a backend's state (`BACKEND_*`) and publishes it, as the daemon does.
-    pub fn set_state(&mut self, backend: SocketAddr, state: u8) {
+    /// Sets a backend's state and publishes it, as the daemon does.
+    pub fn set_state(&mut self, backend: SocketAddr, state: sticky_common::BackendState) {
         assert!(
             self.set.set_state(backend, state),
             "{backend} is not in the backend set"
         );
         self.dp
             .apply(&self.set, &[])
-            .unwrap_or_else(|e| panic!("apply state {state} of {backend}: {e:#}"));
+            .unwrap_or_else(|e| panic!("apply state {state:?} of {backend}: {e:#}"));
     }
 
     pub fn table_choice(&self, client: SocketAddr) -> SocketAddr {
