@@ -51,13 +51,8 @@ fn kernel_and_userspace_choose_alike() {
     if !bpf_or_skip() {
         return;
     }
-    let seed = env_seed();
-    let cases: u64 = std::env::var("STICKY_DECISION_CASES")
-        .ok()
-        .map_or(DEFAULT_CASES, |s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("STICKY_DECISION_CASES={s}: {e}"))
-        });
+    let seed = env_seed("STICKY_DECISION_SEED", DEFAULT_SEED);
+    let cases = env_count("STICKY_DECISION_CASES", DEFAULT_CASES);
     println!(
         "decision: seed {seed:#x} (STICKY_DECISION_SEED), {cases} cases (STICKY_DECISION_CASES)"
     );
@@ -137,19 +132,6 @@ fn kernel_and_userspace_choose_alike() {
                 "no case decided by {reason}: the generator is degenerate ({tally:?})"
             );
         }
-    }
-}
-
-fn env_seed() -> u64 {
-    match std::env::var("STICKY_DECISION_SEED").ok().as_deref() {
-        None | Some("") => DEFAULT_SEED,
-        Some("random") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        Some(s) => s
-            .strip_prefix("0x")
-            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
-            .unwrap_or_else(|e| panic!("STICKY_DECISION_SEED={s}: {e}")),
     }
 }
 

@@ -95,22 +95,8 @@ fn packet_fuzz() {
     if !bpf_or_skip() {
         return;
     }
-    let seed = match std::env::var("STICKY_FUZZ_SEED").ok().as_deref() {
-        None | Some("") => DEFAULT_SEED,
-        Some("random") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        Some(s) => s
-            .strip_prefix("0x")
-            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
-            .unwrap_or_else(|e| panic!("STICKY_FUZZ_SEED={s}: {e}")),
-    };
-    let frames: u64 = std::env::var("STICKY_FUZZ_FRAMES")
-        .ok()
-        .map_or(DEFAULT_FRAMES, |s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("STICKY_FUZZ_FRAMES={s}: {e}"))
-        });
+    let seed = env_seed("STICKY_FUZZ_SEED", DEFAULT_SEED);
+    let frames = env_count("STICKY_FUZZ_FRAMES", DEFAULT_FRAMES);
     println!(
         "packet fuzz: seed {seed:#x} (STICKY_FUZZ_SEED), {frames} frames (STICKY_FUZZ_FRAMES)"
     );

@@ -251,3 +251,24 @@ impl Lb {
         self.counters().values[index as usize]
     }
 }
+
+/// A random test's seed from `var`: decimal, 0x-hex, or `random`; `default` when unset.
+pub fn env_seed(var: &str, default: u64) -> u64 {
+    match std::env::var(var).ok().as_deref() {
+        None | Some("") => default,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        Some(s) => s
+            .strip_prefix("0x")
+            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
+            .unwrap_or_else(|e| panic!("{var}={s}: {e}")),
+    }
+}
+
+/// A count from `var`, `default` when unset.
+pub fn env_count(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().map_or(default, |s| {
+        s.parse().unwrap_or_else(|e| panic!("{var}={s}: {e}"))
+    })
+}
