@@ -165,6 +165,8 @@ impl Daemon {
             .collect())
     }
 
+    /// What `change` would do: table slots that change hands, and affine clients whose
+    /// affinity would no longer hold (their backend gone) after it.
     pub(super) fn preview(&self, change: &Change) -> anyhow::Result<Preview> {
         let specs = self.changed_specs(change)?;
         let mut set = self.set.clone();
