@@ -4,18 +4,18 @@
 use std::net::SocketAddr;
 
 use sticky_common::{
-    Addr16,
-    maps::{BACKEND_EMPTY, BACKEND_UP, Backend, MAX_BACKENDS},
+    Addr16, BackendState,
+    maps::{Backend, MAX_BACKENDS},
 };
 
 use crate::{addr::BackendSpec, table::Member};
 
+/// A backend the set holds under an id.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
+pub struct BackendEntry {
     pub addr: SocketAddr,
     pub weight: u32,
-    /// One of `BACKEND_*`.
-    pub state: u8,
+    pub state: BackendState,
     pub generation: u32,
 }
 
@@ -23,7 +23,7 @@ pub struct Slot {
 /// may be reused, with its generation bumped so stale affinity is recognised.
 #[derive(Clone, Debug, Default)]
 pub struct BackendSet {
-    slots: Vec<Option<Slot>>,
+    entries: Vec<Option<BackendEntry>>,
     /// Highest generation ever used per id, surviving removal.
     generations: Vec<u32>,
 }
@@ -34,18 +34,18 @@ pub struct Full;
 
 impl BackendSet {
     pub fn id_of(&self, addr: SocketAddr) -> Option<u32> {
-        self.slots
+        self.entries
             .iter()
             .position(|s| s.as_ref().is_some_and(|s| s.addr == addr))
             .map(|i| i as u32)
     }
 
-    pub fn get(&self, id: u32) -> Option<&Slot> {
-        self.slots.get(id as usize).and_then(Option::as_ref)
+    pub fn get(&self, id: u32) -> Option<&BackendEntry> {
+        self.entries.get(id as usize).and_then(Option::as_ref)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Slot)> {
-        self.slots
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &BackendEntry)> {
+        self.entries
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
@@ -63,8 +63,8 @@ impl BackendSet {
         for spec in specs {
             match self.id_of(spec.addr) {
                 Some(id) => {
-                    if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
-                        slot.weight = spec.weight;
+                    if let Some(Some(entry)) = self.entries.get_mut(id as usize) {
+                        entry.weight = spec.weight;
                     }
                 }
                 None => {
@@ -73,8 +73,8 @@ impl BackendSet {
             }
         }
         for &id in &removed {
-            if let Some(slot) = self.slots.get_mut(id as usize) {
-                *slot = None;
+            if let Some(entry) = self.entries.get_mut(id as usize) {
+                *entry = None;
             }
         }
         Ok(removed)
@@ -83,21 +83,21 @@ impl BackendSet {
     fn add(&mut self, spec: &BackendSpec) -> Result<u32, Full> {
         // Ids freed by this same reconcile are still occupied here, so they are not reused
         // before their entries are cleared.
-        let id = match self.slots.iter().position(Option::is_none) {
+        let id = match self.entries.iter().position(Option::is_none) {
             Some(i) => i,
-            None if self.slots.len() < MAX_BACKENDS as usize => {
-                self.slots.push(None);
+            None if self.entries.len() < MAX_BACKENDS as usize => {
+                self.entries.push(None);
                 self.generations.push(0);
-                self.slots.len() - 1
+                self.entries.len() - 1
             }
             None => return Err(Full),
         };
         let generation = self.generations[id].wrapping_add(1);
         self.generations[id] = generation;
-        self.slots[id] = Some(Slot {
+        self.entries[id] = Some(BackendEntry {
             addr: spec.addr,
             weight: spec.weight,
-            state: BACKEND_UP,
+            state: BackendState::Up,
             generation,
         });
         Ok(id as u32)
@@ -106,24 +106,25 @@ impl BackendSet {
     /// Takes over the ids and generations a previous daemon published, so affinity and flows
     /// it recorded keep naming the same backends. Weights come from the configuration.
     pub fn adopt(&mut self, entries: &[Backend]) {
-        self.slots.clear();
+        self.entries.clear();
         self.generations.clear();
         for e in entries {
             self.generations.push(e.generation);
-            self.slots.push((e.state != BACKEND_EMPTY).then(|| Slot {
-                addr: SocketAddr::new(e.addr.to_ip(), u16::from_be(e.port_be)),
-                weight: 1,
-                state: e.state,
-                generation: e.generation,
-            }));
+            self.entries
+                .push((e.state() != BackendState::Empty).then(|| BackendEntry {
+                    addr: SocketAddr::new(e.addr.to_ip(), u16::from_be(e.port_be)),
+                    weight: 1,
+                    state: e.state(),
+                    generation: e.generation,
+                }));
         }
     }
 
-    /// Sets the kernel state (`BACKEND_UP`/`DRAINING`/`DOWN`) of a backend; false if unknown.
-    pub fn set_state(&mut self, addr: SocketAddr, state: u8) -> bool {
-        match self.slots.iter_mut().flatten().find(|s| s.addr == addr) {
-            Some(slot) => {
-                slot.state = state;
+    /// Sets the kernel state of a backend; false if unknown.
+    pub fn set_state(&mut self, addr: SocketAddr, state: BackendState) -> bool {
+        match self.entries.iter_mut().flatten().find(|s| s.addr == addr) {
+            Some(entry) => {
+                entry.state = state;
                 true
             }
             None => false,
@@ -136,12 +137,12 @@ impl BackendSet {
             Some(s) => Backend {
                 addr: Addr16::from_ip(s.addr.ip()),
                 port_be: s.addr.port().to_be(),
-                state: s.state,
+                state: s.state.raw(),
                 _pad0: 0,
                 generation: s.generation,
             },
             None => Backend {
-                state: BACKEND_EMPTY,
+                state: BackendState::Empty.raw(),
                 generation: self.generations.get(id as usize).copied().unwrap_or(0),
                 ..Backend::default()
             },
@@ -151,7 +152,7 @@ impl BackendSet {
     /// Backends that take new clients, for the table.
     pub fn members(&self) -> Vec<Member> {
         self.iter()
-            .filter(|(_, s)| s.state == BACKEND_UP)
+            .filter(|(_, s)| s.state.takes_new_clients())
             .map(|(id, s)| Member {
                 id,
                 addr: Addr16::from_ip(s.addr.ip()),
@@ -179,7 +180,7 @@ mod tests {
         let removed = set.reconcile(&specs(&["10.0.0.2:80"])).unwrap();
         assert_eq!(removed, [0]);
         assert_eq!(set.id_of("10.0.0.2:80".parse().unwrap()), Some(b));
-        assert_eq!(set.entry(0).state, BACKEND_EMPTY);
+        assert_eq!(set.entry(0).state(), BackendState::Empty);
         set.reconcile(&specs(&["10.0.0.2:80", "10.0.0.3:80@4"]))
             .unwrap();
         assert_eq!(set.id_of("10.0.0.3:80".parse().unwrap()), Some(0));

@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sticky_common::Addr16;
+use sticky_common::{Addr16, choice::slot_of, maps::Settings};
 
 use crate::{
     config::{DEFAULT_SEED as TABLE_SEED, DEFAULT_TABLE_SIZE},
@@ -273,7 +273,12 @@ pub fn run(clients: usize, backends: u32, seed: u64) -> Vec<SchemeResult> {
     vec![
         evaluate("sticky (Maglev)", &population, backends, |n| {
             let table = sticky_table(n);
-            move |c: &Client| table::lookup(&table, &c.addr, TABLE_SEED)
+            let settings = Settings {
+                table_size: table.len() as u32,
+                hash_seed: TABLE_SEED,
+                ..Settings::default()
+            };
+            move |c: &Client| table[slot_of(&c.addr, &settings) as usize]
         }),
         evaluate("int31 (sticky-session)", &population, backends, |n| {
             move |c: &Client| int31(&c.text, int31_seed) % n

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod decision;
 pub mod demo;
 pub mod doctor;
 pub mod duration;

@@ -5,7 +5,7 @@
 //! backend's turns per round are proportional to its weight. Backends are taken in address
 //! order, so the same set, weights, size and seed give the same table on every node.
 
-use sticky_common::{Addr16, client_hash, hash::backend_hash, maps::NO_BACKEND, table_slot};
+use sticky_common::{Addr16, hash::backend_hash, maps::NO_BACKEND};
 
 /// A backend as the table sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,12 +63,6 @@ pub fn build(members: &[Member], size: u32, seed: u32) -> Vec<u32> {
     table
 }
 
-/// The backend id `client` maps to in `table`: the same computation as the kernel's.
-pub fn lookup(table: &[u32], client: &Addr16, seed: u32) -> u32 {
-    let slot = table_slot(client_hash(client, seed), table.len() as u32);
-    table.get(slot as usize).copied().unwrap_or(NO_BACKEND)
-}
-
 /// Share of slots whose backend differs between two tables of the same size.
 pub fn moved_share(a: &[u32], b: &[u32]) -> f64 {
     let moved = a.iter().zip(b).filter(|(x, y)| x != y).count();
@@ -80,8 +74,19 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use rand::{Rng, SeedableRng, rngs::SmallRng};
+    use sticky_common::{choice::slot_of, maps::Settings};
 
     use super::*;
+
+    /// The id in `client`'s slot, whatever its state: these tests are about the table alone.
+    fn lookup(table: &[u32], client: &Addr16, seed: u32) -> u32 {
+        let settings = Settings {
+            table_size: table.len() as u32,
+            hash_seed: seed,
+            ..Settings::default()
+        };
+        table[slot_of(client, &settings) as usize]
+    }
 
     const SIZE: u32 = 65_537;
 

@@ -30,9 +30,8 @@ use sticky_common::{
     Addr16,
     choice::slot_of,
     maps::{
-        self as names, Affinity, BACKEND_DOWN, BACKEND_DRAINING, Backend, COUNTER_NAT,
-        COUNTER_PARSE_ERROR, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip,
-        VipKey,
+        self as names, Affinity, Backend, COUNTER_NAT, COUNTER_PARSE_ERROR, FLOW_FORWARD,
+        FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip, VipKey,
     },
     trace::{TRACE, TRACE_EVENTS, TraceTarget},
 };
@@ -869,12 +868,13 @@ fn draining_and_down_backends() {
 
     let rest: Vec<SocketAddr> = v4_backends(3).into_iter().filter(|&x| x != b).collect();
     lb.set_backends(&rest);
-    let set_state = |lb: &mut Lb, state: u8| {
+    let set_state = |lb: &mut Lb, state: sticky_common::BackendState| {
         let mut backends: Array<&mut MapData, Backend> =
             Array::try_from(lb.dp.map_mut(names::BACKENDS).unwrap()).unwrap();
+        let state = state.raw();
         backends.set(id, Backend { state, ..entry }, 0).unwrap();
     };
-    set_state(&mut lb, BACKEND_DRAINING);
+    set_state(&mut lb, sticky_common::BackendState::Draining);
     let c2 = SocketAddr::new(c.ip(), 52_001);
     lb.dnat(
         "affine client's new connection to a draining backend",
@@ -890,7 +890,7 @@ fn draining_and_down_backends() {
         want,
     );
 
-    set_state(&mut lb, BACKEND_DOWN);
+    set_state(&mut lb, sticky_common::BackendState::Down);
     let c3 = SocketAddr::new(c.ip(), 52_002);
     let want = lb.table_choice(c3);
     lb.dnat(

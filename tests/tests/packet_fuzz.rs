@@ -57,13 +57,18 @@ use std::{
 
 use aya::programs::ProgramError;
 use common::{datapath::*, packets::*};
-use sticky::{config::Config, hashbench::SplitMix64, table};
+use sticky::{
+    config::Config,
+    decision::{Published, no_affinity},
+    hashbench::SplitMix64,
+    table,
+};
 use sticky_common::{
-    Addr16,
+    Addr16, BackendState,
+    choice::slot_of,
     maps::{
-        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, COUNTER_DROP_NAT_ERROR,
-        COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
-        NO_BACKEND,
+        Affinity, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND, COUNTER_NAT,
+        COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED, NO_BACKEND,
     },
 };
 
@@ -90,22 +95,8 @@ fn packet_fuzz() {
     if !bpf_or_skip() {
         return;
     }
-    let seed = match std::env::var("STICKY_FUZZ_SEED").ok().as_deref() {
-        None | Some("") => DEFAULT_SEED,
-        Some("random") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        Some(s) => s
-            .strip_prefix("0x")
-            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
-            .unwrap_or_else(|e| panic!("STICKY_FUZZ_SEED={s}: {e}")),
-    };
-    let frames: u64 = std::env::var("STICKY_FUZZ_FRAMES")
-        .ok()
-        .map_or(DEFAULT_FRAMES, |s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("STICKY_FUZZ_FRAMES={s}: {e}"))
-        });
+    let seed = env_seed("STICKY_FUZZ_SEED", DEFAULT_SEED);
+    let frames = env_count("STICKY_FUZZ_FRAMES", DEFAULT_FRAMES);
     println!(
         "packet fuzz: seed {seed:#x} (STICKY_FUZZ_SEED), {frames} frames (STICKY_FUZZ_FRAMES)"
     );
@@ -530,8 +521,8 @@ impl<'a> Fuzz<'a> {
                 self.current = backends.clone();
                 self.reload();
             }
-            Step::Drain(i) => self.lb().set_state(backends[i], BACKEND_DRAINING),
-            Step::Down(i) => self.lb().set_state(backends[i], BACKEND_DOWN),
+            Step::Drain(i) => self.lb().set_state(backends[i], BackendState::Draining),
+            Step::Down(i) => self.lb().set_state(backends[i], BackendState::Down),
             Step::Remove(i) => {
                 self.current.retain(|&b| b != backends[i]);
                 let current = self.current.clone();
@@ -553,13 +544,14 @@ impl<'a> Fuzz<'a> {
     /// A fresh datapath with the same backends and states, and a fresh model: the old one's
     /// maps are about to fill up.
     fn reload(&mut self) {
-        let states: Vec<(SocketAddr, u8)> = self.lb.as_ref().map_or_else(Vec::new, |lb| {
-            lb.set
-                .iter()
-                .filter(|(_, s)| s.state != BACKEND_UP)
-                .map(|(_, s)| (s.addr, s.state))
-                .collect()
-        });
+        let states: Vec<(SocketAddr, BackendState)> =
+            self.lb.as_ref().map_or_else(Vec::new, |lb| {
+                lb.set
+                    .iter()
+                    .filter(|(_, s)| s.state != BackendState::Up)
+                    .map(|(_, s)| (s.addr, s.state))
+                    .collect()
+            });
         if self.lb.take().is_some() {
             self.reloads += 1;
         }
@@ -582,26 +574,41 @@ impl<'a> Fuzz<'a> {
         COUNTERS.map(|(i, _)| all.values[i as usize])
     }
 
-    /// Backends a new flow from `client` may go to (see the module doc).
+    /// Backends a new flow from `client` may go to (see the module doc): the decision
+    /// (`sticky_common::choice`, through the view `sticky lookup` uses) with no affinity, and
+    /// with each affinity the model allows the client to have.
     fn new_flow_targets(&self, client: IpAddr) -> Vec<SocketAddr> {
         let set = self.set();
-        let mut out = Vec::new();
-        let id = table::lookup(&self.table, &Addr16::from_ip(client), SEED);
-        if id != NO_BACKEND {
-            let slot = set.get(id).expect("the table names configured backends");
+        let key = Addr16::from_ip(client);
+        let view = Published::new(set, &self.table, SEED, u64::MAX, no_affinity);
+        let slot = slot_of(&key, view.settings()) as usize;
+        if let Some(&id) = self.table.get(slot)
+            && id != NO_BACKEND
+        {
+            let backend = set.get(id).expect("the table names configured backends");
             assert_eq!(
-                slot.state, BACKEND_UP,
+                backend.state,
+                BackendState::Up,
                 "the table holds only backends that are up"
             );
-            out.push(slot.addr);
         }
-        for &(id, generation) in self.model.affine.get(&client).into_iter().flatten() {
-            if let Some(slot) = set.get(id)
-                && slot.generation == generation
-                && (slot.state == BACKEND_UP || slot.state == BACKEND_DRAINING)
-                && !out.contains(&slot.addr)
+        let mut out: Vec<SocketAddr> = view
+            .choose(&key, 0)
+            .and_then(|c| set.get(c.id))
+            .map(|b| b.addr)
+            .into_iter()
+            .collect();
+        for &(backend_id, generation) in self.model.affine.get(&client).into_iter().flatten() {
+            let affinity = Affinity {
+                backend_id,
+                generation,
+                last_seen_ns: 0,
+            };
+            if let Some(id) = view.holding(&key, affinity, 0)
+                && let Some(b) = set.get(id)
+                && !out.contains(&b.addr)
             {
-                out.push(slot.addr);
+                out.push(b.addr);
             }
         }
         out

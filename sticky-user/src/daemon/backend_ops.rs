@@ -6,10 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sticky_common::{
-    Addr16, BackendState,
-    maps::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, NO_BACKEND},
-};
+use sticky_common::{Addr16, BackendState, maps::Affinity};
 use tracing::info;
 
 use super::{Daemon, cookie_key};
@@ -17,6 +14,7 @@ use crate::{
     addr::{BackendSpec, MAX_WEIGHT},
     clock::monotonic_ns,
     control::{BackendListEntry, Change, Lookup, Preview, Response},
+    decision::{Published, no_affinity},
     proxy::routing::Routing,
     table,
 };
@@ -96,11 +94,11 @@ impl Daemon {
                 .get(&b.addr)
                 .is_none_or(|h| h.tracker.healthy());
             let state = if !healthy {
-                BACKEND_DOWN
+                BackendState::Down
             } else if self.publishing.drains.contains_key(&b.addr) {
-                BACKEND_DRAINING
+                BackendState::Draining
             } else {
-                BACKEND_UP
+                BackendState::Up
             };
             self.publishing.set.set_state(b.addr, state);
         }
@@ -159,24 +157,19 @@ impl Daemon {
             .collect()
     }
 
-    pub(super) fn fresh_affinity(&self) -> anyhow::Result<Vec<(Addr16, u32)>> {
-        let now = monotonic_ns();
-        let timeout = self.dp.affinity_timeout().as_nanos() as u64;
-        Ok(self
-            .dp
-            .affinity_entries()?
-            .into_iter()
-            .filter(|(_, a)| {
-                now.saturating_sub(a.last_seen_ns) <= timeout
-                    && self.publishing.set.get(a.backend_id).is_some_and(|s| {
-                        s.generation == a.generation
-                            && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
-                    })
-            })
-            .map(|(c, a)| (c, a.backend_id))
-            .collect())
+    /// The published state as the backend decision sees it, affinity from `affinity`.
+    fn published<A: Fn(&Addr16) -> Option<Affinity>>(&self, affinity: A) -> Published<'_, A> {
+        Published::new(
+            &self.publishing.set,
+            &self.publishing.table,
+            self.dp.seed(),
+            self.dp.affinity_timeout().as_nanos() as u64,
+            affinity,
+        )
     }
 
+    /// What `change` would do: table slots that change hands, and affine clients whose
+    /// affinity would no longer hold (their backend gone) after it.
     pub(super) fn preview(&self, change: &Change) -> anyhow::Result<Preview> {
         let specs = self.changed_specs(change)?;
         let mut set = self.publishing.set.clone();
@@ -189,16 +182,30 @@ impl Daemon {
             .zip(&new_table)
             .filter(|(a, b)| a != b)
             .count();
-        let affine = self.fresh_affinity()?;
-        let moved = affine
-            .iter()
-            .filter(|(_, id)| set.get(*id).is_none())
-            .count();
+        let now = monotonic_ns();
+        let view = self.published(no_affinity);
+        let after = Published::new(
+            &set,
+            &new_table,
+            self.dp.seed(),
+            view.settings().affinity_timeout_ns,
+            no_affinity,
+        );
+        let mut affine = 0u64;
+        let mut moved = 0u64;
+        for (c, a) in self.dp.affinity_entries()? {
+            if view.holding(&c, a, now).is_some() {
+                affine += 1;
+                if after.holding(&c, a, now).is_none() {
+                    moved += 1;
+                }
+            }
+        }
         Ok(Preview {
             slots_moved: slots_moved as u64,
             table_size: self.dp.table_size(),
-            affine_clients: affine.len() as u64,
-            affine_clients_moved: moved as u64,
+            affine_clients: affine,
+            affine_clients_moved: moved,
         })
     }
 
@@ -207,32 +214,17 @@ impl Daemon {
             bail!("{ip} is not of the VIPs' address family");
         }
         let client = Addr16::from_ip(ip);
-        let backend_addr = |id: u32| self.publishing.set.get(id).map(|s| s.addr);
-        if let Some(a) = self.dp.affinity_of(&client)? {
-            let idle = monotonic_ns().saturating_sub(a.last_seen_ns);
-            let honoured = self.publishing.set.get(a.backend_id).is_some_and(|s| {
-                s.generation == a.generation
-                    && (s.state == BACKEND_UP || s.state == BACKEND_DRAINING)
-            });
-            if honoured && idle <= self.dp.affinity_timeout().as_nanos() as u64 {
-                return Ok(Lookup {
-                    client: ip,
-                    backend: backend_addr(a.backend_id),
-                    reason: "affinity".into(),
-                    idle_secs: Some(idle / 1_000_000_000),
-                });
-            }
-        }
-        let id = table::lookup(&self.publishing.table, &client, self.dp.seed());
+        let affinity = self.dp.affinity_of(&client)?;
+        let (id, why) = self
+            .published(|c: &Addr16| affinity.filter(|_| *c == client))
+            .explain(&client, monotonic_ns());
         Ok(Lookup {
             client: ip,
-            backend: if id == NO_BACKEND {
-                None
-            } else {
-                backend_addr(id)
-            },
-            reason: if id == NO_BACKEND { "none" } else { "table" }.into(),
-            idle_secs: None,
+            backend: id
+                .and_then(|id| self.publishing.set.get(id))
+                .map(|s| s.addr),
+            reason: why.name().into(),
+            idle_secs: why.idle_secs(),
         })
     }
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sticky_common::maps::BACKEND_UP;
+use sticky_common::BackendState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -128,7 +128,7 @@ impl Daemon {
         let removed = set.reconcile(&config.backends)?;
         // Adopted drain/down states are re-derived below from this daemon's own knowledge.
         for b in &config.backends {
-            set.set_state(b.addr, BACKEND_UP);
+            set.set_state(b.addr, BackendState::Up);
         }
         let table = dp.apply(&set, &removed)?;
         for iface in &config.ifaces {

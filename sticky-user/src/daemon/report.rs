@@ -311,7 +311,7 @@ mod tests {
         ];
         let mut set = BackendSet::default();
         set.reconcile(&backends).unwrap();
-        set.set_state(addr(2), BackendState::Draining.raw());
+        set.set_state(addr(2), BackendState::Draining);
         let (one, two) = (set.id_of(addr(1)).unwrap(), set.id_of(addr(2)).unwrap());
         let now = Instant::now();
         let p = Published {

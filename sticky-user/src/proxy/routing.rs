@@ -10,18 +10,21 @@ use std::{
 
 use aya::maps::{HashMap, MapData};
 use sticky_common::{
-    Addr16, client_hash,
-    maps::{Affinity, BACKEND_DRAINING, BACKEND_UP, NO_BACKEND},
-    table_slot,
+    Addr16, BackendState, View,
+    choice::{self, by_affinity, in_slot, slot_of},
+    maps::{Affinity, NO_BACKEND},
 };
 
 use super::cookie;
-use crate::backends::BackendSet;
+use crate::{
+    backends::BackendSet,
+    decision::{Published, no_affinity},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteBackend {
     pub addr: SocketAddr,
-    pub state: u8,
+    pub state: BackendState,
     pub generation: u32,
     /// The opaque cookie value naming this backend.
     pub token: String,
@@ -32,8 +35,10 @@ pub struct RouteBackend {
 pub struct Routing {
     pub table: Vec<u32>,
     pub seed: u32,
-    pub backends: BTreeMap<u32, RouteBackend>,
+    pub set: BackendSet,
     pub affinity_timeout_ns: u64,
+    /// Cookie values by backend id.
+    tokens: BTreeMap<u32, String>,
 }
 
 impl Routing {
@@ -44,26 +49,42 @@ impl Routing {
         affinity_timeout_ns: u64,
         cookie_key: u64,
     ) -> Self {
-        let backends = set
+        let tokens = set
             .iter()
-            .map(|(id, s)| {
-                (
-                    id,
-                    RouteBackend {
-                        addr: s.addr,
-                        state: s.state,
-                        generation: s.generation,
-                        token: cookie::backend_token(s.addr, cookie_key),
-                    },
-                )
-            })
+            .map(|(id, s)| (id, cookie::backend_token(s.addr, cookie_key)))
             .collect();
         Self {
             table,
             seed,
-            backends,
+            set: set.clone(),
             affinity_timeout_ns,
+            tokens,
         }
+    }
+
+    /// The decision's view of this state, with client affinity from `affinity`.
+    fn view<A: Fn(&Addr16) -> Option<Affinity>>(&self, affinity: A) -> Published<'_, A> {
+        Published::new(
+            &self.set,
+            &self.table,
+            self.seed,
+            self.affinity_timeout_ns,
+            affinity,
+        )
+    }
+
+    fn choice(&self, id: u32, reason: Reason) -> Option<Choice> {
+        let b = self.set.get(id)?;
+        Some(Choice {
+            id,
+            backend: RouteBackend {
+                addr: b.addr,
+                state: b.state,
+                generation: b.generation,
+                token: self.tokens.get(&id)?.clone(),
+            },
+            reason,
+        })
     }
 }
 
@@ -83,8 +104,10 @@ pub struct Choice {
     pub reason: Reason,
 }
 
-fn in_service(b: &RouteBackend) -> bool {
-    b.state == BACKEND_UP || b.state == BACKEND_DRAINING
+/// Where the proxy reads and records client affinity: the map shared with the kernel.
+pub trait AffinityStore {
+    fn get(&self, client: &Addr16) -> Option<Affinity>;
+    fn set(&self, client: &Addr16, value: Affinity);
 }
 
 /// The client-affinity map shared with the kernel.
@@ -98,7 +121,9 @@ impl AffinityMap {
             map: Mutex::new(map),
         }
     }
+}
 
+impl AffinityStore for AffinityMap {
     fn get(&self, client: &Addr16) -> Option<Affinity> {
         self.map.lock().ok()?.get(client, 0).ok()
     }
@@ -117,81 +142,213 @@ impl AffinityMap {
 /// the address's affinity alone: the cookie, not the address, keeps such clients sticky.
 pub fn choose(
     routing: &Routing,
-    affinity: &AffinityMap,
+    affinity: &impl AffinityStore,
     client: IpAddr,
     cookie_token: Option<&str>,
     per_connection: Option<u16>,
     exclude: &[u32],
     now_ns: u64,
 ) -> Option<Choice> {
+    // A cookie is an affinity the client carries: honoured while its backend honours one.
     if let Some(token) = cookie_token
-        && let Some((id, b)) = routing.backends.iter().find(|(_, b)| b.token == token)
-        && in_service(b)
-        && !exclude.contains(id)
+        && let Some((&id, _)) = routing.tokens.iter().find(|(_, t)| *t == token)
+        && routing.set.entry(id).honours_affinity()
+        && !exclude.contains(&id)
     {
-        return Some(Choice {
-            id: *id,
-            backend: b.clone(),
-            reason: Reason::Cookie,
-        });
+        return routing.choice(id, Reason::Cookie);
     }
     let key = Addr16::from_ip(client);
     if let Some(port) = per_connection {
         let mut spread = key;
         spread.words[0] ^= u32::from(port);
-        return from_table(routing, &spread, exclude).map(|(id, backend)| Choice {
-            id,
-            backend,
-            reason: Reason::Table,
-        });
+        let picked = from_table(&routing.view(no_affinity), &spread, exclude)?;
+        return routing.choice(picked.id, Reason::Table);
     }
-    if let Some(a) = affinity.get(&key)
-        && now_ns.saturating_sub(a.last_seen_ns) <= routing.affinity_timeout_ns
-        && let Some(b) = routing.backends.get(&a.backend_id)
-        && b.generation == a.generation
-        && in_service(b)
-        && !exclude.contains(&a.backend_id)
-    {
-        let choice = Choice {
-            id: a.backend_id,
-            backend: b.clone(),
-            reason: Reason::Affinity,
-        };
-        affinity.set(
-            &key,
-            Affinity {
-                last_seen_ns: now_ns,
-                ..a
-            },
-        );
-        return Some(choice);
-    }
-    let (id, b) = from_table(routing, &key, exclude)?;
+    let view = routing.view(|c: &Addr16| affinity.get(c));
+    let picked = match by_affinity(&view, &key, view.settings(), now_ns) {
+        Some(held) if !exclude.contains(&held.id) => held,
+        _ => from_table(&view, &key, exclude)?,
+    };
     affinity.set(
         &key,
         Affinity {
-            backend_id: id,
-            generation: b.generation,
+            backend_id: picked.id,
+            generation: picked.backend.generation,
             last_seen_ns: now_ns,
         },
     );
-    Some(Choice {
-        id,
-        backend: b,
-        reason: Reason::Table,
-    })
+    let reason = match picked.reason {
+        choice::Reason::Affinity => Reason::Affinity,
+        choice::Reason::Table => Reason::Table,
+    };
+    routing.choice(picked.id, reason)
 }
 
 /// The table's backend for `key`: its own slot first; past excluded backends, the next slots.
-fn from_table(routing: &Routing, key: &Addr16, exclude: &[u32]) -> Option<(u32, RouteBackend)> {
-    let size = routing.table.len() as u32;
+fn from_table<A: Fn(&Addr16) -> Option<Affinity>>(
+    view: &Published<'_, A>,
+    key: &Addr16,
+    exclude: &[u32],
+) -> Option<choice::Choice> {
+    let size = view.settings().table_size;
     if size == 0 {
         return None;
     }
-    let start = table_slot(client_hash(key, routing.seed), size);
-    let id = (0..size)
-        .filter_map(|i| routing.table.get(((start + i) % size) as usize).copied())
-        .find(|id| *id != NO_BACKEND && !exclude.contains(id))?;
-    let b = routing.backends.get(&id)?;
-    (b.state == BACKEND_UP).then(|| (id, b.clone()))
+    let start = slot_of(key, view.settings());
+    let slot = (0..size).map(|i| (start + i) % size).find(|&slot| {
+        view.table_entry(slot)
+            .is_some_and(|id| id != NO_BACKEND && !exclude.contains(&id))
+    })?;
+    in_slot(view, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::HashMap as StdMap};
+
+    use super::*;
+    use crate::{addr::BackendSpec, table};
+
+    const SEED: u32 = 11;
+    const TIMEOUT: u64 = 1_000;
+    const KEY: u64 = 5;
+
+    #[derive(Default)]
+    struct Store(RefCell<StdMap<Addr16, Affinity>>);
+
+    impl AffinityStore for Store {
+        fn get(&self, client: &Addr16) -> Option<Affinity> {
+            self.0.borrow().get(client).copied()
+        }
+        fn set(&self, client: &Addr16, value: Affinity) {
+            self.0.borrow_mut().insert(*client, value);
+        }
+    }
+
+    fn routing(states: &[BackendState]) -> Routing {
+        let specs: Vec<BackendSpec> = (0..states.len())
+            .map(|i| format!("10.0.0.{}:80", i + 1).parse().unwrap())
+            .collect();
+        let mut set = BackendSet::default();
+        set.reconcile(&specs).unwrap();
+        for (spec, &state) in specs.iter().zip(states) {
+            set.set_state(spec.addr, state);
+        }
+        let table = table::build(&set.members(), 101, SEED);
+        Routing::new(table, &set, SEED, TIMEOUT, KEY)
+    }
+
+    fn client(i: u8) -> IpAddr {
+        IpAddr::from([198, 51, 100, i])
+    }
+
+    fn pick(
+        r: &Routing,
+        store: &Store,
+        c: IpAddr,
+        cookie: Option<&str>,
+        exclude: &[u32],
+        now: u64,
+    ) -> Option<(u32, Reason)> {
+        choose(r, store, c, cookie, None, exclude, now).map(|c| (c.id, c.reason))
+    }
+
+    #[test]
+    fn without_cookie_or_exclusions_the_proxy_decides_as_the_kernel_does() {
+        use BackendState::*;
+        let r = routing(&[Up, Draining, Up, Down, Up]);
+        let store = Store::default();
+        for i in 0..40 {
+            let key = Addr16::from_ip(client(i));
+            // Some clients affine to each backend, some stale.
+            let id = u32::from(i) % 5;
+            store.set(
+                &key,
+                Affinity {
+                    backend_id: id,
+                    generation: r.set.entry(id).generation + u32::from(i % 7 == 0),
+                    last_seen_ns: if i % 3 == 0 { 0 } else { 900 },
+                },
+            );
+            let want = r
+                .view(|c: &Addr16| store.get(c))
+                .choose(&key, 1_500)
+                .map(|c| {
+                    let reason = match c.reason {
+                        choice::Reason::Affinity => Reason::Affinity,
+                        choice::Reason::Table => Reason::Table,
+                    };
+                    (c.id, reason)
+                });
+            assert_eq!(pick(&r, &store, client(i), None, &[], 1_500), want, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_names_a_backend_while_it_honours_affinity() {
+        use BackendState::*;
+        let r = routing(&[Up, Draining, Down]);
+        let store = Store::default();
+        let token = |id: u32| r.tokens[&id].clone();
+        let c = client(1);
+        assert_eq!(
+            pick(&r, &store, c, Some(&token(1)), &[], 0),
+            Some((1, Reason::Cookie))
+        );
+        assert!(
+            store.0.borrow().is_empty(),
+            "a cookie leaves affinity alone"
+        );
+        let by_table = pick(&r, &store, c, None, &[], 0).unwrap();
+        assert_eq!(by_table, (0, Reason::Table), "only backend 0 is up");
+        // A down backend's cookie is ignored: the client's affinity, made just now, decides.
+        assert_eq!(
+            pick(&r, &store, c, Some(&token(2)), &[], 0),
+            Some((0, Reason::Affinity))
+        );
+        assert_eq!(
+            pick(&r, &store, c, Some(&token(1)), &[1], 0).unwrap().1,
+            Reason::Affinity
+        );
+        assert_eq!(pick(&r, &store, c, Some("bogus"), &[], 0).unwrap().0, 0);
+    }
+
+    #[test]
+    fn affinity_is_refreshed_and_an_excluded_backend_skipped() {
+        use BackendState::*;
+        let r = routing(&[Up, Up, Up]);
+        let store = Store::default();
+        let c = client(7);
+        let key = Addr16::from_ip(c);
+        let (first, reason) = pick(&r, &store, c, None, &[], 100).unwrap();
+        assert_eq!(reason, Reason::Table);
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, 100);
+        assert_eq!(
+            pick(&r, &store, c, None, &[], 1_100),
+            Some((first, Reason::Affinity))
+        );
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, 1_100);
+        // The affine backend refused: the next table slot's backend, and the client follows.
+        let (next, reason) = pick(&r, &store, c, None, &[first], 1_200).unwrap();
+        assert_ne!(next, first);
+        assert_eq!(reason, Reason::Table);
+        assert_eq!(store.get(&key).unwrap().backend_id, next);
+        assert_eq!(pick(&r, &store, c, None, &[0, 1, 2], 1_300), None);
+    }
+
+    #[test]
+    fn per_connection_spreads_by_port_and_leaves_affinity_alone() {
+        use BackendState::*;
+        let r = routing(&[Up, Up, Up, Up]);
+        let store = Store::default();
+        let ids: std::collections::BTreeSet<u32> = (40_000..40_064)
+            .map(|port| {
+                let got = choose(&r, &store, client(3), None, Some(port), &[], 0).unwrap();
+                assert_eq!(got.reason, Reason::Table);
+                got.id
+            })
+            .collect();
+        assert!(ids.len() > 1, "one address, many connections: {ids:?}");
+        assert!(store.0.borrow().is_empty());
+    }
 }

@@ -117,11 +117,13 @@ pub fn sa(s: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad socket address {s}: {e}"))
 }
 
-/// The backend a new client goes to by the table: the same build and lookup the datapath
-/// uses (`sticky::table`, over `sticky_common::{client_hash, table_slot}`).
+/// The backend a new client goes to by the table: the same build the datapath uses
+/// (`sticky::table`) and the decision it runs (`sticky_common::choice`).
 pub fn table_choice(set: &BackendSet, client: IpAddr) -> Option<SocketAddr> {
     let slots = table::build(&set.members(), TABLE_SIZE, SEED);
-    let id = table::lookup(&slots, &Addr16::from_ip(client), SEED);
+    let view =
+        sticky::decision::Published::new(set, &slots, SEED, 0, sticky::decision::no_affinity);
+    let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())?.id;
     set.get(id).map(|s| s.addr)
 }
 
@@ -166,15 +168,15 @@ impl Lb {
             .unwrap_or_else(|e| panic!("apply {addrs:?}: {e:#}"));
     }
 
-    /// Sets a backend's state (`BACKEND_*`) and publishes it, as the daemon does.
-    pub fn set_state(&mut self, backend: SocketAddr, state: u8) {
+    /// Sets a backend's state and publishes it, as the daemon does.
+    pub fn set_state(&mut self, backend: SocketAddr, state: sticky_common::BackendState) {
         assert!(
             self.set.set_state(backend, state),
             "{backend} is not in the backend set"
         );
         self.dp
             .apply(&self.set, &[])
-            .unwrap_or_else(|e| panic!("apply state {state} of {backend}: {e:#}"));
+            .unwrap_or_else(|e| panic!("apply state {state:?} of {backend}: {e:#}"));
     }
 
     pub fn table_choice(&self, client: SocketAddr) -> SocketAddr {
@@ -248,4 +250,25 @@ impl Lb {
     pub fn counter(&self, index: u32) -> u64 {
         self.counters().values[index as usize]
     }
+}
+
+/// A random test's seed from `var`: decimal, 0x-hex, or `random`; `default` when unset.
+pub fn env_seed(var: &str, default: u64) -> u64 {
+    match std::env::var(var).ok().as_deref() {
+        None | Some("") => default,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        Some(s) => s
+            .strip_prefix("0x")
+            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
+            .unwrap_or_else(|e| panic!("{var}={s}: {e}")),
+    }
+}
+
+/// A count from `var`, `default` when unset.
+pub fn env_count(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().map_or(default, |s| {
+        s.parse().unwrap_or_else(|e| panic!("{var}={s}: {e}"))
+    })
 }

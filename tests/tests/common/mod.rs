@@ -131,11 +131,14 @@ pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -
     let mut set = BackendSet::default();
     set.reconcile(&specs).expect("backend set");
     let t = table::build(&set.members(), sticky::config::DEFAULT_TABLE_SIZE, seed);
-    let id = table::lookup(&t, &Addr16::from_ip(client), seed);
-    let slot = set.get(id).expect("table names a backend");
+    let view = sticky::decision::Published::new(&set, &t, seed, 0, sticky::decision::no_affinity);
+    let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())
+        .expect("table names a backend")
+        .id;
+    let backend = set.get(id).expect("a configured backend");
     let k = backends
         .iter()
-        .find(|(_, ip, port)| slot.addr == std::net::SocketAddr::new(*ip, *port))
+        .find(|(_, ip, port)| backend.addr == std::net::SocketAddr::new(*ip, *port))
         .expect("known backend")
         .0;
     format!("be{k}")
