@@ -366,7 +366,7 @@ async fn accept_failed(err: io::Error) -> anyhow::Result<()> {
 
 /// Why a request head was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RequestError {
+pub enum RequestError {
     #[error("request head is over {MAX_HEAD} bytes")]
     TooLarge,
     #[error("malformed request line: expected METHOD /path HTTP/1.1")]
@@ -384,7 +384,7 @@ pub(crate) enum RequestError {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Request<'a> {
+pub struct Request<'a> {
     method: &'a str,
     /// Without the query.
     path: &'a str,
@@ -504,7 +504,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, RequestError> {
 
 /// Length of the head through its closing blank line; bare LF line ends are accepted as
 /// RFC 9112 allows.
-pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
+pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.iter()
         .enumerate()
         .filter(|&(_, &b)| b == b'\n')
@@ -524,7 +524,7 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-pub(crate) fn parse_head(head: &[u8]) -> Result<Request<'_>, RequestError> {
+pub fn parse_head(head: &[u8]) -> Result<Request<'_>, RequestError> {
     let mut lines = head.split(|&b| b == b'\n').map(trim_cr);
     let request = parse_request_line(lines.next().unwrap_or_default())?;
     let mut hosts = 0;

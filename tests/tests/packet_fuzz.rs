@@ -57,7 +57,7 @@ use std::{
 
 use aya::programs::ProgramError;
 use common::{datapath::*, packets::*};
-use sticky::{config::Config, hashbench::SplitMix64, table};
+use sticky::{config::Config, table};
 use sticky_common::{
     Addr16,
     maps::{
@@ -66,6 +66,7 @@ use sticky_common::{
         NO_BACKEND,
     },
 };
+use sticky_tests::SplitMix64;
 
 const DEFAULT_SEED: u64 = 0x5715_c4f0_22ed_0001;
 const DEFAULT_FRAMES: u64 = 300_000;
