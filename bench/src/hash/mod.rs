@@ -48,6 +48,9 @@ pub struct HashArgs {
 
 /// `sticky-bench hash`: runs offline, without root or the eBPF object.
 pub fn run(args: &HashArgs) -> anyhow::Result<()> {
+    // `sticky-bench hash | head` should end quietly, not panic on a closed pipe.
+    // SAFETY: restores the default disposition; no handler involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let clients = args.clients as usize;
     let schemes = compare(clients, args.backends, args.seed);
     if args.json {
