@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sticky::sandbox::Netns;
+use sticky_tests::Netns;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -216,7 +216,7 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(sticky::sandbox::unique_name(tag));
+        let path = std::env::temp_dir().join(sticky_tests::unique_name(tag));
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(Self { path })
     }

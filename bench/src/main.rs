@@ -7,6 +7,7 @@ mod chart;
 mod cmd;
 mod cpu;
 mod ebpf;
+mod hash;
 mod load;
 mod machine;
 mod measure;
@@ -43,6 +44,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Render latest.md and latest.png again from a run's latest.json (no measuring).
     Report(report::ReportArgs),
+    /// Compare sticky's hash + Maglev table with the hashes of sticky-session, sticky-cluster
+    /// and nginx ip_hash: spread, speed, disruption (offline, no root).
+    Hash(hash::HashArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Report(args) => report::rerender(&args),
+        Command::Hash(args) => hash::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sticky::sandbox::get_once;
+use sticky_tests::get_once;
 
 use crate::{
     cmd, ebpf,

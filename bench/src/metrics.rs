@@ -164,7 +164,7 @@ pub struct Results {
     pub machine: Machine,
     /// A `--quick` sanity check, not a result.
     pub quick: bool,
-    /// `sticky bench-hash`'s table, in markdown.
+    /// `sticky-bench hash`'s table, in markdown.
     pub hash: Option<String>,
     pub samples: BTreeMap<Case, BTreeMap<Metric, Vec<f64>>>,
     /// eBPF cost per service (`http`, `echo`, `bulk`): they differ in packet mix.

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sticky::sandbox::{Daemon, plan};
+use sticky_tests::{StickyProcess, plan};
 
 use crate::{
     cmd::{self, Proc, TempDir},
@@ -191,10 +191,10 @@ pub enum Middlebox<'a> {
         _config: TempDir,
     },
     /// The kernel path, whose eBPF statistics the report shows.
-    Sticky(Daemon),
+    Sticky(StickyProcess),
     /// Proxy mode (its kernel path idle on an unused port); held for its drop, which stops it.
     StickyProxy {
-        _daemon: Daemon,
+        _daemon: StickyProcess,
     },
 }
 
@@ -293,9 +293,9 @@ pub fn start<'a>(
 }
 
 /// `sticky run ARGS` in the balancer namespace, every thread pinned to the server CPU.
-fn start_sticky(bin: &Path, bench: &Bench, args: &[String]) -> anyhow::Result<Daemon> {
-    let daemon =
-        Daemon::start(bin, bench.lb(), args).context("start sticky in the balancer namespace")?;
+fn start_sticky(bin: &Path, bench: &Bench, args: &[String]) -> anyhow::Result<StickyProcess> {
+    let daemon = StickyProcess::start(bin, bench.lb(), args)
+        .context("start sticky in the balancer namespace")?;
     cmd::output(
         std::process::Command::new("taskset").args([
             "-a",

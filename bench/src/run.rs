@@ -238,16 +238,16 @@ fn require_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sticky bench-hash`'s comparison of client hashes, in process (a fraction of a second).
+/// `sticky-bench hash`'s comparison of client hashes, in process (a fraction of a second).
 fn hash_and_table() -> String {
-    use sticky::hashbench::{self, DEFAULT_BACKENDS, DEFAULT_CLIENTS, DEFAULT_SEED};
+    use crate::hash::{self, DEFAULT_BACKENDS, DEFAULT_CLIENTS, DEFAULT_SEED};
     let clients = DEFAULT_CLIENTS as usize;
-    let schemes = hashbench::run(clients, DEFAULT_BACKENDS, DEFAULT_SEED);
+    let schemes = hash::compare(clients, DEFAULT_BACKENDS, DEFAULT_SEED);
     format!(
-        "`sticky bench-hash`: {clients} simulated clients (half IPv4, half IPv6), \
+        "`sticky-bench hash`: {clients} simulated clients (half IPv4, half IPv6), \
          {DEFAULT_BACKENDS} backends, seed {DEFAULT_SEED:#x}; lookups timed in this process \
          (pinned to CPU {LOAD_CPU}).\n\n{}",
-        hashbench::render_markdown(&schemes)
+        hash::render_markdown(&schemes)
     )
 }
 

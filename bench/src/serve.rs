@@ -1,5 +1,5 @@
 //! `sticky-bench serve`: a backend's servers. An HTTP/1.1 responder answering every request
-//! with `<id> <client-ip>\n` (the sandbox's backend protocol, so `sandbox::HttpConn` reads it)
+//! with `<id> <client-ip>\n` (the rig's backend protocol, so `sticky_tests::HttpConn` reads it)
 //! on tokio, fast enough not to be the bottleneck; a TCP echo server for round trips; an
 //! upgrade port where an HTTP request head comes first (`crate::upgrade`), then echo or a
 //! byte sink; and a plain byte sink.

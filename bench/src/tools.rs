@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use sticky::sandbox::Netns;
+use sticky_tests::Netns;
 
 use crate::{
     cmd::{self, Proc},

@@ -1,4 +1,4 @@
-//! The bench topology: the sandbox's client, balancer and backend namespaces, plus a /20 of
+//! The bench topology: the rig's client, balancer and backend namespaces, plus a /20 of
 //! client source addresses, a direct veth from the client to backend 0 and benchmark tuning.
 //!
 //! ```text
@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sticky::sandbox::{Netns, Topology, plan, veth};
+use sticky_tests::{Netns, Topology, plan, veth};
 
 use crate::cmd;
 
@@ -63,7 +63,8 @@ pub const DIRECT_NET: Net = Net {
 };
 const DIRECT_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 1);
 const DIRECT_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 2);
-/// The client's own address on `eth0` (the sandbox gives it), next hop for the client /20.
+/// The client's own address on `eth0` (the rig's topology gives it), next hop for the
+/// client /20.
 const CLIENT_ETH0: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// CPUs: load generators on one, servers and userspace balancers on the other, so they do not
@@ -77,7 +78,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn build(backends: usize) -> anyhow::Result<Self> {
-        // No sandbox clients: their 250-per-/24 plan is replaced by whole /20s below.
+        // No rig clients: their 250-per-/24 plan is replaced by whole /20s below.
         let topo = Topology::build("bench", backends, 0).context("build namespaces")?;
         let bench = Self { topo };
         bench.wire().context("configure the bench topology")?;
@@ -120,7 +121,7 @@ impl Bench {
             "dev",
             "cli0",
         ])?;
-        // The sandbox turns transmit checksum offload off to catch checksum bugs; a benchmark
+        // The rig turns transmit checksum offload off to catch checksum bugs; a benchmark
         // wants the defaults (TSO needs it).
         let mut links: Vec<(&Netns, String)> = vec![
             (&t.client, "eth0".into()),

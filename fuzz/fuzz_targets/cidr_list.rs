@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::cidr_list(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::cidr_list(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::config_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::config_file(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::forwarded_for(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::forwarded_for(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::metrics_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::metrics_request(data));

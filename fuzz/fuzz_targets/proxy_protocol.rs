@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::proxy_protocol(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::proxy_protocol(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky::fuzzing::request_head(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sticky_fuzz::request_head(data));

@@ -1,5 +1,7 @@
-//! sticky's userspace: configuration, the Maglev table, the loaded data path, and the
-//! namespace sandbox the demo and the tests share.
+//! sticky's userspace: configuration, the Maglev table, the loaded data path, the daemon and
+//! its control API, proxy mode, health checks, metrics and the command line. The test rig
+//! (namespaces, servers, clients, the demo) is the `sticky-tests` crate, the hash benchmark is
+//! in `sticky-bench`, the fuzz target bodies in `fuzz/`.
 
 pub mod addr;
 pub mod backends;
@@ -11,18 +13,14 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod decision;
-pub mod demo;
 pub mod doctor;
 pub mod duration;
-pub mod fuzzing;
-pub mod hashbench;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod namespaces;
 pub mod object;
 pub mod proxy;
-pub mod sandbox;
 pub mod status;
 pub mod table;
 pub mod trace;

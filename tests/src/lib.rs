@@ -1,1 +1,21 @@
-//! Integration tests live in tests/tests/.
+//! The test rig, kept out of the `sticky` binary: network namespaces, the standard topology
+//! and its address plan, backend servers, HTTP clients and `sticky` child processes, all torn
+//! down on drop in reverse order of creation (also when a test panics). The integration tests
+//! in tests/tests/, the demo (`sticky-demo`, run by `cargo xtask run`) and the benchmark use it.
+
+pub mod clients;
+pub mod netns;
+pub mod plan;
+pub mod process;
+pub mod rng;
+pub mod root;
+pub mod servers;
+pub mod topology;
+
+pub use clients::{Answer, HttpConn, get_once};
+pub use netns::{Netns, sh, unique_name, veth};
+pub use process::StickyProcess;
+pub use rng::SplitMix64;
+pub use root::root_or_skip;
+pub use servers::{EchoBackend, HttpBackend};
+pub use topology::Topology;

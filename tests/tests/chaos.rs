@@ -22,11 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{args_with, assign, backend, ok, open_long_lived, root_or_skip, status, sticky_bin};
-use sticky::{
-    control,
-    sandbox::{Daemon, HttpBackend, HttpConn, Topology, get_once, plan},
-};
+use common::{args_with, assign, backend, ok, open_long_lived, status, sticky_bin};
+use sticky::control;
+use sticky_tests::{HttpBackend, HttpConn, StickyProcess, Topology, get_once, plan, root_or_skip};
 
 /// How big a campaign is: short in `cargo xtask test`, full in `cargo xtask chaos`.
 struct Scale {
@@ -153,8 +151,8 @@ fn syn_flood_keeps_established_connections() {
         "--max-clients",
         "4096",
     ];
-    let daemon =
-        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &sizes)).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &sizes))
+        .expect("sticky");
     let mut held = open_long_lived(&topo, 0..HELD, false);
     let before = assign(&topo, 0..HELD, 1, false);
     let wire = flood::Wire::between(&topo.client, "eth0", &topo.lb, "cli0").expect("wire");
@@ -249,7 +247,7 @@ fn kill_9_loop_keeps_the_data_path() {
     let topo = Topology::build("kill9", 3, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
     let args = args_with(&topo, &all(&topo), &[]);
-    let mut daemon = Daemon::start(&bin, &topo.lb, &args).expect("sticky");
+    let mut daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("sticky");
     let mut held = open_long_lived(&topo, 0..100, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
     let load = Load::start(&topo, Some(before.clone()), CLIENTS);
@@ -259,7 +257,7 @@ fn kill_9_loop_keeps_the_data_path() {
         assert!(!daemon.wait_exit().expect("exit").success());
         exchange(&mut held, &format!("daemon dead (cycle {cycle})"));
         std::thread::sleep(Duration::from_millis(200));
-        daemon = Daemon::start(&bin, &topo.lb, &args).expect("restart");
+        daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("restart");
         assert!(
             daemon.ready_line.contains("adopted"),
             "cycle {cycle}: {}",
@@ -324,8 +322,8 @@ fn backend_churn_fails_only_right_after_a_kill() {
         "--health-rise",
         "2",
     ];
-    let daemon =
-        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &health)).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &health))
+        .expect("sticky");
     // The kernel path counts the dead backend's resets to new connections and the daemon,
     // reading them every 50 ms, takes it out at once (probes alone would need `fall` × 200 ms).
     // Bound: a few polls and the table swap, with room for a loaded machine.
@@ -401,7 +399,7 @@ fn backend_churn_fails_only_right_after_a_kill() {
     );
 }
 
-fn wait_state(daemon: &Daemon, addr: &str, want: &str, within: Duration) {
+fn wait_state(daemon: &StickyProcess, addr: &str, want: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let st = status(daemon);
@@ -449,7 +447,7 @@ fn proxy_connection_limit_holds_under_a_flood() {
     ];
     let mut full = args_with(&topo, &all(&topo), &[]);
     full.append(&mut extra);
-    let daemon = Daemon::start(&bin, &topo.lb, &full).expect("sticky --proxy");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &full).expect("sticky --proxy");
     let rss_before = rss_kib(daemon.pid());
     let src = plan::client(0, false);
     let started = Instant::now();
@@ -589,9 +587,9 @@ fn control_plane_refuses_bad_requests_and_serialises_writers() {
     let topo = Topology::build("ctl", 2, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
     let daemon =
-        Daemon::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &[])).expect("sticky");
+        StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &all(&topo), &[])).expect("sticky");
     let before = assign(&topo, 0..CLIENTS, 1, false);
-    let list = |d: &Daemon| ok(&d.ctl(&bin, &["backend", "list", "--json"]), "list");
+    let list = |d: &StickyProcess| ok(&d.ctl(&bin, &["backend", "list", "--json"]), "list");
     let initial = list(&daemon);
 
     // Permissions: the folder and the socket belong to root, nobody else may connect.

@@ -5,8 +5,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{root_or_skip, sticky_bin};
-use sticky::sandbox::{Daemon, Netns, unique_name};
+use common::sticky_bin;
+use sticky_tests::{Netns, StickyProcess, root_or_skip, unique_name};
 
 /// sticky programs currently loaded in the kernel.
 fn loaded_sticky_programs() -> usize {
@@ -324,7 +324,7 @@ fn sigterm_detaches_and_exits_zero() {
     ]
     .map(String::from)
     .to_vec();
-    let daemon = Daemon::start(&sticky_bin(), &ns, &args).expect("sticky");
+    let daemon = StickyProcess::start(&sticky_bin(), &ns, &args).expect("sticky");
     assert_eq!(
         loaded_sticky_programs(),
         before + 2,

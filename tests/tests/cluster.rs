@@ -15,8 +15,8 @@ use std::{
     time::Duration,
 };
 
-use common::{root_or_skip, sticky_bin};
-use sticky::sandbox::{Daemon, Netns, Topology, get_once, plan};
+use common::sticky_bin;
+use sticky_tests::{Netns, StickyProcess, Topology, get_once, plan, root_or_skip};
 
 const CLIENTS: usize = 200;
 
@@ -79,7 +79,7 @@ fn assign(topo: &Topology, conns: usize) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn start_cluster(topo: &Topology, extra: &[&str]) -> Daemon {
+fn start_cluster(topo: &Topology, extra: &[&str]) -> StickyProcess {
     common::start_cluster(topo, extra, &worker_script())
 }
 
@@ -194,7 +194,7 @@ fn cluster_refuses_bad_arguments() {
     if !root_or_skip("cluster_refuses_bad_arguments") {
         return;
     }
-    let ns = Netns::create(&sticky::sandbox::unique_name("clbad")).expect("netns");
+    let ns = Netns::create(&sticky_tests::unique_name("clbad")).expect("netns");
     let run = |args: &[&str]| {
         std::process::Command::new("nsenter")
             .arg(format!("--net={}", ns.path()))

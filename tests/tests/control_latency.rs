@@ -19,16 +19,13 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use common::{args_with, root_or_skip, status, sticky_bin};
-use sticky::{
-    control,
-    datapath::Pins,
-    sandbox::{Daemon, Topology},
-};
+use common::{args_with, status, sticky_bin};
+use sticky::{control, datapath::Pins};
 use sticky_common::{
     Addr16,
     maps::{self as names, Affinity, FLOW_FORWARD, Flow, FlowKey, PROTO_TCP},
 };
+use sticky_tests::{StickyProcess, Topology, root_or_skip};
 
 const FLOWS: u32 = 250_000;
 const CLIENTS: u32 = 100_000;
@@ -124,7 +121,7 @@ fn control_latency_with_a_full_flow_table_under_scrapes() {
             "262144",
         ],
     );
-    let daemon = Daemon::start(&bin, &topo.lb, &args).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("sticky");
     let pins = Pins::for_instance(&daemon.instance);
     let t = Instant::now();
     fill(&pins);

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use common::{root_or_skip, sticky_bin};
-use sticky::sandbox::{Daemon, Netns, Topology};
+use common::sticky_bin;
+use sticky_tests::{Netns, StickyProcess, Topology, root_or_skip};
 
 /// `sticky doctor ARGS` in `ns` through `nsenter --net` (the mount namespace stays the host's).
 fn doctor(ns: &Netns, args: &[String]) -> Output {
@@ -474,7 +474,8 @@ fn a_running_instance_is_checked_through_its_control_socket() {
     let bin = sticky_bin();
     let topo = topology("doc-live");
     let _servers = topo.start_backends().expect("backends");
-    let daemon = Daemon::start(&bin, &topo.lb, &topo.sticky_args(false)).expect("sticky run");
+    let daemon =
+        StickyProcess::start(&bin, &topo.lb, &topo.sticky_args(false)).expect("sticky run");
     let instance = vec!["--instance".to_string(), daemon.instance.clone()];
     let out = doctor(&topo.lb, &instance);
     assert_clean(&out);
@@ -521,7 +522,7 @@ fn bad_input_is_an_error_not_a_finding() {
     if !root_or_skip("bad_input_is_an_error_not_a_finding") {
         return;
     }
-    let ns = Netns::create(&sticky::sandbox::unique_name("doc-bad")).expect("netns");
+    let ns = Netns::create(&sticky_tests::unique_name("doc-bad")).expect("netns");
     let args = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let out = doctor(
         &ns,

@@ -1247,7 +1247,7 @@ fn trace_reports_one_clients_decisions() {
     }
     let vip = Setup::V4.vip();
     let (three, eight) = (v4_backends(3), v4_backends(8));
-    let instance = sticky::sandbox::unique_name("trace-fx");
+    let instance = sticky_tests::unique_name("trace-fx");
     let pins = Pins::for_instance(&instance);
     let config = config(&instance, vip, &three);
     let dp = Datapath::load_with(&config, Some(pins.clone()))

@@ -5,8 +5,8 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{assign, open_long_lived, predicted, root_or_skip, spread, sticky_bin};
-use sticky::sandbox::{Daemon, HttpBackend, Topology, plan};
+use common::{assign, open_long_lived, predicted, spread, sticky_bin};
+use sticky_tests::{HttpBackend, StickyProcess, Topology, plan, root_or_skip};
 
 const CLIENTS: usize = 250;
 
@@ -19,7 +19,8 @@ fn remote_backends(topo: &Topology, v6: bool) -> Vec<(usize, std::net::IpAddr, u
 fn sticky_and_spread(v6: bool) {
     let topo = Topology::build(if v6 { "v6" } else { "v4" }, 3, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let _daemon = Daemon::start(&sticky_bin(), &topo.lb, &topo.sticky_args(v6)).expect("sticky");
+    let _daemon =
+        StickyProcess::start(&sticky_bin(), &topo.lb, &topo.sticky_args(v6)).expect("sticky");
     let assignment = assign(&topo, 0..CLIENTS, 3, v6);
     let spread = spread(&assignment);
     assert_eq!(spread.len(), 3, "every backend gets clients: {spread:?}");
@@ -78,7 +79,7 @@ fn local_port_backends() {
                 SocketAddr::new(vip, 8081 + k).to_string(),
             ]);
         }
-        let daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+        let daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
         let assignment = assign(&topo, 0..200, 3, v6);
         assert_eq!(
             spread(&assignment).len(),
@@ -117,7 +118,7 @@ struct TempFile(std::path::PathBuf);
 
 impl TempFile {
     fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(sticky::sandbox::unique_name(tag) + ".toml"))
+        Self(std::env::temp_dir().join(sticky_tests::unique_name(tag) + ".toml"))
     }
 }
 
@@ -127,7 +128,7 @@ impl Drop for TempFile {
     }
 }
 
-fn reload(daemon: &mut Daemon) {
+fn reload(daemon: &mut StickyProcess) {
     daemon.signal(libc::SIGHUP).expect("SIGHUP");
     daemon
         .wait_for("sticky reloaded", Duration::from_secs(10))
@@ -146,7 +147,7 @@ fn removing_a_backend_keeps_connections_and_moves_only_its_clients() {
     let config = TempFile::new("rm");
     write_config(&config.0, &topo, &[0, 1, 2], "");
     let args = vec!["--config".to_string(), config.0.display().to_string()];
-    let mut daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    let mut daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
 
     let mut held = open_long_lived(&topo, 0..CLIENTS, false);
     let before = assign(&topo, 0..CLIENTS, 2, false);
@@ -196,7 +197,7 @@ fn adding_a_backend_moves_no_affine_client() {
     let config = TempFile::new("add");
     write_config(&config.0, &topo, &[0, 1], "affinity-timeout = \"4s\"\n");
     let args = vec!["--config".to_string(), config.0.display().to_string()];
-    let mut daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    let mut daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
 
     let before = assign(&topo, 0..CLIENTS, 2, false);
     write_config(&config.0, &topo, &[0, 1, 2], "affinity-timeout = \"4s\"\n");
@@ -248,7 +249,7 @@ fn two_balancers_agree_on_every_client() {
             let _servers = topo.start_backends().expect("backends");
             let mut args = topo.sticky_args(false);
             args.extend(["--seed".into(), "12345".into()]);
-            let _daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+            let _daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
             assign(&topo, 0..CLIENTS, 2, false)
         })
         .collect();

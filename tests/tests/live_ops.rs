@@ -13,13 +13,10 @@ use std::{
 };
 
 use common::{
-    args_with, assign, backend, ok, open_long_lived, predicted, root_or_skip, spread, status,
-    sticky_bin,
+    args_with, assign, backend, ok, open_long_lived, predicted, spread, status, sticky_bin,
 };
-use sticky::{
-    sandbox::{Daemon, HttpBackend, Topology, plan},
-    status::Status,
-};
+use sticky::status::Status;
+use sticky_tests::{HttpBackend, StickyProcess, Topology, plan, root_or_skip};
 
 const CLIENTS: usize = 250;
 
@@ -40,7 +37,7 @@ fn state_of(status: &Status, addr: &str) -> Option<String> {
         .map(|b| b.state.name().to_string())
 }
 
-fn list(daemon: &Daemon) -> String {
+fn list(daemon: &StickyProcess) -> String {
     ok(
         &daemon.ctl(&sticky_bin(), &["backend", "list", "--json"]),
         "backend list",
@@ -55,7 +52,8 @@ fn every_backend_command_changes_real_traffic() {
     let bin = sticky_bin();
     let topo = Topology::build("ops", 4, 2 * CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let daemon = Daemon::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &[])).expect("sticky");
+    let daemon =
+        StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &[])).expect("sticky");
     let initial = list(&daemon);
     assert_eq!(initial.matches("\"up\"").count(), 3, "{initial}");
 
@@ -214,7 +212,7 @@ fn every_backend_command_changes_real_traffic() {
     assert!(!list(&daemon).contains(&backend(1)));
 
     // One daemon per instance; commands without a daemon say so.
-    let second = Daemon::start(
+    let second = StickyProcess::start(
         &bin,
         &topo.lb,
         &args_with(&topo, &[0], &["--instance", &daemon.instance]),
@@ -245,7 +243,8 @@ fn drain_keeps_sessions_and_takes_no_new_clients() {
     let bin = sticky_bin();
     let topo = Topology::build("drain", 3, 2 * CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let daemon = Daemon::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &[])).expect("sticky");
+    let daemon =
+        StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &[])).expect("sticky");
     let mut held = open_long_lived(&topo, 0..CLIENTS, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
 
@@ -318,8 +317,8 @@ fn health_checks_take_a_dead_backend_out_and_back() {
         "--health-rise",
         "2",
     ];
-    let daemon =
-        Daemon::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &extra)).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &[0, 1, 2], &extra))
+        .expect("sticky");
     let before = assign(&topo, 0..CLIENTS, 1, false);
     assert!(
         status(&daemon)
@@ -397,12 +396,12 @@ fn restart_keeps_every_connection_and_affinity() {
     let topo = Topology::build("restart", 3, CLIENTS).expect("topology");
     let _servers = topo.start_backends().expect("backends");
     let args = args_with(&topo, &[0, 1, 2], &[]);
-    let daemon = Daemon::start(&bin, &topo.lb, &args).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("sticky");
     let instance = daemon.instance.clone();
     let pin_dir = format!("/sys/fs/bpf/sticky/{instance}");
     let mut held = open_long_lived(&topo, 0..120, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
-    let exchange = |held: &mut Vec<(usize, sticky::sandbox::HttpConn, String)>, when: &str| {
+    let exchange = |held: &mut Vec<(usize, sticky_tests::HttpConn, String)>, when: &str| {
         for (i, conn, first) in held.iter_mut() {
             let a = conn
                 .get(false)
@@ -423,7 +422,7 @@ fn restart_keeps_every_connection_and_affinity() {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             break 'rounds;
                         }
-                        match sticky::sandbox::get_once(plan::client(*i, false), vip) {
+                        match sticky_tests::get_once(plan::client(*i, false), vip) {
                             Ok(a) if a.backend == *want => ok += 1,
                             Ok(a) => failed.push(format!("client {i} went to {}", a.backend)),
                             Err(e) => failed.push(format!("client {i}: {e:#}")),
@@ -442,7 +441,7 @@ fn restart_keeps_every_connection_and_affinity() {
     assert!(Path::new(&pin_dir).exists(), "pins removed by stop --keep");
     exchange(&mut held, "daemon down");
     assert_eq!(assign(&topo, 0..CLIENTS, 1, false), before, "daemon down");
-    let daemon = Daemon::start(&bin, &topo.lb, &args).expect("restart");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("restart");
     assert!(
         daemon.ready_line.contains("adopted"),
         "{}",
@@ -459,7 +458,7 @@ fn restart_keeps_every_connection_and_affinity() {
     daemon.signal(libc::SIGKILL).expect("kill -9");
     assert!(!daemon.wait_exit().expect("exit").success());
     exchange(&mut held, "after kill -9");
-    let daemon = Daemon::start(&bin, &topo.lb, &args).expect("restart after crash");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("restart after crash");
     assert!(daemon.ready_line.contains("adopted"));
     exchange(&mut held, "after crash restart");
     assert_eq!(assign(&topo, 0..CLIENTS, 1, false), before);
@@ -491,7 +490,7 @@ fn metrics_and_reload() {
     let bin = sticky_bin();
     let topo = Topology::build("metrics", 3, 50).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let config = std::env::temp_dir().join(sticky::sandbox::unique_name("metrics") + ".toml");
+    let config = std::env::temp_dir().join(sticky_tests::unique_name("metrics") + ".toml");
     let write = |backends: &[usize], junk: &str| {
         let list: Vec<String> = backends
             .iter()
@@ -502,7 +501,7 @@ fn metrics_and_reload() {
     write(&[0, 1, 2], "");
     let mut args = args_with(&topo, &[], &["--metrics", "127.0.0.1:9464", "--config"]);
     args.push(config.display().to_string());
-    let daemon = Daemon::start(&bin, &topo.lb, &args).expect("sticky");
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args).expect("sticky");
     let _ = assign(&topo, 0..50, 2, false);
     let scrape = || -> String {
         std::thread::sleep(Duration::from_millis(1200)); // metrics refresh every second

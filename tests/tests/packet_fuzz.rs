@@ -60,7 +60,6 @@ use common::{datapath::*, packets::*};
 use sticky::{
     config::Config,
     decision::{Published, no_affinity},
-    hashbench::SplitMix64,
     table,
 };
 use sticky_common::{
@@ -71,6 +70,7 @@ use sticky_common::{
         COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED, NO_BACKEND,
     },
 };
+use sticky_tests::SplitMix64;
 
 const DEFAULT_SEED: u64 = 0x5715_c4f0_22ed_0001;
 const DEFAULT_FRAMES: u64 = 300_000;

@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assign, root_or_skip, spread, sticky_bin};
-use sticky::sandbox::{Daemon, EchoBackend, HttpConn, Topology, plan};
+use common::{assign, spread, sticky_bin};
+use sticky_tests::{EchoBackend, HttpConn, StickyProcess, Topology, plan, root_or_skip};
 
 const CLIENTS: usize = 200;
 const PROXY_PORT: u16 = 8080;
@@ -27,7 +27,7 @@ fn proxy_addr(topo: &Topology) -> SocketAddr {
     SocketAddr::new(topo.vip(false).ip(), PROXY_PORT)
 }
 
-fn start(topo: &Topology, backend_port: u16, extra: &[&str]) -> Daemon {
+fn start(topo: &Topology, backend_port: u16, extra: &[&str]) -> StickyProcess {
     let mut args = vec![
         "--iface".to_string(),
         "cli0".into(),
@@ -45,7 +45,7 @@ fn start(topo: &Topology, backend_port: u16, extra: &[&str]) -> Daemon {
         ]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky with --proxy")
+    StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky with --proxy")
 }
 
 /// One request through the proxy from `src` with extra header lines; the answer or status.
@@ -599,7 +599,7 @@ fn ipv6_listener_backends_and_forwarded_clients() {
         "--trusted-proxies".into(),
         "fd00:18::2/128".into(),
     ]);
-    let _daemon = Daemon::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    let _daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
     let direct = assign(&topo, 0..40, 1, true);
     let peer: IpAddr = "fd00:18::2".parse().expect("v6");
     for i in 0..40 {

@@ -10,8 +10,8 @@ use std::{
     time::Duration,
 };
 
-use common::{root_or_skip, sticky_bin};
-use sticky::sandbox::{Daemon, HttpBackend, Topology, get_once, plan};
+use common::sticky_bin;
+use sticky_tests::{HttpBackend, StickyProcess, Topology, get_once, plan, root_or_skip};
 
 const CLIENTS: usize = 40;
 const PORT_B: u16 = 5201;
@@ -83,8 +83,8 @@ fn two_instances_and_a_third_party_program_share_one_interface() {
     args_a.extend(["--instance".into(), instance("a")]);
     let mut args_b = topo.sticky_args_on(false, PORT_B, BACKEND_PORT_B);
     args_b.extend(["--instance".into(), instance("b")]);
-    let _a = Daemon::start(&sticky_bin(), &topo.lb, &args_a).expect("instance a");
-    let _b = Daemon::start(&sticky_bin(), &topo.lb, &args_b).expect("instance b");
+    let _a = StickyProcess::start(&sticky_bin(), &topo.lb, &args_a).expect("instance a");
+    let _b = StickyProcess::start(&sticky_bin(), &topo.lb, &args_b).expect("instance b");
 
     let vip_a = SocketAddr::new(plan::vip(false), plan::VIP_PORT);
     let vip_b = SocketAddr::new(plan::vip(false), PORT_B);

@@ -11,9 +11,9 @@ use std::{
     time::Duration,
 };
 
-use common::{root_or_skip, sticky_bin};
+use common::sticky_bin;
 use serde_json::Value;
-use sticky::sandbox::{Daemon, Netns, Topology, plan};
+use sticky_tests::{Netns, StickyProcess, Topology, plan, root_or_skip};
 
 const CLIENTS: usize = 200;
 
@@ -76,7 +76,7 @@ impl Drop for Redis {
     }
 }
 
-fn cluster(topo: &Topology, redis: &Redis, extra: &[&str]) -> Daemon {
+fn cluster(topo: &Topology, redis: &Redis, extra: &[&str]) -> StickyProcess {
     let redis_url = format!("REDIS_URL=redis://127.0.0.1:{}", redis.port);
     let mut args = vec!["--env", redis_url.as_str()];
     args.extend_from_slice(extra);

@@ -13,12 +13,10 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use common::{args_with, backend, ok, root_or_skip, sticky_bin};
-use sticky::{
-    datapath::Pins,
-    sandbox::{Daemon, HttpConn, Netns, Topology, plan},
-};
+use common::{args_with, backend, ok, sticky_bin};
+use sticky::datapath::Pins;
 use sticky_common::trace::{TRACE, TraceTarget};
+use sticky_tests::{HttpConn, Netns, StickyProcess, Topology, plan, root_or_skip};
 
 /// A `sticky trace` child process, started once it says it traces.
 struct Trace {
@@ -94,7 +92,8 @@ fn trace_follows_a_real_client() {
     let bin = sticky_bin();
     let topo = Topology::build("trace", 2, 2).expect("topology");
     let _servers = topo.start_backends().expect("backends");
-    let daemon = Daemon::start(&bin, &topo.lb, &args_with(&topo, &[0, 1], &[])).expect("sticky");
+    let daemon =
+        StickyProcess::start(&bin, &topo.lb, &args_with(&topo, &[0, 1], &[])).expect("sticky");
     let vip = topo.vip(false);
     let client = plan::client(0, false);
 

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: a repeatable campaign over every cargo-fuzz target in `fuzz/`, one
-//! after the other (the targets' bodies are in `sticky-user/src/fuzzing.rs`).
+//! after the other (the targets' bodies are the fuzz crate's library, `fuzz/src/lib.rs`).
 //!
 //! Each target starts from its committed seeds (`fuzz/corpus/<target>`) and every crash
 //! found so far (`fuzz/regressions/<target>`); what libFuzzer discovers goes to

@@ -37,7 +37,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run the sticky binary (`sticky demo` when no arguments are given).
+    /// Build, then run the sticky binary with the arguments after `--`; with none, the demo
+    /// (`sticky-demo`, as root).
     Run {
         /// Build with the release profile.
         #[arg(long)]

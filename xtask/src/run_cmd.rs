@@ -1,21 +1,25 @@
-//! `cargo xtask run`: build, then run sticky in the foreground.
+//! `cargo xtask run`: build, then run sticky in the foreground, or with no arguments the demo
+//! (`sticky-demo`, from the test rig in `tests/`), which runs that sticky.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::build_cmd;
+use crate::{build_cmd, setup, sh};
 
 pub fn run(release: bool, args: &[String]) -> Result<ExitCode> {
-    let bin = build_cmd::run(release)?;
-    let mut cmd = Command::new(&bin);
-    if args.is_empty() {
-        cmd.arg("demo");
-    } else {
-        cmd.args(args);
+    if !args.is_empty() {
+        let bin = build_cmd::run(release)?;
+        return foreground(Command::new(&bin).args(args));
     }
-    foreground(&mut cmd)
+    setup::run()?;
+    // One cargo run: sticky with its eBPF object, and the demo.
+    build_cmd::build_packages(release, &["sticky-user", "sticky-tests"])?;
+    let sticky = sh::target_bin("sticky", release)?;
+    let demo = sh::target_bin("sticky-demo", release)?;
+    println!("built: {}", sticky.display());
+    foreground(Command::new(&demo).env("STICKY_BIN", &sticky))
 }
 
 /// Runs `cmd` in the foreground and returns its exit code. Ctrl-C reaches the child directly

@@ -21,7 +21,10 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
     if sh::is_root() {
         println!("running as root: integration tests will load eBPF programs");
     } else {
-        println!("not root: integration tests will be skipped (each prints why); rerun as root");
+        println!(
+            "not root: integration tests will be skipped (each prints why), or fail under \
+             CI=true or STICKY_REQUIRE_ROOT=1; rerun as root"
+        );
     }
     let mut cargo = sh::cargo()?;
     cargo

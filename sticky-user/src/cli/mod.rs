@@ -1,7 +1,6 @@
 //! The `sticky` command line: one module per subcommand; doc comments are the help text.
 
 pub mod backend;
-pub mod bench_hash;
 pub mod cluster;
 pub mod control;
 pub mod doctor;
@@ -13,7 +12,7 @@ use clap::{Parser, Subcommand};
 /// Kernel-accelerated sticky-session load balancer: every connection of a client reaches the
 /// same backend (socket.io, long-polling), consistently across nodes.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, arg_required_else_help = true)]
 pub struct Cli {
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -23,7 +22,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub instance: Option<String>,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Command,
 }
 
 #[derive(Subcommand)]
@@ -44,32 +43,20 @@ pub enum Command {
     Reload,
     /// Stop the daemon: detach and unpin, or with --keep leave the data path running.
     Stop(control::StopArgs),
-    /// Compare sticky's hash + Maglev table with the hashes of sticky-session, sticky-cluster
-    /// and nginx ip_hash: spread, speed, disruption.
-    BenchHash(bench_hash::BenchHashArgs),
     /// Run N workers of an app (e.g. `-- node app.js`) on their own ports and balance one port
     /// across them in the kernel; `sticky cluster reload` restarts them one by one.
     Cluster(Box<cluster::ClusterArgs>),
     /// Check what would stop a balancer from forwarding (before a start or on --instance).
     Doctor(Box<doctor::DoctorArgs>),
-    /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
-    /// (What `sticky` does with no command.)
-    Demo,
 }
 
-pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::Result<()> {
+pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()> {
     let name = instance
         .clone()
         .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
     let prints_only = matches!(
         command,
-        Some(
-            Command::Status(_)
-                | Command::Lookup(_)
-                | Command::Preview(_)
-                | Command::BenchHash(_)
-                | Command::Backend(_)
-        )
+        Command::Status(_) | Command::Lookup(_) | Command::Preview(_) | Command::Backend(_)
     );
     if prints_only {
         // `sticky status | head` should end quietly, not panic on a closed pipe. Never for the
@@ -77,7 +64,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         // SAFETY: restores the default disposition; no handler involved.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    match command.unwrap_or(Command::Demo) {
+    match command {
         Command::Run(args) => run::run(*args, instance),
         Command::Backend(args) => backend::run(args, &name),
         Command::Preview(args) => control::preview(args, &name),
@@ -86,9 +73,7 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Trace(args) => trace::run(args, &name),
         Command::Reload => control::reload(&name),
         Command::Stop(args) => control::stop(args, &name),
-        Command::BenchHash(args) => bench_hash::run(args),
         Command::Cluster(args) => cluster::run(*args, &name),
         Command::Doctor(args) => doctor::run(*args, instance),
-        Command::Demo => crate::demo::run(),
     }
 }

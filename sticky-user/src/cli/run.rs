@@ -62,7 +62,7 @@ mod tests {
     fn settings(args: &[&str]) -> Layer {
         let argv = ["sticky", "run"].iter().chain(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Some(Command::Run(run)) => run.settings,
+            Command::Run(run) => run.settings,
             _ => panic!("not `sticky run`"),
         }
     }

@@ -56,12 +56,16 @@ pub fn action_name(action: i32) -> &'static str {
     }
 }
 
-/// Whether to run BPF_PROG_TEST_RUN tests: root is needed (skips, saying so, otherwise), and
-/// a binary without its eBPF object is a build defect, not a skip.
+/// Whether to run BPF_PROG_TEST_RUN tests: root is needed (skips, saying so, otherwise; fails
+/// under `CI=true` / `STICKY_REQUIRE_ROOT=1`), and a binary without its eBPF object is a build
+/// defect, not a skip.
 pub fn bpf_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root (BPF_PROG_TEST_RUN)");
+    // libtest names each test's thread after the test.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if !sticky_tests::root::root_or_skip_for(&test, "BPF_PROG_TEST_RUN") {
         return false;
     }
     if let Err(e) = sticky::object::bytes() {

@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, bail};
-use sticky::sandbox::Netns;
+use sticky_tests::Netns;
 
 /// Where the frames go: the sender's interface (in the namespace the flood runs in) and the
 /// MAC addresses of both ends.

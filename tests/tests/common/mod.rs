@@ -1,5 +1,6 @@
-//! Shared by the integration tests: skipping without root, the sticky binary, running many
-//! clients through a topology; `packets` and `datapath` for the BPF_PROG_TEST_RUN tests.
+//! Shared by the integration tests: the sticky binary, running many clients through a
+//! topology; `packets` and `datapath` for the BPF_PROG_TEST_RUN tests. The rig itself, and
+//! skipping without root, are the `sticky-tests` library.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod datapath;
@@ -11,24 +12,9 @@ use std::{
     path::PathBuf,
 };
 
-use sticky::{
-    addr::BackendSpec,
-    backends::BackendSet,
-    sandbox::Daemon,
-    sandbox::{Answer, HttpConn, Topology, get_once, plan},
-    table,
-};
+use sticky::{addr::BackendSpec, backends::BackendSet, table};
 use sticky_common::Addr16;
-
-/// Whether to run: root is needed for namespaces and eBPF. Without it the test says why.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: no arguments.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        println!("skipped {test}: needs root (network namespaces, eBPF)");
-    }
-    root
-}
+use sticky_tests::{Answer, HttpConn, StickyProcess, Topology, get_once, plan};
 
 /// The `sticky` binary built with its eBPF object (`cargo xtask test` sets STICKY_BIN).
 pub fn sticky_bin() -> PathBuf {
@@ -147,7 +133,7 @@ pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -
 /// `sticky cluster --workers 3 --iface cli0 EXTRA… -- node SCRIPT` in the balancer namespace,
 /// returned once every worker is in the table (the first joins with the daemon, the other two
 /// announce it).
-pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) -> Daemon {
+pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) -> StickyProcess {
     let mut args: Vec<String> = [
         "cluster",
         "--workers",
@@ -161,7 +147,7 @@ pub fn start_cluster(topo: &Topology, extra: &[&str], script: &std::path::Path) 
     .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(["--".into(), "node".into(), script.display().to_string()]);
-    let mut d = Daemon::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
+    let mut d = StickyProcess::start_with(&sticky_bin(), &topo.lb, &args, "sticky cluster:")
         .expect("sticky cluster");
     for _ in 0..2 {
         d.wait_for("in the table", std::time::Duration::from_secs(30))
@@ -203,7 +189,7 @@ pub fn ok(out: &std::process::Output, what: &str) -> String {
 }
 
 /// `sticky status --json` of a running daemon.
-pub fn status(daemon: &Daemon) -> sticky::status::Status {
+pub fn status(daemon: &StickyProcess) -> sticky::status::Status {
     let out = ok(
         &daemon.ctl(&sticky_bin(), &["status", "--json"]),
         "status --json",

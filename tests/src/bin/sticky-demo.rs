@@ -1,14 +1,22 @@
-//! `sticky demo` (and `cargo xtask run` with no arguments): a self-contained sandbox showing
-//! that every client sticks to one backend, with an even spread and real client addresses.
+//! `sticky-demo` (what `cargo xtask run` with no arguments runs): a self-contained sandbox
+//! showing that every client sticks to one backend, with an even spread and real client
+//! addresses. It runs the `sticky` binary named by `STICKY_BIN` (`cargo xtask run` sets it),
+//! else the one next to itself.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::sandbox::{Daemon, Topology, get_once, plan};
+use sticky::{
+    cli::control::{call, render_status},
+    control::Request,
+    status::Status,
+};
+use sticky_tests::{StickyProcess, Topology, get_once, plan};
 
 const CLIENTS: usize = 250;
 const BACKENDS: usize = 3;
@@ -27,14 +35,41 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sticky-demo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `STICKY_BIN`, else `sticky` in this binary's directory (both are built into one target
+/// directory).
+fn sticky_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("STICKY_BIN") {
+        return Ok(bin.into());
+    }
+    let me = std::env::current_exe().context("locate the sticky-demo binary")?;
+    let bin = me.with_file_name("sticky");
+    if !bin.is_file() {
+        bail!(
+            "no sticky binary at {}: run the demo with `cargo xtask run`, or set STICKY_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn run() -> anyhow::Result<()> {
     // SAFETY: no arguments.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo builds network namespaces and loads eBPF: run it as root");
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let bin = std::env::current_exe().context("locate the sticky binary")?;
+    let bin = sticky_bin()?;
 
     println!(
         "sandbox: 1 client namespace with {CLIENTS} addresses, a balancer namespace, \
@@ -45,7 +80,7 @@ pub fn run() -> anyhow::Result<()> {
     check_interrupted()?;
     let args = topo.sticky_args(false);
     println!("sticky run {}", args.join(" "));
-    let daemon = Daemon::start(&bin, &topo.lb, &args)?;
+    let daemon = StickyProcess::start(&bin, &topo.lb, &args)?;
     println!("{}", daemon.ready_line);
 
     let vip = topo.vip(false);
@@ -102,10 +137,10 @@ pub fn run() -> anyhow::Result<()> {
         per_client.len() - split.len(),
         split.len()
     );
-    let data = crate::cli::control::call(&daemon.instance, &crate::control::Request::Status)?;
-    let status: crate::status::Status = serde_json::from_value(data)?;
+    let data = call(&daemon.instance, &Request::Status)?;
+    let status: Status = serde_json::from_value(data)?;
     println!("\n$ sticky status --instance {}", daemon.instance);
-    print!("{}", crate::cli::control::render_status(&status));
+    print!("{}", render_status(&status));
     let status = daemon.stop()?;
     if !status.success() {
         bail!("sticky exited with {status}");

@@ -1,13 +1,14 @@
-//! The bodies of the cargo-fuzz targets in `fuzz/`, one per parser that reads network or
-//! user input. They live here, not in `fuzz/`, so a plain `cargo test` replays the committed
-//! corpus and every crash found so far on stable Rust, through the very same code.
+//! The bodies of the cargo-fuzz targets in `fuzz_targets/`, one per parser that reads network
+//! or user input. `tests/tests/fuzz_corpus.rs` includes this file, so a plain `cargo test`
+//! replays the committed corpus and every crash found so far on stable Rust, through the very
+//! same code.
 //!
 //! Each body feeds the bytes to the parser the way the daemon does and then checks what
 //! can be checked cheaply about the result; a panic, or a failed check, is a finding.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::{
+use sticky::{
     config::{self, Layer},
     control,
     http::{self, HeadError, RequestHead, request as head},
@@ -319,44 +320,5 @@ fn get_with(headers: Vec<(String, Vec<u8>)>) -> RequestHead {
         version: 1,
         headers,
         len: 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{fs, path::Path};
-
-    use super::*;
-
-    /// `fuzz/corpus/<target>/*` and `fuzz/regressions/<target>/*`, through the target bodies.
-    #[test]
-    fn corpus_and_regressions_replay() {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut replayed = 0;
-        for kind in ["corpus", "regressions"] {
-            let Ok(dirs) = fs::read_dir(fuzz.join(kind)) else {
-                assert_eq!(kind, "regressions", "no fuzz/corpus directory");
-                continue;
-            };
-            for dir in dirs {
-                let dir = dir.unwrap().path();
-                let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-                let Some((_, body)) = TARGETS.iter().find(|(t, _)| *t == name) else {
-                    panic!("fuzz/{kind}/{name} belongs to no target in fuzzing::TARGETS");
-                };
-                for file in fs::read_dir(&dir).unwrap() {
-                    let file = file.unwrap().path();
-                    let data = fs::read(&file).unwrap();
-                    let run = std::panic::catch_unwind(|| body(&data));
-                    assert!(run.is_ok(), "{} failed", file.display());
-                    replayed += 1;
-                }
-            }
-        }
-        for (target, _) in TARGETS {
-            let seeds = fs::read_dir(fuzz.join("corpus").join(target)).map(Iterator::count);
-            assert!(seeds.unwrap_or(0) > 0, "fuzz/corpus/{target} has no seeds");
-        }
-        assert!(replayed > 0);
     }
 }
