@@ -16,9 +16,10 @@ use std::{
 };
 
 /// How long the instance's pins live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PinScope {
     /// On a bpffs that outlives this process: restarts adopt flows and links.
+    #[default]
     Persistent,
     /// On a bpffs private to this process: a restart drops every connection.
     ProcessLifetime,
@@ -89,7 +90,8 @@ fn mount_ns(pid: &str) -> Option<String> {
 /// What [`persistent_pins`] does about this process's mount namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MountPlan {
-    /// Shared with the parent (the host, a container, a unit): kept as it is.
+    /// Shared with the parent (the host, a container), or with a bpffs from outside already
+    /// mounted (a systemd unit): kept as it is.
     Keep,
     /// Made for this process alone (`ip netns exec`): the parent's is joined.
     JoinParent,
@@ -97,8 +99,25 @@ pub enum MountPlan {
     Private,
 }
 
+/// Whether `path` is on a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
 /// The plan for this process, without acting on it (`sticky doctor` reports it).
 pub fn mount_plan() -> MountPlan {
+    // A bpffs already here came from outside this mount namespace (a systemd unit's, a
+    // container's bind mount): pins on it outlive us. `ip netns exec` leaves none: its /sys is
+    // a fresh sysfs.
+    if is_bpffs(Path::new("/sys/fs/bpf")) {
+        return MountPlan::Keep;
+    }
     // SAFETY: no arguments.
     let parent = unsafe { libc::getppid() };
     match (mount_ns("self"), mount_ns(&parent.to_string())) {

@@ -106,6 +106,10 @@ pub struct Status {
     /// Memory the kernel charges for the instance's maps (flows, affinity, table…).
     #[serde(default)]
     pub map_bytes: u64,
+    /// How long the instance's pins live: `persistent` (restarts lose nothing) or
+    /// `process-lifetime` (a restart drops every connection).
+    #[serde(default)]
+    pub pins: String,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod topology;
 
 pub use clients::{Answer, HttpConn, get_once};
 pub use netns::{Netns, sh, unique_name, veth};
-pub use process::StickyProcess;
+pub use process::{Launch, StickyProcess};
 pub use rng::SplitMix64;
 pub use root::root_or_skip;
 pub use servers::{EchoBackend, HttpBackend};

@@ -12,6 +12,43 @@ use anyhow::{Context as _, bail};
 
 use crate::netns::Netns;
 
+/// How a daemon gets into its network namespace: the ways operators start one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `nsenter --net=/run/netns/NAME sticky …`: the network namespace only.
+    Nsenter,
+    /// `ip netns exec NAME sticky …`: a mount namespace of its own too, `/sys` remounted.
+    IpNetnsExec,
+    /// `sticky run --netns NAME …` from the test's own namespaces.
+    NetnsFlag,
+}
+
+impl Launch {
+    /// The command that runs `bin ARGS` in `ns` this way (`ARGS` starts with the subcommand).
+    fn command(self, bin: &Path, ns: &Netns, args: &[String]) -> Command {
+        match self {
+            Self::Nsenter => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", ns.path())).arg(bin).args(args);
+                cmd
+            }
+            Self::IpNetnsExec => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &ns.name]).arg(bin).args(args);
+                cmd
+            }
+            Self::NetnsFlag => {
+                let mut cmd = Command::new(bin);
+                let (sub, rest) = args
+                    .split_first()
+                    .map_or((None, args), |(s, r)| (Some(s), r));
+                cmd.args(sub).args(["--netns", &ns.name]).args(rest);
+                cmd
+            }
+        }
+    }
+}
+
 /// A `sticky run` child process inside a namespace; SIGTERM on drop (SIGKILL if it lingers).
 pub struct StickyProcess {
     child: Child,
@@ -40,6 +77,18 @@ impl StickyProcess {
         args: &[String],
         ready: &str,
     ) -> anyhow::Result<Self> {
+        Self::launch(Launch::Nsenter, bin, ns, args, ready)
+    }
+
+    /// Starts `bin ARGS` in `ns` the way `launch` says, and waits for a line containing
+    /// `ready`.
+    pub fn launch(
+        launch: Launch,
+        bin: &Path,
+        ns: &Netns,
+        args: &[String],
+        ready: &str,
+    ) -> anyhow::Result<Self> {
         let mut args = args.to_vec();
         let ours = args
             .iter()
@@ -57,14 +106,12 @@ impl StickyProcess {
                 ns.name.clone()
             }
         };
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg(bin)
-            .args(&args)
+        let mut child = launch
+            .command(bin, ns, &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("start sticky through nsenter")?;
+            .with_context(|| format!("start sticky ({launch:?})"))?;
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("sticky stdout")?;
         let stderr = child.stderr.take().context("sticky stderr")?;
@@ -81,6 +128,8 @@ impl StickyProcess {
                 }
             });
         }
+        // Only the readers hold a sender now: a sticky that exits early is seen at once.
+        drop(tx);
         let mut process = Self {
             child,
             lines,

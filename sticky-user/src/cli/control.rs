@@ -135,7 +135,7 @@ pub fn render_status(s: &Status) -> String {
     let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
     let mut out = format!(
         "instance {} · vip {} on {} · table {} slots · {} clients with affinity · {} flow \
-         entries ({} in handshake) · maps {:.1} MiB\n",
+         entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
         s.instance,
         vips.join(","),
         s.ifaces.join(","),
@@ -143,7 +143,8 @@ pub fn render_status(s: &Status) -> String {
         s.affinity_entries,
         s.flow_entries,
         s.new_flow_entries,
-        s.map_bytes as f64 / (1024.0 * 1024.0)
+        s.map_bytes as f64 / (1024.0 * 1024.0),
+        s.pins,
     );
     out.push_str(&format!(
         "{:<24} {:<8} {:<9} {:>6} {:<22} {:>7} {:>8} {:>7} {:>8} {:>10}\n",

@@ -28,7 +28,8 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
     let (mut layer, file) = args.into_parts();
     layer.instance = instance;
     // While this process still has one thread: namespaces can only be changed then.
-    if enter_namespaces(&layer, file.as_ref())? == PinScope::ProcessLifetime {
+    let pin_scope = enter_namespaces(&layer, file.as_ref())?;
+    if pin_scope == PinScope::ProcessLifetime {
         eprintln!("sticky: {PROCESS_LIFETIME_WARNING}");
     }
     // One worker per CPU the process may use (proxy mode scales with them); TOKIO_WORKER_THREADS
@@ -36,7 +37,7 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(crate::daemon::run(layer, file))
+        .block_on(crate::daemon::run(layer, file, pin_scope))
 }
 
 /// Enters `--netns` (flag or file), then makes sure the pins outlive this process.

@@ -39,6 +39,7 @@ use crate::{
     control::{self, Change, Incoming, Request, Response},
     datapath::{Datapath, Pins},
     metrics,
+    namespaces::PinScope,
     proxy::routing::SharedRouting,
 };
 
@@ -53,7 +54,8 @@ pub fn resolve(flags: Layer, file: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-pub async fn run(flags: Layer, file: Option<PathBuf>) -> anyhow::Result<()> {
+/// Runs the daemon; `pin_scope` says how long its pins live (see `namespaces`).
+pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> anyhow::Result<()> {
     let config = resolve(flags.clone(), file.as_ref())?;
     require_privileges()?;
     let lock = InstanceLock::acquire(&config.instance)?;
@@ -62,7 +64,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>) -> anyhow::Result<()> {
     let pins = Pins::for_instance(&config.instance);
     let dp = Datapath::load_with(&config, Some(pins.clone()))?;
     let adopted = dp.adopted();
-    let mut daemon = match Daemon::start(config, flags, file, dp).await {
+    let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope).await {
         Ok(d) => d,
         Err(e) => {
             // A fresh instance that failed half way leaves nothing behind; adopted state
@@ -87,6 +89,8 @@ struct Daemon {
     flags: Layer,
     file: Option<PathBuf>,
     dp: Datapath,
+    /// Whether the pins outlive this process.
+    pin_scope: PinScope,
     publishing: Publishing,
     health: HealthChecks,
     control: Control,
@@ -120,6 +124,7 @@ impl Daemon {
         flags: Layer,
         file: Option<PathBuf>,
         mut dp: Datapath,
+        pin_scope: PinScope,
     ) -> anyhow::Result<Self> {
         let mut set = BackendSet::default();
         if dp.adopted() {
@@ -156,6 +161,7 @@ impl Daemon {
             flags,
             file,
             dp,
+            pin_scope,
             publishing: Publishing {
                 set,
                 table,

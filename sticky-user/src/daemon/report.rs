@@ -23,6 +23,7 @@ use crate::{
     clock::monotonic_ns,
     control::Response,
     datapath::{Counters, Datapath, MapReader},
+    namespaces::PinScope,
     status::{BackendStatus, Health, Status},
 };
 
@@ -42,6 +43,7 @@ pub(super) struct Published {
     drains: BTreeMap<SocketAddr, Option<Instant>>,
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
+    pins: PinScope,
 }
 
 /// The loop's side of reporting.
@@ -229,6 +231,7 @@ fn assemble(p: &Published, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         flow_entries: walk.flows.len() as u64,
         new_flow_entries,
         map_bytes: walk.map_bytes,
+        pins: p.pins.name().to_string(),
     }
 }
 
@@ -253,6 +256,7 @@ impl Daemon {
             health,
             drains: self.publishing.drains.clone(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
+            pins: self.pin_scope,
         }));
     }
 

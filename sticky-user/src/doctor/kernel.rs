@@ -6,8 +6,6 @@ use aya::util::KernelVersion;
 
 use super::{Code, Line, Target};
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// tcx is what aya attaches with from 6.6 on; only tcx links can be pinned, and sticky needs
 /// pinned links to survive restarts (it refuses to start without).
 pub fn has_tcx() -> bool {
@@ -97,7 +95,7 @@ pub fn bpffs(pid: Option<u32>) -> Vec<Line> {
     let bpffs = |p: &str| {
         let path = PathBuf::from(format!("/proc/{p}/root/sys/fs/bpf"));
         let meta = std::fs::metadata(&path).ok()?;
-        is_bpffs(&path).then_some(meta.dev())
+        crate::namespaces::is_bpffs(&path).then_some(meta.dev())
     };
     if let (Some(a), Some(b)) = (bpffs(&subject), bpffs(&host_pid.to_string()))
         && a == b
@@ -117,15 +115,6 @@ pub fn bpffs(pid: Option<u32>) -> Vec<Line> {
         "bind-mount the host's /sys/fs/bpf into it (systemd: BindPaths=/sys/fs/bpf), or start \
          sticky from the host's mount namespace with `sticky run --netns NAME …`",
     )]
-}
-
-fn is_bpffs(path: &std::path::Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 fn mount_ns(pid: &str) -> Option<PathBuf> {

@@ -342,6 +342,7 @@ pub(super) mod tests {
             flow_entries: 6,
             new_flow_entries: 4,
             map_bytes: 1 << 20,
+            pins: "persistent".into(),
         }
     }
 

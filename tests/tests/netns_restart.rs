@@ -1,0 +1,127 @@
+//! Restarts lose nothing however the daemon got into its network namespace. `ip netns exec`
+//! gives it a mount namespace of its own with a fresh `/sys`; a bpffs mounted there would die
+//! with the daemon, detach the programs and reset every connection (24 of 24 when first
+//! found). sticky joins its parent's mount namespace instead; `sticky run --netns NAME` enters
+//! the network namespace itself and touches no mounts.
+
+mod common;
+
+use std::path::Path;
+
+use common::{args_with, assign, ok, open_long_lived, status, sticky_bin};
+use sticky_tests::{HttpConn, Launch, StickyProcess, Topology, root_or_skip};
+
+const CLIENTS: usize = 150;
+const HELD: usize = 120;
+
+fn start(launch: Launch, topo: &Topology, args: &[String]) -> StickyProcess {
+    let mut full = vec!["run".to_string()];
+    full.extend_from_slice(args);
+    StickyProcess::launch(launch, &sticky_bin(), &topo.lb, &full, "sticky ready")
+        .unwrap_or_else(|e| panic!("sticky run ({launch:?}): {e:#}"))
+}
+
+fn kill_9_and_restart_lose_nothing(launch: Launch, tag: &str) {
+    let topo = Topology::build(tag, 3, CLIENTS).expect("topology");
+    let _servers = topo.start_backends().expect("backends");
+    let args = args_with(&topo, &[0, 1, 2], &["--instance", &topo.lb.name]);
+    let daemon = start(launch, &topo, &args);
+    assert!(
+        !daemon.log.iter().any(|l| l.contains("pins are private")),
+        "{launch:?}: {:?}",
+        daemon.log
+    );
+    assert_eq!(status(&daemon).pins, "persistent", "{launch:?}");
+    let pin_dir = format!("/sys/fs/bpf/sticky/{}", daemon.instance);
+    assert!(
+        Path::new(&pin_dir).join("links").exists(),
+        "{launch:?}: no pinned links on this host's bpffs at {pin_dir}"
+    );
+
+    let mut held = open_long_lived(&topo, 0..HELD, false);
+    let before = assign(&topo, 0..CLIENTS, 1, false);
+    let exchange = |held: &mut Vec<(usize, HttpConn, String)>, when: &str| {
+        for (i, conn, first) in held.iter_mut() {
+            let a = conn
+                .get(false)
+                .unwrap_or_else(|e| panic!("{launch:?} {when}: connection {i} broke: {e:#}"));
+            assert_eq!(
+                a.backend, *first,
+                "{launch:?} {when}: connection {i} changed backend"
+            );
+        }
+    };
+
+    daemon.signal(libc::SIGKILL).expect("kill -9");
+    assert!(!daemon.wait_exit().expect("exit").success());
+    exchange(&mut held, "after kill -9");
+    assert_eq!(
+        assign(&topo, 0..CLIENTS, 1, false),
+        before,
+        "{launch:?}: clients moved with no daemon"
+    );
+
+    let daemon = start(launch, &topo, &args);
+    assert!(
+        daemon.ready_line.contains("adopted"),
+        "{launch:?}: {}",
+        daemon.ready_line
+    );
+    exchange(&mut held, "after the restart");
+    assert_eq!(
+        assign(&topo, 0..CLIENTS, 1, false),
+        before,
+        "{launch:?}: affinity lost across the restart"
+    );
+    ok(&daemon.ctl(&sticky_bin(), &["status"]), "status");
+
+    assert!(daemon.stop().expect("stop").success());
+    assert!(
+        !Path::new(&pin_dir).exists(),
+        "{launch:?}: pins left behind"
+    );
+}
+
+#[test]
+fn ip_netns_exec_restart_loses_nothing() {
+    if root_or_skip("ip_netns_exec_restart_loses_nothing") {
+        kill_9_and_restart_lose_nothing(Launch::IpNetnsExec, "nsx");
+    }
+}
+
+#[test]
+fn netns_flag_restart_loses_nothing() {
+    if root_or_skip("netns_flag_restart_loses_nothing") {
+        kill_9_and_restart_lose_nothing(Launch::NetnsFlag, "nsf");
+    }
+}
+
+#[test]
+fn unknown_netns_is_a_clear_error_and_changes_nothing() {
+    if !root_or_skip("unknown_netns_is_a_clear_error_and_changes_nothing") {
+        return;
+    }
+    let out = std::process::Command::new(sticky_bin())
+        .args([
+            "run",
+            "--netns",
+            "no-such-netns-here",
+            "--iface",
+            "lo",
+            "--vip",
+            "127.0.0.1:1",
+            "--backend",
+            "127.0.0.1:2",
+            "--instance",
+            "no-such-netns-test",
+        ])
+        .output()
+        .expect("run sticky");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("network namespace 'no-such-netns-here'") && err.contains("ip netns list"),
+        "{err}"
+    );
+    assert!(!Path::new("/sys/fs/bpf/sticky/no-such-netns-test").exists());
+}
