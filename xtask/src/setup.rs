@@ -14,6 +14,11 @@ pub const DEB_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "redis-server",
+    // `cargo xtask package` (dpkg-shlibdeps, strip) and its tests (systemd-analyze verify,
+    // the unit's system-call filter checked against strace).
+    "dpkg-dev",
+    "systemd",
+    "strace",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -2,16 +2,22 @@
 
 pub mod backend;
 pub mod bench_hash;
+pub mod check_config;
 pub mod cluster;
+pub mod completions;
 pub mod control;
+pub mod man;
 pub mod run;
 
 use clap::{Parser, Subcommand};
 
+/// The installed command's name (the crate is `sticky-user`).
+pub const BIN: &str = "sticky";
+
 /// Kernel-accelerated sticky-session load balancer: every connection of a client reaches the
 /// same backend (socket.io, long-polling), consistently across nodes.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = BIN, version, about)]
 pub struct Cli {
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -46,6 +52,13 @@ pub enum Command {
     /// Run N workers of an app (e.g. `-- node app.js`) on their own ports and balance one port
     /// across them in the kernel; `sticky cluster reload` restarts them one by one.
     Cluster(Box<cluster::ClusterArgs>),
+    /// Check a config file as `sticky run --config FILE` would, without root or side effects:
+    /// exit 0 with a summary, or 1 with `FILE:LINE: FIELD: what is wrong`.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page sticky(1), or write every page with --dir.
+    Man(man::ManArgs),
     /// Build a namespace sandbox, balance 250 clients over 3 backends, show they stick, clean up.
     /// (What `sticky` does with no command.)
     Demo,
@@ -63,6 +76,9 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
                 | Command::Preview(_)
                 | Command::BenchHash(_)
                 | Command::Backend(_)
+                | Command::CheckConfig(_)
+                | Command::Completions(_)
+                | Command::Man(_)
         )
     );
     if prints_only {
@@ -81,6 +97,9 @@ pub fn dispatch(command: Option<Command>, instance: Option<String>) -> anyhow::R
         Command::Stop(args) => control::stop(args, &name),
         Command::BenchHash(args) => bench_hash::run(args),
         Command::Cluster(args) => cluster::run(*args, &name),
+        Command::CheckConfig(args) => check_config::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
         Command::Demo => crate::demo::run(),
     }
 }

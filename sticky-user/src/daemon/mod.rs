@@ -30,6 +30,7 @@ mod backend_ops;
 mod control_server;
 mod health_tasks;
 mod host;
+mod notify;
 mod proxy_start;
 mod report;
 
@@ -91,6 +92,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let keep = daemon.serve().await;
+    notify::stopping();
     let instance = daemon.config.instance.clone();
     daemon.shutdown(keep)?;
     // Removed while still held: a daemon starting now either saw our lock or none.
@@ -203,7 +205,7 @@ impl Daemon {
         daemon.restart_health();
         daemon.refresh_metrics();
         let vips: Vec<String> = daemon.config.vips.iter().map(ToString::to_string).collect();
-        println!(
+        let ready = format!(
             "sticky ready: vip {} on {} -> {} backends (instance {}{})",
             vips.join(","),
             daemon.config.ifaces.join(","),
@@ -215,7 +217,8 @@ impl Daemon {
                 ""
             }
         );
-        std::io::stdout().flush().ok();
+        say(&ready);
+        notify::ready(&ready);
         Ok(daemon)
     }
 
@@ -231,6 +234,10 @@ impl Daemon {
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
+        let watchdog_period = notify::watchdog_interval();
+        // Without a watchdog the arm is disabled; the period only has to be valid.
+        let mut watchdog =
+            tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 Some((request, reply)) = self.requests.recv() => {
@@ -247,10 +254,11 @@ impl Daemon {
                     }
                 }
                 Some((addr, epoch, ok)) = self.health_rx.recv() => self.on_probe(addr, epoch, ok),
-                _ = hup.recv() => match self.reload() {
+                _ = hup.recv() => match notify::around_reload(|| self.reload()) {
                     Ok(()) => say(&format!("sticky reloaded: {} backends", self.config.backends.len())),
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
+                _ = watchdog.tick(), if watchdog_period.is_some() => notify::watchdog(),
                 _ = tick.tick() => self.on_tick(),
                 _ = refusals.tick(), if !self.health.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
@@ -286,7 +294,9 @@ impl Daemon {
             Request::List => Ok(Response::ok(self.list())),
             Request::Status => self.status().map(Response::ok),
             Request::Lookup { ip } => self.lookup(ip).map(Response::ok),
-            Request::Reload => self.reload().map(|()| Response::ok("reloaded")),
+            Request::Reload => {
+                notify::around_reload(|| self.reload()).map(|()| Response::ok("reloaded"))
+            }
             Request::Stop { keep } => Ok(Response::ok(if keep {
                 "stopping, keeping the data path"
             } else {
