@@ -124,10 +124,10 @@ fn notify_protocol_ready_reload_watchdog_stopping_in_order() {
     let mut pings = 0;
     let mut states = Vec::new();
 
+    let status = sock.next_state(&mut pings);
+    assert!(status.starts_with("STATUS=sticky ready: vip"), "{status}");
     let ready = sock.next_state(&mut pings);
     let ready_at = Instant::now();
-    assert!(ready.starts_with("READY=1\n"), "{ready}");
-    assert!(ready.contains("STATUS=sticky ready: vip"), "{ready}");
     states.push(ready);
     // Traffic is served by the time READY=1 arrives.
     let answer = topo
@@ -220,8 +220,14 @@ fn notify_reaches_an_abstract_socket() {
     let sock = NotifySocket(sock);
     let daemon = start_notified(&topo, &format!("@{name}"), &config, &[]);
     let mut pings = 0;
-    assert!(sock.next_state(&mut pings).starts_with("READY=1\n"));
-    daemon.stop().expect("stop");
+    assert!(
+        sock.next_state(&mut pings)
+            .starts_with("STATUS=sticky ready")
+    );
+    assert_eq!(sock.next_state(&mut pings), "READY=1");
+    // At once: READY=1 promises that SIGTERM is handled (detach, STOPPING=1).
+    let status = daemon.stop().expect("stop");
+    assert!(status.success(), "sticky exited with {status}");
     assert_eq!(sock.next_state(&mut pings), "STOPPING=1");
     assert_eq!(pings, 0, "no WATCHDOG_USEC, no pings");
 }

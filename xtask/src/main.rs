@@ -208,6 +208,19 @@ mod tests {
     }
 
     #[test]
+    fn package_defaults_to_release() -> Result<()> {
+        assert!(matches!(
+            parse(&["package"])?,
+            Command::Package { debug: false }
+        ));
+        assert!(matches!(
+            parse(&["package", "--debug"])?,
+            Command::Package { debug: true }
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn run_without_args_is_valid() -> Result<()> {
         assert!(
             matches!(parse(&["run"])?, Command::Run { release: false, ref args } if args.is_empty())

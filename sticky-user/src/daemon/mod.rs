@@ -218,7 +218,7 @@ impl Daemon {
             }
         );
         say(&ready);
-        notify::ready(&ready);
+        notify::status(&ready);
         Ok(daemon)
     }
 
@@ -232,6 +232,8 @@ impl Daemon {
             warn!("cannot install signal handlers");
             return false;
         };
+        // Only now: a SIGTERM sent on READY=1 must find the handler that detaches.
+        notify::ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
         let watchdog_period = notify::watchdog_interval();

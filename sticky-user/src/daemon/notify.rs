@@ -71,9 +71,14 @@ fn send(message: &str) {
     }
 }
 
-/// Attached and serving: `systemctl start` returns now.
-pub fn ready(status: &str) {
-    send(&format!("READY=1\nSTATUS={status}"));
+/// Attached, serving and handling signals: `systemctl start` returns now.
+pub fn ready() {
+    send("READY=1");
+}
+
+/// A line `systemctl status` shows.
+pub fn status(line: &str) {
+    send(&format!("STATUS={line}"));
 }
 
 /// Runs a reload between `RELOADING=1` and `READY=1`, so `systemctl reload` (and
