@@ -517,6 +517,96 @@ fn packaged_binary_serves_within_the_units_capabilities_and_system_calls() {
     );
 }
 
+/// Runs a maintainer script of the package with `systemctl` and `sticky` replaced by stubs
+/// that log their arguments, on a systemd-looking host (a private `/run` with
+/// `/run/systemd/system`); returns the log and the script's output.
+fn maintainer_script(script: &str, args: &[&str]) -> (Vec<String>, Output) {
+    let scratch = Scratch::new("ops-maint");
+    let log = scratch.0.join("log");
+    let stubs = scratch.0.join("bin");
+    std::fs::create_dir_all(&stubs).expect("stub dir");
+    let stub = |name: &str, body: &str| {
+        let path = stubs.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"{name} $*\" >> {}\n{body}", log.display()),
+        )
+        .expect("stub");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    stub(
+        "systemctl",
+        "case \"$1\" in\n\
+         list-units) printf 'sticky@web.service loaded active running sticky (web)\\n\
+         sticky@api.service loaded active running sticky (api)\\n' ;;\n\
+         show) echo 0 ;;\n\
+         esac\n",
+    );
+    // The api instance's old daemon does not answer: it must be left alone.
+    stub("sticky", "[ \"$4\" = api ] && exit 1\nexit 0\n");
+    let path = format!(
+        "{}:{}",
+        stubs.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/debian")
+        .join(script);
+    let mut shell =
+        String::from("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec sh");
+    for a in std::iter::once(script_path.display().to_string()).chain(args.iter().map(|a| {
+        if a.is_empty() {
+            "''".to_string()
+        } else {
+            a.to_string()
+        }
+    })) {
+        shell.push(' ');
+        shell.push_str(&a);
+    }
+    let out = run(Command::new("unshare")
+        .args(["--mount", "sh", "-c", &shell])
+        .env("PATH", path));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    (log.lines().map(str::to_string).collect(), out)
+}
+
+/// The upgrade path: postinst hands each running instance to the new binary with `stop
+/// --keep` and a start once the old process is gone, skips one whose daemon does not answer,
+/// and does nothing of the kind on a first install; prerm stops instances only on removal.
+#[test]
+fn maintainer_scripts_hand_instances_over_on_upgrade() {
+    if !root_or_skip("maintainer_scripts_hand_instances_over_on_upgrade") {
+        return;
+    }
+    let (log, out) = maintainer_script("postinst", &["configure", "0.0.9"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        log,
+        [
+            "systemctl daemon-reload",
+            "systemctl list-units --type=service --state=active --plain --no-legend \
+             sticky@*.service",
+            "sticky stop --keep --instance web",
+            "systemctl show -p MainPID --value sticky@web.service",
+            "systemctl start sticky@web.service",
+            "sticky stop --keep --instance api",
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sticky@api.service keeps running the old binary"),
+        "{stderr}"
+    );
+    let (log, out) = maintainer_script("postinst", &["configure", ""]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(log, ["systemctl daemon-reload"], "first install");
+    let (log, _) = maintainer_script("prerm", &["upgrade", "0.2.0"]);
+    assert!(log.is_empty(), "an upgrade stops nothing: {log:?}");
+    let (log, _) = maintainer_script("prerm", &["remove"]);
+    assert_eq!(log, ["systemctl stop sticky@*.service"]);
+}
+
 /// `sticky ARGS`, as the unprivileged user `nobody` when we are root (proof that it needs no
 /// privilege and can create nothing a root process could), else as ourselves.
 fn sticky_unprivileged(args: &[&str]) -> Output {
