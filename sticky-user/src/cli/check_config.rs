@@ -113,13 +113,32 @@ fn syntax_finding(message: &str, entries: &[Entry]) -> Finding {
 fn semantic_finding(message: &str, entries: &[Entry]) -> Finding {
     let (line, field) = match locate(message, entries) {
         Some(e) => (Some(e.line), Some(e.key.clone())),
-        None => (None, None),
+        // A key missing from the file has no line; the message names its flag.
+        None => (None, flag_named(message)),
     };
     Finding {
         line,
         field,
         message: message.to_string(),
     }
+}
+
+/// The first `sticky run` flag `--NAME` the message mentions, as the key `NAME`.
+fn flag_named(message: &str) -> Option<String> {
+    use clap::CommandFactory as _;
+    let cli = super::Cli::command();
+    let run = cli.find_subcommand("run")?;
+    run.get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter_map(|name| {
+            let flag = format!("--{name}");
+            let at = message
+                .match_indices(&flag)
+                .find(|(at, _)| has_word(&message[*at..], &flag))?;
+            Some((at.0, name.to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
 }
 
 fn locate<'a>(message: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
@@ -145,6 +164,10 @@ fn locate<'a>(message: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
     }
     if let Some(e) = by_value.first() {
         return Some(e);
+    }
+    // `no backends: give at least one --backend …`: that key's line, if the file has one.
+    if let Some(flag) = flag_named(message) {
+        return entries.iter().find(|e| e.key == flag);
     }
     // The most specific mention wins, then the longest key, then the first line.
     entries.iter().filter(|e| named(e)).min_by_key(|e| {
@@ -312,6 +335,14 @@ check = "http:/healthz"
         );
         assert_eq!(at("health.check 'x': must be …"), line(10, "health.check"));
         assert_eq!(at("no such thing"), (None, None));
+        let missing = semantic_finding(
+            "no backends: give at least one --backend ADDR:PORT[@WEIGHT]",
+            &entries("iface = [\"eth0\"]\n[health.backends.\"10.0.0.1:80\"]\ncheck = \"tcp\"\n"),
+        );
+        assert_eq!(
+            (missing.line, missing.field.as_deref()),
+            (None, Some("backend"))
+        );
     }
 
     #[test]
