@@ -17,7 +17,7 @@ pub const BIN: &str = "sticky";
 /// Kernel-accelerated sticky-session load balancer: every connection of a client reaches the
 /// same backend (socket.io, long-polling), consistently across nodes.
 #[derive(Parser)]
-#[command(name = BIN, version, about)]
+#[command(name = BIN, version)]
 pub struct Cli {
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
