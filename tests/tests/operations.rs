@@ -382,9 +382,26 @@ fn allowed_syscalls(filter: &[String]) -> BTreeSet<String> {
     allowed
 }
 
-/// `bin run ARGS` as the unit runs it — only the unit's capabilities, no new privileges —
-/// under strace writing to `trace`.
-fn start_as_unit(topo: &Topology, bin: &Path, trace: &Path, run_args: Vec<String>) -> Daemon {
+/// A command line of the unit (`ExecStart`, `ExecReload`, …) for the packaged binary, an
+/// instance and its config file.
+fn unit_command(key: &str, root: &Path, instance: &str, config: &Path) -> Vec<String> {
+    let line = UNIT
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .find(|l| l.starts_with("/usr/bin/sticky "))
+        .unwrap_or_else(|| panic!("no {key}=/usr/bin/sticky … in the unit"));
+    line.split_whitespace()
+        .map(|w| match w {
+            "/usr/bin/sticky" => root.join("usr/bin/sticky").display().to_string(),
+            "/etc/sticky/%i.toml" => config.display().to_string(),
+            _ => w.replace("%i", instance),
+        })
+        .collect()
+}
+
+/// `command` (the packaged binary and its arguments) as the unit runs it — only the unit's
+/// capabilities, no new privileges — under strace writing to `trace`.
+fn start_as_unit(topo: &Topology, trace: &Path, command: Vec<String>) -> Daemon {
     let caps: Vec<String> = unit_list("CapabilityBoundingSet")
         .iter()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
@@ -398,10 +415,8 @@ fn start_as_unit(topo: &Topology, bin: &Path, trace: &Path, run_args: Vec<String
         "-qq".into(),
         "-o".into(),
         trace.display().to_string(),
-        bin.display().to_string(),
-        "run".into(),
     ];
-    args.extend(run_args);
+    args.extend(command);
     Daemon::start_with(Path::new("setpriv"), &topo.lb, &args, "sticky ready")
         .unwrap_or_else(|e| panic!("packaged sticky under the unit's capabilities: {e:#}"))
 }
@@ -414,8 +429,10 @@ fn stop_via_control(daemon: Daemon, bin: &Path) {
     assert!(status.success(), "sticky exited with {status}");
 }
 
-/// The packaged binary, run as the unit runs it, serves a request in kernel mode and one in
-/// proxy mode (with health checks and metrics on a port below 1024), stops cleanly, and
+/// The packaged binary, run as the unit runs it (its `ExecStart` command line, capabilities
+/// and no new privileges), serves a request in kernel mode and one in proxy mode (with health
+/// checks and metrics on a port below 1024), passes the unit's `ExecReload` check, stops
+/// cleanly, and
 /// makes no system call the unit's `SystemCallFilter=` would refuse nor opens a socket of a
 /// family `RestrictAddressFamilies=` would.
 #[test]
@@ -434,8 +451,15 @@ fn packaged_binary_serves_within_the_units_capabilities_and_system_calls() {
     let _servers = topo.start_backends().expect("backends");
     let client = plan::client(0, false);
 
+    let config = scratch.write("lb.toml", &config_for(&topo));
+    let instance = unique_name("opsu");
+    let exec_start = unit_command("ExecStart", &root, &instance, &config);
+    let check = unit_command("ExecReload", &root, &instance, &config);
+    let out = run(Command::new(&check[0]).args(&check[1..]));
+    assert!(out.status.success(), "ExecReload {check:?}: {out:?}");
+
     let kernel_trace = scratch.0.join("trace-kernel");
-    let daemon = start_as_unit(&topo, &bin, &kernel_trace, topo.sticky_args(false));
+    let daemon = start_as_unit(&topo, &kernel_trace, exec_start.clone());
     let answer = topo
         .client
         .run(|| get_once(client, topo.vip(false)))
@@ -446,7 +470,8 @@ fn packaged_binary_serves_within_the_units_capabilities_and_system_calls() {
 
     let proxy_trace = scratch.0.join("trace-proxy");
     let proxy = std::net::SocketAddr::new(topo.vip(false).ip(), 81);
-    let mut args = topo.sticky_args(false);
+    // Flags over the same file, as an operator's drop-in would add them.
+    let mut args = exec_start;
     args.extend(
         [
             "--proxy",
@@ -464,7 +489,7 @@ fn packaged_binary_serves_within_the_units_capabilities_and_system_calls() {
         ]
         .map(String::from),
     );
-    let daemon = start_as_unit(&topo, &bin, &proxy_trace, args);
+    let daemon = start_as_unit(&topo, &proxy_trace, args);
     let peer = "198.18.0.2".parse().expect("address");
     let answer = topo
         .client
