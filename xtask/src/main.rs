@@ -5,6 +5,7 @@ mod bpf_linker;
 mod build_cmd;
 mod chaos_cmd;
 mod fuzz_cmd;
+mod package_cmd;
 mod run_cmd;
 mod setup;
 mod sh;
@@ -82,6 +83,14 @@ enum Command {
         #[arg(long, default_value_t = fuzz_cmd::DEFAULT_FRAMES)]
         frames: u64,
     },
+    /// Build the Debian package target/release/debian/sticky_VERSION_ARCH.deb: the binary with
+    /// its eBPF object, /etc/sticky/sticky.toml (conffile), the sticky@.service unit, man pages
+    /// and bash, zsh and fish completions.
+    Package {
+        /// Package the debug build instead (fast, gzip; what `cargo xtask test` checks).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Install the benchmark's tools, build in release, and benchmark sticky against direct
     /// paths, nftables NAT, HAProxy and nginx (as root; about 25 minutes).
     ///
@@ -110,6 +119,7 @@ fn main() -> Result<ExitCode> {
             target,
             frames,
         } => fuzz_cmd::run(seconds, target.as_deref(), frames).map(|()| ExitCode::SUCCESS),
+        Command::Package { debug } => package_cmd::run(!debug).map(|_| ExitCode::SUCCESS),
         Command::Bench { quick, args } => bench_cmd::run(quick, &args),
     }
 }
@@ -194,6 +204,19 @@ mod tests {
         assert!(matches!(
             parse(&["chaos", "--release"])?,
             Command::Chaos { release: true }
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn package_defaults_to_release() -> Result<()> {
+        assert!(matches!(
+            parse(&["package"])?,
+            Command::Package { debug: false }
+        ));
+        assert!(matches!(
+            parse(&["package", "--debug"])?,
+            Command::Package { debug: true }
         ));
         Ok(())
     }

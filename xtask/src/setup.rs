@@ -15,6 +15,11 @@ pub const DEB_PACKAGES: &[&str] = &[
     "procps",
     "redis-server",
     "nftables",
+    // `cargo xtask package` (dpkg-shlibdeps, strip) and its tests (systemd-analyze verify,
+    // the unit's system-call filter checked against strace).
+    "dpkg-dev",
+    "systemd",
+    "strace",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

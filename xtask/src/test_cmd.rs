@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::{build_cmd, fuzz_cmd, setup, sh};
+use crate::{build_cmd, fuzz_cmd, package_cmd, setup, sh};
 
 pub fn run(release: bool, extra: &[String]) -> Result<()> {
     let start = Instant::now();
@@ -18,6 +18,8 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
     setup::run()?;
     npm_ci_example()?;
     let bin = build_cmd::build_sticky(release)?;
+    // The package tests (tests/tests/operations.rs) unpack and run this one: ~1 s here.
+    let deb = package_cmd::package(&bin, release)?;
     if sh::is_root() {
         println!("running as root: integration tests will load eBPF programs");
     } else {
@@ -31,6 +33,7 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
         .current_dir(sh::workspace_root()?)
         .env("AYA_BUILD_SKIP", "0")
         .env("STICKY_BIN", &bin)
+        .env("STICKY_DEB", &deb)
         // sticky-ebpf only builds for the bpf target; sticky-user's build script covers it.
         .args([
             "test",

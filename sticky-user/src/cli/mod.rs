@@ -1,18 +1,24 @@
 //! The `sticky` command line: one module per subcommand; doc comments are the help text.
 
 pub mod backend;
+pub mod check_config;
 pub mod cluster;
+pub mod completions;
 pub mod control;
 pub mod doctor;
+pub mod man;
 pub mod run;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
 
+/// The installed command's name (the crate is `sticky-user`).
+pub const BIN: &str = "sticky";
+
 /// Kernel-accelerated sticky-session load balancer: every connection of a client reaches the
 /// same backend (socket.io, long-polling), consistently across nodes.
 #[derive(Parser)]
-#[command(version, about, arg_required_else_help = true)]
+#[command(name = BIN, version, arg_required_else_help = true)]
 pub struct Cli {
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -48,6 +54,13 @@ pub enum Command {
     Cluster(Box<cluster::ClusterArgs>),
     /// Check what would stop a balancer from forwarding (before a start or on --instance).
     Doctor(Box<doctor::DoctorArgs>),
+    /// Check a config file as `sticky run --config FILE` would, without root or side effects:
+    /// exit 0 with a summary, or 1 with `FILE:LINE: FIELD: what is wrong`.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page sticky(1), or write every page with --dir.
+    Man(man::ManArgs),
 }
 
 pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()> {
@@ -56,7 +69,13 @@ pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()
         .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
     let prints_only = matches!(
         command,
-        Command::Status(_) | Command::Lookup(_) | Command::Preview(_) | Command::Backend(_)
+        Command::Status(_)
+            | Command::Lookup(_)
+            | Command::Preview(_)
+            | Command::Backend(_)
+            | Command::CheckConfig(_)
+            | Command::Completions(_)
+            | Command::Man(_)
     );
     if prints_only {
         // `sticky status | head` should end quietly, not panic on a closed pipe. Never for the
@@ -75,5 +94,8 @@ pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()
         Command::Stop(args) => control::stop(args, &name),
         Command::Cluster(args) => cluster::run(*args, &name),
         Command::Doctor(args) => doctor::run(*args, instance),
+        Command::CheckConfig(args) => check_config::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
     }
 }

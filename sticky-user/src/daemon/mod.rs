@@ -24,6 +24,7 @@ use tracing::warn;
 mod backend_ops;
 mod health_tasks;
 mod host;
+mod notify;
 mod proxy_start;
 mod report;
 
@@ -76,6 +77,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
         }
     };
     let keep = daemon.serve().await;
+    notify::stopping();
     let instance = daemon.config.instance.clone();
     daemon.shutdown(keep)?;
     // Removed while still held: a daemon starting now either saw our lock or none.
@@ -178,7 +180,7 @@ impl Daemon {
         daemon.restart_health();
         daemon.share();
         let vips: Vec<String> = daemon.config.vips.iter().map(ToString::to_string).collect();
-        println!(
+        let ready = format!(
             "sticky ready: vip {} on {} -> {} backends (instance {}{})",
             vips.join(","),
             daemon.config.ifaces.join(","),
@@ -190,7 +192,8 @@ impl Daemon {
                 ""
             }
         );
-        std::io::stdout().flush().ok();
+        say(&ready);
+        notify::status(&ready);
         Ok(daemon)
     }
 
@@ -204,8 +207,14 @@ impl Daemon {
             warn!("cannot install signal handlers");
             return false;
         };
+        // Only now: a SIGTERM sent on READY=1 must find the handler that detaches.
+        notify::ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
+        let watchdog_period = notify::watchdog_interval();
+        // Without a watchdog the arm is disabled; the period only has to be valid.
+        let mut watchdog =
+            tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 Some((request, reply)) = self.control.requests.recv() => {
@@ -216,10 +225,11 @@ impl Daemon {
                     }
                 }
                 Some((addr, epoch, ok)) = self.health.rx.recv() => self.on_probe(addr, epoch, ok),
-                _ = hup.recv() => match self.reload() {
+                _ = hup.recv() => match notify::around_reload(|| self.reload()) {
                     Ok(()) => say(&format!("sticky reloaded: {} backends", self.config.backends.len())),
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
+                _ = watchdog.tick(), if watchdog_period.is_some() => notify::watchdog(),
                 _ = tick.tick() => self.on_tick(),
                 _ = refusals.tick(), if !self.health.tasks.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
@@ -261,7 +271,9 @@ impl Daemon {
                 return None;
             }
             Request::Lookup { ip } => self.lookup(ip).map(Response::ok),
-            Request::Reload => self.reload().map(|()| Response::ok("reloaded")),
+            Request::Reload => {
+                notify::around_reload(|| self.reload()).map(|()| Response::ok("reloaded"))
+            }
             Request::Stop { keep } => Ok(Response::ok(if keep {
                 "stopping, keeping the data path"
             } else {
