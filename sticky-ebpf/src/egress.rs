@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::TcContext;
 use sticky_common::{
-    maps::{COUNTER_DROP_NAT_ERROR, COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP},
+    maps::{COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP},
     trace::{TRACE_DROPPED, TRACE_FLAG_HANDSHAKE, TRACE_REASON_NAT_ERROR, TRACE_REPLY},
 };
 
@@ -11,7 +11,7 @@ use crate::{
     nat::{End, rewrite},
     parse::Packet,
     trace::{self, Decision},
-    verdict::{drop, forwarded, on_tcp, pass},
+    verdict::{forwarded, on_tcp, pass, rewrite_failed},
 };
 
 #[inline(always)]
@@ -56,7 +56,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         trace::egress(pkt, &d, &flow.nat_addr, flow.nat_port_be);
     }
     if failed {
-        return drop(COUNTER_DROP_NAT_ERROR);
+        return rewrite_failed(ctx);
     }
     count(COUNTER_NAT);
     count_backend(flow.backend_id, ctx.len(), false);

@@ -14,9 +14,8 @@ use sticky_common::{
     choice::slot_of,
     choose,
     maps::{
-        AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND,
-        COUNTER_NAT, COUNTER_PASS, FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND,
-        PROTO_TCP, Settings, VipKey,
+        AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS,
+        FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, PROTO_TCP, Settings, VipKey,
     },
     trace::{
         TRACE_CONFIRMED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
@@ -29,7 +28,7 @@ use crate::{
     nat::{End, rewrite},
     parse::{Packet, same_addr},
     trace::{self, Decision},
-    verdict::{drop, forwarded, on_tcp, pass},
+    verdict::{drop, forwarded, on_tcp, pass, rewrite_failed},
 };
 
 #[inline(always)]
@@ -99,7 +98,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
             let d = Decision::dropped(TRACE_REASON_NAT_ERROR, &addr, port_be, id);
             trace::ingress(pkt, &d);
         }
-        return drop(COUNTER_DROP_NAT_ERROR);
+        return rewrite_failed(ctx);
     }
     count(COUNTER_NAT);
     count_backend(id, ctx.len(), new_flow);

@@ -11,7 +11,9 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
     programs::TcContext,
 };
-use sticky_common::maps::{COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED};
+use sticky_common::maps::{
+    COUNTER_DROP_NAT_ERROR, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED,
+};
 
 use crate::{
     maps::count,
@@ -40,6 +42,14 @@ pub fn pass(counter: u32) -> i32 {
 #[inline(always)]
 pub fn forwarded() -> i32 {
     TC_ACT_OK
+}
+
+/// A rewrite helper failed half way (it should not): dropped, counted, and logged through
+/// aya-log, the one kernel path that logs (never per ordinary packet).
+#[inline(always)]
+pub fn rewrite_failed(ctx: &TcContext) -> i32 {
+    aya_log_ebpf::error!(ctx, "sticky: a NAT rewrite failed, packet dropped");
+    drop(COUNTER_DROP_NAT_ERROR)
 }
 
 #[inline(always)]

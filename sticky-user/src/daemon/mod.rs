@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sticky_common::BackendState;
+use tokio::io::{Interest, unix::AsyncFd};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -38,7 +39,7 @@ use crate::{
     backends::BackendSet,
     config::{Config, Layer},
     control::{self, Change, Incoming, Request, Response},
-    datapath::{Datapath, Pins},
+    datapath::{Datapath, KernelLog, Pins},
     metrics,
     namespaces::PinScope,
     proxy::routing::SharedRouting,
@@ -136,6 +137,9 @@ impl Daemon {
         // Adopted drain/down states are re-derived below from this daemon's own knowledge.
         for b in &config.backends {
             set.set_state(b.addr, BackendState::Up);
+        }
+        if let Some(log) = dp.take_log() {
+            follow_kernel_log(log);
         }
         let table = dp.apply(&set, &removed)?;
         for iface in &config.ifaces {
@@ -324,6 +328,25 @@ impl Daemon {
             .measure_rates(&self.publishing.set, &self.dp, now);
         self.share();
     }
+}
+
+/// Hands the kernel programs' log records to `tracing` as they come (rare: error paths only).
+fn follow_kernel_log(log: KernelLog) {
+    // SAFETY: the logger owns its ring buffer's descriptor for as long as it lives, and its
+    // `as_raw_fd` always names that one.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel log not followed: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut ready) = fd.readable_mut().await {
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
 }
 
 /// A line for operators (and tests) on stdout, flushed.

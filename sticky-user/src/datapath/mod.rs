@@ -36,7 +36,12 @@ pub struct Datapath {
     /// Whether the maps were adopted from a previous daemon's pins.
     adopted: bool,
     reader: Arc<MapReader>,
+    /// The kernel programs' error log (aya-log), until the daemon takes it to read it.
+    log: Option<KernelLog>,
 }
+
+/// aya-log's reader of the programs' log records, which it hands to `log` (and so `tracing`).
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl Datapath {
     /// Loads the object sized for `config` and loads (not attaches) its programs.
@@ -79,6 +84,9 @@ impl Datapath {
             );
         }
         let mut ebpf = loader.load(bytes).map_err(explain_load_error)?;
+        // Taken before the programs load: they need the log map alive. Without it (an object
+        // built without logging) the programs still run; only their error lines are lost.
+        let log = aya_log::EbpfLogger::init(&mut ebpf).ok();
         for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -103,6 +111,7 @@ impl Datapath {
             pins,
             adopted,
             reader,
+            log,
         };
         dp.write_settings()?;
         dp.set_vips(&config.vips)?;
@@ -173,6 +182,11 @@ impl Datapath {
     }
 
     /// An owned handle on the client-affinity map (proxy mode records affinity in it).
+    /// The kernel programs' log, for the daemon to read (once).
+    pub fn take_log(&mut self) -> Option<KernelLog> {
+        self.log.take()
+    }
+
     /// An owned second handle on map `name` (a duplicated descriptor): for tests and tools
     /// that need one map apart from the object.
     pub fn map_handle(&self, name: &str) -> anyhow::Result<Map> {
