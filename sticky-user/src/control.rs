@@ -115,13 +115,22 @@ pub struct BackendListEntry {
     pub state: BackendState,
 }
 
+/// Why a lookup gave its answer: `affinity`, `table`, or `none` (nothing in service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LookupReason {
+    Affinity,
+    Table,
+    #[serde(rename = "none")]
+    Nothing,
+}
+
 /// What `lookup` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
     pub client: IpAddr,
     pub backend: Option<SocketAddr>,
-    /// `affinity`, `table`, or `none` (nothing in service).
-    pub reason: String,
+    pub reason: LookupReason,
     /// Seconds since the client's last traffic, when it has live affinity.
     pub idle_secs: Option<u64>,
 }

@@ -8,7 +8,7 @@ use sticky_common::{
     maps::{Affinity, Backend, MAX_BACKENDS, Settings},
 };
 
-use crate::backends::BackendSet;
+use crate::{backends::BackendSet, control::LookupReason};
 
 /// The backend set and the live table as published, and where clients' affinity comes from
 /// (the pinned map, one entry read ahead, or nothing).
@@ -118,11 +118,11 @@ pub enum Why {
 
 impl Why {
     /// The `reason` of the lookup answer.
-    pub fn name(self) -> &'static str {
+    pub fn reason(self) -> LookupReason {
         match self {
-            Self::Affinity { .. } => "affinity",
-            Self::Table => "table",
-            Self::Nothing => "none",
+            Self::Affinity { .. } => LookupReason::Affinity,
+            Self::Table => LookupReason::Table,
+            Self::Nothing => LookupReason::Nothing,
         }
     }
 
@@ -302,14 +302,16 @@ mod tests {
         }
         let down = Published::new(&set, &table, SEED, 60 * SEC, |_: &Addr16| Some(affinity));
         assert_eq!(down.explain(&c, 11 * SEC), (None, Why::Nothing));
+        // The wire names `sticky lookup --json` has always printed.
+        let wire = |w: Why| serde_json::to_value(w.reason()).unwrap();
         assert_eq!(
             (
-                Why::Nothing.name(),
-                Why::Table.name(),
+                wire(Why::Nothing),
+                wire(Why::Table),
                 Why::Nothing.idle_secs()
             ),
-            ("none", "table", None)
+            ("none".into(), "table".into(), None)
         );
-        assert_eq!(Why::Affinity { idle_secs: 3 }.name(), "affinity");
+        assert_eq!(wire(Why::Affinity { idle_secs: 3 }), "affinity");
     }
 }

@@ -63,7 +63,7 @@ fn kernel_and_userspace_choose_alike() {
     let mut lb = Lb::load(&config, &[]);
     add_vip(&mut lb, vip6);
     let mut rng = Rng(seed);
-    let mut tally: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut tally: BTreeMap<String, u64> = BTreeMap::new();
     let mut done = 0u64;
     let mut previous: Vec<Addr16> = Vec::new();
     let mut world_index = 0u64;
@@ -109,7 +109,7 @@ fn kernel_and_userspace_choose_alike() {
                     world.describe()
                 );
             }
-            *tally.entry(why.name()).or_default() += 1;
+            *tally.entry(format!("{:?}", why.reason())).or_default() += 1;
             if let Why::Affinity { .. } = why
                 && affinity.is_some_and(|a| a.backend_id != id.unwrap_or(NO_BACKEND))
             {
@@ -126,7 +126,7 @@ fn kernel_and_userspace_choose_alike() {
         elapsed.as_secs_f64()
     );
     if done >= 1000 {
-        for reason in ["affinity", "table", "none"] {
+        for reason in ["Affinity", "Table", "Nothing"] {
             assert!(
                 tally.get(reason).is_some_and(|&n| n > 0),
                 "no case decided by {reason}: the generator is degenerate ({tally:?})"

@@ -6,7 +6,7 @@ use anyhow::bail;
 
 use crate::{
     addr::{MAX_WEIGHT, parse_endpoint},
-    control::{self, Change, Lookup, Preview, Request},
+    control::{self, Change, Lookup, LookupReason, Preview, Request},
     duration,
     status::Status,
 };
@@ -208,8 +208,8 @@ pub fn lookup(args: LookupArgs, instance: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let l: Lookup = serde_json::from_value(data)?;
-    match (l.backend, l.reason.as_str()) {
-        (Some(b), "affinity") => println!(
+    match (l.backend, l.reason) {
+        (Some(b), LookupReason::Affinity) => println!(
             "{} -> {b} (affinity, last seen {}s ago)",
             l.client,
             l.idle_secs.unwrap_or(0)

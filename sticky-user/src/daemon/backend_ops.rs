@@ -223,7 +223,7 @@ impl Daemon {
             backend: id
                 .and_then(|id| self.publishing.set.get(id))
                 .map(|s| s.addr),
-            reason: why.name().into(),
+            reason: why.reason(),
             idle_secs: why.idle_secs(),
         })
     }
