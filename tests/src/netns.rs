@@ -93,6 +93,21 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// A third-party legacy tc filter on `iface` ingress that mirrors every IPv4 packet to
+    /// `to` (this kernel has cls_u32 and act_mirred built in, not matchall or gact): its
+    /// action's statistics count what reached it (`tc -s filter show`).
+    pub fn mirror_filter(&self, iface: &str, to: &str) -> anyhow::Result<()> {
+        self.exec("tc", &["qdisc", "add", "dev", iface, "clsact"])?;
+        self.exec(
+            "tc",
+            &[
+                "filter", "add", "dev", iface, "ingress", "protocol", "ip", "prio", "1", "u32",
+                "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", to,
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])
             .map(drop)

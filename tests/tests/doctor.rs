@@ -343,18 +343,7 @@ fn legacy_tc_filters_run_after_sticky_and_are_only_noted() {
         return;
     }
     let topo = topology("doc-tc");
-    topo.lb
-        .exec("tc", &["qdisc", "add", "dev", "cli0", "clsact"])
-        .expect("clsact");
-    topo.lb
-        .exec(
-            "tc",
-            &[
-                "filter", "add", "dev", "cli0", "ingress", "protocol", "ip", "prio", "1", "u32",
-                "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "be0",
-            ],
-        )
-        .expect("filter");
+    topo.lb.mirror_filter("cli0", "be0").expect("filter");
     let out = doctor(&topo.lb, &topo.sticky_args(false));
     assert_clean(&out);
     assert!(

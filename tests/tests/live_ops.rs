@@ -13,7 +13,8 @@ use std::{
 };
 
 use common::{
-    args_with, assign, backend, ok, open_long_lived, predicted, spread, status, sticky_bin,
+    args_with, assign, backend, exchange, ok, open_long_lived, predicted, spread, status,
+    sticky_bin,
 };
 use sticky::status::Status;
 use sticky_tests::{HttpBackend, StickyProcess, Topology, plan, root_or_skip};
@@ -401,14 +402,6 @@ fn restart_keeps_every_connection_and_affinity() {
     let pin_dir = format!("/sys/fs/bpf/sticky/{instance}");
     let mut held = open_long_lived(&topo, 0..120, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
-    let exchange = |held: &mut Vec<(usize, sticky_tests::HttpConn, String)>, when: &str| {
-        for (i, conn, first) in held.iter_mut() {
-            let a = conn
-                .get(false)
-                .unwrap_or_else(|e| panic!("{when}: connection {i} broke: {e:#}"));
-            assert_eq!(a.backend, *first, "{when}: connection {i} changed backend");
-        }
-    };
 
     // Load through the whole sequence: new connections from every client, round after round.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

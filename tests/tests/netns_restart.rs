@@ -8,8 +8,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{args_with, assign, ok, open_long_lived, status, sticky_bin};
-use sticky_tests::{HttpConn, Launch, StickyProcess, Topology, root_or_skip};
+use common::{args_with, assign, exchange, ok, open_long_lived, status, sticky_bin};
+use sticky_tests::{Launch, StickyProcess, Topology, root_or_skip};
 
 const CLIENTS: usize = 150;
 const HELD: usize = 120;
@@ -40,17 +40,7 @@ fn kill_9_and_restart_lose_nothing(launch: Launch, tag: &str) {
 
     let mut held = open_long_lived(&topo, 0..HELD, false);
     let before = assign(&topo, 0..CLIENTS, 1, false);
-    let exchange = |held: &mut Vec<(usize, HttpConn, String)>, when: &str| {
-        for (i, conn, first) in held.iter_mut() {
-            let a = conn
-                .get(false)
-                .unwrap_or_else(|e| panic!("{launch:?} {when}: connection {i} broke: {e:#}"));
-            assert_eq!(
-                a.backend, *first,
-                "{launch:?} {when}: connection {i} changed backend"
-            );
-        }
-    };
+    let exchange = |held: &mut Vec<_>, when: &str| exchange(held, &format!("{launch:?} {when}"));
 
     daemon.signal(libc::SIGKILL).expect("kill -9");
     assert!(!daemon.wait_exit().expect("exit").success());

@@ -54,7 +54,7 @@ fn two_instances_and_a_third_party_program_share_one_interface() {
 
     // A third-party classifier behind sticky: legacy tc runs after every tcx program, and only
     // when the last of them said "next". It mirrors what it sees to a spare veth, and its
-    // action's statistics count those packets (this kernel has u32 and mirred built in).
+    // action's statistics count those packets.
     topo.lb
         .ip(&[
             "link", "add", "mir0", "type", "veth", "peer", "name", "mir1",
@@ -66,16 +66,7 @@ fn two_instances_and_a_third_party_program_share_one_interface() {
             .expect("spare veth up");
     }
     topo.lb
-        .exec("tc", &["qdisc", "add", "dev", "cli0", "clsact"])
-        .expect("clsact");
-    topo.lb
-        .exec(
-            "tc",
-            &[
-                "filter", "add", "dev", "cli0", "ingress", "protocol", "ip", "prio", "1", "u32",
-                "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "mir0",
-            ],
-        )
+        .mirror_filter("cli0", "mir0")
         .expect("third-party tc filter");
 
     let instance = |tag: &str| format!("{}{tag}", &topo.lb.name[..topo.lb.name.len().min(30)]);

@@ -95,6 +95,17 @@ pub fn open_long_lived(
         .expect("client namespace")
 }
 
+/// One more request on each held connection: panics unless every one still answers from the
+/// backend it first reached.
+pub fn exchange(held: &mut [(usize, HttpConn, String)], when: &str) {
+    for (i, conn, first) in held.iter_mut() {
+        let a = conn
+            .get(false)
+            .unwrap_or_else(|e| panic!("{when}: connection {i} broke: {e:#}"));
+        assert_eq!(a.backend, *first, "{when}: connection {i} changed backend");
+    }
+}
+
 /// Clients per backend id.
 pub fn spread(assignment: &BTreeMap<usize, String>) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
