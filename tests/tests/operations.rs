@@ -237,13 +237,42 @@ fn notify_reaches_an_abstract_socket() {
     assert_eq!(pings, 0, "no WATCHDOG_USEC, no pings");
 }
 
-/// The `.deb` `cargo xtask test` built (STICKY_DEB), or None with the reason printed.
+/// The `.deb` `cargo xtask test` built (STICKY_DEB), or None with the reason printed; in CI
+/// (`CI=true`) a missing package fails the test instead.
 fn deb_or_skip(test: &str) -> Option<PathBuf> {
     let deb = std::env::var_os("STICKY_DEB").map(PathBuf::from);
     if deb.is_none() {
-        println!("skipped {test}: STICKY_DEB is not set (`cargo xtask test` builds the package)");
+        let why = "STICKY_DEB is not set (`cargo xtask test` builds the package)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {why}"
+        );
+        println!("skipped {test}: {why}");
     }
     deb
+}
+
+#[test]
+fn packaged_binary_runs_the_demo() {
+    if !root_or_skip("packaged_binary_runs_the_demo") {
+        return;
+    }
+    let Some(deb) = deb_or_skip("packaged_binary_runs_the_demo") else {
+        return;
+    };
+    let scratch = Scratch::new("deb-demo");
+    let root = unpack(&deb, &scratch);
+    let out = run(Command::new(env!("CARGO_BIN_EXE_sticky-demo"))
+        .env("STICKY_BIN", root.join("usr/bin/sticky")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo with the packaged binary: {out:?}"
+    );
+    assert!(
+        text.contains("250 clients: 250 stayed on one backend, 0 were split"),
+        "{text}"
+    );
 }
 
 fn run(cmd: &mut Command) -> Output {
