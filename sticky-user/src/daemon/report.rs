@@ -29,7 +29,7 @@ use crate::{
 
 /// What the loop hands over for status reports: small, replaced whole.
 #[derive(Default)]
-pub(super) struct Published {
+pub(super) struct ReportInput {
     instance: String,
     vips: Vec<SocketAddr>,
     ifaces: Vec<String>,
@@ -50,7 +50,7 @@ pub(super) struct Published {
 pub(super) struct Reporting {
     /// Last new-flow totals per backend id: when, the total, the rate since the one before.
     rates: BTreeMap<u32, (Instant, u64, f64)>,
-    published: watch::Sender<Arc<Published>>,
+    published: watch::Sender<Arc<ReportInput>>,
     snapshots: Arc<Snapshots>,
 }
 
@@ -93,7 +93,7 @@ impl Reporting {
 /// Builds status snapshots from the published state and the maps; any thread may call it.
 pub(super) struct Snapshots {
     maps: Arc<MapReader>,
-    published: watch::Receiver<Arc<Published>>,
+    published: watch::Receiver<Arc<ReportInput>>,
     /// The last snapshot and when its walk started.
     last: Mutex<Option<(Instant, Status)>>,
 }
@@ -128,7 +128,7 @@ struct Walk {
     map_bytes: u64,
 }
 
-fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
+fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
     let mut stats = BTreeMap::new();
     for b in &p.backends {
         if let Some(id) = p.set.id_of(b.addr) {
@@ -147,7 +147,7 @@ fn build(p: &Published, maps: &MapReader) -> anyhow::Result<Status> {
 }
 
 /// The snapshot of what a walk read, counted by backend id in one pass over each map.
-fn assemble(p: &Published, walk: &Walk, now_ns: u64, now: Instant) -> Status {
+fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
     let mut affine: BTreeMap<u32, u64> = BTreeMap::new();
     for (_, a) in &walk.affinity {
         if affinity_holds(a, &p.set.entry(a.backend_id), now_ns, p.affinity_timeout_ns) {
@@ -244,7 +244,7 @@ impl Daemon {
             .iter()
             .filter_map(|b| Some((b.addr, self.health.report(b.addr)?)))
             .collect();
-        self.report.published.send_replace(Arc::new(Published {
+        self.report.published.send_replace(Arc::new(ReportInput {
             instance: self.config.instance.clone(),
             vips: self.config.vips.clone(),
             ifaces: self.config.ifaces.clone(),
@@ -318,7 +318,7 @@ mod tests {
         set.set_state(addr(2), BackendState::Draining);
         let (one, two) = (set.id_of(addr(1)).unwrap(), set.id_of(addr(2)).unwrap());
         let now = Instant::now();
-        let p = Published {
+        let p = ReportInput {
             table_size: 4,
             affinity_timeout_ns: 100,
             table: vec![one, one, one, one],
@@ -327,7 +327,7 @@ mod tests {
             rates: [(one, 1.5)].into(),
             backends,
             set: set.clone(),
-            ..Published::default()
+            ..ReportInput::default()
         };
         let affinity = |client, backend_id, last_seen_ns| {
             let generation = set.entry(backend_id).generation;
