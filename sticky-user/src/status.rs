@@ -106,6 +106,18 @@ pub struct Status {
     /// Memory the kernel charges for the instance's maps (flows, affinity, table…).
     #[serde(default)]
     pub map_bytes: u64,
+    /// Fill of the maps that grow with traffic: LRU maps, whose oldest entries go when full.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+}
+
+/// Entries in one map against the most it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `flows`, `new_flows` or `affinity`.
+    pub map: String,
+    pub entries: u64,
+    pub max_entries: u64,
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "procps",
     "redis-server",
     "nftables",
+    // promtool: tests/observability.rs checks deploy/prometheus and the /metrics scrape.
+    "prometheus",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

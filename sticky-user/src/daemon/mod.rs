@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -38,6 +37,7 @@ use crate::{
     config::{Config, Layer},
     control::{self, Change, Incoming, Request, Response},
     datapath::{Datapath, Pins},
+    logging::say,
     metrics,
     proxy::routing::SharedRouting,
 };
@@ -172,7 +172,7 @@ impl Daemon {
         daemon.restart_health();
         daemon.share();
         let vips: Vec<String> = daemon.config.vips.iter().map(ToString::to_string).collect();
-        println!(
+        say(&format!(
             "sticky ready: vip {} on {} -> {} backends (instance {}{})",
             vips.join(","),
             daemon.config.ifaces.join(","),
@@ -183,8 +183,7 @@ impl Daemon {
             } else {
                 ""
             }
-        );
-        std::io::stdout().flush().ok();
+        ));
         Ok(daemon)
     }
 
@@ -306,10 +305,4 @@ impl Daemon {
             .measure_rates(&self.publishing.set, &self.dp, now);
         self.share();
     }
-}
-
-/// A line for operators (and tests) on stdout, flushed.
-fn say(line: &str) {
-    println!("{line}");
-    std::io::stdout().flush().ok();
 }
