@@ -1,16 +1,18 @@
 //! The observability pack against the real daemon: every metric the Grafana dashboard and the
 //! Prometheus rules use is in a live `/metrics` scrape, promtool accepts the rules, their unit
-//! tests, the dashboard's queries and the scrape; `--log-format json` makes every output line
-//! a JSON object with the fixed keys.
+//! tests, the example config, the dashboard's queries and the scrape, a real Prometheus
+//! scrapes the daemon and evaluates the rules; `--log-format json` makes every output line a
+//! JSON object with the fixed keys.
 
 mod common;
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use common::{args_with, assign, backend, ok, scrape, sticky_bin, write_config};
@@ -187,6 +189,7 @@ fn rules_and_dashboard_queries_are_valid() {
     let out = promtool(&["check", "rules", "alerts.yml"], &dir, "");
     assert!(out.contains("SUCCESS"), "{out}");
     promtool(&["test", "rules", "alerts_test.yml"], &dir, "");
+    promtool(&["check", "config", "prometheus.yml"], &dir, "");
     let rules = dashboard_as_rules(&dashboard_queries());
     let file = std::env::temp_dir().join(unique_name("dashboard") + ".yml");
     std::fs::write(&file, &rules).expect("write rules");
@@ -250,6 +253,106 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     // promtool lints names, types and help; it prints nothing when all is well.
     let lint = promtool(&["check", "metrics"], &deploy("prometheus"), body);
     assert!(lint.trim().is_empty(), "promtool check metrics:\n{lint}");
+
+    // A real Prometheus scrapes it and evaluates every alert rule without an error.
+    let prometheus = Prometheus::start(&topo);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let backends = loop {
+        let answer = prometheus.get(&topo, "/api/v1/query?query=count(sticky_backend_up)");
+        let value = answer
+            .as_ref()
+            .and_then(|a| a["data"]["result"][0]["value"][1].as_str());
+        if let Some(n) = value {
+            break n.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus has no sticky_backend_up: {answer:?}; targets: {:?}",
+            prometheus.get(&topo, "/api/v1/targets")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(backends, "3");
+    loop {
+        let rules = prometheus.get(&topo, "/api/v1/rules").expect("rules");
+        let health: Vec<&Value> = rules["data"]["groups"][0]["rules"]
+            .as_array()
+            .map(|r| r.iter().map(|r| &r["health"]).collect())
+            .unwrap_or_default();
+        assert!(!health.iter().any(|h| *h == "err"), "a rule fails: {rules}");
+        if health.len() == 5 && health.iter().all(|h| *h == "ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules never evaluated: {rules}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A Prometheus (Debian's) in the lb namespace, scraping [`METRICS`] every second with the
+/// alert rules loaded; killed, by its PID, and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    const LISTEN: &str = "127.0.0.1:9090";
+
+    fn start(topo: &Topology) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("prometheus"));
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        std::fs::copy(deploy("prometheus/alerts.yml"), dir.join("alerts.yml")).expect("copy rules");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\n\
+             scrape_configs:\n  - job_name: sticky\n    static_configs:\n      - targets: [\"{METRICS}\"]\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
+        let log = std::fs::File::create(dir.join("log")).expect("prometheus log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", topo.lb.path()))
+            .arg("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={}", Self::LISTEN))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start prometheus: {e}: install Debian's prometheus"));
+        Self { child, dir }
+    }
+
+    /// `GET path` on its API from inside the namespace: the JSON answer, or None until it
+    /// listens.
+    fn get(&self, topo: &Topology, path: &str) -> Option<Value> {
+        let path = path.replace('(', "%28").replace(')', "%29");
+        let raw = topo
+            .lb
+            .run(|| {
+                let mut s = TcpStream::connect(Self::LISTEN).ok()?;
+                let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+                s.write_all(request.as_bytes()).ok()?;
+                let mut raw = String::new();
+                s.read_to_string(&mut raw).ok()?;
+                Some(raw)
+            })
+            .expect("lb namespace")?;
+        serde_json::from_str(raw.split_once("\r\n\r\n")?.1).ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Every line is a JSON object whose first keys are the fixed ones, all strings.
