@@ -370,6 +370,31 @@ fn assert_json_line(line: &str) -> serde_json::Map<String, Value> {
     map
 }
 
+/// Needs no root: a command line refused before anything loads says why in one JSON line.
+#[test]
+fn json_error_line() {
+    let out = Command::new(sticky_bin())
+        .args(["run", "--log-format", "json", "--vip", "192.0.2.1:80"])
+        .output()
+        .expect("run sticky");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = assert_json_line(lines[0]);
+    assert_eq!(
+        (&line["level"], &line["target"]),
+        (&"error".into(), &"sticky".into())
+    );
+    assert!(
+        line["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no interface")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn json_log_lines_all_parse() {
     if !root_or_skip("json_log_lines_all_parse") {
