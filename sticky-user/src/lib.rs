@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod duration;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod namespaces;
 pub mod object;

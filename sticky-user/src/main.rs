@@ -3,30 +3,25 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sticky::cli::{Cli, dispatch};
+use sticky::{
+    cli::{Cli, Command, dispatch},
+    logging::{self, LogFormat},
+};
+use tracing::Level;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Chosen before anything logs: from `sticky run`'s flag or its config file's key.
+    let format = match &cli.command {
+        Command::Run(run) => run.log_format(),
+        _ => LogFormat::Text,
+    };
+    logging::init(cli.verbose, format);
     match dispatch(cli.command, cli.instance) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sticky: error: {e:#}");
+            logging::complain(Level::ERROR, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -110,6 +110,18 @@ pub struct Status {
     /// `process-lifetime` (a restart drops every connection).
     #[serde(default)]
     pub pins: String,
+    /// Fill of the maps that grow with traffic: LRU maps, whose oldest entries go when full.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+}
+
+/// Entries in one map against the most it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `flows`, `new_flows` or `affinity`.
+    pub map: String,
+    pub entries: u64,
+    pub max_entries: u64,
 }
 
 #[cfg(test)]

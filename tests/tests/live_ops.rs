@@ -5,16 +5,15 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::Path,
     process::Output,
     time::{Duration, Instant},
 };
 
 use common::{
-    args_with, assign, backend, exchange, ok, open_long_lived, predicted, spread, status,
-    sticky_bin,
+    args_with, assign, backend, exchange, ok, open_long_lived, predicted, scrape, spread, status,
+    sticky_bin, write_config,
 };
 use sticky::status::Status;
 use sticky_tests::{HttpBackend, StickyProcess, Topology, plan, root_or_skip};
@@ -484,13 +483,7 @@ fn metrics_and_reload() {
     let topo = Topology::build("metrics", 3, 50).expect("topology");
     let _servers = topo.start_backends().expect("backends");
     let config = std::env::temp_dir().join(sticky_tests::unique_name("metrics") + ".toml");
-    let write = |backends: &[usize], junk: &str| {
-        let list: Vec<String> = backends
-            .iter()
-            .map(|&k| format!("\"{}\"", backend(k)))
-            .collect();
-        std::fs::write(&config, format!("backend = [{}]\n{junk}", list.join(", "))).expect("write");
-    };
+    let write = |backends: &[usize], junk: &str| write_config(&config, junk, backends);
     write(&[0, 1, 2], "");
     let mut args = args_with(&topo, &[], &["--metrics", "127.0.0.1:9464", "--config"]);
     args.push(config.display().to_string());
@@ -498,16 +491,7 @@ fn metrics_and_reload() {
     let _ = assign(&topo, 0..50, 2, false);
     let scrape = || -> String {
         std::thread::sleep(Duration::from_millis(1200)); // metrics refresh every second
-        topo.lb
-            .run(|| {
-                let mut s = TcpStream::connect("127.0.0.1:9464").expect("connect metrics");
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .expect("send");
-                let mut body = String::new();
-                s.read_to_string(&mut body).expect("read");
-                body
-            })
-            .expect("lb namespace")
+        scrape(&topo, "127.0.0.1:9464")
     };
     let body = scrape();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");

@@ -20,6 +20,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "systemd",
     "strace",
+    // promtool: tests/observability.rs checks deploy/prometheus and the /metrics scrape.
+    "prometheus",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use tracing::Level;
+
 use crate::{
     config::Layer,
+    logging::{self, LogFormat},
     namespaces::{self, PROCESS_LIFETIME_WARNING, PinScope},
 };
 
@@ -22,6 +25,28 @@ impl RunArgs {
     pub fn into_parts(self) -> (Layer, Option<PathBuf>) {
         (self.settings, self.config)
     }
+
+    /// `--log-format`, else the file's `log-format`, read before logging starts. A file that
+    /// does not parse counts as text here; its error is reported when the daemon reads it.
+    pub fn log_format(&self) -> LogFormat {
+        early(&self.settings, self.config.as_ref(), |l| l.log_format)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
+
+/// A setting needed before the configuration is resolved: the flag, else the file's key.
+fn early<T>(
+    flags: &Layer,
+    file: Option<&PathBuf>,
+    key: impl Fn(&Layer) -> Option<T>,
+) -> anyhow::Result<Option<T>> {
+    match (key(flags), file) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(path)) => Ok(key(&Layer::from_file(path)?)),
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
@@ -30,7 +55,7 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
     // While this process still has one thread: namespaces can only be changed then.
     let pin_scope = enter_namespaces(&layer, file.as_ref())?;
     if pin_scope == PinScope::ProcessLifetime {
-        eprintln!("sticky: {PROCESS_LIFETIME_WARNING}");
+        logging::complain(Level::WARN, PROCESS_LIFETIME_WARNING);
     }
     // One worker per CPU the process may use (proxy mode scales with them); TOKIO_WORKER_THREADS
     // overrides it.
@@ -42,12 +67,7 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
 
 /// Enters `--netns` (flag or file), then makes sure the pins outlive this process.
 pub fn enter_namespaces(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<PinScope> {
-    let netns = match (&flags.netns, file) {
-        (Some(name), _) => Some(name.clone()),
-        (None, Some(path)) => Layer::from_file(path)?.netns,
-        (None, None) => None,
-    };
-    if let Some(name) = netns {
+    if let Some(name) = early(flags, file, |l| l.netns.clone())? {
         namespaces::enter_netns(&name)?;
     }
     Ok(namespaces::persistent_pins())
@@ -69,6 +89,35 @@ mod tests {
     }
 
     #[test]
+    fn log_format_from_the_flag_else_the_file() {
+        let run = |args: &[&str]| {
+            let argv = ["sticky", "run"].iter().chain(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(run) => run.log_format(),
+                _ => panic!("not `sticky run`"),
+            }
+        };
+        let dir = std::env::temp_dir();
+        let json = dir.join(format!("sticky-log-format-{}.toml", std::process::id()));
+        std::fs::write(&json, "log-format = \"json\"\n").unwrap();
+        let json = json.to_str().unwrap();
+        assert_eq!(run(&[]), LogFormat::Text);
+        assert_eq!(run(&["--log-format", "json"]), LogFormat::Json);
+        assert_eq!(run(&["--config", json]), LogFormat::Json);
+        assert_eq!(
+            run(&["--config", json, "--log-format", "text"]),
+            LogFormat::Text
+        );
+        // Unreadable: text, and the daemon reports the file when it reads it in full.
+        assert_eq!(
+            run(&["--config", "/nonexistent/sticky.toml"]),
+            LogFormat::Text
+        );
+        assert!(Cli::try_parse_from(["sticky", "run", "--log-format", "yaml"]).is_err());
+        let _ = std::fs::remove_file(json);
+    }
+
+    #[test]
     fn flags_not_given_leave_the_file_alone() {
         assert_eq!(settings(&[]), Layer::default());
     }
@@ -79,6 +128,7 @@ mod tests {
             "--iface eth0 --iface eth1 --vip 10.0.0.1:80 --backend 10.0.1.1:80@2 ",
             "--seed 7 --table-size 7 --affinity-timeout 5m --max-flows 100 ",
             "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 --netns lb ",
+            "--log-format json ",
             "--health-check tcp --health-interval 3s --health-timeout 2s --health-rise 4 ",
             "--health-fall 5 --health-status 200 --proxy 10.0.0.1:8080 --header Forwarded ",
             "--proxy-protocol --trusted-proxies 10.0.0.0/8 --ignore-missing-header ",
@@ -100,6 +150,7 @@ mod tests {
             max-clients = 102
             metrics = "127.0.0.1:9100"
             netns = "lb"
+            log-format = "json"
             [health]
             check = "tcp"
             interval = "3s"

@@ -9,7 +9,7 @@ use super::{
     ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, merge::merge_fields, with_default,
 };
-use crate::{duration, health::HealthLayer, proxy::config::ProxyLayer};
+use crate::{duration, health::HealthLayer, logging::LogFormat, proxy::config::ProxyLayer};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -56,6 +56,10 @@ pub struct Layer {
     /// daemon itself, mounts untouched, so pins outlive it (unlike `ip netns exec`).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
+    /// Log lines as text, or as JSON objects (keys ts, level, target, msg, then fields), on
+    /// stdout and stderr alike [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub health: HealthLayer,
     #[command(flatten)]
@@ -75,6 +79,7 @@ merge_fields!(Layer {
     instance,
     metrics,
     netns,
+    log_format,
     health,
     proxy,
 });

@@ -19,6 +19,7 @@ use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
     duration,
     health::{HealthConfig, HealthError},
+    logging::LogFormat,
     proxy::config::{ProxyConfig, ProxyConfigError},
 };
 
@@ -48,6 +49,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The network namespace the daemon enters itself (`--netns`).
     pub netns: Option<String>,
+    /// Chosen before the file is read in full (see `cli::run`); here so a reload can tell.
+    pub log_format: LogFormat,
     pub proxy: Option<ProxyConfig>,
 }
 
@@ -206,6 +209,7 @@ impl Layer {
             max_clients,
             instance,
             netns: self.netns,
+            log_format: self.log_format.unwrap_or_default(),
         })
     }
 }
@@ -243,6 +247,7 @@ impl Config {
             health: _,
             metrics,
             netns,
+            log_format,
             proxy,
         } = self;
         [
@@ -260,6 +265,7 @@ impl Config {
             ("instance", *instance != new.instance),
             ("metrics", *metrics != new.metrics),
             ("netns", *netns != new.netns),
+            ("log-format", *log_format != new.log_format),
             // The proxy's listener, sources and limits are set up once at start: a reload
             // that changes them is refused rather than silently ignored.
             ("proxy", *proxy != new.proxy),
@@ -384,8 +390,12 @@ mod tests {
         l.seed = Some(7);
         l.max_flows = Some(1024);
         l.vip = vec!["10.0.0.2:80".into()];
+        l.log_format = Some(LogFormat::Json);
         let fixed = l.validate().unwrap();
-        assert_eq!(running.restart_only(&fixed), ["vip", "seed", "max-flows"]);
+        assert_eq!(
+            running.restart_only(&fixed),
+            ["vip", "seed", "max-flows", "log-format"]
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -40,6 +39,7 @@ use crate::{
     config::{Config, Layer},
     control::{self, Change, Incoming, Request, Response},
     datapath::{Datapath, KernelLog, Pins},
+    logging::say,
     metrics,
     namespaces::PinScope,
     proxy::routing::SharedRouting,
@@ -347,10 +347,4 @@ fn follow_kernel_log(log: KernelLog) {
             ready.clear_ready();
         }
     });
-}
-
-/// A line for operators (and tests) on stdout, flushed.
-fn say(line: &str) {
-    println!("{line}");
-    std::io::stdout().flush().ok();
 }

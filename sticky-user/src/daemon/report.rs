@@ -12,7 +12,7 @@ use std::{
 use sticky_common::{
     Addr16,
     choice::affinity_holds,
-    maps::{Affinity, BackendStats, COUNTER_NAMES, FLOW_FORWARD, Flow, FlowKey},
+    maps::{self as names, Affinity, BackendStats, COUNTER_NAMES, FLOW_FORWARD, Flow, FlowKey},
 };
 use tokio::sync::{oneshot, watch};
 
@@ -22,9 +22,9 @@ use crate::{
     backends::BackendSet,
     clock::monotonic_ns,
     control::Response,
-    datapath::{Counters, Datapath, MapReader},
+    datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
-    status::{BackendStatus, Health, Status},
+    status::{BackendStatus, Health, MapFill, Status},
 };
 
 /// What the loop hands over for status reports: small, replaced whole.
@@ -125,7 +125,8 @@ struct Walk {
     counters: Counters,
     /// By backend id, for the backends status reports.
     stats: BTreeMap<u32, BackendStats>,
-    map_bytes: u64,
+    /// Size and memory of every per-instance map.
+    memory: Vec<MapMemory>,
 }
 
 fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
@@ -141,7 +142,7 @@ fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
         new_flow_keys: maps.new_flow_keys(),
         counters: maps.counters()?,
         stats,
-        map_bytes: maps.map_memory()?.iter().map(|m| m.bytes).sum(),
+        memory: maps.map_memory()?,
     };
     Ok(assemble(p, &walk, monotonic_ns(), Instant::now()))
 }
@@ -230,9 +231,32 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         affinity_entries: walk.affinity.len() as u64,
         flow_entries: walk.flows.len() as u64,
         new_flow_entries,
-        map_bytes: walk.map_bytes,
+        map_bytes: walk.memory.iter().map(|m| m.bytes).sum(),
+        maps: map_fill(walk),
         pins: p.pins.name().to_string(),
     }
+}
+
+/// The maps that fill with traffic, by the short name metrics label them with.
+fn map_fill(walk: &Walk) -> Vec<MapFill> {
+    let max_entries = |name: &str| {
+        walk.memory
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.max_entries)
+    };
+    [
+        ("flows", names::FLOWS, walk.flows.len()),
+        ("new_flows", names::NEW_FLOWS, walk.new_flow_keys.len()),
+        ("affinity", names::AFFINITY, walk.affinity.len()),
+    ]
+    .into_iter()
+    .map(|(map, name, entries)| MapFill {
+        map: map.to_string(),
+        entries: entries as u64,
+        max_entries: max_entries(name),
+    })
+    .collect()
 }
 
 impl Daemon {
@@ -361,7 +385,14 @@ mod tests {
                 },
             )]
             .into(),
-            map_bytes: 42,
+            memory: [(names::FLOWS, 8), (names::AFFINITY, 4), (names::VIPS, 2)]
+                .into_iter()
+                .map(|(name, max_entries)| MapMemory {
+                    name: name.to_string(),
+                    max_entries,
+                    bytes: 21,
+                })
+                .collect(),
         };
         let s = assemble(&p, &walk, 1000, now);
         assert_eq!(
@@ -371,7 +402,16 @@ mod tests {
                 s.new_flow_entries,
                 s.map_bytes
             ),
-            (3, 3, 1, 42)
+            (3, 3, 1, 63)
+        );
+        let fill: Vec<(&str, u64, u64)> = s
+            .maps
+            .iter()
+            .map(|m| (m.map.as_str(), m.entries, m.max_entries))
+            .collect();
+        assert_eq!(
+            fill,
+            [("flows", 3, 8), ("new_flows", 2, 0), ("affinity", 3, 4)]
         );
         let (a, b) = (&s.backends[0], &s.backends[1]);
         assert_eq!(

@@ -1,88 +1,103 @@
-//! The text exposition format 0.0.4: [`render`] writes a [`Status`] as Prometheus reads it.
+//! [`render`] encodes a [`Status`] through prometheus-client: a [`Collector`] over the snapshot,
+//! registered under the `sticky` prefix, encoded in the text format 0.0.4 that every
+//! Prometheus reads. Counters are named without `_total` here; the encoder appends it.
 
 use std::fmt;
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder, prometheus_text},
+    metrics::{
+        MetricType::{self, Counter, Gauge},
+        counter::ConstCounter,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
 use sticky_common::BackendState;
 
-use crate::status::{BackendStatus, Health, Status};
+use crate::status::{BackendStatus, Health, MapFill, Status};
 
-/// `Content-Type` of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of the text exposition format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Every family's name starts with this and `_`.
+const PREFIX: &str = "sticky";
 
 const BACKEND_STATES: [BackendState; 3] =
     [BackendState::Up, BackendState::Draining, BackendState::Down];
 
-/// The per-backend families after `up` and `state`: name, kind, help, value.
+/// A family with one sample per backend, labelled `backend`: name, type, help, value.
 type PerBackend = (
     &'static str,
-    Kind,
+    MetricType,
     &'static str,
     fn(&BackendStatus) -> Value,
 );
 const PER_BACKEND: [PerBackend; 11] = [
     (
-        "sticky_backend_healthy",
-        Kind::Gauge,
+        "backend_healthy",
+        Gauge,
         "Whether the backend passes its health checks or is unchecked (1) rather than failing (0).",
         |b| Value::flag(b.health != Health::Failing),
     ),
     (
-        "sticky_backend_weight",
-        Kind::Gauge,
+        "backend_weight",
+        Gauge,
         "Configured weight of the backend.",
         |b| Value::Int(b.weight.into()),
     ),
     (
-        "sticky_backend_table_share",
-        Kind::Gauge,
+        "backend_table_share",
+        Gauge,
         "Share of the lookup table slots held by the backend (0..1).",
         |b| Value::Float(b.table_share),
     ),
     (
-        "sticky_backend_ideal_share",
-        Kind::Gauge,
+        "backend_ideal_share",
+        Gauge,
         "Backend weight over the total weight of the backends in the table (0..1).",
         |b| Value::Float(b.ideal_share),
     ),
     (
-        "sticky_backend_affine_clients",
-        Kind::Gauge,
+        "backend_affine_clients",
+        Gauge,
         "Clients whose unexpired affinity names the backend.",
         |b| Value::Int(b.affine_clients),
     ),
     (
-        "sticky_backend_active_flows",
-        Kind::Gauge,
+        "backend_active_flows",
+        Gauge,
         "Connections to the backend in the flow table.",
         |b| Value::Int(b.active_flows),
     ),
     (
-        "sticky_backend_new_flows_total",
-        Kind::Counter,
+        "backend_new_flows",
+        Counter,
         "Connections the data path assigned to the backend.",
         |b| Value::Int(b.new_flows_total),
     ),
     (
-        "sticky_backend_refused_total",
-        Kind::Counter,
+        "backend_refused",
+        Counter,
         "New connections the backend reset during their handshake (nothing listening).",
         |b| Value::Int(b.refused_total),
     ),
     (
-        "sticky_backend_packets_total",
-        Kind::Counter,
+        "backend_packets",
+        Counter,
         "Packets the data path steered to the backend.",
         |b| Value::Int(b.packets),
     ),
     (
-        "sticky_backend_bytes_total",
-        Kind::Counter,
+        "backend_bytes",
+        Counter,
         "Bytes the data path steered to the backend.",
         |b| Value::Int(b.bytes),
     ),
     (
-        "sticky_backend_health_transitions_total",
-        Kind::Counter,
+        "backend_health_transitions",
+        Counter,
         "Health state changes of the backend since start.",
         |b| Value::Int(b.health_transitions),
     ),
@@ -90,95 +105,160 @@ const PER_BACKEND: [PerBackend; 11] = [
 
 /// The whole exposition for `status`.
 pub fn render(status: &Status) -> String {
-    use Kind::{Counter, Gauge};
-    let mut out = Exposition::default();
-    let backends = &status.backends;
-
-    out.per_backend(
-        backends,
-        ("sticky_backend_up", Gauge),
-        "Whether the backend is up (1) rather than draining or down (0).",
-        |b| Value::flag(b.state == BackendState::Up),
-    );
-    out.family(
-        "sticky_backend_state",
-        Gauge,
-        "Backend state, one-hot over up, draining and down.",
-    );
-    for b in backends {
-        let addr = b.addr.to_string();
-        for state in BACKEND_STATES {
-            out.sample(
-                "sticky_backend_state",
-                &[("backend", &addr), ("state", state.name())],
-                Value::flag(b.state == state),
-            );
-        }
-    }
-    for (name, kind, help, value) in PER_BACKEND {
-        out.per_backend(backends, (name, kind), help, value);
-    }
-
-    out.family(
-        "sticky_packets_total",
-        Counter,
-        "Packets seen by the data path, by result.",
-    );
-    for (result, &count) in &status.counters {
-        out.sample(
-            "sticky_packets_total",
-            &[("result", result)],
-            Value::Int(count),
-        );
-    }
-    let globals = [
-        (
-            "sticky_affinity_entries",
-            "Entries in the client affinity map.",
-            status.affinity_entries,
-        ),
-        (
-            "sticky_flow_entries",
-            "Entries in the flow table (established flows, both directions).",
-            status.flow_entries,
-        ),
-        (
-            "sticky_new_flow_entries",
-            "Entries of flows still in their handshake (both directions).",
-            status.new_flow_entries,
-        ),
-        (
-            "sticky_map_bytes",
-            "Memory the kernel charges for the instance's maps.",
-            status.map_bytes,
-        ),
-        (
-            "sticky_table_slots",
-            "Slots in the lookup table.",
-            status.table_size.into(),
-        ),
-    ];
-    for (name, help, value) in globals {
-        out.family(name, Gauge, help);
-        out.sample(name, &[], Value::Int(value));
-    }
-    out.family(
-        "sticky_info",
-        Gauge,
-        "Always 1; labelled with the instance name.",
-    );
-    out.sample(
-        "sticky_info",
-        &[("instance", &status.instance)],
-        Value::Int(1),
-    );
-    out.0
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(StatusCollector(status.clone())));
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
 }
 
+/// Reports one snapshot: every family from the same walk of the maps.
+#[derive(Debug)]
+struct StatusCollector(Status);
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let backends: Vec<(&BackendStatus, String)> =
+            s.backends.iter().map(|b| (b, b.addr.to_string())).collect();
+        per_backend(
+            &mut out,
+            Family(
+                "backend_up",
+                Gauge,
+                "Whether the backend is up (1) rather than draining or down (0).",
+            ),
+            &backends,
+            |b| Value::flag(b.state == BackendState::Up),
+        )?;
+        let state = Family(
+            "backend_state",
+            Gauge,
+            "Backend state, one-hot over up, draining and down.",
+        );
+        let mut metric = state.describe(&mut out)?;
+        for (b, addr) in &backends {
+            for one in BACKEND_STATES {
+                let labels = [("backend", addr.as_str()), ("state", one.name())];
+                state.sample(&mut metric, &labels, Value::flag(b.state == one))?;
+            }
+        }
+        for (name, kind, help, value) in PER_BACKEND {
+            per_backend(&mut out, Family(name, kind, help), &backends, value)?;
+        }
+
+        let packets = Family(
+            "packets",
+            Counter,
+            "Packets seen by the data path, by result.",
+        );
+        let mut metric = packets.describe(&mut out)?;
+        for (result, &count) in &s.counters {
+            packets.sample(&mut metric, &[("result", result)], Value::Int(count))?;
+        }
+        let globals = [
+            (
+                "affinity_entries",
+                "Entries in the client affinity map.",
+                s.affinity_entries,
+            ),
+            (
+                "flow_entries",
+                "Entries in the flow table (established flows, both directions).",
+                s.flow_entries,
+            ),
+            (
+                "new_flow_entries",
+                "Entries of flows still in their handshake (both directions).",
+                s.new_flow_entries,
+            ),
+            (
+                "map_bytes",
+                "Memory the kernel charges for the instance's maps.",
+                s.map_bytes,
+            ),
+            (
+                "table_slots",
+                "Slots in the lookup table.",
+                s.table_size.into(),
+            ),
+        ];
+        for (name, help, value) in globals {
+            let family = Family(name, Gauge, help);
+            family.sample(&mut family.describe(&mut out)?, &[], Value::Int(value))?;
+        }
+        let fill = [
+            (
+                Family(
+                    "map_entries",
+                    Gauge,
+                    "Entries in each map that fills with traffic (flows, new_flows, affinity).",
+                ),
+                (|m| m.entries) as fn(&MapFill) -> u64,
+            ),
+            (
+                Family(
+                    "map_max_entries",
+                    Gauge,
+                    "Most entries each map holds; when full, its least recently used entries go.",
+                ),
+                |m| m.max_entries,
+            ),
+        ];
+        for (family, value) in fill {
+            let mut metric = family.describe(&mut out)?;
+            for m in &s.maps {
+                family.sample(&mut metric, &[("map", &m.map)], Value::Int(value(m)))?;
+            }
+        }
+        let info = Family("info", Gauge, "Always 1; labelled with the instance name.");
+        let labels = [("instance", s.instance.as_str())];
+        info.sample(&mut info.describe(&mut out)?, &labels, Value::Int(1))
+    }
+}
+
+/// A family with one sample per backend, labelled `backend`.
+fn per_backend(
+    out: &mut DescriptorEncoder,
+    family: Family,
+    backends: &[(&BackendStatus, String)],
+    value: impl Fn(&BackendStatus) -> Value,
+) -> fmt::Result {
+    let mut metric = family.describe(out)?;
+    for (b, addr) in backends {
+        family.sample(&mut metric, &[("backend", addr)], value(b))?;
+    }
+    Ok(())
+}
+
+/// A family's name (after the prefix, counters without `_total`), type and help.
 #[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
+struct Family(&'static str, MetricType, &'static str);
+
+impl Family {
+    /// HELP and TYPE; the samples follow through the returned encoder.
+    fn describe<'a>(
+        &self,
+        out: &'a mut DescriptorEncoder,
+    ) -> Result<MetricEncoder<'a>, fmt::Error> {
+        let Self(name, kind, help) = *self;
+        out.encode_descriptor(name, help, None, kind)
+    }
+
+    fn sample(
+        &self,
+        metric: &mut MetricEncoder,
+        labels: &[(&str, &str)],
+        value: Value,
+    ) -> fmt::Result {
+        let metric = metric.encode_family(&labels)?;
+        match (self.1, value) {
+            (Counter, Value::Int(v)) => ConstCounter::new(v).encode(metric),
+            (Counter, Value::Float(v)) => ConstCounter::new(v).encode(metric),
+            (_, Value::Int(v)) => ConstGauge::new(v).encode(metric),
+            (_, Value::Float(v)) => ConstGauge::new(v).encode(metric),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -193,97 +273,6 @@ impl Value {
     }
 }
 
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::Int(n) => write!(f, "{n}"),
-            Self::Float(x) if x.is_nan() => f.write_str("NaN"),
-            Self::Float(x) if x == f64::INFINITY => f.write_str("+Inf"),
-            Self::Float(x) if x == f64::NEG_INFINITY => f.write_str("-Inf"),
-            // Rust never writes an exponent here, and Prometheus reads plain decimals.
-            Self::Float(x) => write!(f, "{x}"),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Exposition(String);
-
-impl Exposition {
-    /// HELP and TYPE for a family. Call once per family, before its samples.
-    fn family(&mut self, name: &str, kind: Kind, help: &str) {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
-        self.0.push_str("# HELP ");
-        self.0.push_str(name);
-        self.0.push(' ');
-        escape_help(help, &mut self.0);
-        self.0.push_str("\n# TYPE ");
-        self.0.push_str(name);
-        self.0.push(' ');
-        self.0.push_str(kind);
-        self.0.push('\n');
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                self.0.push_str(label);
-                self.0.push_str("=\"");
-                escape_label_value(value, &mut self.0);
-                self.0.push('"');
-            }
-            self.0.push('}');
-        }
-        self.0.push(' ');
-        self.0.push_str(&value.to_string());
-        self.0.push('\n');
-    }
-
-    /// A family with one sample per backend, labelled `backend`.
-    fn per_backend(
-        &mut self,
-        backends: &[BackendStatus],
-        (name, kind): (&str, Kind),
-        help: &str,
-        value: impl Fn(&BackendStatus) -> Value,
-    ) {
-        self.family(name, kind, help);
-        for b in backends {
-            self.sample(name, &[("backend", &b.addr.to_string())], value(b));
-        }
-    }
-}
-
-/// Label values escape backslash, double quote and line feed.
-fn escape_label_value(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str(r"\\"),
-            '"' => out.push_str(r#"\""#),
-            '\n' => out.push_str(r"\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// HELP text escapes backslash and line feed only.
-fn escape_help(help: &str, out: &mut String) {
-    for c in help.chars() {
-        match c {
-            '\\' => out.push_str(r"\\"),
-            '\n' => out.push_str(r"\n"),
-            c => out.push(c),
-        }
-    }
-}
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::BTreeSet;
@@ -343,10 +332,19 @@ pub(super) mod tests {
             new_flow_entries: 4,
             map_bytes: 1 << 20,
             pins: "persistent".into(),
+            maps: [("flows", 6, 1024), ("affinity", 12, 512)]
+                .into_iter()
+                .map(|(map, entries, max_entries)| MapFill {
+                    map: map.into(),
+                    entries,
+                    max_entries,
+                })
+                .collect(),
         }
     }
 
-    const FAMILIES: [&str; 20] = [
+    /// Every family as scraped (counters with `_total`).
+    const FAMILIES: [&str; 22] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -366,6 +364,8 @@ pub(super) mod tests {
         "sticky_new_flow_entries",
         "sticky_map_bytes",
         "sticky_table_slots",
+        "sticky_map_entries",
+        "sticky_map_max_entries",
         "sticky_info",
     ];
 
@@ -391,8 +391,9 @@ pub(super) mod tests {
             r#"sticky_backend_healthy{backend="10.0.0.1:80"} 1"#,
             r#"sticky_backend_healthy{backend="[2001:db8::2]:8080"} 0"#,
             r#"sticky_backend_table_share{backend="10.0.0.1:80"} 0.75"#,
-            r#"sticky_backend_ideal_share{backend="[2001:db8::2]:8080"} 0"#,
+            r#"sticky_backend_ideal_share{backend="[2001:db8::2]:8080"} 0.0"#,
             r#"sticky_backend_bytes_total{backend="10.0.0.1:80"} 123456"#,
+            r#"sticky_backend_new_flows_total{backend="10.0.0.1:80"} 100"#,
             r#"sticky_backend_health_transitions_total{backend="[2001:db8::2]:8080"} 3"#,
             "# HELP sticky_backend_bytes_total Bytes the data path steered to the backend.",
             "# TYPE sticky_backend_bytes_total counter",
@@ -412,6 +413,11 @@ pub(super) mod tests {
             "sticky_new_flow_entries 4",
             "sticky_map_bytes 1048576",
             "sticky_table_slots 65537",
+            r#"sticky_map_entries{map="flows"} 6"#,
+            r#"sticky_map_entries{map="affinity"} 12"#,
+            r#"sticky_map_max_entries{map="flows"} 1024"#,
+            r#"sticky_map_max_entries{map="affinity"} 512"#,
+            "# TYPE sticky_map_max_entries gauge",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,
         ] {
@@ -432,7 +438,7 @@ pub(super) mod tests {
     }
 
     /// Every family has one HELP and one TYPE, before its samples, which are contiguous;
-    /// every value parses as a float.
+    /// counters and only counters end in `_total`; every value parses as a float.
     #[test]
     fn render_is_well_formed() {
         for status in [sample(), Status::default()] {
@@ -449,7 +455,9 @@ pub(super) mod tests {
                     assert_eq!(name.ends_with("_total"), kind == "counter", "{line}");
                     typed.push(name);
                 } else if let Some(rest) = line.strip_prefix("# HELP ") {
-                    helped.push(rest.split_once(' ').unwrap().0);
+                    let (name, help) = rest.split_once(' ').unwrap();
+                    assert!(help.ends_with('.') && !help.ends_with(".."), "{line}");
+                    helped.push(name);
                 } else {
                     let (series, value) = line.rsplit_once(' ').unwrap();
                     let name = series.split('{').next().unwrap();
@@ -470,39 +478,28 @@ pub(super) mod tests {
     fn empty_status_has_no_backend_samples() {
         let text = render(&Status::default());
         assert!(!text.contains("{backend="));
+        assert!(!text.contains("{map="));
         has_line(&text, "sticky_table_slots 0");
         has_line(&text, r#"sticky_info{instance=""} 1"#);
     }
 
     #[test]
     fn values_and_escapes() {
-        let formatted: Vec<String> = [
-            Value::Float(f64::NAN),
-            Value::Float(f64::INFINITY),
-            Value::Float(f64::NEG_INFINITY),
-            Value::Float(0.1),
-            Value::Float(1e-7),
-            Value::Int(u64::MAX),
-        ]
-        .iter()
-        .map(Value::to_string)
-        .collect();
-        assert_eq!(
-            formatted,
-            [
-                "NaN",
-                "+Inf",
-                "-Inf",
-                "0.1",
-                "0.0000001",
-                "18446744073709551615"
-            ]
-        );
-        let mut label = String::new();
-        escape_label_value("a\\b\"c\nd", &mut label);
-        assert_eq!(label, r#"a\\b\"c\nd"#);
-        let mut help = String::new();
-        escape_help("a\\b\"c\nd", &mut help);
-        assert_eq!(help, r#"a\\b"c\nd"#);
+        let mut status = sample();
+        status.backends.truncate(1);
+        let b = &mut status.backends[0];
+        b.table_share = f64::NAN;
+        b.ideal_share = f64::INFINITY;
+        b.bytes = u64::MAX;
+        status.instance = "a\\b\"c\nd".into();
+        let text = render(&status);
+        for line in [
+            r#"sticky_backend_table_share{backend="10.0.0.1:80"} NaN"#,
+            r#"sticky_backend_ideal_share{backend="10.0.0.1:80"} +Inf"#,
+            r#"sticky_backend_bytes_total{backend="10.0.0.1:80"} 18446744073709551615"#,
+            r#"sticky_info{instance="a\\b\"c\nd"} 1"#,
+        ] {
+            has_line(&text, line);
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! The Prometheus endpoint: [`render`] writes a [`Status`](crate::status::Status) in the
-//! text exposition format 0.0.4, and [`serve`] answers `GET /metrics` with a deliberately
-//! small HTTP/1.1 server that reads one request head per connection, answers it and closes.
+//! The Prometheus endpoint: [`render`] encodes a [`Status`](crate::status::Status) through
+//! prometheus-client in the text exposition format 0.0.4, and [`serve`] answers
+//! `GET /metrics` with a deliberately small HTTP/1.1 server that reads one request head per
+//! connection, answers it and closes.
 
 mod exposition;
 mod server;

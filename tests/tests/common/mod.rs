@@ -8,8 +8,9 @@ pub mod packets;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    path::PathBuf,
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpStream},
+    path::{Path, PathBuf},
 };
 
 use sticky::{addr::BackendSpec, backends::BackendSet, table};
@@ -206,4 +207,28 @@ pub fn status(daemon: &StickyProcess) -> sticky::status::Status {
         "status --json",
     );
     serde_json::from_str(&out).expect("status JSON")
+}
+
+/// Writes a config file with backends `backends` (by topology index) after `head` lines.
+pub fn write_config(path: &Path, head: &str, backends: &[usize]) {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|&k| format!("\"{}\"", backend(k)))
+        .collect();
+    let text = format!("{head}backend = [{}]\n", list.join(", "));
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// One `GET /metrics` to `addr` from inside the lb namespace: the whole response.
+pub fn scrape(topo: &Topology, addr: &str) -> String {
+    topo.lb
+        .run(|| {
+            let mut s = TcpStream::connect(addr).expect("connect metrics");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            let mut response = String::new();
+            s.read_to_string(&mut response).expect("read");
+            response
+        })
+        .expect("lb namespace")
 }
