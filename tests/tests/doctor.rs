@@ -111,6 +111,92 @@ fn with_fault(tag: &str, v6: bool, fault: impl FnOnce(&Topology) -> anyhow::Resu
     doctor(&topo.lb, &topo.sticky_args(v6))
 }
 
+/// A kernel without sockmap, as sticky's probe sees it: a seccomp filter makes every
+/// `bpf(BPF_MAP_CREATE, …)` fail with EINVAL, the answer of a kernel that lacks the map type.
+#[test]
+fn a_kernel_without_sockmap() {
+    if !root_or_skip("a_kernel_without_sockmap") {
+        return;
+    }
+    let topo = topology("doc-skmap");
+    let mut proxy = topo.sticky_args(false);
+    proxy.extend(["--proxy".to_string(), "198.18.0.1:8081".to_string()]);
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", topo.lb.path()))
+        .arg(sticky_bin())
+        .arg("doctor")
+        .args(&proxy);
+    // SAFETY: between fork and exec only async-signal-safe calls (two prctl).
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(refuse_bpf_map_create);
+    }
+    let out = cmd.output().expect("run sticky doctor without sockmap");
+    assert_only(
+        &out,
+        19,
+        "a kernel with CONFIG_BPF_STREAM_PARSER, or --no-splice",
+    );
+}
+
+/// Installs a seccomp filter on this process: `bpf(BPF_MAP_CREATE, …)` fails with EINVAL,
+/// everything else runs.
+fn refuse_bpf_map_create() -> std::io::Result<()> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SYS_BPF: u32 = 321;
+    const BPF_MAP_CREATE: u32 = 0;
+    const RET_ERRNO_EINVAL: u32 = 0x0005_0000 | 22;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // seccomp_data: nr at 0, arch at 4, args[0] (low half on little endian) at 16.
+    let program = [
+        op(LD_W_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 5, AUDIT_ARCH_X86_64),
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 3, SYS_BPF),
+        op(LD_W_ABS, 0, 0, 16),
+        op(JEQ_K, 0, 1, BPF_MAP_CREATE),
+        op(RET_K, 0, 0, RET_ERRNO_EINVAL),
+        op(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain prctl calls; `prog` outlives them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A kernel without tcx, as sticky sees it: the `UNAME26` personality makes uname(2) report a
+/// 2.6 release, and aya (and so doctor) decides by uname.
+#[test]
+fn a_kernel_without_tcx() {
+    if !root_or_skip("a_kernel_without_tcx") {
+        return;
+    }
+    let topo = topology("doc-tcx");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.lb.path()))
+        .args(["setarch", "x86_64", "--uname-2.6"])
+        .arg(sticky_bin())
+        .arg("doctor")
+        .args(topo.sticky_args(false))
+        .output()
+        .expect("run sticky doctor as a 2.6 kernel");
+    assert_only(&out, 10, "run on Linux 6.6 or newer");
+    assert!(text(&out).contains("Linux 2.6."), "{}", text(&out));
+}
+
 #[test]
 fn ip_forward_off() {
     if !root_or_skip("ip_forward_off") {

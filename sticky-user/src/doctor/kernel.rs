@@ -13,27 +13,21 @@ pub fn has_tcx() -> bool {
 }
 
 pub fn tcx() -> Vec<Line> {
+    // The version aya itself decides by (uname(2)), so doctor and the attach agree.
     let line = match KernelVersion::current() {
         Ok(v) if v >= KernelVersion::new(6, 6, 0) => {
-            Line::ok(Code::Tcx, format!("Linux {}: tcx links", release()))
+            Line::ok(Code::Tcx, format!("Linux {v}: tcx links"))
         }
-        Ok(_) => Line::fail(
+        Ok(v) => Line::fail(
             Code::Tcx,
             format!(
-                "Linux {} has no tcx (6.6+): sticky cannot pin its tc links and will not start",
-                release()
+                "Linux {v} has no tcx (6.6+): sticky cannot pin its tc links and will not start"
             ),
             "run on Linux 6.6 or newer",
         ),
         Err(e) => Line::skip(Code::Tcx, format!("kernel version unknown: {e}")),
     };
     vec![line]
-}
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Proxy splicing needs a SockHash and `sk_skb` programs; without, sticky copies in userspace.
