@@ -3,11 +3,12 @@
 //!
 //! `ip netns exec NAME cmd` gives `cmd` a mount namespace of its own with a fresh `/sys`: a
 //! bpffs mounted at `/sys/fs/bpf` in there, with every pinned map and tcx link, dies with the
-//! process, the programs detach, and a restart loses every connection. The mount namespace was
-//! made for this process alone when our parent lives in another one; then we join the parent's
-//! (the host's, for a shell that ran `ip netns exec`) before any thread starts, and keep the
-//! network namespace we were given. Containers and systemd units share their mount namespace
-//! with their other processes, so there the local bpffs is kept as it is.
+//! process, the programs detach, and a restart loses every connection. When /sys is exactly
+//! what `ip netns exec` mounts (a sysfs named after the network namespace we are in) and our
+//! parent lives in another mount namespace, we join the parent's (the host's, for the shell
+//! that ran `ip netns exec`) before any thread starts, and keep the network namespace. Any
+//! other private mount namespace (`unshare -m`, a sandbox) is the operator's choice and is left
+//! alone; a bpffs already there (a systemd unit's, a container's bind mount) is used as it is.
 
 use std::{
     fs::File,
@@ -87,15 +88,20 @@ fn mount_ns(pid: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// What [`persistent_pins`] does about this process's mount namespace.
+/// What [`persistent_pins`] does about this process's mount namespace: the one rule for how
+/// long pins live, which `sticky run` acts on, `sticky status` reports and `sticky doctor`
+/// checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MountPlan {
-    /// Shared with the parent (the host, a container), or with a bpffs from outside already
-    /// mounted (a systemd unit): kept as it is.
+    /// A bpffs is already at /sys/fs/bpf (the host's, a systemd unit's, a container's bind
+    /// mount), or the mount namespace is the parent's (the host's, a container's): kept.
     Keep,
-    /// Made for this process alone (`ip netns exec`): the parent's is joined.
+    /// `ip netns exec`: a mount namespace made for this process with the namespace's own
+    /// sysfs at /sys. The parent's mount namespace is joined; the network namespace stays.
     JoinParent,
-    /// Made for this process alone, and the parent's cannot be opened.
+    /// A mount namespace of this process's own with no bpffs, which is not `ip netns exec`
+    /// (`unshare -m`, a sandbox) or whose parent's cannot be joined: left alone, and the pins
+    /// die with it.
     Private,
 }
 
@@ -110,11 +116,31 @@ pub fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Whether /sys is the sysfs `ip netns exec NAME` mounts: its source is NAME, and
+/// /run/netns/NAME is this process's network namespace.
+fn sysfs_of_ip_netns_exec() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // `ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS…] - FSTYPE SOURCE SUPER`; the last /sys wins.
+    let source = mountinfo.lines().rev().find_map(|l| {
+        let (head, tail) = l.split_once(" - ")?;
+        let point = head.split_whitespace().nth(4)?;
+        let mut t = tail.split_whitespace();
+        (point == "/sys" && t.next()? == "sysfs").then(|| t.next().map(str::to_string))?
+    });
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    source.is_some_and(|name| {
+        !name.contains('/') && same(&netns_path(&name), Path::new("/proc/self/ns/net"))
+    })
+}
+
 /// The plan for this process, without acting on it (`sticky doctor` reports it).
 pub fn mount_plan() -> MountPlan {
-    // A bpffs already here came from outside this mount namespace (a systemd unit's, a
-    // container's bind mount): pins on it outlive us. `ip netns exec` leaves none: its /sys is
-    // a fresh sysfs.
     if is_bpffs(Path::new("/sys/fs/bpf")) {
         return MountPlan::Keep;
     }
@@ -122,13 +148,13 @@ pub fn mount_plan() -> MountPlan {
     let parent = unsafe { libc::getppid() };
     match (mount_ns("self"), mount_ns(&parent.to_string())) {
         (Some(ours), Some(theirs)) if ours != theirs => {
-            if File::open(format!("/proc/{parent}/ns/mnt")).is_ok() {
+            if sysfs_of_ip_netns_exec() && File::open(format!("/proc/{parent}/ns/mnt")).is_ok() {
                 MountPlan::JoinParent
             } else {
                 MountPlan::Private
             }
         }
-        // Shared, or nothing to compare without /proc: trust the local bpffs.
+        // Shared with the parent, or nothing to compare without /proc.
         _ => MountPlan::Keep,
     }
 }
@@ -143,9 +169,8 @@ pub fn persistent_pins() -> PinScope {
     }
     // SAFETY: no arguments.
     let parent = unsafe { libc::getppid() };
-    // A mount namespace of our own (`ip netns exec`): join the parent's. Joining moves the
-    // working directory to that namespace's root: come back to the same path, so relative
-    // paths (`--config sticky.toml`) keep working.
+    // Joining moves the working directory to that namespace's root: come back to the same
+    // path, so relative paths (`--config sticky.toml`) keep working.
     let cwd = std::env::current_dir().ok();
     let joined = File::open(format!("/proc/{parent}/ns/mnt")).is_ok_and(|ns| {
         // SAFETY: a valid namespace fd; the process has one thread here.
@@ -163,9 +188,9 @@ pub fn persistent_pins() -> PinScope {
 
 /// The one line `sticky run` prints when its pins die with it.
 pub const PROCESS_LIFETIME_WARNING: &str = "warning: pins are private to this process (a mount \
-namespace of its own, as `ip netns exec` makes, and the parent's could not be joined): a \
-restart will drop every connection; run it as `sticky run --netns NAME …` or through \
-`nsenter --net=/run/netns/NAME` instead";
+namespace of its own without the host's bpffs): a restart will drop every connection; run it \
+from the host's mount namespace (`sticky run --netns NAME …`) or bind-mount the host's \
+/sys/fs/bpf into it";
 
 #[cfg(test)]
 mod tests {

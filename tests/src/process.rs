@@ -21,6 +21,9 @@ pub enum Launch {
     IpNetnsExec,
     /// `sticky run --netns NAME …` from the test's own namespaces.
     NetnsFlag,
+    /// `nsenter --net=… unshare --mount` with the host's bpffs unmounted inside: a private
+    /// mount namespace that is not `ip netns exec` (a sandbox), where pins die with it.
+    PrivateMounts,
 }
 
 impl Launch {
@@ -35,6 +38,15 @@ impl Launch {
             Self::IpNetnsExec => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", &ns.name]).arg(bin).args(args);
+                cmd
+            }
+            Self::PrivateMounts => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", ns.path()))
+                    .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("umount -l /sys/fs/bpf && exec \"$0\" \"$@\"")
+                    .arg(bin)
+                    .args(args);
                 cmd
             }
             Self::NetnsFlag => {

@@ -115,3 +115,30 @@ fn unknown_netns_is_a_clear_error_and_changes_nothing() {
     );
     assert!(!Path::new("/sys/fs/bpf/sticky/no-such-netns-test").exists());
 }
+
+/// A private mount namespace that is not `ip netns exec` is the operator's: sticky leaves it,
+/// says in one line that a restart will drop connections, and status says so too.
+#[test]
+fn a_private_mount_namespace_is_left_alone_and_reported() {
+    if !root_or_skip("a_private_mount_namespace_is_left_alone_and_reported") {
+        return;
+    }
+    let topo = Topology::build("nsp", 1, 1).expect("topology");
+    let args = args_with(&topo, &[0], &["--instance", &topo.lb.name]);
+    let daemon = start(Launch::PrivateMounts, &topo, &args);
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("pins are private to this process")),
+        "no warning at start: {:?}",
+        daemon.log
+    );
+    assert_eq!(status(&daemon).pins, "process-lifetime");
+    let host_pins = format!("/sys/fs/bpf/sticky/{}", daemon.instance);
+    assert!(
+        !Path::new(&host_pins).exists(),
+        "pinned on the host's bpffs from a private mount namespace"
+    );
+    assert!(daemon.stop().expect("stop").success());
+}

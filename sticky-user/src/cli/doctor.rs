@@ -94,15 +94,7 @@ fn running(instance: &str) -> anyhow::Result<Target> {
         }
         let status: Status =
             serde_json::from_value(response.data).context("malformed status from the daemon")?;
-        // The peer of the control socket is the daemon: its mount namespace decides whether
-        // its pins persist.
-        let pid = tokio::net::UnixStream::connect(control::socket_path(instance))
-            .await
-            .ok()
-            .and_then(|s| s.peer_cred().ok())
-            .and_then(|c| c.pid())
-            .and_then(|p| u32::try_from(p).ok());
-        Ok(Target::from_status(&status, pid))
+        Ok(Target::from_status(&status))
     })
 }
 

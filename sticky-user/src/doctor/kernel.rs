@@ -1,7 +1,5 @@
 //! Kernel features (tcx, sockmap) and whether pins outlive the process (bpffs).
 
-use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
-
 use aya::util::KernelVersion;
 
 use super::{Code, Line, Target};
@@ -50,93 +48,50 @@ pub fn sockmap(t: &Target) -> Vec<Line> {
     }]
 }
 
-/// Pins live as long as the bpffs they are on. A bpffs mounted inside a private mount
-/// namespace (`ip netns exec` remounts /sys; containers, systemd `PrivateMounts=`) dies with
-/// the last process in it, and the tc links pinned there detach. Checked for `pid` (the
-/// running daemon) or this process, against the outermost mount namespace visible here.
-pub fn bpffs(pid: Option<u32>) -> Vec<Line> {
-    if pid.is_none() && crate::namespaces::mount_plan() == crate::namespaces::MountPlan::JoinParent
-    {
-        return vec![Line::ok(
+/// Pins live as long as the bpffs they are on. Before a start, the rule `sticky run` itself
+/// follows (`namespaces::mount_plan`); for a running daemon, what it reports in its status.
+pub fn bpffs(t: &Target) -> Vec<Line> {
+    use crate::namespaces::{MountPlan, PinScope, mount_plan};
+    let fail = |what: String| {
+        Line::fail(
             Code::Bpffs,
-            "this process has a mount namespace of its own (`ip netns exec`): `sticky run` \
-             started the same way joins its parent's, so its pins outlive it",
-        )];
-    }
-    let subject = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
-    let who = pid.map_or_else(
-        || "this process".to_string(),
-        |p| format!("the daemon (pid {p})"),
-    );
-    let Some((host_pid, host_ns)) = host_mount_ns() else {
-        return vec![Line::skip(
-            Code::Bpffs,
-            "cannot read mount namespaces under /proc",
-        )];
+            what,
+            "bind-mount the host's /sys/fs/bpf into it (systemd: BindPaths=/sys/fs/bpf), or \
+             start sticky from the host's mount namespace with `sticky run --netns NAME …`",
+        )
     };
-    let Some(own_ns) = mount_ns(&subject) else {
-        return vec![Line::skip(
+    let line = match &t.pins {
+        Some(pins) if pins == PinScope::Persistent.name() => Line::ok(
             Code::Bpffs,
-            format!("cannot read the mount namespace of {who}"),
-        )];
-    };
-    if own_ns == host_ns {
-        return vec![Line::ok(
-            Code::Bpffs,
-            format!("{who} shares the host's mount namespace: pins under /sys/fs/bpf outlive it"),
-        )];
-    }
-    let bpffs = |p: &str| {
-        let path = PathBuf::from(format!("/proc/{p}/root/sys/fs/bpf"));
-        let meta = std::fs::metadata(&path).ok()?;
-        crate::namespaces::is_bpffs(&path).then_some(meta.dev())
-    };
-    if let (Some(a), Some(b)) = (bpffs(&subject), bpffs(&host_pid.to_string()))
-        && a == b
-    {
-        return vec![Line::ok(
-            Code::Bpffs,
-            format!("{who} has a private mount namespace, but /sys/fs/bpf is the host's bpffs"),
-        )];
-    }
-    vec![Line::fail(
-        Code::Bpffs,
-        format!(
-            "{who} runs in a private mount namespace (a container, systemd PrivateMounts, a \
-             shell inside `unshare -m`) whose /sys/fs/bpf is not the host's bpffs: pins die \
-             with it, so a restart detaches sticky and resets every connection"
+            "the daemon reports its pins persistent: they outlive it",
         ),
-        "bind-mount the host's /sys/fs/bpf into it (systemd: BindPaths=/sys/fs/bpf), or start \
-         sticky from the host's mount namespace with `sticky run --netns NAME …`",
-    )]
-}
-
-fn mount_ns(pid: &str) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
-}
-
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// The outermost mount namespace among this process's ancestors whose namespace can be read
-/// (PID 1's on a normal host; the nearest readable ancestor's where PID 1 is hidden).
-fn host_mount_ns() -> Option<(u32, PathBuf)> {
-    let mut pid = std::process::id();
-    let mut best = (pid, mount_ns("self")?);
-    while let Some(up) = parent(pid).filter(|&p| p != 0) {
-        match mount_ns(&up.to_string()) {
-            Some(ns) => best = (up, ns),
-            None => break,
-        }
-        pid = up;
-    }
-    Some(best)
+        Some(pins) if pins == PinScope::ProcessLifetime.name() => fail(
+            "the daemon's pins are private to it (a mount namespace of its own without the \
+             host's bpffs): a restart detaches sticky and resets every connection"
+                .to_string(),
+        ),
+        Some(_) => Line::skip(
+            Code::Bpffs,
+            "the daemon does not say how long its pins live (an older sticky)",
+        ),
+        None => match mount_plan() {
+            MountPlan::Keep => Line::ok(
+                Code::Bpffs,
+                "/sys/fs/bpf is a bpffs from outside, or the mount namespace is the parent's: \
+                 pins outlive the process",
+            ),
+            MountPlan::JoinParent => Line::ok(
+                Code::Bpffs,
+                "this process has the mount namespace `ip netns exec` makes: `sticky run` \
+                 started the same way joins its parent's, so its pins outlive it",
+            ),
+            MountPlan::Private => fail(
+                "this process runs in a private mount namespace (`unshare -m`, a sandbox) with \
+                 no bpffs from outside: pins there die with it, so a restart detaches sticky \
+                 and resets every connection"
+                    .to_string(),
+            ),
+        },
+    };
+    vec![line]
 }

@@ -137,8 +137,8 @@ pub struct Target {
     pub backends: Vec<SocketAddr>,
     /// Proxy mode with kernel splicing (needs sockmap).
     pub splice: bool,
-    /// Set when checking a running daemon: its process id (from the control socket).
-    pub daemon_pid: Option<u32>,
+    /// Set when checking a running daemon: how long it says its pins live.
+    pub pins: Option<String>,
 }
 
 impl Target {
@@ -148,17 +148,17 @@ impl Target {
             vips: config.vips.clone(),
             backends: config.backends.iter().map(|b| b.addr).collect(),
             splice: config.proxy.as_ref().is_some_and(|p| p.splice),
-            daemon_pid: None,
+            pins: None,
         }
     }
 
-    pub fn from_status(status: &crate::status::Status, daemon_pid: Option<u32>) -> Self {
+    pub fn from_status(status: &crate::status::Status) -> Self {
         Self {
             ifaces: status.ifaces.clone(),
             vips: status.vips.clone(),
             backends: status.backends.iter().map(|b| b.addr).collect(),
             splice: false,
-            daemon_pid,
+            pins: Some(status.pins.clone()),
         }
     }
 
@@ -175,7 +175,7 @@ pub fn check(target: &Target) -> Vec<Line> {
     lines.extend(hooks::check(target));
     lines.extend(netfilter::check(target));
     lines.extend(paths::mtu(target));
-    lines.extend(kernel::bpffs(target.daemon_pid));
+    lines.extend(kernel::bpffs(target));
     lines.extend(kernel::sockmap(target));
     lines
 }
