@@ -80,7 +80,12 @@ const HOP_BY_HOP: [&str; 7] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, protect: &[&str]) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .filter(|n| *n != HOST && *n != CONTENT_LENGTH && !protect.contains(&n.as_str()))
+        .filter(|n| {
+            *n != HOST
+                && *n != CONTENT_LENGTH
+                && !(upgrade && *n == UPGRADE)
+                && !protect.contains(&n.as_str())
+        })
         .collect();
     for name in named {
         headers.remove(name);
@@ -173,6 +178,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-forwarded-for", "1.2.3.4"),
         ]);
+        h.append(CONNECTION, HeaderValue::from_static("Upgrade"));
         let mut up = h.clone();
         strip_hop_by_hop(&mut h, false, &[X_FORWARDED_FOR]);
         let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();

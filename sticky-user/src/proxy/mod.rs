@@ -19,3 +19,6 @@ pub mod server;
 pub mod sid;
 pub mod splice;
 pub mod upgrade;
+
+#[cfg(test)]
+mod tests;
