@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::{
     body::{Prefix, Relay, read_prefix},
     client_ip::{ClientIpError, client_ip},
-    cookie, framing,
+    cookie, framing, guard,
     pool::Sender,
     routing::{Choice, Reason, choose},
     server::Proxy,
@@ -122,7 +122,10 @@ fn route_of(conn: &Conn, req: &Request<Incoming>) -> Result<Route, Refusal> {
 async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Relay>, Refusal> {
     let proxy = &conn.proxy;
     let cfg = &proxy.config;
-    framing::check(req.headers()).map_err(|e| refusal(400, e.to_string()))?;
+    if let Some(why) = req.headers().get(guard::REFUSED) {
+        let why = String::from_utf8_lossy(why.as_bytes());
+        return Err(refusal(400, format!("request refused: {why}")));
+    }
     let route = route_of(conn, &req)?;
     let upgrade = framing::wants_upgrade(req.headers());
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -23,6 +23,7 @@ use crate::http::{self, HeadError, MAX_HEADERS, ReadError};
 use super::{
     config::ProxyConfig,
     forward::{self, Conn},
+    guard::Guard,
     io::Stream,
     pool::Pool,
     proxy_protocol,
@@ -288,7 +289,8 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> a
     }
     client_read += buf.len() as u64;
     let _ = client.set_nodelay(true);
-    let io = TokioIo::new(Stream::new(client, buf.into(), client_read));
+    let guard = Guard::new(cfg.max_head.max(MIN_HEAD_BUFFER));
+    let io = TokioIo::new(Stream::guarded(client, buf, client_read, guard));
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
         peer,
