@@ -5,7 +5,7 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -29,11 +29,15 @@ use crate::clock::monotonic_ns;
 
 /// Backends tried for a client without live affinity before answering 502.
 const CONNECT_ATTEMPTS: usize = 3;
-/// A request body up to this size is read in full before anything is sent to a backend, so a
-/// malformed one (a bad chunk size) reaches no backend and a failed send can be retried.
+/// A request body up to this size that arrives with its head (within `HOLD_PATIENCE`) is read
+/// in full before anything is sent to a backend, so a malformed one (a bad chunk size)
+/// reaches no backend and a failed send can be retried.
 const BODY_HOLD: usize = 64 * 1024;
 /// A polling handshake's response larger than this is passed on without looking for its sid.
 const HANDSHAKE_HOLD: usize = 4 * 1024;
+/// How long a body is waited for before what came of it is forwarded: a client may stream,
+/// waiting for the response before it sends more.
+const HOLD_PATIENCE: Duration = Duration::from_millis(100);
 
 /// The client connection a request arrived on.
 pub struct Conn {
@@ -133,7 +137,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
     let body = if body.is_end_stream() {
         Prefix::Whole(Bytes::new())
     } else {
-        read_prefix(body, BODY_HOLD)
+        read_prefix(body, BODY_HOLD, HOLD_PATIENCE)
             .await
             .map_err(|e| refusal(400, format!("malformed request body: {e}")))?
     };
@@ -186,7 +190,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
             .put(sid, choice.id, choice.backend.generation, monotonic_ns());
     };
     let mut out = if head.status.is_success() && route.handshake {
-        let prefix = read_prefix(incoming, HANDSHAKE_HOLD)
+        let prefix = read_prefix(incoming, HANDSHAKE_HOLD, HOLD_PATIENCE)
             .await
             .map_err(|e| refusal(502, format!("backend response: {e}")))?;
         if let Prefix::Whole(b) = &prefix

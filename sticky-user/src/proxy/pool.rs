@@ -89,6 +89,7 @@ impl Pool {
         let _ = tcp.set_nodelay(true);
         let io = TokioIo::new(Stream::new(tcp));
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
             .handshake(io)
             .await?;
         tokio::spawn(async move {

@@ -62,6 +62,8 @@ impl Proxy {
             .half_close(true)
             .max_buf_size(config.max_head.max(MIN_HEAD_BUFFER))
             .max_headers(MAX_HEADERS)
+            // Header names as most servers write them (hyper's own are lower case).
+            .title_case_headers(true)
             .auto_date_header(false);
         Self {
             pool: Arc::new(Pool::new(
