@@ -4,7 +4,7 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,6 +14,7 @@ use http::{
     header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, SET_COOKIE},
 };
 use hyper::body::{Body as _, Incoming};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::{
@@ -45,6 +46,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The peer, or a trusted PROXY header's source.
     pub peer_ip: IpAddr,
+    /// Its place under `--max-connections`, taken over by an upgrade.
+    pub slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// An answer sticky gives itself; the connection closes after it.
@@ -168,10 +171,12 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         };
         let on_backend = hyper::upgrade::on(&mut resp);
         let (splicer, after) = (proxy.splicer.clone(), cfg.splice_after);
+        let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
         tokio::spawn(async move {
             if let Err(e) = upgrade::carry(on_client, on_backend, splicer, after).await {
                 debug!("upgraded connection: {e:#}");
             }
+            drop(slot);
         });
         if let Some(sid) = &route.sid {
             proxy

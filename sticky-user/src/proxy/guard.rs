@@ -161,3 +161,56 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     }
     u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in pieces of `size` as a socket would; what passes and the refusal.
+    fn through(stream: &[u8], size: usize) -> (Vec<u8>, Option<Ambiguous>) {
+        let (mut guard, mut held, mut passed) = (Guard::new(8192), Vec::new(), Vec::new());
+        for piece in stream.chunks(size) {
+            held.extend_from_slice(piece);
+            match guard.scan(&held) {
+                Step::Pass(n) => {
+                    passed.extend(held.drain(..n));
+                }
+                Step::Refuse(n, why) => {
+                    passed.extend_from_slice(&held[..n]);
+                    return (passed, Some(why));
+                }
+            }
+        }
+        (passed, None)
+    }
+
+    #[test]
+    fn bodies_are_followed_to_the_next_head_in_any_pieces() {
+        let good = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;x=y\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n\
+            POST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nGET \
+            GET /c HTTP/1.1\r\n\r\n";
+        let bad = b"GET /d HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let stream = [&good[..], &bad[..]].concat();
+        for size in [1, 2, 3, 7, 16, 1000] {
+            let (passed, why) = through(&stream, size);
+            assert_eq!(passed, good, "pieces of {size}");
+            assert_eq!(why, Some(Ambiguous::LengthAndChunked), "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn upgrades_and_what_hyper_refuses_itself_end_the_watch() {
+        let up = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+            GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(through(up, 5), (up.to_vec(), None));
+        let folded = b"GET / HTTP/1.1\r\nX: 1\r\n 2\r\n\r\n";
+        assert_eq!(through(folded, 4), (folded.to_vec(), None));
+        let huge = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'a'; 9000]].concat();
+        assert_eq!(
+            through(&huge, 1000).0,
+            huge,
+            "too large: passed, for hyper's 431"
+        );
+    }
+}

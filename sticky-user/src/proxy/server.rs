@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tracing::{debug, warn};
 
@@ -103,10 +103,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 Ok(slot) => {
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(proxy, stream, peer).await {
+                        if let Err(e) = handle(proxy, stream, peer, slot).await {
                             debug!("proxy connection from {peer}: {e:#}");
                         }
-                        drop(slot);
                     });
                 }
                 Err(_) => {
@@ -237,7 +236,14 @@ async fn read_until<T>(
     }
 }
 
-async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+/// Serves one client connection; `slot` (its place under `--max-connections`) is held until
+/// it closes, by the upgraded connection if it switches protocols.
+async fn handle(
+    proxy: Arc<Proxy>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+) -> anyhow::Result<()> {
     let cfg = &proxy.config;
     let deadline = tokio::time::Instant::now() + cfg.header_timeout;
     let mut buf = Vec::with_capacity(4096);
@@ -297,6 +303,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> a
         proxy: proxy.clone(),
         peer,
         peer_ip,
+        slot: Mutex::new(Some(slot)),
     });
     let service = service_fn(move |req| forward::serve(conn.clone(), req));
     proxy

@@ -679,7 +679,7 @@ async fn backend_connections_are_pooled_bounded_and_closed_when_asked() {
 
 #[tokio::test]
 async fn an_upgrade_hands_both_sockets_over_with_early_bytes() {
-    let rig = Rig::new(|_| {}).await;
+    let rig = Rig::new(|l| l.max_connections = Some(1)).await;
     let mut c = rig.connect().await;
     // A request first, then the upgrade with bytes right behind it in the same write.
     assert_eq!(c.get("/before", &xff(3)).await.status, 200);
@@ -696,6 +696,9 @@ async fn an_upgrade_hands_both_sockets_over_with_early_bytes() {
     let mut got = vec![0u8; 5];
     c.r.read_exact(&mut got).await.unwrap();
     assert_eq!(got, b"early");
+    // The upgraded connection still holds its place under --max-connections.
+    let mut second = rig.connect().await;
+    assert_eq!(second.read(false).await.map(|a| a.status), Some(503));
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let (mut r, mut w) = c.r.into_inner().into_split();
     let p = payload.clone();
