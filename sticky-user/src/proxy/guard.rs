@@ -153,13 +153,24 @@ impl Guard {
     }
 }
 
-/// The size at the start of a chunk-size line (hex digits, before any extension).
+/// The size at the start of a chunk-size line (hex digits, before any extension), read as
+/// hyper reads it: any number of leading zeros, then what fits in 64 bits. A size hyper
+/// would refuse (no digit, an overflow) is `None`: hyper ends the connection on it.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
+    if digits == 0 {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+    let significant = line[..digits]
+        .iter()
+        .position(|&b| b != b'0')
+        .map_or(&[][..], |first| &line[first..digits]);
+    if significant.len() > 16 {
+        return None;
+    }
+    significant.iter().try_fold(0u64, |n, &b| {
+        Some(n << 4 | u64::from(char::from(b).to_digit(16)?))
+    })
 }
 
 #[cfg(test)]
@@ -182,6 +193,16 @@ mod tests {
             }
         }
         (passed, None)
+    }
+
+    #[test]
+    fn chunk_sizes_are_read_as_hyper_reads_them() {
+        assert_eq!(chunk_size(b"1a\r\n"), Some(0x1a));
+        assert_eq!(chunk_size(b"00000000000000000005\r\n"), Some(5));
+        assert_eq!(chunk_size(b"0000\r\n"), Some(0));
+        assert_eq!(chunk_size(b"ffffffffffffffff;ext\r\n"), Some(u64::MAX));
+        assert_eq!(chunk_size(b"10000000000000000\r\n"), None);
+        assert_eq!(chunk_size(b"\r\n"), None);
     }
 
     #[test]
