@@ -15,6 +15,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "procps",
     "redis-server",
     "nftables",
+    "nginx",
+    "haproxy",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
