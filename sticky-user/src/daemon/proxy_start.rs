@@ -64,12 +64,12 @@ pub(super) async fn start_proxy(
             proxy.header_name.clone()
         }
     ));
-    let server = Arc::new(Proxy {
-        config: proxy.clone(),
-        routing: routing.clone(),
-        affinity: AffinityMap::new(affinity),
+    let server = Arc::new(Proxy::new(
+        proxy.clone(),
+        routing.clone(),
+        AffinityMap::new(affinity),
         splicer,
-    });
+    ));
     tokio::spawn(proxy::server::serve(server, listener));
     Ok(routing)
 }

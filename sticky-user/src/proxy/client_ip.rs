@@ -12,6 +12,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::cidr::CidrList;
 use crate::http::{RequestHead, is_token};
 
+/// Request headers to read from: a head parsed here, or hyper's.
+pub trait HeaderSource {
+    /// Every value of header `name` (case-insensitive), in the order sent.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl HeaderSource for RequestHead {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.header_values(name)
+    }
+}
+
+impl HeaderSource for http::HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(http::HeaderValue::as_bytes)
+    }
+}
+
 /// Where the client address is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -79,7 +97,7 @@ pub const MAX_EXCERPT: usize = 100;
 /// 5.3); hops are read from the right past trusted proxies, and if every hop is trusted the
 /// leftmost is the client. IPv4-mapped IPv6 addresses come back as IPv4.
 pub fn client_ip(
-    head: &RequestHead,
+    head: &impl HeaderSource,
     source: &Source,
     peer: IpAddr,
     trusted: &CidrList,
@@ -91,10 +109,7 @@ pub fn client_ip(
     let header = source.header_name();
     // Lossy decoding keeps borrowing in the usual ASCII case; a replaced byte can only make
     // an element fail to parse, never turn it into another address.
-    let values: Vec<Cow<'_, str>> = head
-        .header_values(header)
-        .map(String::from_utf8_lossy)
-        .collect();
+    let values: Vec<Cow<'_, str>> = head.values(header).map(String::from_utf8_lossy).collect();
     if *source == Source::XRealIp {
         return real_ip(header, &values);
     }

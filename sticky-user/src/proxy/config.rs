@@ -19,6 +19,25 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Client connections served at once; each also holds a backend connection.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// How long a kept-alive client connection may wait for its next request head.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Under Node's default `keepAliveTimeout` (5 s): a pooled connection is dropped before its
+/// backend is likely to close it.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+
+/// What the proxy does with `X-Forwarded-For` on the requests it forwards.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedFor {
+    /// Forward it as received.
+    #[default]
+    Keep,
+    /// Add the peer (or the PROXY header's source) at its end, as a proxy does.
+    Append,
+    /// Set it to the client address the request was routed by.
+    Replace,
+}
 
 /// Proxy settings, each optional: one layer from the command line, one from the config file's
 /// `[proxy]` table. A flag's name is its key, except `--proxy` (`listen`) and `--no-splice`
@@ -50,9 +69,9 @@ pub struct ProxyLayer {
     /// Copy bytes in userspace instead of splicing them in the kernel (sockmap).
     #[arg(long = "no-splice", num_args = 0, default_missing_value = "false")]
     pub splice: Option<bool>,
-    /// Also splice connections that moved this many bytes (0: every connection at once)
-    /// [default: only WebSocket upgrades (`101`) are spliced; other connections are copied,
-    /// large buffers after their first MiB].
+    /// Splice an upgraded (`101`, WebSocket) connection only once it moved this many bytes
+    /// after the upgrade, copying them before [default: 0, at once]. Requests before an
+    /// upgrade are always framed and forwarded one by one.
     #[arg(long, value_name = "BYTES")]
     pub splice_after: Option<u64>,
     #[arg(long, value_name = "DURATION", help = with_default(
@@ -76,6 +95,29 @@ pub struct ProxyLayer {
         DEFAULT_MAX_CONNECTIONS,
     ))]
     pub max_connections: Option<usize>,
+    /// X-Forwarded-For sent to backends: keep, append the peer, or replace it with the client
+    /// [default: keep].
+    #[arg(long, value_name = "HOW")]
+    pub forwarded_for: Option<ForwardedFor>,
+    /// Route engine.io / socket.io requests by their session id (`?sid=`) only by client
+    /// [default: by sid first, to the backend that made it].
+    #[arg(long = "no-sid", num_args = 0, default_missing_value = "false")]
+    pub sid: Option<bool>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "Time a kept-alive client connection may wait for its next request",
+        duration::format(DEFAULT_KEEPALIVE_TIMEOUT),
+    ))]
+    pub keepalive_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "Time an unused backend connection is kept for reuse",
+        duration::format(DEFAULT_POOL_IDLE_TIMEOUT),
+    ))]
+    pub pool_idle_timeout: Option<String>,
+    #[arg(long, value_name = "N", help = with_default(
+        "Unused connections kept per backend (0: a new connection per request)",
+        DEFAULT_POOL_MAX_IDLE,
+    ))]
+    pub pool_max_idle: Option<usize>,
 }
 
 merge_fields!(ProxyLayer {
@@ -91,6 +133,11 @@ merge_fields!(ProxyLayer {
     connect_timeout,
     max_head_bytes,
     max_connections,
+    forwarded_for,
+    sid,
+    keepalive_timeout,
+    pool_idle_timeout,
+    pool_max_idle,
 });
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,9 +155,15 @@ pub struct ProxyConfig {
     pub max_head: usize,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
-    /// Splice connections once they moved this many bytes (0: at once); `None`: splice only
-    /// WebSocket upgrades (`101`), copy the rest.
+    /// Splice an upgraded connection once it moved this many bytes after the upgrade;
+    /// `None` or 0: at once.
     pub splice_after: Option<u64>,
+    pub forwarded_for: ForwardedFor,
+    /// Route engine.io requests by their `sid`.
+    pub sid: bool,
+    pub keepalive_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +199,12 @@ impl ProxyLayer {
                 || self.cookie.is_some()
                 || self.ignore_missing_header.is_some()
                 || self.max_connections.is_some()
-                || self.splice_after.is_some();
+                || self.splice_after.is_some()
+                || self.forwarded_for.is_some()
+                || self.sid.is_some()
+                || self.keepalive_timeout.is_some()
+                || self.pool_idle_timeout.is_some()
+                || self.pool_max_idle.is_some();
             return if other {
                 Err(ProxyConfigError::NoListen)
             } else {
@@ -217,6 +275,19 @@ impl ProxyLayer {
             max_head,
             max_connections,
             splice_after: self.splice_after,
+            forwarded_for: self.forwarded_for.unwrap_or_default(),
+            sid: self.sid.unwrap_or(true),
+            keepalive_timeout: dur(
+                "keepalive-timeout",
+                &self.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            )?,
+            pool_idle_timeout: dur(
+                "pool-idle-timeout",
+                &self.pool_idle_timeout,
+                DEFAULT_POOL_IDLE_TIMEOUT,
+            )?,
+            pool_max_idle: self.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
         }))
     }
 }

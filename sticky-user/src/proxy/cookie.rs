@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 
 use sticky_common::Addr16;
 
-use crate::http::{self, RequestHead, is_token};
+use super::client_ip::HeaderSource;
+use crate::http::{self, is_token};
 
 /// The value of the first cookie called exactly `name` across all `Cookie` headers, with
 /// surrounding blanks and one pair of double quotes removed. Cookie names are
 /// case-sensitive (RFC 6265 section 5.4); values that are not UTF-8 are skipped.
-pub fn find(head: &RequestHead, name: &str) -> Option<String> {
-    head.header_values("cookie")
+pub fn find(head: &impl HeaderSource, name: &str) -> Option<String> {
+    head.values("cookie")
         .flat_map(|v| v.split(|&b| b == b';'))
         .filter_map(|pair| {
             let at = pair.iter().position(|&b| b == b'=')?;
@@ -55,7 +56,12 @@ pub fn is_valid_name(name: &str) -> bool {
 /// The header line that sets cookie `name` (see [`is_valid_name`]) to `token` for the whole
 /// site, hidden from scripts and sent on top-level navigations from other sites.
 pub fn set_cookie_line(name: &str, token: &str) -> String {
-    format!("Set-Cookie: {name}={token}; Path=/; HttpOnly; SameSite=Lax\r\n")
+    format!("Set-Cookie: {}\r\n", set_cookie_value(name, token))
+}
+
+/// The `Set-Cookie` value of [`set_cookie_line`].
+pub fn set_cookie_value(name: &str, token: &str) -> String {
+    format!("{name}={token}; Path=/; HttpOnly; SameSite=Lax")
 }
 
 /// `buf`, the first bytes of a backend's response, with header `line` added right after
@@ -125,6 +131,7 @@ fn sip_round(v: &mut [u64; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::RequestHead;
     use crate::http::fuzz::XorShift;
     use crate::http::request::parse;
 

@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use sticky_common::{
     Addr16, BackendState, View,
-    choice::{self, by_affinity, in_slot, slot_of},
+    choice::{self, affinity_holds, by_affinity, in_slot, slot_of},
     maps::{Affinity, NO_BACKEND},
 };
 
@@ -92,6 +92,8 @@ pub type SharedRouting = Arc<RwLock<Routing>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
+    /// An engine.io session id named the backend that made it.
+    Sid,
     Cookie,
     Affinity,
     Table,
@@ -137,18 +139,37 @@ impl AffinityStore for AffinityMap {
 
 /// Picks a backend for `client`, skipping ids in `exclude` (backends that refused a connect).
 ///
+/// `sid` is the backend an engine.io session id belongs to, as an affinity of the session: it
+/// wins while it holds, as a client's own affinity would, and leaves address affinity alone.
+///
 /// With `per_connection` (cookie mode, where many clients may share one address behind a
 /// NAT), a request without a valid cookie is balanced by address *and* source port and leaves
 /// the address's affinity alone: the cookie, not the address, keeps such clients sticky.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one input of the decision"
+)]
 pub fn choose(
     routing: &Routing,
-    affinity: &impl AffinityStore,
+    affinity: &(impl AffinityStore + ?Sized),
     client: IpAddr,
+    sid: Option<Affinity>,
     cookie_token: Option<&str>,
     per_connection: Option<u16>,
     exclude: &[u32],
     now_ns: u64,
 ) -> Option<Choice> {
+    if let Some(held) = sid
+        && affinity_holds(
+            &held,
+            &routing.set.entry(held.backend_id),
+            now_ns,
+            routing.affinity_timeout_ns,
+        )
+        && !exclude.contains(&held.backend_id)
+    {
+        return routing.choice(held.backend_id, Reason::Sid);
+    }
     // A cookie is an affinity the client carries: honoured while its backend honours one.
     if let Some(token) = cookie_token
         && let Some((&id, _)) = routing.tokens.iter().find(|(_, t)| *t == token)
@@ -250,7 +271,7 @@ mod tests {
         exclude: &[u32],
         now: u64,
     ) -> Option<(u32, Reason)> {
-        choose(r, store, c, cookie, None, exclude, now).map(|c| (c.id, c.reason))
+        choose(r, store, c, None, cookie, None, exclude, now).map(|c| (c.id, c.reason))
     }
 
     #[test]
@@ -337,13 +358,47 @@ mod tests {
     }
 
     #[test]
+    fn a_sid_names_its_backend_while_that_holds() {
+        use BackendState::*;
+        let r = routing(&[Up, Up, Down]);
+        let store = Store::default();
+        let c = client(9);
+        let session = |id: u32, at: u64| Affinity {
+            backend_id: id,
+            generation: r.set.entry(id).generation,
+            last_seen_ns: at,
+        };
+        let by_sid = |s: Affinity, now: u64, exclude: &[u32]| {
+            choose(&r, &store, c, Some(s), None, None, exclude, now).map(|c| (c.id, c.reason))
+        };
+        let own = pick(&r, &store, c, None, &[], 0).unwrap().0;
+        let other = 1 - own;
+        store.0.borrow_mut().clear();
+        assert_eq!(
+            by_sid(session(other, 0), 10, &[]),
+            Some((other, Reason::Sid))
+        );
+        assert!(
+            store.0.borrow().is_empty(),
+            "a sid leaves address affinity alone"
+        );
+        // Stale, down, excluded or of another generation: the normal choice.
+        assert_eq!(by_sid(session(other, 0), TIMEOUT + 1, &[]).unwrap().0, own);
+        assert_eq!(by_sid(session(2, 0), 10, &[]).unwrap().1, Reason::Affinity);
+        assert_eq!(by_sid(session(other, 0), 10, &[other]).unwrap().0, own);
+        let mut old = session(other, 0);
+        old.generation += 1;
+        assert_eq!(by_sid(old, 10, &[]).unwrap().0, own);
+    }
+
+    #[test]
     fn per_connection_spreads_by_port_and_leaves_affinity_alone() {
         use BackendState::*;
         let r = routing(&[Up, Up, Up, Up]);
         let store = Store::default();
         let ids: std::collections::BTreeSet<u32> = (40_000..40_064)
             .map(|port| {
-                let got = choose(&r, &store, client(3), None, Some(port), &[], 0).unwrap();
+                let got = choose(&r, &store, client(3), None, None, Some(port), &[], 0).unwrap();
                 assert_eq!(got.reason, Reason::Table);
                 got.id
             })

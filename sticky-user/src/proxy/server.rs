@@ -1,5 +1,6 @@
-//! The proxy listener: per connection, learn the client, pick and reach the backend, forward
-//! the buffered head, then hand the byte pumping to the kernel (or copy).
+//! The proxy listener: per connection, the connection limit, the PROXY header and the first
+//! request head (size limit, slowloris), then hyper serves its requests one by one
+//! (`forward`) until it closes or switches protocols (`upgrade`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -8,37 +9,86 @@ use std::{
 };
 
 use anyhow::Context as _;
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::{
-    clock::monotonic_ns,
-    http::{self, HeadError, ReadError, RequestHead},
-};
+use crate::http::{self, HeadError, MAX_HEADERS, ReadError};
 
 use super::{
-    client_ip::{ClientIpError, client_ip},
     config::ProxyConfig,
-    cookie, proxy_protocol,
-    routing::{AffinityMap, Reason, SharedRouting, choose},
-    splice::{self, Handoff, SharedSplicer},
+    forward::{self, Conn},
+    io::Stream,
+    pool::Pool,
+    proxy_protocol,
+    routing::{AffinityStore, SharedRouting},
+    sid::{self, SidTable},
+    splice::SharedSplicer,
 };
 
-/// Backends tried for a client without live affinity before answering 502.
-const CONNECT_ATTEMPTS: usize = 3;
+/// hyper's smallest read buffer: heads after the first are limited to at least this.
+const MIN_HEAD_BUFFER: usize = 8192;
 
 pub struct Proxy {
     pub config: ProxyConfig,
     pub routing: SharedRouting,
-    pub affinity: AffinityMap,
+    /// The kernel's client-affinity map (another store in tests).
+    pub affinity: Box<dyn AffinityStore + Send + Sync>,
     pub splicer: Option<SharedSplicer>,
+    pub pool: Arc<Pool>,
+    pub sids: SidTable,
+    http: http1::Builder,
+}
+
+impl Proxy {
+    pub fn new(
+        config: ProxyConfig,
+        routing: SharedRouting,
+        affinity: impl AffinityStore + Send + Sync + 'static,
+        splicer: Option<SharedSplicer>,
+    ) -> Self {
+        let affinity_timeout = routing.read().map_or(0, |r| r.affinity_timeout_ns);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            // Starts when the connection waits for a request: the keep-alive idle limit.
+            .header_read_timeout(config.keepalive_timeout)
+            // A client may half-close after its request and still read the answer.
+            .half_close(true)
+            .max_buf_size(config.max_head.max(MIN_HEAD_BUFFER))
+            .max_headers(MAX_HEADERS)
+            .auto_date_header(false);
+        Self {
+            pool: Arc::new(Pool::new(
+                config.pool_max_idle,
+                config.pool_idle_timeout,
+                config.connect_timeout,
+            )),
+            sids: SidTable::new(sid::MAX_ENTRIES, affinity_timeout),
+            http,
+            config,
+            routing,
+            affinity: Box::new(affinity),
+            splicer,
+        }
+    }
 }
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    let sweeper = Arc::downgrade(&proxy.pool);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        while let Some(pool) = {
+            tick.tick().await;
+            sweeper.upgrade()
+        } {
+            pool.sweep();
+        }
+    });
     let limit = proxy.config.max_connections;
     let slots = Arc::new(Semaphore::new(limit));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
@@ -50,7 +100,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 Ok(slot) => {
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(&proxy, stream, peer).await {
+                        if let Err(e) = handle(proxy, stream, peer).await {
                             debug!("proxy connection from {peer}: {e:#}");
                         }
                         drop(slot);
@@ -184,7 +234,7 @@ async fn read_until<T>(
     }
 }
 
-async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
     let cfg = &proxy.config;
     let deadline = tokio::time::Instant::now() + cfg.header_timeout;
     let mut buf = Vec::with_capacity(4096);
@@ -212,6 +262,8 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         buf.drain(..used);
     }
 
+    // The first head is checked here, where its size limit is exact and a client too slow to
+    // send it gets a 408; hyper parses it again, and the later ones alone.
     let parsed = read_until(
         &mut client,
         &mut buf,
@@ -229,176 +281,24 @@ async fn handle(proxy: &Proxy, mut client: TcpStream, peer: SocketAddr) -> anyho
         },
     )
     .await?;
-    let head: RequestHead = match parsed {
-        Waited::Parsed(h) => h,
+    match parsed {
+        Waited::Parsed(_) => {}
         Waited::Closed => return Ok(()),
         Waited::Refused(r) => return refuse(&mut client, r).await,
-    };
-
-    let client_addr = if cfg.proxy_protocol {
-        peer_ip
-    } else {
-        match client_ip(&head, &cfg.source, peer_ip, &cfg.trusted) {
-            Ok(ip) => canonical(ip),
-            Err(ClientIpError::Missing { .. }) if cfg.ignore_missing_header => peer_ip,
-            Err(ClientIpError::Missing { .. }) => {
-                return refuse(
-                    &mut client,
-                    refusal(
-                        400,
-                        "missing header",
-                        format!("missing {} header", cfg.header_name),
-                    ),
-                )
-                .await;
-            }
-            Err(e) => return refuse(&mut client, refusal(400, "bad header", e.to_string())).await,
-        }
-    };
-
-    let token = cfg
-        .cookie
-        .as_ref()
-        .and_then(|name| cookie::find(&head, name));
-    // Cookie mode spreads cookieless requests per connection (see `routing::choose`).
-    let per_connection = cfg.cookie.as_ref().map(|_| peer.port());
-    let (mut backend, choice) =
-        match connect(proxy, client_addr, token.as_deref(), per_connection).await {
-            Ok(found) => found,
-            Err(r) => return refuse(&mut client, r).await,
-        };
-    let _ = client.set_nodelay(true);
-    let _ = backend.set_nodelay(true);
+    }
     client_read += buf.len() as u64;
-    backend
-        .write_all(&buf)
+    let _ = client.set_nodelay(true);
+    let io = TokioIo::new(Stream::new(client, buf.into(), client_read));
+    let conn = Arc::new(Conn {
+        proxy: proxy.clone(),
+        peer,
+        peer_ip,
+    });
+    let service = service_fn(move |req| forward::serve(conn.clone(), req));
+    proxy
+        .http
+        .serve_connection(io, service)
+        .with_upgrades()
         .await
-        .context("forward the request head")?;
-    let mut backend_read = 0u64;
-
-    // Cookie insert (HAProxy `cookie insert`): tell a client without a valid cookie where it
-    // landed, in the first response.
-    if let Some(name) = &cfg.cookie
-        && (choice.reason != Reason::Cookie
-            || token.as_deref() != Some(choice.backend.token.as_str()))
-    {
-        let line = cookie::set_cookie_line(name, &choice.backend.token);
-        let mut response = Vec::with_capacity(4096);
-        let answer_deadline = tokio::time::Instant::now() + cfg.header_timeout;
-        let read = http::read::until(&mut backend, &mut response, answer_deadline, |b| {
-            match cookie::insert_into_response(b, &line) {
-                Some(with_cookie) => Ok(Some(with_cookie)),
-                // No status line within the limit (not HTTP/1.x, say): passed on untouched.
-                None if b.len() > cfg.max_head => Err(()),
-                None => Ok(None),
-            }
-        })
-        .await;
-        backend_read += response.len() as u64;
-        match read {
-            Ok(with_cookie) => client.write_all(&with_cookie).await?,
-            Err(ReadError::Parse(())) => client.write_all(&response).await?,
-            Err(ReadError::Closed | ReadError::Timeout) => {
-                client.write_all(&response).await?;
-                let _ = client.shutdown().await;
-                return Ok(());
-            }
-            Err(ReadError::Io(e)) => return Err(e.into()),
-        }
-    }
-
-    // Short exchanges stay in small userspace buffers. A WebSocket (101) is spliced: the
-    // kernel carries it for its whole life with no proxy CPU. A connection that outgrows the
-    // small buffers is copied with large ones (faster than the splice for bulk here, see the
-    // README), or spliced when `--splice-after` asks for it.
-    let limit = cfg.splice_after.unwrap_or(SMALL_PHASE);
-    let splice_now = match splice::copy_until(&mut client, &mut backend, limit).await? {
-        Handoff::Closed => return Ok(()),
-        Handoff::Grown {
-            client_read: c,
-            backend_read: b,
-            upgraded,
-        } => {
-            client_read += c;
-            backend_read += b;
-            upgraded || cfg.splice_after.is_some()
-        }
-    };
-    match &proxy.splicer {
-        Some(splicer) if splice_now => {
-            if let Err((c, b, why)) =
-                splice::splice(splicer, client, backend, client_read, backend_read).await
-            {
-                debug!("copying instead of splicing: {why}");
-                splice::copy(c, b).await?;
-            }
-        }
-        _ => {
-            splice::copy(client, backend).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Bytes a connection moves through small buffers before it gets large ones (or the splice).
-const SMALL_PHASE: u64 = 1 << 20;
-
-/// Chooses and connects; a client with no live affinity or cookie moves on to the next
-/// backend when one refuses, an affine one gets 502 (moving it would lose its session).
-async fn connect(
-    proxy: &Proxy,
-    client: IpAddr,
-    token: Option<&str>,
-    per_connection: Option<u16>,
-) -> Result<(TcpStream, super::routing::Choice), Refusal> {
-    let mut exclude = Vec::new();
-    for _ in 0..CONNECT_ATTEMPTS {
-        let choice = {
-            let routing = proxy
-                .routing
-                .read()
-                .map_err(|_| refusal(500, "internal", "routing state poisoned"))?;
-            choose(
-                &routing,
-                &proxy.affinity,
-                client,
-                token,
-                per_connection,
-                &exclude,
-                monotonic_ns(),
-            )
-        };
-        let Some(choice) = choice else {
-            return Err(refusal(503, "no backend", "no backend in service"));
-        };
-        let started = Instant::now();
-        match tokio::time::timeout(
-            proxy.config.connect_timeout,
-            TcpStream::connect(choice.backend.addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => return Ok((stream, choice)),
-            outcome => {
-                info!(
-                    "backend {} unreachable for {client} after {:?}: {}",
-                    choice.backend.addr,
-                    started.elapsed(),
-                    match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timeout".into(),
-                    }
-                );
-                if choice.reason != Reason::Table {
-                    return Err(refusal(
-                        502,
-                        "backend down",
-                        format!("backend {} unreachable", choice.backend.addr),
-                    ));
-                }
-                exclude.push(choice.id);
-            }
-        }
-    }
-    Err(refusal(502, "backends down", "no backend reachable"))
+        .context("client connection")
 }

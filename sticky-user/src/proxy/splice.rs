@@ -23,8 +23,6 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::http;
-
 /// Copy buffers: large buffers copy 2× faster than tokio's default 8 KiB here.
 pub const COPY_BUFFER: usize = 256 * 1024;
 
@@ -356,23 +354,16 @@ pub async fn splice(
 pub enum Handoff {
     /// The connection ended while copying: nothing left to do.
     Closed,
-    /// The connection outgrew the small buffers or switched protocols; userspace read this
-    /// much from each side while copying.
-    Grown {
-        client_read: u64,
-        backend_read: u64,
-        /// The backend answered `101 Switching Protocols` (a WebSocket).
-        upgraded: bool,
-    },
+    /// The connection moved `limit` bytes; userspace read this much from each side.
+    Grown { client_read: u64, backend_read: u64 },
 }
 
 /// Buffers of the copy phase: short exchanges only (longer ones get spliced).
 const PHASE_BUFFER: usize = 16 * 1024;
 
-/// Copies both ways until `limit` bytes have passed (both directions together) or the backend
-/// switched protocols (`101`, a WebSocket upgrade), then returns with no byte held in
-/// userspace so the connection can be spliced or copied with large buffers; or copies to the
-/// end when it closes first. Short request/response exchanges never pay for either.
+/// Copies both ways until `limit` bytes have passed (both directions together), then returns
+/// with no byte held in userspace so the connection can be spliced; or copies to the end when
+/// it closes first. Short upgraded exchanges never pay for the splice (`--splice-after`).
 pub async fn copy_until(
     client: &mut TcpStream,
     backend: &mut TcpStream,
@@ -382,8 +373,7 @@ pub async fn copy_until(
     let (mut br, mut bw) = backend.split();
     let (mut up, mut down) = (vec![0u8; PHASE_BUFFER], vec![0u8; PHASE_BUFFER]);
     let (mut from_client, mut from_backend) = (0u64, 0u64);
-    let mut upgraded = false;
-    while from_client + from_backend < limit && !upgraded {
+    while from_client + from_backend < limit {
         tokio::select! {
             r = cr.read(&mut up) => {
                 let n = r?;
@@ -404,7 +394,6 @@ pub async fn copy_until(
                     bw.shutdown().await?;
                     return Ok(Handoff::Closed);
                 }
-                upgraded = switches_protocols(&down[..n]);
                 cw.write_all(&down[..n]).await?;
                 from_backend += n as u64;
             }
@@ -413,18 +402,7 @@ pub async fn copy_until(
     Ok(Handoff::Grown {
         client_read: from_client,
         backend_read: from_backend,
-        upgraded,
     })
-}
-
-/// A chunk starting a `101` response: the connection leaves HTTP (WebSocket). Looked for at
-/// the start of every chunk from the backend: a body that happens to start so only splices
-/// earlier.
-fn switches_protocols(bytes: &[u8]) -> bool {
-    matches!(
-        http::status_line(bytes),
-        Ok(Some(http::StatusLine { code: 101, .. }))
-    )
 }
 
 /// The userspace path: copies both ways with large buffers, forwarding half-closes.
@@ -453,16 +431,6 @@ mod tests {
         buf
     }
 
-    #[test]
-    fn recognises_protocol_switches() {
-        assert!(switches_protocols(b"HTTP/1.1 101 Switching Protocols\r\n"));
-        assert!(switches_protocols(b"HTTP/1.0 101 x"));
-        assert!(!switches_protocols(b"HTTP/1.1 200 OK\r\n"));
-        assert!(!switches_protocols(b"HTTP/1.1 1010"));
-        assert!(!switches_protocols(b"HTTP/1.1 10"));
-        assert!(!switches_protocols(b"xxxx/1.1 101 "));
-    }
-
     #[tokio::test]
     async fn copies_until_the_limit_then_hands_over_with_nothing_held() {
         let ((mut client, mut client_in), (mut backend_in, mut backend)) =
@@ -481,26 +449,6 @@ mod tests {
             Handoff::Grown {
                 client_read: 60,
                 backend_read: 50,
-                upgraded: false
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn an_upgrade_hands_over_at_once() {
-        let ((mut client, mut client_in), (mut backend_in, mut backend)) =
-            (pair().await, pair().await);
-        let phase =
-            tokio::spawn(async move { copy_until(&mut client_in, &mut backend_in, 1 << 30).await });
-        let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
-        backend.write_all(answer).await.expect("write");
-        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
-        assert_eq!(
-            phase.await.expect("task").expect("copy"),
-            Handoff::Grown {
-                client_read: 0,
-                backend_read: answer.len() as u64,
-                upgraded: true
             }
         );
     }

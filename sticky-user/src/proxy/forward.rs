@@ -1,0 +1,316 @@
+//! One request: its client, session and cookie; its backend by the shared decision; sent over
+//! a pooled backend connection; its response with the cookie set and the session learnt.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Version,
+    header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, SET_COOKIE},
+};
+use hyper::body::{Body as _, Incoming};
+use tracing::{debug, info};
+
+use super::{
+    body::{Prefix, Relay, read_prefix},
+    client_ip::{ClientIpError, client_ip},
+    cookie, framing,
+    pool::Sender,
+    routing::{Choice, Reason, choose},
+    server::Proxy,
+    sid, upgrade,
+};
+use crate::clock::monotonic_ns;
+
+/// Backends tried for a client without live affinity before answering 502.
+const CONNECT_ATTEMPTS: usize = 3;
+/// A request body up to this size is read in full before anything is sent to a backend, so a
+/// malformed one (a bad chunk size) reaches no backend and a failed send can be retried.
+const BODY_HOLD: usize = 64 * 1024;
+/// A polling handshake's response larger than this is passed on without looking for its sid.
+const HANDSHAKE_HOLD: usize = 4 * 1024;
+
+/// The client connection a request arrived on.
+pub struct Conn {
+    pub proxy: Arc<Proxy>,
+    pub peer: SocketAddr,
+    /// The peer, or a trusted PROXY header's source.
+    pub peer_ip: IpAddr,
+}
+
+/// An answer sticky gives itself; the connection closes after it.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub detail: String,
+}
+
+pub fn refusal(status: u16, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        detail: detail.into(),
+    }
+}
+
+impl Refusal {
+    fn response(self) -> Response<Relay> {
+        let mut r = Response::new(Relay::bytes(format!("{}\n", self.detail)));
+        *r.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let h = r.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    }
+}
+
+/// hyper's service: every request gets an answer, the backend's or sticky's.
+pub async fn serve(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<Relay>, Infallible> {
+    Ok(match forward(&conn, req).await {
+        Ok(r) => r,
+        Err(r) => {
+            debug!("proxy {}: {} {}", conn.peer, r.status, r.detail);
+            r.response()
+        }
+    })
+}
+
+/// What the request says about routing, read before its headers are changed.
+struct Route {
+    client: IpAddr,
+    token: Option<String>,
+    sid: Option<String>,
+    handshake: bool,
+}
+
+fn route_of(conn: &Conn, req: &Request<Incoming>) -> Result<Route, Refusal> {
+    let cfg = &conn.proxy.config;
+    let client = if cfg.proxy_protocol {
+        conn.peer_ip
+    } else {
+        match client_ip(req.headers(), &cfg.source, conn.peer_ip, &cfg.trusted) {
+            Ok(ip) => ip.to_canonical(),
+            Err(ClientIpError::Missing { .. }) if cfg.ignore_missing_header => conn.peer_ip,
+            Err(ClientIpError::Missing { .. }) => {
+                return Err(refusal(400, format!("missing {} header", cfg.header_name)));
+            }
+            Err(e) => return Err(refusal(400, e.to_string())),
+        }
+    };
+    let token = cfg
+        .cookie
+        .as_ref()
+        .and_then(|name| cookie::find(req.headers(), name));
+    let engine = cfg
+        .sid
+        .then(|| req.uri().path_and_query())
+        .flatten()
+        .and_then(|pq| sid::from_target(pq.as_str()));
+    Ok(Route {
+        client,
+        token,
+        sid: engine.as_ref().and_then(|e| e.sid.map(str::to_owned)),
+        handshake: engine.is_some_and(|e| e.sid.is_none() && !e.websocket)
+            && req.method() == Method::GET,
+    })
+}
+
+async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Relay>, Refusal> {
+    let proxy = &conn.proxy;
+    let cfg = &proxy.config;
+    framing::check(req.headers()).map_err(|e| refusal(400, e.to_string()))?;
+    let route = route_of(conn, &req)?;
+    let upgrade = framing::wants_upgrade(req.headers());
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let body = if body.is_end_stream() {
+        Prefix::Whole(Bytes::new())
+    } else {
+        read_prefix(body, BODY_HOLD)
+            .await
+            .map_err(|e| refusal(400, format!("malformed request body: {e}")))?
+    };
+    let replayable = matches!(body, Prefix::Whole(_));
+    let protect = [cfg.source.header_name(), framing::X_FORWARDED_FOR];
+    framing::strip_hop_by_hop(&mut parts.headers, upgrade, &protect);
+    framing::forwarded_for(
+        &mut parts.headers,
+        cfg.forwarded_for,
+        conn.peer_ip,
+        route.client,
+    );
+    // hyper answered an `Expect: 100-continue` when the body was read.
+    parts.headers.remove(EXPECT);
+    parts.version = Version::HTTP_11;
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+
+    let mut body = Some(Relay::from_prefix(body));
+    let (mut resp, sender, choice) =
+        send(conn, &route, &parts, &mut body, idempotent && replayable).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(on_client) = on_client_upgrade else {
+            return Err(refusal(502, "backend switched protocols unasked"));
+        };
+        let on_backend = hyper::upgrade::on(&mut resp);
+        let (splicer, after) = (proxy.splicer.clone(), cfg.splice_after);
+        tokio::spawn(async move {
+            if let Err(e) = upgrade::carry(on_client, on_backend, splicer, after).await {
+                debug!("upgraded connection: {e:#}");
+            }
+        });
+        if let Some(sid) = &route.sid {
+            proxy
+                .sids
+                .put(sid, choice.id, choice.backend.generation, monotonic_ns());
+        }
+        drop(sender);
+        return Ok(resp.map(|_| Relay::empty()));
+    }
+
+    let keep = !framing::wants_close(resp.headers()) && resp.version() == Version::HTTP_11;
+    let (mut head, incoming) = resp.into_parts();
+    let learn = |sid: &str| {
+        proxy
+            .sids
+            .put(sid, choice.id, choice.backend.generation, monotonic_ns());
+    };
+    let mut out = if head.status.is_success() && route.handshake {
+        let prefix = read_prefix(incoming, HANDSHAKE_HOLD)
+            .await
+            .map_err(|e| refusal(502, format!("backend response: {e}")))?;
+        if let Prefix::Whole(b) = &prefix
+            && let Some(sid) = sid::from_handshake(b)
+        {
+            learn(&sid);
+        }
+        Relay::from_prefix(prefix)
+    } else {
+        if head.status.is_success()
+            && let Some(sid) = &route.sid
+        {
+            learn(sid);
+        }
+        Relay::stream(incoming)
+    };
+    framing::strip_hop_by_hop(&mut head.headers, false, &[]);
+    if let Some(name) = &cfg.cookie
+        && (choice.reason != Reason::Cookie
+            || route.token.as_deref() != Some(choice.backend.token.as_str()))
+        && let Ok(v) = HeaderValue::from_str(&cookie::set_cookie_value(name, &choice.backend.token))
+    {
+        head.headers.append(SET_COOKIE, v);
+    }
+    if keep {
+        out = out.then(proxy.pool.lend(choice.backend.addr, sender));
+    }
+    Ok(Response::from_parts(head, out))
+}
+
+/// A new request to the backend from the parts kept for retries.
+fn request(parts: &http::request::Parts, body: Relay, backend: SocketAddr) -> Request<Relay> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = parts.headers.clone();
+    if !req.headers().contains_key(HOST)
+        && let Ok(v) = HeaderValue::from_str(&backend.to_string())
+    {
+        req.headers_mut().insert(HOST, v);
+    }
+    req
+}
+
+/// Chooses a backend, reaches it (moving on for a client without live affinity when one
+/// refuses), and sends; a pooled connection that turns out dead is replaced once, when the
+/// request was not written yet or may be sent twice.
+async fn send(
+    conn: &Conn,
+    route: &Route,
+    parts: &http::request::Parts,
+    body: &mut Option<Relay>,
+    resendable: bool,
+) -> Result<(Response<Incoming>, Sender, Choice), Refusal> {
+    let proxy = &conn.proxy;
+    let cfg = &proxy.config;
+    // Cookie mode spreads cookieless requests per connection (see `routing::choose`).
+    let per_connection = cfg.cookie.as_ref().map(|_| conn.peer.port());
+    let session = route.sid.as_deref().and_then(|s| proxy.sids.get(s));
+    let mut exclude = Vec::new();
+    for _ in 0..CONNECT_ATTEMPTS {
+        let choice = {
+            let routing = proxy
+                .routing
+                .read()
+                .map_err(|_| refusal(500, "routing state poisoned"))?;
+            choose(
+                &routing,
+                proxy.affinity.as_ref(),
+                route.client,
+                session,
+                route.token.as_deref(),
+                per_connection,
+                &exclude,
+                monotonic_ns(),
+            )
+        };
+        let Some(choice) = choice else {
+            return Err(refusal(503, "no backend in service"));
+        };
+        let addr = choice.backend.addr;
+        let (mut sender, reused) = match proxy.pool.take(addr).await {
+            Some(s) => (s, true),
+            None => {
+                let started = Instant::now();
+                match proxy.pool.connect(addr).await {
+                    Ok(s) => (s, false),
+                    Err(e) => {
+                        info!(
+                            "backend {addr} unreachable for {} after {:?}: {e}",
+                            route.client,
+                            started.elapsed()
+                        );
+                        if choice.reason != Reason::Table {
+                            return Err(refusal(502, format!("backend {addr} unreachable")));
+                        }
+                        exclude.push(choice.id);
+                        continue;
+                    }
+                }
+            }
+        };
+        let spare = body.as_ref().filter(|_| resendable).and_then(Relay::copy);
+        let Some(b) = body.take() else {
+            return Err(refusal(502, "request body lost"));
+        };
+        match sender.try_send_request(request(parts, b, addr)).await {
+            Ok(resp) => return Ok((resp, sender, choice)),
+            Err(mut e) => {
+                debug!("backend {addr} (reused: {reused}): {}", e.error());
+                let unsent = e.take_message().map(Request::into_body);
+                let again = unsent.or(spare.filter(|_| reused));
+                let Some(again) = again else {
+                    return Err(refusal(502, format!("backend {addr}: {}", e.error())));
+                };
+                let mut fresh = proxy
+                    .pool
+                    .connect(addr)
+                    .await
+                    .map_err(|e| refusal(502, format!("backend {addr} unreachable: {e}")))?;
+                return match fresh.try_send_request(request(parts, again, addr)).await {
+                    Ok(resp) => Ok((resp, fresh, choice)),
+                    Err(e) => Err(refusal(502, format!("backend {addr}: {}", e.error()))),
+                };
+            }
+        }
+    }
+    Err(refusal(502, "no backend reachable"))
+}

@@ -1,0 +1,209 @@
+//! What the proxy checks and changes in a request's or response's headers: framing that two
+//! parsers could read differently is refused (request smuggling); hop-by-hop headers stay on
+//! their hop, so hyper frames every message it forwards itself; X-Forwarded-For as asked.
+
+use std::net::IpAddr;
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE},
+};
+
+use super::config::ForwardedFor;
+
+/// Why a request's framing is refused. hyper itself (httparse underneath) already refuses
+/// obsolete line folding, whitespace before a colon, a bare CR, invalid or conflicting
+/// Content-Length values, a Transfer-Encoding that does not end in `chunked` and invalid
+/// chunk sizes; these are the cases it accepts by resolving them one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ambiguous {
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
+    #[error("more than one Content-Length")]
+    SeveralLengths,
+    #[error("Transfer-Encoding other than a single chunked")]
+    Coding,
+}
+
+/// Refuses framing that some server behind could read otherwise than hyper does.
+pub fn check(headers: &HeaderMap) -> Result<(), Ambiguous> {
+    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+    let codings: Vec<&HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if lengths > 1 {
+        return Err(Ambiguous::SeveralLengths);
+    }
+    if codings.is_empty() {
+        return Ok(());
+    }
+    if lengths > 0 {
+        return Err(Ambiguous::LengthAndChunked);
+    }
+    match codings.as_slice() {
+        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(Ambiguous::Coding),
+    }
+}
+
+/// Whether `headers` ask to switch protocols: `Connection: upgrade` and an `Upgrade`.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+        && headers.contains_key(UPGRADE)
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the message asks to close its connection after it.
+pub fn wants_close(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the headers meant for this hop only (RFC 9110 §7.6.1), those the `Connection`
+/// header names included, except `Host` and `Content-Length` and the names in `protect`.
+/// With `upgrade`, `Connection: upgrade` and `Upgrade` stay (the handshake goes through).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, protect: &[&str]) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| *n != HOST && *n != CONTENT_LENGTH && !protect.contains(&n.as_str()))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if !(upgrade && name == "upgrade") {
+            headers.remove(name);
+        }
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Applies `--forwarded-for`: `peer` is the connection's peer (or a trusted PROXY header's
+/// source), `client` the address the request was routed by.
+pub fn forwarded_for(headers: &mut HeaderMap, how: ForwardedFor, peer: IpAddr, client: IpAddr) {
+    let name = HeaderName::from_static(X_FORWARDED_FOR);
+    let value = match how {
+        ForwardedFor::Keep => return,
+        ForwardedFor::Replace => client.to_string(),
+        ForwardedFor::Append => {
+            let mut list: Vec<String> = headers
+                .get_all(&name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            list.push(peer.to_string());
+            list.join(", ")
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        use Ambiguous::*;
+        let c = |p: &[(&str, &str)]| check(&headers(p));
+        assert_eq!(c(&[("content-length", "5")]), Ok(()));
+        assert_eq!(c(&[("transfer-encoding", "Chunked ")]), Ok(()));
+        assert_eq!(c(&[]), Ok(()));
+        assert_eq!(
+            c(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+            Err(LengthAndChunked)
+        );
+        assert_eq!(
+            c(&[("content-length", "5"), ("content-length", "5")]),
+            Err(SeveralLengths)
+        );
+        assert_eq!(
+            c(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]),
+            Err(Coding)
+        );
+        assert_eq!(c(&[("transfer-encoding", "gzip, chunked")]), Err(Coding));
+        assert_eq!(c(&[("transfer-encoding", "xchunked")]), Err(Coding));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_on_their_hop() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret, host, content-length"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("host", "a"),
+            ("content-length", "3"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false, &[X_FORWARDED_FOR]);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "x-forwarded-for"]);
+        strip_hop_by_hop(&mut up, true, &[]);
+        assert_eq!(up["connection"], "upgrade");
+        assert_eq!(up["upgrade"], "websocket");
+        assert!(!up.contains_key("te"));
+    }
+
+    #[test]
+    fn forwarded_for_keeps_appends_or_replaces() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        let start = || {
+            headers(&[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+            ])
+        };
+        let mut h = start();
+        forwarded_for(&mut h, ForwardedFor::Keep, peer, client);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 2);
+        forwarded_for(&mut h, ForwardedFor::Append, peer, client);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        let mut h = start();
+        forwarded_for(&mut h, ForwardedFor::Replace, peer, client);
+        assert_eq!(h[X_FORWARDED_FOR], "198.51.100.7");
+        let mut h = HeaderMap::new();
+        forwarded_for(&mut h, ForwardedFor::Append, peer, client);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+    }
+}
