@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("control_message", control_message),
     ("cidr_list", cidr_list),
     ("metrics_request", metrics_request),
+    ("request_framing", request_framing),
 ];
 
 /// The proxies the forwarding-header targets trust.
@@ -57,6 +58,106 @@ pub fn request_head(data: &[u8]) {
         Ok(None) => assert!(buf.len() < limit, "waiting for bytes past the limit"),
         Err(HeadError::TooLarge { .. }) => assert!(buf.len() >= limit),
         Err(_) => {}
+    }
+}
+
+/// `[flags, request...]`: a request head as hyper's parser (httparse) reads it, then what the
+/// proxy does before forwarding it: the framing check against request smuggling, the
+/// engine.io parameters of its target, hop-by-hop headers stripped for the backend's hop and
+/// `--forwarded-for` (flags bits 0-1) applied; bytes after the head go through the polling
+/// handshake's sid reader, as a response body would.
+pub fn request_framing(data: &[u8]) {
+    use ::http::{HeaderMap, HeaderName, HeaderValue};
+    use sticky::proxy::{config::ForwardedFor, framing, sid};
+
+    let Some((flags, buf)) = data.split_first() else {
+        return;
+    };
+    let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let Ok(httparse::Status::Complete(len)) = req.parse(buf) else {
+        return;
+    };
+    let _ = sid::from_handshake(&buf[len..]);
+    let mut headers = HeaderMap::new();
+    for h in req.headers.iter() {
+        // hyper refuses a head whose names or values these refuse.
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return;
+        };
+        headers.append(name, value);
+    }
+    // Unambiguous framing: at most one Content-Length, or a single `chunked` coding alone.
+    let count = |h: &HeaderMap, name: &str| h.get_all(name).iter().count();
+    let (lengths, codings) = (
+        count(&headers, "content-length"),
+        count(&headers, "transfer-encoding"),
+    );
+    let single_chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let unambiguous =
+        lengths <= 1 && (codings == 0 || (lengths == 0 && codings == 1 && single_chunked));
+    assert_eq!(framing::check(&headers).is_ok(), unambiguous, "{headers:?}");
+
+    let target = req.path.unwrap_or("");
+    if let Some(s) = sid::from_target(target).and_then(|eio| eio.sid) {
+        assert!(!s.is_empty() && target.contains(s));
+        assert!(
+            !s.contains('&') && !s.contains('#'),
+            "sid {s:?} of {target:?}"
+        );
+    }
+
+    let upgrade = framing::wants_upgrade(&headers);
+    let hosts = count(&headers, "host");
+    let xff_before = count(&headers, framing::X_FORWARDED_FOR);
+    framing::strip_hop_by_hop(&mut headers, upgrade, &[framing::X_FORWARDED_FOR]);
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        assert!(!headers.contains_key(name), "{name} left for the backend");
+    }
+    if upgrade {
+        assert_eq!(count(&headers, "connection"), 1);
+        assert!(headers.contains_key("upgrade"));
+    } else {
+        assert!(!headers.contains_key("connection") && !headers.contains_key("upgrade"));
+    }
+    assert_eq!(count(&headers, "host"), hosts, "Host is end to end");
+    assert_eq!(
+        count(&headers, "content-length"),
+        lengths,
+        "Content-Length is end to end"
+    );
+
+    let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let client = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+    let how = match flags % 3 {
+        0 => ForwardedFor::Keep,
+        1 => ForwardedFor::Append,
+        _ => ForwardedFor::Replace,
+    };
+    framing::forwarded_for(&mut headers, how, peer, client);
+    let xff: Vec<&[u8]> = headers
+        .get_all(framing::X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    match how {
+        ForwardedFor::Keep => assert_eq!(xff.len(), xff_before),
+        ForwardedFor::Replace => assert_eq!(xff, [client.to_string().as_bytes()]),
+        ForwardedFor::Append => {
+            assert_eq!(xff.len(), 1);
+            assert!(xff[0].ends_with(peer.to_string().as_bytes()), "{xff:?}");
+        }
     }
 }
 

@@ -796,8 +796,10 @@ enum Refused {
 }
 
 /// Request smuggling and malformed framing. `{P}` is replaced with a marker in the target of
-/// the request, `{S}` with a marker in the request hidden in its body; every request carries
-/// X-Forwarded-For so that a refusal is never about the client address.
+/// the request, `{S}` with a marker in the request hidden in its body, both 9 bytes, so the
+/// chunk sizes are exact (`24`: the 36 bytes of the smuggled request): only the framing rule
+/// a case breaks can refuse it. Every request carries X-Forwarded-For so that a refusal is
+/// never about the client address.
 const SMUGGLING: &[(&str, Refused, &str)] = &[
     (
         "cl_te",
@@ -810,13 +812,13 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\
          Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n\
-         2c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+         24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "te_xchunked_with_cl",
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 4\r\n\
-         Transfer-Encoding: xchunked\r\n\r\n5c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
+         Transfer-Encoding: xchunked\r\n\r\n24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "te_xchunked",
@@ -828,7 +830,7 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
         "te_space_before_colon",
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 4\r\n\
-         Transfer-Encoding : chunked\r\n\r\n5c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
+         Transfer-Encoding : chunked\r\n\r\n24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "te_duplicate_obfuscated",
@@ -842,7 +844,7 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 4\r\n\
          Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n\
-         5c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
+         24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "te_chunked_not_last",
@@ -854,7 +856,7 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
         "te_obs_fold",
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 4\r\n\
-         Transfer-Encoding:\r\n chunked\r\n\r\n5c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
+         Transfer-Encoding:\r\n chunked\r\n\r\n24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "cl_duplicate_different",
@@ -921,7 +923,7 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
         Refused::Head,
         "POST /{P} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\
          X-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n\
-         5c\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
+         24\r\nGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
     ),
     (
         "chunk_size_invalid",
@@ -955,6 +957,11 @@ const SMUGGLING: &[(&str, Refused, &str)] = &[
          Transfer-Encoding: chunked\r\n\r\n3\r\nabcGET /{S} HTTP/1.1\r\nHost: x\r\n\r\n0\r\n\r\n",
     ),
 ];
+
+/// The markers' common part for case `n`, alone or after a good request: 3 bytes.
+fn marker(n: usize, after_good: bool) -> String {
+    format!("{n:02}{}", if after_good { 'b' } else { 'a' })
+}
 
 /// What a connection got: its bytes, and whether the peer closed it (EOF or reset) within
 /// the read timeout.
@@ -990,17 +997,18 @@ fn smuggling_is_refused_before_any_backend_sees_it() {
     let _daemon = start_sticky(&topo, to, "198.18.0.2/32", plan::BACKEND_PORT, &[]);
     let mut failures = Vec::new();
     // Each case alone on a connection, then after a good request on the same connection.
-    for (name, level, template) in SMUGGLING {
+    for (n, (name, level, template)) in SMUGGLING.iter().enumerate() {
         for after_good in [false, true] {
             let tag = format!("{name}{}", if after_good { "-2nd" } else { "" });
+            let id = marker(n, after_good);
             let fill = |t: &str| {
-                t.replace("{P}", &format!("PMARK-{tag}"))
-                    .replace("{S}", &format!("SMARK-{tag}"))
+                t.replace("{P}", &format!("PMARK-{id}"))
+                    .replace("{S}", &format!("SMARK-{id}"))
             };
             let mut bytes = String::new();
             if after_good {
                 bytes.push_str(&format!(
-                    "GET /GOOD-{tag} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+                    "GET /GOOD-{id} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
                 ));
             }
             bytes.push_str(&fill(template));
@@ -1010,7 +1018,7 @@ fn smuggling_is_refused_before_any_backend_sees_it() {
                 .expect("client namespace");
             // A good request first is answered first, by a backend.
             let rest = if after_good {
-                match got.split_once(&format!(" /GOOD-{tag}\n")) {
+                match got.split_once(&format!(" /GOOD-{id}\n")) {
                     Some((_, rest)) if got.starts_with("HTTP/1.1 200") => rest.to_string(),
                     _ => {
                         failures.push(format!("{tag}: the good request first got {got:?}"));
@@ -1029,10 +1037,12 @@ fn smuggling_is_refused_before_any_backend_sees_it() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let seen: String = recorders.iter().map(Recorder::received).collect();
-    for (name, level, _) in SMUGGLING {
-        for tag in [name.to_string(), format!("{name}-2nd")] {
-            let smuggled = format!("SMARK-{tag} ");
-            let refused = format!("PMARK-{tag} ");
+    for (n, (name, level, _)) in SMUGGLING.iter().enumerate() {
+        for after_good in [false, true] {
+            let tag = format!("{name}{}", if after_good { "-2nd" } else { "" });
+            let id = marker(n, after_good);
+            let smuggled = format!("SMARK-{id}");
+            let refused = format!("PMARK-{id}");
             if seen.contains(&smuggled) {
                 failures.push(format!("{tag}: the smuggled request reached a backend"));
             }
