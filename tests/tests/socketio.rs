@@ -182,6 +182,10 @@ fn socketio_polling_default_proxy_and_broadcast() {
         ],
     );
     assert_clean(&proxied, "proxy mode with X-Forwarded-For");
+    assert_eq!(
+        proxied["upgraded"], CLIENTS as u64,
+        "every client upgrades to websocket through proxy mode: {proxied}"
+    );
 }
 
 #[test]
