@@ -470,7 +470,8 @@ fn nginx_http_config(dir: &Path, vip: SocketAddr, backends: &[SocketAddr]) -> St
          worker_rlimit_nofile 19000;\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
          events {{\n    worker_connections 9000;\n    multi_accept on;\n}}\n\
-         http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    \
+         http {{\n    access_log off;\n    keepalive_requests 100000000;\n    \
+         keepalive_timeout 300s;\n    client_body_temp_path {d}/body;\n    \
          proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
          uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    \
          upstream backends {{\n        hash $http_x_forwarded_for consistent;\n{servers}        \
@@ -541,6 +542,8 @@ mod tests {
         assert!(n.contains("hash $http_x_forwarded_for consistent;"));
         assert!(n.contains("keepalive 32;") && n.contains("proxy_set_header Connection \"\";"));
         assert!(!n.contains("load_module"));
+        // The fixed-rate run keeps its connections open for good, as wrk does.
+        assert!(n.contains("keepalive_requests 100000000;"));
         for case in [Case::HaproxyHttp, Case::NginxHttp, Case::StickyProxy] {
             assert!(case.forwards_for() && !case.transparent());
         }
