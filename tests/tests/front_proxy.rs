@@ -330,8 +330,9 @@ fn socketio_behind_haproxy_http_reuse() {
 }
 
 /// A backend that records every byte it receives and answers each complete request (its
-/// body read by Content-Length or chunked framing) with `<id> <target>\n`; a request it cannot
-/// frame is never answered. Stops on drop.
+/// body read by Content-Length or chunked framing) with `<id> <target> <x-forwarded-for>\n`
+/// (`-` without one, occurrences joined by `|`); a request it cannot frame is never answered.
+/// Stops on drop.
 struct Recorder {
     received: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
@@ -405,9 +406,14 @@ fn record(mut stream: TcpStream, id: &str, received: &Mutex<Vec<u8>>, stop: &Ato
         }
         loop {
             match frame_request(&buf) {
-                Ok(Some((len, target, close))) => {
+                Ok(Some(Framed {
+                    len,
+                    target,
+                    xff,
+                    close,
+                })) => {
                     buf.drain(..len);
-                    let body = format!("{id} {target}\n");
+                    let body = format!("{id} {target} {xff}\n");
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -424,9 +430,18 @@ fn record(mut stream: TcpStream, id: &str, received: &Mutex<Vec<u8>>, stop: &Ato
     }
 }
 
-/// One complete request at the start of `buf`: its length, target and whether it asked to
-/// close. `Ok(None)` until complete.
-fn frame_request(buf: &[u8]) -> Result<Option<(usize, String, bool)>, ()> {
+/// A complete request as the recorder read it.
+struct Framed {
+    len: usize,
+    target: String,
+    /// Its X-Forwarded-For values joined by `|`, `-` without any.
+    xff: String,
+    /// It asked to close the connection.
+    close: bool,
+}
+
+/// One complete request at the start of `buf`; `Ok(None)` until complete.
+fn frame_request(buf: &[u8]) -> Result<Option<Framed>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let head = match req.parse(buf).map_err(drop)? {
@@ -435,6 +450,7 @@ fn frame_request(buf: &[u8]) -> Result<Option<(usize, String, bool)>, ()> {
     };
     let target = req.path.unwrap_or("").to_string();
     let (mut length, mut chunked, mut close) = (0, false, false);
+    let mut xff = Vec::new();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).map_err(drop)?.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -446,6 +462,8 @@ fn frame_request(buf: &[u8]) -> Result<Option<(usize, String, bool)>, ()> {
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff.push(value.to_string());
         }
     }
     let body = if chunked {
@@ -458,7 +476,17 @@ fn frame_request(buf: &[u8]) -> Result<Option<(usize, String, bool)>, ()> {
     } else {
         return Ok(None);
     };
-    Ok(Some((head + body, target, close)))
+    let xff = if xff.is_empty() {
+        "-".to_string()
+    } else {
+        xff.join("|")
+    };
+    Ok(Some(Framed {
+        len: head + body,
+        target,
+        xff,
+        close,
+    }))
 }
 
 /// The length of a complete chunked body (trailers included) at the start of `buf`.
@@ -607,7 +635,14 @@ fn many_clients_over_few_keepalive_connections() {
         .map(|k| Recorder::start(&topo.backends[k], plan::BACKEND_PORT, &format!("be{k}")))
         .collect();
     let to = SocketAddr::new(topo.vip(false).ip(), PROXY_PORT);
-    let _daemon = start_sticky(&topo, to, "198.18.0.2/32", plan::BACKEND_PORT, &[]);
+    // The backends also see each request's own client, after the header it came with.
+    let _daemon = start_sticky(
+        &topo,
+        to,
+        "198.18.0.2/32",
+        plan::BACKEND_PORT,
+        &["--forwarded-for", "append"],
+    );
     let backends = backend_list(&topo, plan::BACKEND_PORT);
     let client = |i: usize| plan::client(i, false);
     let mut per_conn: Vec<Vec<usize>> = vec![Vec::new(); CONNS];
@@ -649,7 +684,12 @@ fn many_clients_over_few_keepalive_connections() {
             let i = j % SYNTHETIC;
             let answer = answer.unwrap_or_else(|e| panic!("connection {conn}, request {j}: {e:#}"));
             assert_eq!(answer.status, 200, "request {j}: {answer:?}");
-            let (backend, target) = answer.body.trim().split_once(' ').expect("id and target");
+            let mut fields = answer.body.trim().splitn(3, ' ');
+            let (backend, target, xff) = (
+                fields.next().unwrap_or(""),
+                fields.next().unwrap_or(""),
+                fields.next().unwrap_or(""),
+            );
             // In order: the answer on this connection is the one to the request sent there.
             assert_eq!(
                 target,
@@ -661,6 +701,11 @@ fn many_clients_over_few_keepalive_connections() {
                 predicted(&backends, client(i), 0),
                 "request {j} of client {} went to another backend",
                 client(i)
+            );
+            assert_eq!(
+                xff,
+                format!("{}, {}", client(i), trusted_peer()),
+                "request {j}: --forwarded-for append"
             );
             seen += 1;
         }
@@ -1018,7 +1063,7 @@ fn smuggling_is_refused_before_any_backend_sees_it() {
                 .expect("client namespace");
             // A good request first is answered first, by a backend.
             let rest = if after_good {
-                match got.split_once(&format!(" /GOOD-{id}\n")) {
+                match got.split_once(&format!(" /GOOD-{id} 198.51.100.7\n")) {
                     Some((_, rest)) if got.starts_with("HTTP/1.1 200") => rest.to_string(),
                     _ => {
                         failures.push(format!("{tag}: the good request first got {got:?}"));
