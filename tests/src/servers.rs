@@ -184,21 +184,34 @@ fn echo(stream: TcpStream) {
     };
     let mut reader = BufReader::new(clone);
     let mut writer = stream;
-    let mut plain = false;
+    let (mut plain, mut length) = (false, None);
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) if line == "\r\n" => break,
-            Ok(_) => plain |= line.starts_with("GET /plain "),
+            Ok(_) => {
+                plain |= line.starts_with("GET /plain ") || line.starts_with("POST /plain ");
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse::<u64>().ok();
+                }
+            }
         }
     }
-    // `GET /plain`: an ordinary response streamed until close (no protocol switch).
-    let answer: &[u8] = if plain {
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
-    } else {
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    // `/plain`: an ordinary response (no protocol switch) streaming back the request body
+    // (`Content-Length` long) or everything until close.
+    let answer = match (plain, length) {
+        (true, Some(n)) => {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")
+        }
+        (true, None) => "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_string(),
+        (false, _) => {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_string()
+        }
     };
+    let answer = answer.as_bytes();
     // Bytes that arrived with the head are echoed first.
     let pending = reader.buffer().to_vec();
     if writer.write_all(answer).is_err() || writer.write_all(&pending).is_err() {

@@ -276,15 +276,24 @@ fn echo_through(to: SocketAddr, total: usize, half_close: bool) -> Result<(), St
     echo_via(to, "/ws", total, half_close)
 }
 
-/// The same through `GET path`: `/plain` gets an ordinary streamed response (`200`).
+/// The same through `path`: `/plain` is no upgrade but one request whose `total`-byte body
+/// the backend streams back as its response's body while it arrives (both framed by the
+/// proxy, no byte of them parsed as a request).
 fn echo_via(to: SocketAddr, path: &str, total: usize, half_close: bool) -> Result<(), String> {
     let mut s = TcpStream::connect(to).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\nConnection: \
-         Upgrade\r\nUpgrade: websocket\r\n\r\n"
-    );
+    let head = if path == "/plain" {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\n\
+             Content-Length: {total}\r\n\r\n"
+        )
+    } else {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\nConnection: \
+             Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -387,7 +396,7 @@ fn bulk_and_concurrency(splice: bool) {
             // 100 MB each way on one connection, then a half-close that must carry through.
             echo_through(to, 100 << 20, true)
                 .unwrap_or_else(|e| panic!("100 MB (splice={splice}): {e}"));
-            // No upgrade: copied in small buffers, then (past 1 MiB) in large ones.
+            // No upgrade: a request body and its response body streamed through hyper.
             echo_via(to, "/plain", 16 << 20, true)
                 .unwrap_or_else(|e| panic!("16 MB plain (splice={splice}): {e}"));
             // 500 connections at once, 64 KiB each way.
@@ -408,8 +417,9 @@ fn bulk_and_concurrency(splice: bool) {
         .expect("client namespace");
 }
 
-/// `--splice-after`: a connection without an upgrade is copied for its first 64 KiB, then
-/// joins the sockmap mid-stream; every byte and the half-close must carry through the handoff.
+/// `--splice-after`: an upgraded connection is copied for its first 64 KiB after the `101`,
+/// then joins the sockmap mid-stream; every byte and the half-close must carry through the
+/// handoff.
 #[test]
 fn splice_after_a_threshold_carries_every_byte() {
     if !root_or_skip("splice_after_a_threshold_carries_every_byte") {
@@ -431,10 +441,10 @@ fn splice_after_a_threshold_carries_every_byte() {
     let to = proxy_addr(&topo);
     topo.client
         .run(move || {
-            echo_via(to, "/plain", 32 << 20, true)
+            echo_through(to, 32 << 20, true)
                 .unwrap_or_else(|e| panic!("32 MB through the handoff: {e}"));
             let handles: Vec<_> = (0..100)
-                .map(|_| std::thread::spawn(move || echo_via(to, "/plain", 256 << 10, true)))
+                .map(|_| std::thread::spawn(move || echo_through(to, 256 << 10, true)))
                 .collect();
             let failed: Vec<String> = handles
                 .into_iter()

@@ -83,6 +83,8 @@ mod tests {
             "--proxy-protocol --trusted-proxies 10.0.0.0/8 --ignore-missing-header ",
             "--cookie SRV --no-splice --splice-after 0 --header-timeout 9s ",
             "--connect-timeout 1s --max-head-bytes 2048 --max-connections 5 ",
+            "--forwarded-for append --no-sid --keepalive-timeout 30s --pool-idle-timeout 2s ",
+            "--pool-max-idle 3 ",
         )
         .split_whitespace()
         .collect();
@@ -119,6 +121,11 @@ mod tests {
             connect-timeout = "1s"
             max-head-bytes = 2048
             max-connections = 5
+            forwarded-for = "append"
+            sid = false
+            keepalive-timeout = "30s"
+            pool-idle-timeout = "2s"
+            pool-max-idle = 3
             "#,
         )
         .unwrap();

@@ -6,6 +6,7 @@
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -83,14 +84,21 @@ impl Relay {
     }
 }
 
-/// Reads `body` until its end or until at least `limit` bytes are held. Trailers are dropped
-/// (the proxy forwards no trailers).
-pub async fn read_prefix(mut body: Incoming, limit: usize) -> Result<Prefix, hyper::Error> {
+/// Reads `body` until its end, until at least `limit` bytes are held, or until `patience` has
+/// passed (a client may wait for the answer before it sends more). Trailers are dropped (the
+/// proxy forwards no trailers).
+pub async fn read_prefix(
+    mut body: Incoming,
+    limit: usize,
+    patience: Duration,
+) -> Result<Prefix, hyper::Error> {
+    let deadline = tokio::time::Instant::now() + patience;
     let mut held = Vec::new();
     while held.len() < limit {
-        match body.frame().await {
-            None => return Ok(Prefix::Whole(held.into())),
-            Some(frame) => {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => return Ok(Prefix::Whole(held.into())),
+            Ok(Some(frame)) => {
                 if let Ok(data) = frame?.into_data() {
                     held.extend_from_slice(&data);
                 }

@@ -4,8 +4,8 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Instant,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -14,12 +14,13 @@ use http::{
     header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, SET_COOKIE},
 };
 use hyper::body::{Body as _, Incoming};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::{
     body::{Prefix, Relay, read_prefix},
     client_ip::{ClientIpError, client_ip},
-    cookie, framing,
+    cookie, framing, guard,
     pool::Sender,
     routing::{Choice, Reason, choose},
     server::Proxy,
@@ -29,11 +30,15 @@ use crate::clock::monotonic_ns;
 
 /// Backends tried for a client without live affinity before answering 502.
 const CONNECT_ATTEMPTS: usize = 3;
-/// A request body up to this size is read in full before anything is sent to a backend, so a
-/// malformed one (a bad chunk size) reaches no backend and a failed send can be retried.
+/// A request body up to this size that arrives with its head (within `HOLD_PATIENCE`) is read
+/// in full before anything is sent to a backend, so a malformed one (a bad chunk size)
+/// reaches no backend and a failed send can be retried.
 const BODY_HOLD: usize = 64 * 1024;
 /// A polling handshake's response larger than this is passed on without looking for its sid.
 const HANDSHAKE_HOLD: usize = 4 * 1024;
+/// How long a body is waited for before what came of it is forwarded: a client may stream,
+/// waiting for the response before it sends more.
+const HOLD_PATIENCE: Duration = Duration::from_millis(100);
 
 /// The client connection a request arrived on.
 pub struct Conn {
@@ -41,6 +46,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The peer, or a trusted PROXY header's source.
     pub peer_ip: IpAddr,
+    /// Its place under `--max-connections`, taken over by an upgrade.
+    pub slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// An answer sticky gives itself; the connection closes after it.
@@ -122,7 +129,10 @@ fn route_of(conn: &Conn, req: &Request<Incoming>) -> Result<Route, Refusal> {
 async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Relay>, Refusal> {
     let proxy = &conn.proxy;
     let cfg = &proxy.config;
-    framing::check(req.headers()).map_err(|e| refusal(400, e.to_string()))?;
+    if let Some(why) = req.headers().get(guard::REFUSED) {
+        let why = String::from_utf8_lossy(why.as_bytes());
+        return Err(refusal(400, format!("request refused: {why}")));
+    }
     let route = route_of(conn, &req)?;
     let upgrade = framing::wants_upgrade(req.headers());
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -130,7 +140,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
     let body = if body.is_end_stream() {
         Prefix::Whole(Bytes::new())
     } else {
-        read_prefix(body, BODY_HOLD)
+        read_prefix(body, BODY_HOLD, HOLD_PATIENCE)
             .await
             .map_err(|e| refusal(400, format!("malformed request body: {e}")))?
     };
@@ -161,10 +171,12 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         };
         let on_backend = hyper::upgrade::on(&mut resp);
         let (splicer, after) = (proxy.splicer.clone(), cfg.splice_after);
+        let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
         tokio::spawn(async move {
             if let Err(e) = upgrade::carry(on_client, on_backend, splicer, after).await {
                 debug!("upgraded connection: {e:#}");
             }
+            drop(slot);
         });
         if let Some(sid) = &route.sid {
             proxy
@@ -183,7 +195,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
             .put(sid, choice.id, choice.backend.generation, monotonic_ns());
     };
     let mut out = if head.status.is_success() && route.handshake {
-        let prefix = read_prefix(incoming, HANDSHAKE_HOLD)
+        let prefix = read_prefix(incoming, HANDSHAKE_HOLD, HOLD_PATIENCE)
             .await
             .map_err(|e| refusal(502, format!("backend response: {e}")))?;
         if let Prefix::Whole(b) = &prefix

@@ -6,40 +6,71 @@ use std::net::IpAddr;
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
 };
 
 use super::config::ForwardedFor;
 
 /// Why a request's framing is refused. hyper itself (httparse underneath) already refuses
-/// obsolete line folding, whitespace before a colon, a bare CR, invalid or conflicting
-/// Content-Length values, a Transfer-Encoding that does not end in `chunked` and invalid
-/// chunk sizes; these are the cases it accepts by resolving them one way.
+/// obsolete line folding, whitespace before a colon, a bare CR and invalid chunk sizes; these
+/// are the cases it resolves one way and forwards, or refuses without closing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Ambiguous {
     #[error("both Content-Length and Transfer-Encoding")]
     LengthAndChunked,
     #[error("more than one Content-Length")]
     SeveralLengths,
+    #[error("invalid Content-Length")]
+    InvalidLength,
     #[error("Transfer-Encoding other than a single chunked")]
     Coding,
+    #[error("Transfer-Encoding in HTTP/1.0")]
+    CodingInOldVersion,
 }
 
-/// Refuses framing that some server behind could read otherwise than hyper does.
-pub fn check(headers: &HeaderMap) -> Result<(), Ambiguous> {
-    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
-    let codings: Vec<&HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+/// How a request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    Bytes(u64),
+    Chunked,
+}
+
+/// The framing of a request with these header lines (names and values as sent), refused
+/// when a server behind or in front could read it otherwise than hyper does.
+pub fn check<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    version: u8,
+) -> Result<Length, Ambiguous> {
+    let (mut length, mut lengths, mut codings) = (None, 0, Vec::new());
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            let digits = value.trim_ascii();
+            length =
+                (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                    .flatten();
+            if length.is_none() {
+                return Err(Ambiguous::InvalidLength);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.push(value);
+        }
+    }
     if lengths > 1 {
         return Err(Ambiguous::SeveralLengths);
     }
     if codings.is_empty() {
-        return Ok(());
+        return Ok(Length::Bytes(length.unwrap_or(0)));
     }
     if lengths > 0 {
         return Err(Ambiguous::LengthAndChunked);
     }
+    if version == 0 {
+        return Err(Ambiguous::CodingInOldVersion);
+    }
     match codings.as_slice() {
-        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        [one] if one.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(Length::Chunked),
         _ => Err(Ambiguous::Coding),
     }
 }
@@ -80,7 +111,12 @@ const HOP_BY_HOP: [&str; 7] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, protect: &[&str]) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .filter(|n| *n != HOST && *n != CONTENT_LENGTH && !protect.contains(&n.as_str()))
+        .filter(|n| {
+            *n != HOST
+                && *n != CONTENT_LENGTH
+                && !(upgrade && *n == UPGRADE)
+                && !protect.contains(&n.as_str())
+        })
         .collect();
     for name in named {
         headers.remove(name);
@@ -138,18 +174,21 @@ mod tests {
     #[test]
     fn ambiguous_framing_is_refused() {
         use Ambiguous::*;
-        let c = |p: &[(&str, &str)]| check(&headers(p));
-        assert_eq!(c(&[("content-length", "5")]), Ok(()));
-        assert_eq!(c(&[("transfer-encoding", "Chunked ")]), Ok(()));
-        assert_eq!(c(&[]), Ok(()));
+        let c = |p: &[(&str, &str)]| check(p.iter().map(|(k, v)| (*k, v.as_bytes())), 1);
+        assert_eq!(c(&[("content-length", "5")]), Ok(Length::Bytes(5)));
+        assert_eq!(c(&[("Transfer-Encoding", "Chunked ")]), Ok(Length::Chunked));
+        assert_eq!(c(&[]), Ok(Length::Bytes(0)));
         assert_eq!(
             c(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
             Err(LengthAndChunked)
         );
         assert_eq!(
-            c(&[("content-length", "5"), ("content-length", "5")]),
+            c(&[("Content-Length", "5"), ("content-length", "5")]),
             Err(SeveralLengths)
         );
+        for bad in ["", "+5", "-1", "5, 5", "0x5", "99999999999999999999"] {
+            assert_eq!(c(&[("content-length", bad)]), Err(InvalidLength), "{bad:?}");
+        }
         assert_eq!(
             c(&[
                 ("transfer-encoding", "chunked"),
@@ -159,6 +198,10 @@ mod tests {
         );
         assert_eq!(c(&[("transfer-encoding", "gzip, chunked")]), Err(Coding));
         assert_eq!(c(&[("transfer-encoding", "xchunked")]), Err(Coding));
+        assert_eq!(
+            check([("transfer-encoding", &b"chunked"[..])].into_iter(), 0),
+            Err(CodingInOldVersion)
+        );
     }
 
     #[test]
@@ -173,6 +216,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-forwarded-for", "1.2.3.4"),
         ]);
+        h.append(CONNECTION, HeaderValue::from_static("Upgrade"));
         let mut up = h.clone();
         strip_hop_by_hop(&mut h, false, &[X_FORWARDED_FOR]);
         let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();

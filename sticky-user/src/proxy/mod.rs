@@ -11,6 +11,7 @@ pub mod config;
 pub mod cookie;
 pub mod forward;
 pub mod framing;
+pub mod guard;
 pub mod io;
 pub mod pool;
 pub mod proxy_protocol;
@@ -19,3 +20,6 @@ pub mod server;
 pub mod sid;
 pub mod splice;
 pub mod upgrade;
+
+#[cfg(test)]
+mod tests;

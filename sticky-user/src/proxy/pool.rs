@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -88,8 +87,9 @@ impl Pool {
             .await
             .map_err(|_| ConnectError::Timeout)??;
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(Stream::new(tcp, Bytes::new(), 0));
+        let io = TokioIo::new(Stream::new(tcp));
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
             .handshake(io)
             .await?;
         tokio::spawn(async move {

@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tracing::{debug, warn};
 
@@ -23,6 +23,7 @@ use crate::http::{self, HeadError, MAX_HEADERS, ReadError};
 use super::{
     config::ProxyConfig,
     forward::{self, Conn},
+    guard::Guard,
     io::Stream,
     pool::Pool,
     proxy_protocol,
@@ -61,6 +62,8 @@ impl Proxy {
             .half_close(true)
             .max_buf_size(config.max_head.max(MIN_HEAD_BUFFER))
             .max_headers(MAX_HEADERS)
+            // Header names as most servers write them (hyper's own are lower case).
+            .title_case_headers(true)
             .auto_date_header(false);
         Self {
             pool: Arc::new(Pool::new(
@@ -100,10 +103,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 Ok(slot) => {
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(proxy, stream, peer).await {
+                        if let Err(e) = handle(proxy, stream, peer, slot).await {
                             debug!("proxy connection from {peer}: {e:#}");
                         }
-                        drop(slot);
                     });
                 }
                 Err(_) => {
@@ -234,7 +236,14 @@ async fn read_until<T>(
     }
 }
 
-async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+/// Serves one client connection; `slot` (its place under `--max-connections`) is held until
+/// it closes, by the upgraded connection if it switches protocols.
+async fn handle(
+    proxy: Arc<Proxy>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+) -> anyhow::Result<()> {
     let cfg = &proxy.config;
     let deadline = tokio::time::Instant::now() + cfg.header_timeout;
     let mut buf = Vec::with_capacity(4096);
@@ -288,11 +297,13 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) -> a
     }
     client_read += buf.len() as u64;
     let _ = client.set_nodelay(true);
-    let io = TokioIo::new(Stream::new(client, buf.into(), client_read));
+    let guard = Guard::new(cfg.max_head.max(MIN_HEAD_BUFFER));
+    let io = TokioIo::new(Stream::guarded(client, buf, client_read, guard));
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
         peer,
         peer_ip,
+        slot: Mutex::new(Some(slot)),
     });
     let service = service_fn(move |req| forward::serve(conn.clone(), req));
     proxy
