@@ -15,8 +15,16 @@ pub const CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\
 /// socket.io's first long-polling request, then the one that carries the session id.
 pub const HANDSHAKE_OPEN: &[u8] =
     b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
-pub const HANDSHAKE_SECOND: &[u8] =
-    b"GET /socket.io/?EIO=4&transport=polling&sid=b HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// The handshake's second request, for session number `session`: every session has its own
+/// id, as engine.io's are (proxy mode routes by a sid it has seen answered).
+pub fn handshake_second(session: u64) -> Vec<u8> {
+    format!(
+        "GET /socket.io/?EIO=4&transport=polling&sid=bench{session:x} HTTP/1.1\r\nHost: bench\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
 
 /// `request` (a head without a body) with `X-Forwarded-For: <client>` added when given: the
 /// header HTTP proxies route by.
