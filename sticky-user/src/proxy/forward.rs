@@ -184,6 +184,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
                 .put(sid, choice.id, choice.backend.generation, monotonic_ns());
         }
         drop(sender);
+        set_cookie(conn, &route, &choice, resp.headers_mut());
         return Ok(resp.map(|_| Relay::empty()));
     }
 
@@ -213,17 +214,23 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         Relay::stream(incoming)
     };
     framing::strip_hop_by_hop(&mut head.headers, false, &[]);
-    if let Some(name) = &cfg.cookie
-        && (choice.reason != Reason::Cookie
-            || route.token.as_deref() != Some(choice.backend.token.as_str()))
-        && let Ok(v) = HeaderValue::from_str(&cookie::set_cookie_value(name, &choice.backend.token))
-    {
-        head.headers.append(SET_COOKIE, v);
-    }
+    set_cookie(conn, &route, &choice, &mut head.headers);
     if keep {
         out = out.then(proxy.pool.lend(choice.backend.addr, sender));
     }
     Ok(Response::from_parts(head, out))
+}
+
+/// Cookie insert (HAProxy `cookie insert`): tells a client without a valid cookie where it
+/// landed.
+fn set_cookie(conn: &Conn, route: &Route, choice: &Choice, headers: &mut http::HeaderMap) {
+    if let Some(name) = &conn.proxy.config.cookie
+        && (choice.reason != Reason::Cookie
+            || route.token.as_deref() != Some(choice.backend.token.as_str()))
+        && let Ok(v) = HeaderValue::from_str(&cookie::set_cookie_value(name, &choice.backend.token))
+    {
+        headers.append(SET_COOKIE, v);
+    }
 }
 
 /// A new request to the backend from the parts kept for retries.

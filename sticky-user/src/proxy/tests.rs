@@ -183,6 +183,10 @@ impl Rig {
         for n in 0..3 {
             backends.push(backend(n).await);
         }
+        Self::with(backends, layer).await
+    }
+
+    async fn with(backends: Vec<Backend>, layer: impl FnOnce(&mut ProxyLayer)) -> Self {
         let specs: Vec<BackendSpec> = backends
             .iter()
             .map(|b| b.addr.to_string().parse().unwrap())
@@ -713,4 +717,65 @@ async fn an_upgrade_hands_both_sockets_over_with_early_bytes() {
         .unwrap();
     writer.await.unwrap();
     assert_eq!(back, payload, "echoed after the upgrade, then closed");
+}
+
+/// A backend that answers the first request on each connection and closes the connection
+/// when the next one arrives: a kept-alive connection it dropped as the proxy reused it.
+async fn one_per_connection() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut r = BufReader::new(tcp);
+                for answered in [false, true] {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    let _ = r.read_exact(&mut body).await;
+                    if answered {
+                        return;
+                    }
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    Backend {
+        addr,
+        seen: Arc::default(),
+        connections,
+    }
+}
+
+#[tokio::test]
+async fn a_dead_pooled_connection_is_replaced_once_for_an_idempotent_request() {
+    let rig = Rig::with(vec![one_per_connection().await], |_| {}).await;
+    let mut c = rig.connect().await;
+    let x = xff(1);
+    assert_eq!(c.get("/", &x).await.status, 200);
+    // Reused, found dead after the request was written: a GET is sent again on a new one.
+    assert_eq!(c.get("/", &x).await.status, 200);
+    assert_eq!(rig.backends[0].connections.load(Ordering::SeqCst), 2);
+    // A POST may not be sent twice: 502.
+    c.send(format!("POST / HTTP/1.1\r\nHost: x\r\n{x}Content-Length: 1\r\n\r\nz").as_bytes())
+        .await;
+    assert_eq!(c.read(false).await.map(|a| a.status), Some(502));
 }
