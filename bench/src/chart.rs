@@ -31,6 +31,8 @@ fn color(case: Case) -> RGBColor {
         Case::Sticky => RGBColor(0xc8, 0x1e, 0x5a),
         Case::StickyProxy => RGBColor(0x7b, 0x3f, 0xb8),
         Case::StickyProxyCopy => RGBColor(0xb9, 0x95, 0xe0),
+        Case::HaproxyHttp => RGBColor(0x7f, 0xb8, 0xf0),
+        Case::NginxHttp => RGBColor(0x8f, 0xcf, 0x8f),
     }
 }
 

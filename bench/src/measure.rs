@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sticky_tests::get_once;
+use sticky_tests::HttpConn;
 
 use crate::{
     cmd, ebpf,
@@ -48,8 +48,14 @@ pub fn calibrate(ctx: &Ctx) -> anyhow::Result<f64> {
     let route = peers::route(Case::Routed, Service::Http, ctx.bench.backends().len());
     preflight(ctx, Case::Routed, &route)?;
     let target = *route.targets.first().context("no target")?;
-    let w = tools::wrk(ctx.bench.client(), target, WRK_CONNECTIONS, ctx.secs.max(2))
-        .context("calibrate with wrk on the routed path")?;
+    let w = tools::wrk(
+        ctx.bench.client(),
+        target,
+        WRK_CONNECTIONS,
+        ctx.secs.max(2),
+        None,
+    )
+    .context("calibrate with wrk on the routed path")?;
     anyhow::ensure!(
         w.requests_per_sec > 100.0,
         "routed path does only {:.0} requests/s",
@@ -77,18 +83,18 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
         match service {
             Service::Http => http_metrics(ctx, case, &route, results)?,
             Service::Echo => measure(results, case, Metric::Echo, || {
-                let r = load(ctx, &route, &["echo"])?;
+                let r = load(ctx, case, &route, &["echo"])?;
                 Ok(r.latency.context("no echo latency")?.mean_us)
             }),
             Service::Upgrade => {
                 measure(results, case, Metric::UpgradeEcho, || {
-                    let r = load(ctx, &route, &["echo", "--head"])?;
+                    let r = load(ctx, case, &route, &["echo", "--head"])?;
                     Ok(r.latency.context("no echo latency")?.mean_us)
                 });
                 for (metric, streams) in [(Metric::UpgradeBulk1, "1"), (Metric::UpgradeBulk4, "4")]
                 {
                     measure(results, case, metric, || {
-                        let r = load(ctx, &route, &["bulk", "--head", "--streams", streams])?;
+                        let r = load(ctx, case, &route, &["bulk", "--head", "--streams", streams])?;
                         Ok(r.gbit_per_sec())
                     });
                 }
@@ -120,14 +126,29 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
     preflight(ctx, case, route)?;
     measure(results, case, Metric::KeepAlive, || {
         let target = *route.targets.first().context("no target")?;
-        let w = tools::wrk(ctx.bench.client(), target, WRK_CONNECTIONS, ctx.secs)?;
+        // wrk sends one header to every connection: one client, as one user behind a CDN.
+        let xff = case
+            .forwards_for()
+            .then(|| format!("X-Forwarded-For: {}", route.sources.addr(1)));
+        let w = tools::wrk(
+            ctx.bench.client(),
+            target,
+            WRK_CONNECTIONS,
+            ctx.secs,
+            xff.as_deref(),
+        )?;
         anyhow::ensure!(w.errors == 0, "wrk counted {} errors", w.errors);
         Ok(w.requests_per_sec)
     });
     let concurrency = CONCURRENCY.to_string();
     let mut new_conn = None;
     measure(results, case, Metric::NewConn, || {
-        let r = load(ctx, route, &["connect", "--concurrency", &concurrency])?;
+        let r = load(
+            ctx,
+            case,
+            route,
+            &["connect", "--concurrency", &concurrency],
+        )?;
         new_conn = Some(r.clone());
         Ok(r.rate())
     });
@@ -142,7 +163,12 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
     }
     let mut handshake = None;
     measure(results, case, Metric::Handshake, || {
-        let r = load(ctx, route, &["handshake", "--concurrency", &concurrency])?;
+        let r = load(
+            ctx,
+            case,
+            route,
+            &["handshake", "--concurrency", &concurrency],
+        )?;
         handshake = Some(r.clone());
         Ok(r.rate())
     });
@@ -159,6 +185,7 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
     let connections = RATE_CONNECTIONS.to_string();
     let fixed = load(
         ctx,
+        case,
         route,
         &["rate", "--rate", &rate, "--connections", &connections],
     );
@@ -219,10 +246,15 @@ fn measure(
 fn preflight(ctx: &Ctx, case: Case, route: &Route) -> anyhow::Result<()> {
     let src = IpAddr::V4(route.sources.addr(1));
     let dst: SocketAddr = *route.targets.first().context("no target")?;
+    let xff = if case.forwards_for() {
+        format!("X-Forwarded-For: {src}\r\n")
+    } else {
+        String::new()
+    };
     let answer = ctx
         .bench
         .client()
-        .run(|| get_once(src, dst))?
+        .run(|| HttpConn::open(src, dst, Duration::from_secs(3))?.get_with(&xff, true))?
         .with_context(|| format!("{}: first request {src} -> {dst}", case.label()))?;
     anyhow::ensure!(
         !case.transparent() || answer.seen_client == src,
@@ -235,9 +267,12 @@ fn preflight(ctx: &Ctx, case: Case, route: &Route) -> anyhow::Result<()> {
 }
 
 /// `sticky-bench load MODE…` in the client namespace on the load CPU.
-fn load(ctx: &Ctx, route: &Route, mode: &[&str]) -> anyhow::Result<LoadResult> {
+fn load(ctx: &Ctx, case: Case, route: &Route, mode: &[&str]) -> anyhow::Result<LoadResult> {
     let mut c = cmd::in_ns(ctx.bench.client(), Some(LOAD_CPU), &ctx.exe);
     c.arg("load").args(mode);
+    if case.forwards_for() {
+        c.arg("--xff");
+    }
     for t in &route.targets {
         c.args(["--target", &t.to_string()]);
     }

@@ -1,6 +1,7 @@
 //! The cases and their middleboxes: nothing (direct veth, routed), nftables `jhash` DNAT,
 //! HAProxy `balance source`, nginx stream `hash $remote_addr consistent`, sticky's kernel path
-//! and sticky's proxy mode (splicing or copying). Each
+//! and sticky's proxy mode (splicing or copying), and, as peers of proxy mode, HAProxy and
+//! nginx as HTTP proxies hashing X-Forwarded-For per request. Each
 //! runs in the balancer namespace, pinned to the server CPU, from configuration generated in a
 //! private folder, and is stopped by PID (or its table deleted) on drop.
 
@@ -43,10 +44,12 @@ pub enum Case {
     Sticky,
     StickyProxy,
     StickyProxyCopy,
+    HaproxyHttp,
+    NginxHttp,
 }
 
 impl Case {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Direct,
         Self::Routed,
         Self::Nftables,
@@ -55,6 +58,8 @@ impl Case {
         Self::Sticky,
         Self::StickyProxy,
         Self::StickyProxyCopy,
+        Self::HaproxyHttp,
+        Self::NginxHttp,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +72,8 @@ impl Case {
             Self::Sticky => "sticky kernel",
             Self::StickyProxy => "sticky proxy, splice",
             Self::StickyProxyCopy => "sticky proxy, --no-splice",
+            Self::HaproxyHttp => "HAProxy http",
+            Self::NginxHttp => "nginx http",
         }
     }
 
@@ -83,13 +90,21 @@ impl Case {
             }
             Self::Sticky => "`sticky run` (tc eBPF DNAT, Maglev, flow and affinity tables)",
             Self::StickyProxy => {
-                "`sticky run --proxy`: reads the first request head, picks the backend by the \
-                 peer address (no trusted proxies); splices upgraded (101) connections in the \
-                 kernel (sockmap), copies the rest"
+                "`sticky run --proxy --trusted-proxies <clients> --ignore-missing-header`: \
+                 picks the backend by the X-Forwarded-For the clients send; splices upgraded \
+                 (101) connections in the kernel (sockmap), copies the rest"
             }
             Self::StickyProxyCopy => {
                 "`sticky run --proxy --no-splice`: the same, copying every connection in \
                  userspace"
+            }
+            Self::HaproxyHttp => {
+                "HAProxy 2.6, HTTP mode, `balance hdr(X-Forwarded-For)`, `http-reuse safe`, \
+                 one thread"
+            }
+            Self::NginxHttp => {
+                "nginx 1.22 http, `hash $http_x_forwarded_for consistent`, upstream \
+                 `keepalive 32`, one worker"
             }
         }
     }
@@ -98,7 +113,21 @@ impl Case {
     pub fn transparent(self) -> bool {
         !matches!(
             self,
-            Self::Haproxy | Self::Nginx | Self::StickyProxy | Self::StickyProxyCopy
+            Self::Haproxy
+                | Self::Nginx
+                | Self::StickyProxy
+                | Self::StickyProxyCopy
+                | Self::HaproxyHttp
+                | Self::NginxHttp
+        )
+    }
+
+    /// HTTP proxies routing each request by its X-Forwarded-For: their clients send one, the
+    /// source address they connect from.
+    pub fn forwards_for(self) -> bool {
+        matches!(
+            self,
+            Self::StickyProxy | Self::StickyProxyCopy | Self::HaproxyHttp | Self::NginxHttp
         )
     }
 
@@ -107,6 +136,7 @@ impl Case {
     pub fn services(self) -> &'static [Service] {
         match self {
             Self::StickyProxy | Self::StickyProxyCopy => &[Service::Http, Service::Upgrade],
+            Self::HaproxyHttp | Self::NginxHttp => &[Service::Http],
             _ => &Service::ALL,
         }
     }
@@ -231,9 +261,14 @@ pub fn start<'a>(
         Case::Nftables => Middlebox::Nft {
             _table: NftTable::create(bench, vip, &backends)?,
         },
-        Case::Haproxy => {
+        Case::Haproxy | Case::HaproxyHttp => {
             let dir = TempDir::new("haproxy")?;
-            let cfg = dir.write("haproxy.cfg", &haproxy_config(vip, &backends))?;
+            let text = if case == Case::Haproxy {
+                haproxy_config(vip, &backends)
+            } else {
+                haproxy_http_config(vip, &backends)
+            };
+            let cfg = dir.write("haproxy.cfg", &text)?;
             let proc = Proc::spawn(
                 "haproxy",
                 cmd::in_ns(bench.lb(), Some(SERVER_CPU), "haproxy")
@@ -243,13 +278,18 @@ pub fn start<'a>(
             )?;
             Middlebox::Proxy { proc, _config: dir }
         }
-        Case::Nginx => {
-            anyhow::ensure!(
-                Path::new(NGINX_STREAM_MODULE).exists(),
-                "{NGINX_STREAM_MODULE} is missing: apt-get install libnginx-mod-stream"
-            );
+        Case::Nginx | Case::NginxHttp => {
             let dir = TempDir::new("nginx")?;
-            let cfg = dir.write("nginx.conf", &nginx_config(&dir.path, vip, &backends))?;
+            let text = if case == Case::Nginx {
+                anyhow::ensure!(
+                    Path::new(NGINX_STREAM_MODULE).exists(),
+                    "{NGINX_STREAM_MODULE} is missing: apt-get install libnginx-mod-stream"
+                );
+                nginx_config(&dir.path, vip, &backends)
+            } else {
+                nginx_http_config(&dir.path, vip, &backends)
+            };
+            let cfg = dir.write("nginx.conf", &text)?;
             let proc = Proc::spawn(
                 "nginx",
                 cmd::in_ns(bench.lb(), Some(SERVER_CPU), "nginx")
@@ -311,10 +351,17 @@ fn start_sticky(bin: &Path, bench: &Bench, args: &[String]) -> anyhow::Result<St
 }
 
 /// Proxy mode on `listen`, on top of the kernel path's arguments (`--iface`, a `--vip` on
-/// another port, the backends): no trusted proxies, so the peer address picks the backend.
+/// another port, the backends): the clients' X-Forwarded-For picks the backend, as it does
+/// for the HTTP-mode peers; requests without one (the upgrade service's) go by the peer.
 fn proxy_args(kernel: Vec<String>, listen: SocketAddr, splice: bool) -> Vec<String> {
     let mut args = kernel;
-    args.extend(["--proxy".to_string(), listen.to_string()]);
+    args.extend([
+        "--proxy".to_string(),
+        listen.to_string(),
+        "--trusted-proxies".into(),
+        CLIENT_NET.to_string(),
+        "--ignore-missing-header".into(),
+    ]);
     if !splice {
         args.push("--no-splice".into());
     }
@@ -396,6 +443,45 @@ fn haproxy_config(vip: SocketAddr, backends: &[SocketAddr]) -> String {
     cfg
 }
 
+/// HAProxy as an HTTP proxy: every request routed by its X-Forwarded-For, server connections
+/// reused across clients where that is safe.
+fn haproxy_http_config(vip: SocketAddr, backends: &[SocketAddr]) -> String {
+    let mut cfg = format!(
+        "global\n    maxconn 9000\n    nbthread 1\n\n\
+         defaults\n    mode http\n    option http-keep-alive\n    timeout connect 3s\n    \
+         timeout client 30s\n    timeout server 30s\n\n\
+         listen bench\n    bind {vip}\n    balance hdr(X-Forwarded-For)\n    http-reuse safe\n"
+    );
+    for (k, b) in backends.iter().enumerate() {
+        cfg.push_str(&format!("    server be{k} {b}\n"));
+    }
+    cfg
+}
+
+/// nginx as an HTTP proxy: X-Forwarded-For hashed per request, an upstream keep-alive pool.
+fn nginx_http_config(dir: &Path, vip: SocketAddr, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("        server {b};\n"))
+        .collect();
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+         worker_rlimit_nofile 19000;\n\
+         pid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
+         events {{\n    worker_connections 9000;\n    multi_accept on;\n}}\n\
+         http {{\n    access_log off;\n    keepalive_requests 100000000;\n    \
+         keepalive_timeout 300s;\n    client_body_temp_path {d}/body;\n    \
+         proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
+         uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    \
+         upstream backends {{\n        hash $http_x_forwarded_for consistent;\n{servers}        \
+         keepalive 32;\n    }}\n    \
+         server {{\n        listen {vip};\n        location / {{\n            \
+         proxy_pass http://backends;\n            proxy_http_version 1.1;\n            \
+         proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
+    )
+}
+
 fn nginx_config(dir: &Path, vip: SocketAddr, backends: &[SocketAddr]) -> String {
     let servers: String = backends
         .iter()
@@ -447,6 +533,25 @@ mod tests {
     }
 
     #[test]
+    fn http_peers_hash_x_forwarded_for_per_request() {
+        let vip = "198.18.0.100:80".parse().unwrap();
+        let h = haproxy_http_config(vip, &backends());
+        assert!(h.contains("mode http") && h.contains("balance hdr(X-Forwarded-For)"));
+        assert!(h.contains("http-reuse safe") && h.contains("server be0 198.19.0.2:8080"));
+        let n = nginx_http_config(Path::new("/tmp/x"), vip, &backends());
+        assert!(n.contains("hash $http_x_forwarded_for consistent;"));
+        assert!(n.contains("keepalive 32;") && n.contains("proxy_set_header Connection \"\";"));
+        assert!(!n.contains("load_module"));
+        // The fixed-rate run keeps its connections open for good, as wrk does.
+        assert!(n.contains("keepalive_requests 100000000;"));
+        for case in [Case::HaproxyHttp, Case::NginxHttp, Case::StickyProxy] {
+            assert!(case.forwards_for() && !case.transparent());
+        }
+        assert!(!Case::Haproxy.forwards_for());
+        assert_eq!(Case::NginxHttp.services(), &[Service::Http]);
+    }
+
+    #[test]
     fn proxy_mode_listens_beside_an_idle_vip() {
         let kernel = vec![
             "--iface".to_string(),
@@ -459,9 +564,10 @@ mod tests {
         let listen = Bench::vip(Service::Http.vip_port());
         let splice = proxy_args(kernel.clone(), listen, true);
         assert_eq!(
-            splice[kernel.len()..],
+            splice[kernel.len()..kernel.len() + 2],
             ["--proxy".to_string(), "198.18.0.100:80".into()]
         );
+        assert!(splice.contains(&CLIENT_NET.to_string()));
         let copy = proxy_args(kernel, listen, false);
         assert_eq!(copy.last().map(String::as_str), Some("--no-splice"));
         // sticky refuses a proxy address that is also a VIP.

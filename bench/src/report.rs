@@ -266,6 +266,14 @@ fn kernel_targets(md: &mut String, results: &Results) {
     md.push('\n');
 }
 
+/// Proxy mode against the HTTP-mode peers, each routing every request by X-Forwarded-For:
+/// (peer, metric, target ratio).
+const HTTP_PEER_TARGETS: [(Case, Metric, f64); 3] = [
+    (Case::HaproxyHttp, Metric::KeepAlive, 1.0),
+    (Case::NginxHttp, Metric::KeepAlive, 1.2),
+    (Case::HaproxyHttp, Metric::NewConn, 1.0),
+];
+
 /// Proxy mode against HAProxy and the direct path, and splicing against copying: the data
 /// for the splice default.
 fn proxy_targets(md: &mut String, results: &Results) {
@@ -304,6 +312,26 @@ fn proxy_targets(md: &mut String, results: &Results) {
             });
         }
         let _ = writeln!(md, "- {}: {}", case.label(), parts.join("; "));
+        let http: Vec<String> = HTTP_PEER_TARGETS
+            .iter()
+            .filter(|(peer, m, _)| results.vs(case, *peer, *m).is_some())
+            .map(|&(peer, m, target)| {
+                format!(
+                    "{} {} {}",
+                    m.label(),
+                    verdict(results.vs(case, peer, m), target),
+                    peer.label()
+                )
+            })
+            .collect();
+        if !http.is_empty() {
+            let _ = writeln!(
+                md,
+                "- {} against the HTTP proxies (per-request routing): {}",
+                case.label(),
+                http.join("; ")
+            );
+        }
     }
     if proxies.len() == 2 {
         let ratios: Vec<String> = [

@@ -22,19 +22,27 @@ pub struct Wrk {
     pub errors: u64,
 }
 
-/// `wrk -t1 -cCONNS -dSECS` against `target`, keep-alive.
-pub fn wrk(client: &Netns, target: SocketAddr, conns: usize, secs: u64) -> anyhow::Result<Wrk> {
-    let out = cmd::output(
-        cmd::in_ns(client, Some(LOAD_CPU), "wrk").args([
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            "--timeout",
-            "2s",
-            &format!("http://{target}/"),
-        ]),
-        Duration::from_secs(secs) + GRACE,
-    )?;
+/// `wrk -t1 -cCONNS -dSECS [-H HEADER]` against `target`, keep-alive.
+pub fn wrk(
+    client: &Netns,
+    target: SocketAddr,
+    conns: usize,
+    secs: u64,
+    header: Option<&str>,
+) -> anyhow::Result<Wrk> {
+    let mut c = cmd::in_ns(client, Some(LOAD_CPU), "wrk");
+    c.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--timeout",
+        "2s",
+    ]);
+    if let Some(h) = header {
+        c.args(["-H", h]);
+    }
+    c.arg(format!("http://{target}/"));
+    let out = cmd::output(&mut c, Duration::from_secs(secs) + GRACE)?;
     parse_wrk(&out)
 }
 

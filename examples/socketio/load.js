@@ -3,9 +3,9 @@
 //
 //   node load.js --url http://HOST:PORT [--urls u1,u2,...] --clients N --rounds R
 //                [--transport polling|default|websocket]
-//                [--local-address-base 198.18.1.1 | --header-xff [--xff-base A]]
+//                [--local-address-base 198.18.1.1 [--expect-xff] | --header-xff [--xff-base A]]
 //                [--broadcast] [--timeout-ms 60000] [--batch 50]
-//                [--reconnect [--interval-ms 200]]
+//                [--reconnect [--interval-ms 200]] [--pause-ms 0]
 //
 // Opens N socket.io-client connections (forceNew, no reconnection unless
 // --reconnect), connecting them in batches, then every client does R rounds
@@ -18,6 +18,11 @@
 //                         from A (skipping .0 and .255) as its TCP source
 //                         address, for the polling requests and the websocket
 //                         alike (an http.Agent with localAddress).
+// --expect-xff            with --local-address-base: a proxy in front (nginx,
+//                         HAProxy) adds X-Forwarded-For, so the workers must see
+//                         the bound address there (not as the TCP peer).
+// --pause-ms P            pause P ms between the rounds of a client (not with
+//                         --reconnect), so its session lasts a while.
 // --header-xff            do not bind; send X-Forwarded-For: <that address>
 //                         instead (for a proxy in front of the workers). The
 //                         addresses count from --xff-base, else from
@@ -50,7 +55,7 @@ function usage(msg) {
   process.stderr.write(
     'usage: node load.js --url URL [--urls U1,U2] --clients N --rounds R ' +
       '[--transport polling|default|websocket] [--local-address-base IPV4] ' +
-      '[--header-xff [--xff-base IPV4]] [--broadcast] [--timeout-ms MS] [--batch N] ' +
+      '[--expect-xff] [--pause-ms MS] [--header-xff [--xff-base IPV4]] [--broadcast] [--timeout-ms MS] [--batch N] ' +
       '[--connect-timeout-ms MS] [--reconnect [--interval-ms MS]]\n'
   );
   process.exit(2);
@@ -64,6 +69,8 @@ function parseArgs(argv) {
     transport: 'default',
     localAddressBase: null,
     headerXff: false,
+    expectXff: false,
+    pauseMs: 0,
     xffBase: null,
     broadcast: false,
     timeoutMs: 60000,
@@ -100,6 +107,8 @@ function parseArgs(argv) {
       case '--polling': o.transport = 'polling'; break;
       case '--local-address-base': o.localAddressBase = val(); break;
       case '--header-xff': o.headerXff = true; break;
+      case '--expect-xff': o.expectXff = true; break;
+      case '--pause-ms': o.pauseMs = num(a, val()); break;
       case '--xff-base': o.xffBase = val(); break;
       case '--broadcast': o.broadcast = true; break;
       case '--timeout-ms': o.timeoutMs = num(a, val()); break;
@@ -494,6 +503,7 @@ async function work(c) {
     } else {
       c.ackTimeouts++;
     }
+    if (opts.pauseMs && r + 1 < opts.rounds) await sleep(opts.pauseMs);
   }
 }
 
@@ -588,7 +598,8 @@ function summary() {
     if (c.addressesSeen.size > 0 || c.xffSeen.size > 0) {
       checked++;
       let ok;
-      if (opts.headerXff && c.addr) {
+      const viaXff = opts.headerXff || opts.expectXff;
+      if (viaXff && c.addr) {
         ok = c.xffSeen.size === 1 && c.xffSeen.has(c.addr);
       } else if (c.addr) {
         ok = c.addressesSeen.size === 1 && c.addressesSeen.has(c.addr);
@@ -599,7 +610,7 @@ function summary() {
         addrOk = false;
         addrMismatches++;
         sample(`client ${c.i}: expected ${c.addr || '(any one)'}, server saw ` +
-          `${JSON.stringify([...(opts.headerXff ? c.xffSeen : c.addressesSeen)])}`);
+          `${JSON.stringify([...(viaXff ? c.xffSeen : c.addressesSeen)])}`);
       }
     }
   }

@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("control_message", control_message),
     ("cidr_list", cidr_list),
     ("metrics_request", metrics_request),
+    ("request_framing", request_framing),
 ];
 
 /// The proxies the forwarding-header targets trust.
@@ -57,6 +58,174 @@ pub fn request_head(data: &[u8]) {
         Ok(None) => assert!(buf.len() < limit, "waiting for bytes past the limit"),
         Err(HeadError::TooLarge { .. }) => assert!(buf.len() >= limit),
         Err(_) => {}
+    }
+}
+
+/// `[flags, stream...]`: a client connection's bytes through what proxy mode does before
+/// hyper and before forwarding. The framing guard (`proxy::guard`) must pass the same bytes and
+/// refuse the same head whether the stream arrives at once or in pieces of `1 + flags / 4 % 64`
+/// bytes (an attacker chooses the segmentation), and refuse only a complete head the framing
+/// check refuses. The first head's framing check must agree with a model (one valid
+/// Content-Length, or a single `chunked` coding alone in HTTP/1.1); then its engine.io
+/// parameters, hop-by-hop headers stripped for the backend's hop and `--forwarded-for`
+/// (flags bits 0-1) applied; bytes after it go through the polling handshake's sid reader.
+pub fn request_framing(data: &[u8]) {
+    use ::http::{HeaderMap, HeaderName, HeaderValue};
+    use sticky::proxy::{
+        config::ForwardedFor,
+        framing,
+        guard::{Guard, Step},
+        sid,
+    };
+
+    let Some((flags, buf)) = data.split_first() else {
+        return;
+    };
+    // Larger than any input, so the head limit never cuts a head at one segmentation only.
+    const LIMIT: usize = 1 << 20;
+    let through = |size: usize| {
+        let (mut guard, mut held, mut passed) = (Guard::new(LIMIT), Vec::new(), 0);
+        for piece in buf.chunks(size.max(1)) {
+            held.extend_from_slice(piece);
+            match guard.scan(&held) {
+                Step::Pass(n) => {
+                    assert!(n <= held.len());
+                    passed += n;
+                    held.drain(..n);
+                }
+                Step::Refuse(n, why) => {
+                    assert!(n <= held.len());
+                    return (passed + n, Some(why));
+                }
+            }
+        }
+        (passed, None)
+    };
+    let whole = through(buf.len());
+    assert_eq!(
+        through(1 + usize::from(flags >> 2) % 64),
+        whole,
+        "the segmentation changed what the guard passes"
+    );
+    if let (at, Some(why)) = whole {
+        let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        assert!(
+            matches!(req.parse(&buf[at..]), Ok(httparse::Status::Complete(_))),
+            "refused an incomplete head"
+        );
+        let pairs = req.headers.iter().map(|h| (h.name, h.value));
+        assert_eq!(framing::check(pairs, req.version.unwrap_or(1)), Err(why));
+    }
+
+    let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let Ok(httparse::Status::Complete(len)) = req.parse(buf) else {
+        return;
+    };
+    let _ = sid::from_handshake(&buf[len..]);
+    let field = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect::<Vec<_>>()
+    };
+    let (lengths, codings) = (field("content-length"), field("transfer-encoding"));
+    let valid_length = |v: &[u8]| {
+        let d = v.trim_ascii();
+        !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit)
+    };
+    let single_chunked =
+        matches!(codings.as_slice(), [one] if one.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let version = req.version.unwrap_or(1);
+    let unambiguous = lengths.iter().all(|v| valid_length(v))
+        && lengths.len() <= 1
+        && (codings.is_empty() || (lengths.is_empty() && version == 1 && single_chunked));
+    let pairs = req.headers.iter().map(|h| (h.name, h.value));
+    match framing::check(pairs, version) {
+        Ok(framing::Length::Chunked) => assert!(unambiguous && single_chunked),
+        Ok(framing::Length::Bytes(n)) => {
+            assert!(unambiguous && codings.is_empty());
+            let given = lengths.first().map(|v| {
+                std::str::from_utf8(v.trim_ascii())
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+            });
+            assert_eq!(given.unwrap_or(Some(0)), Some(n));
+        }
+        Err(_) => assert!(!unambiguous),
+    }
+
+    let mut headers = HeaderMap::new();
+    for h in req.headers.iter() {
+        // hyper refuses a head whose names or values these refuse.
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return;
+        };
+        headers.append(name, value);
+    }
+    let count = |h: &HeaderMap, name: &str| h.get_all(name).iter().count();
+    let lengths = lengths.len();
+
+    let target = req.path.unwrap_or("");
+    if let Some(s) = sid::from_target(target).and_then(|eio| eio.sid) {
+        assert!(!s.is_empty() && target.contains(s));
+        assert!(
+            !s.contains('&') && !s.contains('#'),
+            "sid {s:?} of {target:?}"
+        );
+    }
+
+    let upgrade = framing::wants_upgrade(&headers);
+    let hosts = count(&headers, "host");
+    let xff_before = count(&headers, framing::X_FORWARDED_FOR);
+    framing::strip_hop_by_hop(&mut headers, upgrade, &[framing::X_FORWARDED_FOR]);
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        assert!(!headers.contains_key(name), "{name} left for the backend");
+    }
+    if upgrade {
+        assert_eq!(count(&headers, "connection"), 1);
+        assert!(headers.contains_key("upgrade"));
+    } else {
+        assert!(!headers.contains_key("connection") && !headers.contains_key("upgrade"));
+    }
+    assert_eq!(count(&headers, "host"), hosts, "Host is end to end");
+    assert_eq!(
+        count(&headers, "content-length"),
+        lengths,
+        "Content-Length is end to end"
+    );
+
+    let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let client = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+    let how = match flags % 3 {
+        0 => ForwardedFor::Keep,
+        1 => ForwardedFor::Append,
+        _ => ForwardedFor::Replace,
+    };
+    framing::forwarded_for(&mut headers, how, peer, client);
+    let xff: Vec<&[u8]> = headers
+        .get_all(framing::X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    match how {
+        ForwardedFor::Keep => assert_eq!(xff.len(), xff_before),
+        ForwardedFor::Replace => assert_eq!(xff, [client.to_string().as_bytes()]),
+        ForwardedFor::Append => {
+            assert_eq!(xff.len(), 1);
+            assert!(xff[0].ends_with(peer.to_string().as_bytes()), "{xff:?}");
+        }
     }
 }
 

@@ -11,14 +11,14 @@ use std::{
     time::Duration,
 };
 
-use common::sticky_bin;
+use common::{run_load, sticky_bin};
 use serde_json::Value;
 use sticky_tests::{Netns, StickyProcess, Topology, plan, root_or_skip};
 
 const CLIENTS: usize = 200;
 
 fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/socketio")
+    common::socketio_example()
 }
 
 fn require_example() {
@@ -89,42 +89,8 @@ fn load(topo: &Topology, args: &[&str]) -> Value {
     run_load(&topo.client.path(), &args)
 }
 
-/// Runs load.js in the namespace at `ns_path` (callable from another thread).
-fn run_load(ns_path: &str, args: &[String]) -> Value {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={ns_path}"))
-        .arg("node")
-        .arg(example().join("load.js"))
-        .args(args)
-        .output()
-        .expect("run node load.js");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no report from load.js: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad report {line}: {e}"))
-}
-
 fn assert_clean(report: &Value, what: &str) {
-    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
-    assert_eq!(n("connected"), CLIENTS as u64, "{what}: {report}");
-    for key in [
-        "failed_handshakes",
-        "session_id_unknown",
-        "ack_timeouts",
-        "split_clients",
-    ] {
-        assert_eq!(n(key), 0, "{what}: {key} in {report}");
-    }
-    let workers = report["workers"].as_object().map_or(0, |w| w.len());
-    assert_eq!(workers, 3, "{what}: every worker used: {report}");
+    common::assert_socketio_clean(report, CLIENTS, what);
 }
 
 fn url(port: u16) -> String {
@@ -216,6 +182,10 @@ fn socketio_polling_default_proxy_and_broadcast() {
         ],
     );
     assert_clean(&proxied, "proxy mode with X-Forwarded-For");
+    assert_eq!(
+        proxied["upgraded"], CLIENTS as u64,
+        "every client upgrades to websocket through proxy mode: {proxied}"
+    );
 }
 
 #[test]

@@ -22,6 +22,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "strace",
     // promtool: tests/observability.rs checks deploy/prometheus and the /metrics scrape.
     "prometheus",
+    "nginx",
+    "haproxy",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

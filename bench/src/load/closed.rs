@@ -37,9 +37,13 @@ pub struct Closed<'a> {
     targets: &'a [SocketAddr],
     sources: Net,
     handshake: bool,
+    /// Requests carry `X-Forwarded-For: <source>`.
+    xff: bool,
     epoll: Epoll,
     slots: Vec<Option<Slot>>,
     next_source: u32,
+    /// Counts calls of `step`: a fresh session id for every handshake's second request.
+    steps: u64,
     done: u64,
     errors: u64,
     split: u64,
@@ -53,14 +57,17 @@ impl<'a> Closed<'a> {
         concurrency: usize,
         duration: Duration,
         handshake: bool,
+        xff: bool,
     ) -> anyhow::Result<LoadResult> {
         let mut me = Self {
             targets,
             sources,
             handshake,
+            xff,
             epoll: Epoll::new(concurrency * 2)?,
             slots: (0..concurrency).map(|_| None).collect(),
             next_source: 0,
+            steps: 0,
             done: 0,
             errors: 0,
             split: 0,
@@ -168,7 +175,9 @@ impl<'a> Closed<'a> {
 
     /// Advances slot `i`; returns what to open next when its connection is finished.
     fn step(&mut self, i: usize, events: u32) -> anyhow::Result<Option<(Option<u32>, u8)>> {
-        let handshake = self.handshake;
+        let (handshake, xff, sources) = (self.handshake, self.xff, self.sources);
+        self.steps += 1;
+        let session = self.steps;
         let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return Ok(None);
         };
@@ -180,12 +189,17 @@ impl<'a> Closed<'a> {
                 return Ok(None);
             }
             slot.connected = true;
+            let second;
             let request = match (handshake, slot.step) {
                 (false, _) => http::CLOSE,
                 (true, 0) => http::HANDSHAKE_OPEN,
-                (true, _) => http::HANDSHAKE_SECOND,
+                (true, _) => {
+                    second = http::handshake_second(session);
+                    &second
+                }
             };
-            http::send(&slot.socket, request).context("send")?;
+            let client = xff.then(|| sources.addr(slot.source));
+            http::send(&slot.socket, &http::forwarded(request, client)).context("send")?;
         }
         let state = http::read_available(&slot.socket, &mut slot.buf).context("read")?;
         let Some((_, body)) = http::parse_response(&slot.buf)? else {

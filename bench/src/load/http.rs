@@ -15,8 +15,30 @@ pub const CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\
 /// socket.io's first long-polling request, then the one that carries the session id.
 pub const HANDSHAKE_OPEN: &[u8] =
     b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
-pub const HANDSHAKE_SECOND: &[u8] =
-    b"GET /socket.io/?EIO=4&transport=polling&sid=b HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// The handshake's second request, for session number `session`: every session has its own
+/// id, as engine.io's are (proxy mode routes by a sid it has seen answered).
+pub fn handshake_second(session: u64) -> Vec<u8> {
+    format!(
+        "GET /socket.io/?EIO=4&transport=polling&sid=bench{session:x} HTTP/1.1\r\nHost: bench\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// `request` (a head without a body) with `X-Forwarded-For: <client>` added when given: the
+/// header HTTP proxies route by.
+pub fn forwarded(request: &[u8], client: Option<Ipv4Addr>) -> Vec<u8> {
+    let mut out = request.to_vec();
+    if let Some(client) = client {
+        let end = out.len().saturating_sub(2);
+        out.splice(
+            end..end,
+            format!("X-Forwarded-For: {client}\r\n").into_bytes(),
+        );
+    }
+    out
+}
 
 /// Starts a non-blocking connection from `src` (any port) to `dst`.
 pub fn connect(src: Ipv4Addr, dst: SocketAddr) -> io::Result<Socket> {
@@ -128,6 +150,17 @@ mod tests {
         let (len, body) = parse_response(&two).unwrap().unwrap();
         assert_eq!(len, ANSWER.len());
         assert_eq!(backend_id(&two[body]), b"be1");
+    }
+
+    #[test]
+    fn adds_x_forwarded_for_to_the_head() {
+        let src = Ipv4Addr::new(198, 18, 16, 7);
+        assert_eq!(
+            forwarded(CLOSE, Some(src)),
+            b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
+              X-Forwarded-For: 198.18.16.7\r\n\r\n"
+        );
+        assert_eq!(forwarded(KEEP_ALIVE, None), KEEP_ALIVE);
     }
 
     #[test]

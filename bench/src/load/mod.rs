@@ -36,6 +36,10 @@ struct Common {
     /// Seconds to measure.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Send `X-Forwarded-For: <source address>` with every HTTP request (for HTTP proxies
+    /// that route by it).
+    #[arg(long)]
+    xff: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -174,6 +178,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         targets,
         sources,
         duration,
+        xff,
     } = args.mode.common();
     anyhow::ensure!(
         *duration > 0.0 && *duration <= 600.0,
@@ -182,14 +187,14 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(*duration);
     let result = match args.mode {
         Mode::Connect { concurrency, .. } => {
-            closed::Closed::run(targets, *sources, concurrency, duration, false)?
+            closed::Closed::run(targets, *sources, concurrency, duration, false, *xff)?
         }
         Mode::Handshake { concurrency, .. } => {
-            closed::Closed::run(targets, *sources, concurrency, duration, true)?
+            closed::Closed::run(targets, *sources, concurrency, duration, true, *xff)?
         }
         Mode::Rate {
             rate, connections, ..
-        } => rate::run(targets, *sources, connections, rate, duration)?,
+        } => rate::run(targets, *sources, connections, rate, duration, *xff)?,
         Mode::Echo { size, head, .. } => {
             let dst = *targets
                 .first()

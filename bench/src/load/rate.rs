@@ -24,6 +24,8 @@ const STALL: Duration = Duration::from_secs(3);
 
 struct Conn {
     socket: Socket,
+    /// The request it sends, again and again.
+    request: Vec<u8>,
     buf: Vec<u8>,
     due: Instant,
     /// Scheduled send time of the request in flight.
@@ -36,6 +38,7 @@ pub fn run(
     conns: usize,
     rate: f64,
     duration: Duration,
+    xff: bool,
 ) -> anyhow::Result<LoadResult> {
     anyhow::ensure!(
         rate > 0.0 && conns > 0,
@@ -51,14 +54,18 @@ pub fn run(
         let src = sources.addr(i32);
         let socket = open(src, dst).with_context(|| format!("connect {src} -> {dst}"))?;
         epoll.add(socket.as_raw_fd(), READ | EDGE | HANGUP, i as u64)?;
-        list.push(socket);
+        list.push((
+            socket,
+            http::forwarded(http::KEEP_ALIVE, xff.then_some(src)),
+        ));
     }
     let start = Instant::now();
     let mut conns: Vec<Conn> = list
         .into_iter()
         .enumerate()
-        .map(|(i, socket)| Conn {
+        .map(|(i, (socket, request))| Conn {
             socket,
+            request,
             buf: Vec::with_capacity(512),
             // Spread the first sends evenly over one period.
             due: start + period.mul_f64(i as f64 / conns as f64),
@@ -81,7 +88,7 @@ pub fn run(
         for c in &mut conns {
             if c.in_flight.is_none() {
                 if c.due <= now {
-                    http::send(&c.socket, http::KEEP_ALIVE).context("send")?;
+                    http::send(&c.socket, &c.request).context("send")?;
                     c.in_flight = Some(c.due);
                     c.due += period;
                 } else {

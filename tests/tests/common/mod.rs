@@ -232,3 +232,49 @@ pub fn scrape(topo: &Topology, addr: &str) -> String {
         })
         .expect("lb namespace")
 }
+
+/// examples/socketio: the socket.io worker (app.js) and the load/check client (load.js).
+pub fn socketio_example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/socketio")
+}
+
+/// Runs load.js in the namespace at `ns_path` (callable from any thread) and returns its
+/// JSON report.
+pub fn run_load(ns_path: &str, args: &[String]) -> serde_json::Value {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={ns_path}"))
+        .arg("node")
+        .arg(socketio_example().join("load.js"))
+        .args(args)
+        .output()
+        .expect("run node load.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from load.js: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad report {line}: {e}"))
+}
+
+/// A load.js report with every client connected and nothing lost: no failed handshake, no
+/// "Session ID unknown", no failed ack, no client split over workers; every worker used.
+pub fn assert_socketio_clean(report: &serde_json::Value, clients: usize, what: &str) {
+    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connected"), clients as u64, "{what}: {report}");
+    for key in [
+        "failed_handshakes",
+        "session_id_unknown",
+        "ack_timeouts",
+        "split_clients",
+    ] {
+        assert_eq!(n(key), 0, "{what}: {key} in {report}");
+    }
+    let workers = report["workers"].as_object().map_or(0, |w| w.len());
+    assert_eq!(workers, 3, "{what}: every worker used: {report}");
+}
