@@ -37,6 +37,7 @@ use sticky_common::{
         VipKey,
     },
 };
+use sticky_tests::SplitMix64;
 
 const DEFAULT_SEED: u64 = 0xdec1_5104_0000_0011;
 const DEFAULT_CASES: u64 = 20_000;
@@ -62,7 +63,7 @@ fn kernel_and_userspace_choose_alike() {
     let config = config("decision", vip4, &[sa("10.0.0.1:80")]);
     let mut lb = Lb::load(&config, &[]);
     add_vip(&mut lb, vip6);
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let mut tally: BTreeMap<String, u64> = BTreeMap::new();
     let mut done = 0u64;
     let mut previous: Vec<Addr16> = Vec::new();
@@ -361,16 +362,12 @@ impl World {
     }
 }
 
-/// SplitMix64: small, seedable, and enough for test data.
-struct Rng(u64);
+/// The rig's SplitMix64, with the two draws the generator needs.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform enough in `0..n` (`n > 0`).

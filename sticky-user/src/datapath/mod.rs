@@ -181,7 +181,6 @@ impl Datapath {
         Arc::clone(&self.reader)
     }
 
-    /// An owned handle on the client-affinity map (proxy mode records affinity in it).
     /// The kernel programs' log, for the daemon to read (once).
     pub fn take_log(&mut self) -> Option<KernelLog> {
         self.log.take()
@@ -193,6 +192,7 @@ impl Datapath {
         maps::duplicate(&self.ebpf, name)
     }
 
+    /// An owned handle on the client-affinity map (proxy mode records affinity in it).
     pub fn affinity_map(&self) -> anyhow::Result<HashMap<MapData, Addr16, Affinity>> {
         Ok(HashMap::try_from(maps::duplicate(
             &self.ebpf,
