@@ -172,6 +172,8 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> any
     let mut line = Vec::new();
     loop {
         line.clear();
+        // The limit is per request, not per connection: a client may send many.
+        reader.get_mut().set_limit(MAX_REQUEST as u64 + 2);
         let n = tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
             .await
             .context("idle control connection")??;
@@ -326,6 +328,34 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let gone = endpoint.call(&Request::Reload).await.unwrap_err();
         assert_eq!(gone.to_string(), "nobody there");
+    }
+
+    /// One connection may carry more than `MAX_REQUEST` bytes of requests in all.
+    #[tokio::test]
+    async fn the_size_limit_is_per_request_not_per_connection() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let path = std::env::temp_dir().join(format!("sticky-limit-{}.sock", std::process::id()));
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let _server = serve(&path, tx).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(Response::ok("fine"));
+            }
+        });
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let request = b"{\"op\":\"list\"}\n";
+        let rounds = 2 * MAX_REQUEST / request.len() + 1;
+        for i in 0..rounds {
+            write.write_all(request).await.unwrap();
+            let answer = lines.next_line().await.unwrap();
+            assert!(
+                answer.as_deref().is_some_and(|a| a.contains("fine")),
+                "request {i} of {rounds}: {answer:?}"
+            );
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
