@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use sticky_common::BackendState;
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -66,6 +66,8 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
     let pins = Pins::for_instance(&config.instance);
     let dp = Datapath::load_with(&config, Some(pins.clone()))?;
     let adopted = dp.adopted();
+    // Before anything says "ready": a SIGTERM from then on must detach, not kill.
+    let signals = Signals::install()?;
     let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope).await {
         Ok(d) => d,
         Err(e) => {
@@ -77,7 +79,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
             return Err(e);
         }
     };
-    let keep = daemon.serve().await;
+    let keep = daemon.serve(signals).await;
     notify::stopping();
     let instance = daemon.config.instance.clone();
     daemon.shutdown(keep)?;
@@ -114,6 +116,23 @@ struct Publishing {
 struct Control {
     requests: mpsc::Receiver<Incoming>,
     _server: JoinHandle<()>,
+}
+
+/// The signals the daemon handles: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+        })
+    }
 }
 
 /// Cookie tokens derive from the seed: every node with the same seed names backends alike.
@@ -202,16 +221,14 @@ impl Daemon {
     }
 
     /// Runs until asked to stop; returns whether to keep the data path running.
-    async fn serve(&mut self) -> bool {
-        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            warn!("cannot install signal handlers");
-            return false;
-        };
-        // Only now: a SIGTERM sent on READY=1 must find the handler that detaches.
+    async fn serve(&mut self, signals: Signals) -> bool {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
+        // The handlers were installed before the ready line: a SIGTERM sent on it, or on
+        // READY=1, finds the handler that detaches.
         notify::ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
