@@ -142,3 +142,51 @@ fn a_private_mount_namespace_is_left_alone_and_reported() {
     );
     assert!(daemon.stop().expect("stop").success());
 }
+
+/// Pinned maps are adopted with the sizes they were made with: a restart that asks for other
+/// sizes is refused with the setting named, and the running data path is left as it was.
+#[test]
+fn a_restart_with_other_map_sizes_is_refused_and_changes_nothing() {
+    if !root_or_skip("a_restart_with_other_map_sizes_is_refused_and_changes_nothing") {
+        return;
+    }
+    let topo = Topology::build("nssz", 2, 20).expect("topology");
+    let _servers = topo.start_backends().expect("backends");
+    let args = args_with(&topo, &[0, 1], &["--instance", &topo.lb.name]);
+    let daemon = start(Launch::Nsenter, &topo, &args);
+    let before = assign(&topo, 0..20, 1, false);
+    ok(
+        &daemon.ctl(&sticky_bin(), &["stop", "--keep"]),
+        "stop --keep",
+    );
+    assert!(daemon.wait_exit().expect("exit").success());
+
+    let mut bigger = vec!["run".to_string()];
+    bigger.extend(args.iter().cloned());
+    bigger.extend(["--max-flows".to_string(), "524288".to_string()]);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", topo.lb.path()))
+        .arg(sticky_bin())
+        .args(&bigger)
+        .output()
+        .expect("run sticky");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a restart with another size started");
+    assert!(
+        err.contains("pinned maps with max-flows 262144 (asked: 524288)"),
+        "{err}"
+    );
+    assert_eq!(
+        assign(&topo, 0..20, 1, false),
+        before,
+        "the refused restart changed the data path"
+    );
+
+    let daemon = start(Launch::Nsenter, &topo, &args);
+    assert!(
+        daemon.ready_line.contains("adopted"),
+        "{}",
+        daemon.ready_line
+    );
+    assert!(daemon.stop().expect("stop").success());
+}

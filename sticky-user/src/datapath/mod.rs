@@ -71,17 +71,36 @@ impl Datapath {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        if let Some(old) = pinned_settings
-            && old.table_size != config.table_size
-        {
-            bail!(
-                "instance '{}' has pinned maps with table-size {} (asked: {}): stop it with \
-                 `sticky stop --instance {}` first",
-                config.instance,
-                old.table_size,
-                config.table_size,
-                config.instance
-            );
+        if let (Some(old), Some(pins)) = (pinned_settings, &pins) {
+            // Pinned maps are adopted as they are (sizes included): a size asked for that the
+            // pins do not have would be silently ignored, so it is refused instead.
+            let pinned = [
+                ("table-size", old.table_size, config.table_size),
+                (
+                    "max-flows",
+                    pins.max_entries(names::FLOWS)?,
+                    config.max_flows,
+                ),
+                (
+                    "max-new-flows",
+                    pins.max_entries(names::NEW_FLOWS)?,
+                    config.max_new_flows,
+                ),
+                (
+                    "max-clients",
+                    pins.max_entries(names::AFFINITY)?,
+                    config.max_clients,
+                ),
+            ];
+            if let Some((key, have, asked)) = pinned.into_iter().find(|(_, h, a)| h != a) {
+                bail!(
+                    "instance '{}' has pinned maps with {key} {have} (asked: {asked}): stop it \
+                     with `sticky stop --instance {}` first (that ends its connections), or \
+                     keep {key} {have}",
+                    config.instance,
+                    config.instance
+                );
+            }
         }
         let mut ebpf = loader.load(bytes).map_err(explain_load_error)?;
         // Taken before the programs load: they need the log map alive. Without it (an object

@@ -63,6 +63,17 @@ impl Pins {
         Ok(array.get(&0, 0)?)
     }
 
+    /// How many entries the pinned map `name` holds at most (what it was created with).
+    pub(super) fn max_entries(&self, name: &str) -> anyhow::Result<u32> {
+        let path = self.map(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("open pinned {}", path.display()))?;
+        Ok(data
+            .info()
+            .with_context(|| format!("read {}", path.display()))?
+            .max_entries())
+    }
+
     /// Detaches every pinned link and removes every pin of the instance.
     pub fn remove(&self) -> anyhow::Result<()> {
         let links = self.dir.join("links");
