@@ -1012,16 +1012,25 @@ enum Lead {
     /// A good chunked POST whose chunk size has 20 digits, leading zeros (valid, and hyper
     /// reads it): framing must still be followed past it.
     AfterLongChunkSize,
+    /// A GET asking for a WebSocket upgrade that the backend declines (200, not 101): the
+    /// connection stays HTTP, and its next heads must still be checked.
+    AfterDeclinedUpgrade,
 }
 
 impl Lead {
-    const ALL: [Self; 3] = [Self::Alone, Self::AfterGet, Self::AfterLongChunkSize];
+    const ALL: [Self; 4] = [
+        Self::Alone,
+        Self::AfterGet,
+        Self::AfterLongChunkSize,
+        Self::AfterDeclinedUpgrade,
+    ];
 
     fn tag(self, name: &str) -> String {
         match self {
             Self::Alone => name.to_string(),
             Self::AfterGet => format!("{name}-after-get"),
             Self::AfterLongChunkSize => format!("{name}-after-long-chunk-size"),
+            Self::AfterDeclinedUpgrade => format!("{name}-after-declined-upgrade"),
         }
     }
 
@@ -1035,6 +1044,10 @@ impl Lead {
                 "POST {head}Transfer-Encoding: chunked\r\n\r\n\
                  00000000000000000005\r\nhello\r\n0\r\n\r\n"
             ),
+            Self::AfterDeclinedUpgrade => format!(
+                "GET {head}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
         }
     }
 }
@@ -1045,6 +1058,7 @@ fn marker(n: usize, lead: Lead) -> String {
         Lead::Alone => 'a',
         Lead::AfterGet => 'b',
         Lead::AfterLongChunkSize => 'c',
+        Lead::AfterDeclinedUpgrade => 'd',
     };
     format!("{n:02}{v}")
 }
@@ -1158,7 +1172,7 @@ fn smuggling_is_refused_before_any_backend_sees_it() {
     );
     assert!(
         failures.is_empty(),
-        "{} failures over {} smuggling cases (each alone and after two kinds of good \
+        "{} failures over {} smuggling cases (each alone and after three kinds of good \
          request):\n{}",
         failures.len(),
         SMUGGLING.len(),

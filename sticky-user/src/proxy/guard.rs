@@ -24,7 +24,7 @@ enum State {
     /// The line end after a chunk's data.
     ChunkEnd,
     Trailer,
-    /// Not followed any more (an upgrade, or something hyper refuses on its own).
+    /// Not followed any more (a CONNECT tunnel, or something hyper refuses on its own).
     Off,
 }
 
@@ -111,13 +111,12 @@ impl Guard {
         };
         let pairs = req.headers.iter().map(|h| (h.name, h.value));
         let framing = framing::check(pairs, req.version.unwrap_or(1))?;
-        let upgrade = req.method == Some("CONNECT")
-            || req
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+        // A request asking for an upgrade is followed like any other: the backend may decline
+        // it (no 101) and the connection stays HTTP. After a 101 the socket leaves hyper and
+        // what the guard still holds goes along (`upgrade::take_back`). CONNECT is a tunnel.
+        let tunnel = req.method == Some("CONNECT");
         self.state = match framing {
-            _ if upgrade => State::Off,
+            _ if tunnel => State::Off,
             framing::Length::Chunked => State::ChunkSize,
             framing::Length::Bytes(0) => State::Head,
             framing::Length::Bytes(n) => State::Body(n),
@@ -221,10 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_and_what_hyper_refuses_itself_end_the_watch() {
-        let up = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+    fn a_declined_upgrade_is_still_watched_and_tunnels_and_what_hyper_refuses_end_it() {
+        // The backend may answer the upgrade with 200: the next head is still checked.
+        let up = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let smuggled = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        let (passed, why) = through(&[&up[..], &smuggled[..]].concat(), 5);
+        assert_eq!(
+            (passed, why),
+            (up.to_vec(), Some(Ambiguous::SeveralLengths))
+        );
+        // After a 101 the client's frames are no request: they pass, in order.
+        let frames = [&up[..], &[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f][..]].concat();
+        assert_eq!(through(&frames, 3), (frames.clone(), None));
+        let connect = b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org\r\n\r\n\
             GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
-        assert_eq!(through(up, 5), (up.to_vec(), None));
+        assert_eq!(through(connect, 5), (connect.to_vec(), None));
         let folded = b"GET / HTTP/1.1\r\nX: 1\r\n 2\r\n\r\n";
         assert_eq!(through(folded, 4), (folded.to_vec(), None));
         let huge = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'a'; 9000]].concat();

@@ -22,8 +22,9 @@ pub struct Stream {
     /// Bytes to give the reader before reading `tcp` again: read before hyper took over, or
     /// held back by the guard until their head was checked.
     pub replay: BytesMut,
-    /// Read from `tcp`, not yet passed by the guard (an incomplete request head).
-    held: Vec<u8>,
+    /// Read from `tcp`, not yet passed by the guard (an incomplete request head); after an
+    /// upgrade, bytes that belong to the peer.
+    pub held: Vec<u8>,
     guard: Option<Guard>,
     /// After a refused head: end of stream once `replay` is read.
     ended: bool,

@@ -19,8 +19,10 @@ fn take_back(upgraded: Upgraded) -> anyhow::Result<(TcpStream, Vec<u8>, u64)> {
         .downcast::<TokioIo<Stream>>()
         .map_err(|_| anyhow::anyhow!("upgraded connection of an unexpected type"))?;
     let stream = parts.io.into_inner();
+    // In the order they arrived: what hyper read, what was ready for it, what the guard held.
     let mut pending = parts.read_buf.to_vec();
     pending.extend_from_slice(&stream.replay);
+    pending.extend_from_slice(&stream.held);
     Ok((stream.tcp, pending, stream.read))
 }
 
