@@ -50,10 +50,8 @@ pub fn run(args: DoctorArgs, instance: Option<String>) -> anyhow::Result<()> {
         || !layer.vip.is_empty()
         || !layer.backend.is_empty();
     let target = if pre_start {
-        // Checked where the daemon would run: in its --netns.
-        if let Some(name) = &layer.netns {
-            crate::namespaces::enter_netns(name)?;
-        }
+        // Checked where the daemon would run: in its --netns, from the flag or the file.
+        super::run::enter_configured_netns(&layer, file.as_ref())?;
         layer.instance = instance;
         let config = crate::daemon::resolve(layer, file.as_ref())?;
         Target::from_config(&config)

@@ -67,10 +67,16 @@ pub fn run(args: RunArgs, instance: Option<String>) -> anyhow::Result<()> {
 
 /// Enters `--netns` (flag or file), then makes sure the pins outlive this process.
 pub fn enter_namespaces(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<PinScope> {
+    enter_configured_netns(flags, file)?;
+    Ok(namespaces::persistent_pins())
+}
+
+/// Enters `--netns` (the flag, else the file's `netns`), if any: where the daemon runs.
+pub fn enter_configured_netns(flags: &Layer, file: Option<&PathBuf>) -> anyhow::Result<()> {
     if let Some(name) = early(flags, file, |l| l.netns.clone())? {
         namespaces::enter_netns(&name)?;
     }
-    Ok(namespaces::persistent_pins())
+    Ok(())
 }
 
 #[cfg(test)]
