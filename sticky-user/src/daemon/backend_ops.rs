@@ -2,6 +2,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -102,12 +103,12 @@ impl Daemon {
             };
             self.publishing.set.set_state(b.addr, state);
         }
-        self.publishing.table = self.dp.apply(&self.publishing.set, removed)?;
+        self.publishing.table = Arc::new(self.dp.apply(&self.publishing.set, removed)?);
         if let Some(routing) = &self.publishing.routing
             && let Ok(mut r) = routing.write()
         {
             *r = Routing::new(
-                self.publishing.table.clone(),
+                self.publishing.table.to_vec(),
                 &self.publishing.set,
                 self.dp.seed(),
                 self.dp.affinity_timeout().as_nanos() as u64,

@@ -105,7 +105,8 @@ struct Daemon {
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
 struct Publishing {
     set: BackendSet,
-    table: Vec<u32>,
+    /// The live table; shared with each report so a status request copies no slots.
+    table: Arc<Vec<u32>>,
     /// Draining backends and their optional deadline.
     drains: BTreeMap<SocketAddr, Option<Instant>>,
     /// Proxy mode's view of the backends, refreshed on every publish.
@@ -189,7 +190,7 @@ impl Daemon {
             pin_scope,
             publishing: Publishing {
                 set,
-                table,
+                table: Arc::new(table),
                 drains: BTreeMap::new(),
                 routing,
             },

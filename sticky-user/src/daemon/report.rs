@@ -37,7 +37,7 @@ pub(super) struct ReportInput {
     affinity_timeout_ns: u64,
     backends: Vec<BackendSpec>,
     set: BackendSet,
-    table: Vec<u32>,
+    table: Arc<Vec<u32>>,
     /// Health and health transitions per checked backend.
     health: BTreeMap<SocketAddr, (Health, u64)>,
     drains: BTreeMap<SocketAddr, Option<Instant>>,
@@ -171,7 +171,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         .filter(|k| !established.contains(k))
         .count() as u64;
     let mut slots: BTreeMap<u32, u64> = BTreeMap::new();
-    for &id in &p.table {
+    for &id in p.table.iter() {
         *slots.entry(id).or_default() += 1;
     }
     let size = p.table.len().max(1) as f64;
@@ -276,7 +276,7 @@ impl Daemon {
             affinity_timeout_ns: self.dp.affinity_timeout().as_nanos() as u64,
             backends: self.config.backends.clone(),
             set: self.publishing.set.clone(),
-            table: self.publishing.table.clone(),
+            table: Arc::clone(&self.publishing.table),
             health,
             drains: self.publishing.drains.clone(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
@@ -345,7 +345,7 @@ mod tests {
         let p = ReportInput {
             table_size: 4,
             affinity_timeout_ns: 100,
-            table: vec![one, one, one, one],
+            table: Arc::new(vec![one, one, one, one]),
             health: [(addr(2), (Health::Failing, 2))].into(),
             drains: [(addr(2), Some(now + Duration::from_secs(30)))].into(),
             rates: [(one, 1.5)].into(),
