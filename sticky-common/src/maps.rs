@@ -57,6 +57,11 @@ pub const MAX_SPLICED: u32 = 65_536;
 pub const PROG_INGRESS: &str = "sticky_ingress";
 /// The tc program on the client-facing egress: reverse NAT of replies.
 pub const PROG_EGRESS: &str = "sticky_egress";
+/// Direct server return, tc: the client-facing ingress encapsulates towards the backend
+/// (also the fallback of the XDP program for what it passes on).
+pub const PROG_DSR: &str = "sticky_dsr";
+/// Direct server return, XDP: the same ingress, encapsulating in place.
+pub const PROG_DSR_XDP: &str = "sticky_dsr_xdp";
 /// The sk_skb stream verdict of proxy mode: moves bytes between spliced sockets.
 pub const PROG_SPLICE: &str = "sticky_splice";
 
@@ -120,8 +125,12 @@ pub struct Settings {
     pub _pad0: u32,
     /// A client's affinity lapses after this long without traffic.
     pub affinity_timeout_ns: u64,
+    /// Direct server return: the outer source of IPv4-in-IPv4 packets (the node's address).
+    pub dsr_source_v4: Addr16,
+    /// Direct server return: the outer source of IPv6-in-IPv6 packets.
+    pub dsr_source_v6: Addr16,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 
 /// A TCP 5-tuple as seen in one direction.
 #[repr(C)]
@@ -196,7 +205,15 @@ pub const COUNTER_DROP_NO_BACKEND: u32 = 3;
 pub const COUNTER_DROP_NAT_ERROR: u32 = 4;
 /// Packets rewritten (either direction).
 pub const COUNTER_NAT: u32 = 5;
-pub const COUNTER_COUNT: u32 = 6;
+/// Direct server return: client packets encapsulated towards their backend.
+pub const COUNTER_DSR: u32 = 6;
+/// Direct server return: VIP packets dropped because they could not be encapsulated or
+/// routed (no route to the backend, a helper failed, no outer source of the family).
+pub const COUNTER_ENCAP_ERROR: u32 = 7;
+/// Direct server return: VIP packets dropped because with the outer header they exceed the
+/// route's MTU (backends advertise a smaller MSS: `sticky backend-setup`).
+pub const COUNTER_TOO_BIG: u32 = 8;
+pub const COUNTER_COUNT: u32 = 9;
 /// Each counter's name in status and metrics, by id.
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = {
     let mut names = [""; COUNTER_COUNT as usize];
@@ -206,6 +223,9 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = {
     names[COUNTER_DROP_NO_BACKEND as usize] = "drop_no_backend";
     names[COUNTER_DROP_NAT_ERROR as usize] = "drop_nat_error";
     names[COUNTER_NAT as usize] = "nat";
+    names[COUNTER_DSR as usize] = "dsr";
+    names[COUNTER_ENCAP_ERROR as usize] = "encap_error";
+    names[COUNTER_TOO_BIG as usize] = "too_big";
     names
 };
 const _: () = {

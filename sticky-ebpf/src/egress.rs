@@ -11,12 +11,12 @@ use crate::{
     nat::{End, rewrite},
     parse::Packet,
     trace::{self, Decision},
-    verdict::{forwarded, on_tcp, pass, rewrite_failed},
+    verdict::{Tc, forwarded, on_tcp, pass, rewrite_failed},
 };
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    on_tcp(ctx, |pkt| reply(ctx, pkt))
+    on_tcp::<Tc, _>(ctx, |pkt| reply(ctx, pkt))
 }
 
 #[inline(always)]
@@ -37,10 +37,10 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         None => (NEW_FLOWS.get_ptr(&key).map(|f| unsafe { *f }), true),
     };
     let Some(flow) = found else {
-        return pass(COUNTER_PASS);
+        return pass::<Tc>(COUNTER_PASS);
     };
     if flow.direction != FLOW_REVERSE {
-        return pass(COUNTER_PASS);
+        return pass::<Tc>(COUNTER_PASS);
     }
     let failed = rewrite(ctx, pkt, End::Source, &flow.nat_addr, flow.nat_port_be).is_err();
     if trace::traced(&pkt.dst) {

@@ -28,16 +28,58 @@ use crate::{
     nat::{End, rewrite},
     parse::{Packet, same_addr},
     trace::{self, Decision},
-    verdict::{drop, forwarded, on_tcp, pass, rewrite_failed},
+    verdict::{Hook, Tc, drop, forwarded, on_tcp, pass, rewrite_failed},
 };
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    on_tcp(ctx, |pkt| forward(ctx, pkt))
+    on_tcp::<Tc, _>(ctx, |pkt| match decide(pkt, Forward::Nat) {
+        Ok(target) => nat(ctx, pkt, &target),
+        Err(miss) => miss.verdict::<Tc>(),
+    })
 }
 
+/// How the node forwards: NAT keeps both directions of a flow (replies come back through
+/// it); DSR only the client's (backends answer the client themselves).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    Nat,
+    Dsr,
+}
+
+/// Where a client packet goes.
+pub struct Target {
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub id: u32,
+    /// The packet opened its flow.
+    pub new_flow: bool,
+    /// The client is traced.
+    pub traced: bool,
+}
+
+/// Why a packet has no target.
+pub enum Miss {
+    /// Not for one of our VIPs.
+    NotOurs,
+    /// For a VIP, but nothing is in service for the client: dropped.
+    NoBackend,
+}
+
+impl Miss {
+    #[inline(always)]
+    pub fn verdict<H: Hook>(&self) -> i32 {
+        match self {
+            Miss::NotOurs => pass::<H>(COUNTER_PASS),
+            Miss::NoBackend => drop::<H>(COUNTER_DROP_NO_BACKEND),
+        }
+    }
+}
+
+/// The one ingress decision, whichever hook and forwarding mode: find or make the client
+/// packet's flow and its backend.
 #[inline(always)]
-fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
+pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
     let vip = VipKey {
         addr: pkt.dst,
         port_be: pkt.dport_be,
@@ -45,7 +87,7 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         _pad0: 0,
     };
     if VIPS.get_ptr(&vip).is_none() {
-        return pass(COUNTER_PASS);
+        return Err(Miss::NotOurs);
     }
     let traced = trace::traced(&pkt.src);
     let key = FlowKey {
@@ -58,14 +100,11 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         _pad1: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let (addr, port_be, id, new_flow) = if pkt.syn {
+    let (flow, new_flow) = if pkt.syn {
         // A SYN starts a new connection even when a closed one with the same ports is still
         // in the table: it is balanced afresh instead of following a backend that may be gone.
         forget_established(pkt, &key);
-        match open_flow(pkt, &key, now, traced) {
-            Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
-            None => return no_backend(pkt, traced),
-        }
+        (open_flow(pkt, &key, now, traced, mode), true)
     } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
         let flow = unsafe { &mut *flow };
@@ -76,39 +115,59 @@ fn forward(ctx: &TcContext, pkt: &Packet) -> i32 {
         if traced {
             trace::ingress(pkt, &decision(TRACE_ESTABLISHED, 0, 0, flow));
         }
-        (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
+        (Some(*flow), false)
     } else if let Some(flow) = NEW_FLOWS.get_ptr(&key) {
         // SAFETY: read-only copy of an LRU value.
         let flow = unsafe { *flow };
-        confirm(pkt, &key, &flow, now);
+        confirm(pkt, &key, &flow, now, mode);
         if traced {
             trace::ingress(pkt, &decision(TRACE_CONFIRMED, 0, 0, &flow));
         }
-        (flow.nat_addr, flow.nat_port_be, flow.backend_id, false)
+        (Some(flow), false)
     } else {
-        // Mid-connection with no state (maps lost, or evicted): balanced like a SYN, and kept
-        // with the unconfirmed flows until the client's next packet.
-        match open_flow(pkt, &key, now, traced) {
-            Some(flow) => (flow.nat_addr, flow.nat_port_be, flow.backend_id, true),
-            None => return no_backend(pkt, traced),
-        }
+        // Mid-connection with no state (maps lost, evicted, or — behind ECMP — the SYN went
+        // to another node): balanced like a SYN, which gives the same backend as that node's
+        // table whenever the backend set is the same, and kept with the unconfirmed flows
+        // until the client's next packet.
+        (open_flow(pkt, &key, now, traced, mode), true)
     };
-    if rewrite(ctx, pkt, End::Destination, &addr, port_be).is_err() {
-        if traced {
-            let d = Decision::dropped(TRACE_REASON_NAT_ERROR, &addr, port_be, id);
+    let Some(flow) = flow else {
+        return Err(no_backend(pkt, traced));
+    };
+    Ok(Target {
+        addr: flow.nat_addr,
+        port_be: flow.nat_port_be,
+        id: flow.backend_id,
+        new_flow,
+        traced,
+    })
+}
+
+/// NAT: the destination becomes the backend; the stack routes the packet.
+#[inline(always)]
+fn nat(ctx: &TcContext, pkt: &Packet, t: &Target) -> i32 {
+    if rewrite(ctx, pkt, End::Destination, &t.addr, t.port_be).is_err() {
+        if t.traced {
+            let d = Decision::dropped(TRACE_REASON_NAT_ERROR, &t.addr, t.port_be, t.id);
             trace::ingress(pkt, &d);
         }
         return rewrite_failed(ctx);
     }
     count(COUNTER_NAT);
-    count_backend(id, ctx.len(), new_flow);
+    count_backend(t.id, ctx.len(), t.new_flow);
     forwarded()
 }
 
 /// Picks the backend for a flow we have no state for and records both directions of it in
 /// `NEW_FLOWS`. Returns the forward entry (backend address and port to NAT to).
 #[inline(always)]
-fn open_flow(pkt: &Packet, key: &FlowKey, now: u64, traced: bool) -> Option<Flow> {
+fn open_flow(
+    pkt: &Packet,
+    key: &FlowKey,
+    now: u64,
+    traced: bool,
+    mode: Forward,
+) -> Option<Flow> {
     let settings = SETTINGS.get(0)?;
     let choice = choose(&Maps { settings }, &pkt.src, settings, now)?;
     let (id, backend) = (choice.id, choice.backend);
@@ -136,21 +195,23 @@ fn open_flow(pkt: &Packet, key: &FlowKey, now: u64, traced: bool) -> Option<Flow
     }
     // Map inserts can only fail on allocation: the packet still goes to the chosen backend,
     // and the next packet tries again. Reverse first: a reply must never find no entry once
-    // its SYN went out.
-    let _ = NEW_FLOWS.insert(&reply_key(pkt, &forward), &reverse_of(pkt, &forward), 0);
+    // its SYN went out. DSR replies never pass here: no reverse entry.
+    if mode == Forward::Nat {
+        let _ = NEW_FLOWS.insert(&reply_key(pkt, &forward), &reverse_of(pkt, &forward), 0);
+    }
     let _ = NEW_FLOWS.insert(key, &forward, 0);
     Some(forward)
 }
 
-/// Nothing in service for the client: dropped.
+/// Nothing in service for the client: traced here, dropped by the caller.
 #[inline(always)]
-fn no_backend(pkt: &Packet, traced: bool) -> i32 {
+fn no_backend(pkt: &Packet, traced: bool) -> Miss {
     if traced {
         let none = &Addr16 { words: [0; 4] };
         let d = Decision::dropped(TRACE_REASON_NO_BACKEND, none, 0, NO_BACKEND);
         trace::ingress(pkt, &d);
     }
-    drop(COUNTER_DROP_NO_BACKEND)
+    Miss::NoBackend
 }
 
 /// The traced decision for a forward flow.
@@ -170,8 +231,10 @@ fn decision(kind: u8, reason: u8, slot: u32, flow: &Flow) -> Decision<'_> {
 /// The client answered: its flow becomes established (both directions in `FLOWS`) and the
 /// client affine to the flow's backend. The `NEW_FLOWS` entries are left to age out.
 #[inline(always)]
-fn confirm(pkt: &Packet, key: &FlowKey, forward: &Flow, now: u64) {
-    let _ = FLOWS.insert(&reply_key(pkt, forward), &reverse_of(pkt, forward), 0);
+fn confirm(pkt: &Packet, key: &FlowKey, forward: &Flow, now: u64, mode: Forward) {
+    if mode == Forward::Nat {
+        let _ = FLOWS.insert(&reply_key(pkt, forward), &reverse_of(pkt, forward), 0);
+    }
     let _ = FLOWS.insert(key, forward, 0);
     remember_client(&pkt.src, forward, now);
 }

@@ -2,13 +2,14 @@
 //! headers that carry nothing we must honour (hop-by-hop, destination options: BIG TCP on
 //! `lo` adds a hop-by-hop header to every segment). Anything else is reported, not guessed.
 
-use aya_ebpf::programs::TcContext;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
 use sticky_common::{Addr16, maps::PROTO_TCP};
+
+use crate::frame::Frame;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -48,7 +49,7 @@ pub enum Parsed {
 
 /// A pointer to a `T` at `off`, or `None` when the linear data is shorter.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+fn ptr_at<T, F: Frame>(ctx: &F, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -59,9 +60,9 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 
 /// Reads a header: one bounds check, then plain field loads.
 #[inline(always)]
-fn header<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+fn header<T: Copy, F: Frame>(ctx: &F, off: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked the bounds; packet data has no alignment guarantee.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+    ptr_at::<T, F>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }
 
 #[inline(always)]
@@ -82,8 +83,8 @@ fn addr(b: &[u8; 16]) -> Addr16 {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+pub fn parse<F: Frame>(ctx: &F) -> Parsed {
+    let Some(eth) = header::<EthHdr, F>(ctx, 0) else {
         return Parsed::Malformed;
     };
     match u16::from_be(eth.ether_type) {
@@ -94,8 +95,8 @@ pub fn parse(ctx: &TcContext) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, l3: usize) -> Parsed {
-    let Some(ip) = header::<Ipv4Hdr>(ctx, l3) else {
+fn parse_v4<F: Frame>(ctx: &F, l3: usize) -> Parsed {
+    let Some(ip) = header::<Ipv4Hdr, F>(ctx, l3) else {
         return Parsed::Malformed;
     };
     let ihl = usize::from(ip.vihl & 0x0f) * 4;
@@ -131,8 +132,8 @@ fn parse_v4(ctx: &TcContext, l3: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
-    let Some(ip) = header::<Ipv6Hdr>(ctx, l3) else {
+fn parse_v6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
+    let Some(ip) = header::<Ipv6Hdr, F>(ctx, l3) else {
         return Parsed::Malformed;
     };
     if ip.vcf[0] >> 4 != 6 {
@@ -161,7 +162,7 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
         match next {
             PROTO_TCP => return parse_tcp(ctx, true, l3, off, end, src, dst),
             IPV6_HOP_BY_HOP | IPV6_DEST_OPTS => {
-                let Some(ext) = header::<[u8; 2]>(ctx, off) else {
+                let Some(ext) = header::<[u8; 2], F>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
@@ -181,8 +182,8 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Parsed {
 /// header, options included, must lie inside it: bytes past it are Ethernet padding or
 /// garbage, and a segment whose data offset overruns it is one no receiver accepts.
 #[inline(always)]
-fn parse_tcp(
-    ctx: &TcContext,
+fn parse_tcp<F: Frame>(
+    ctx: &F,
     is_v6: bool,
     l3_off: usize,
     l4_off: usize,
@@ -195,7 +196,7 @@ fn parse_tcp(
     if l4_off > 512 || l4_off + TcpHdr::LEN > end {
         return Parsed::Malformed;
     }
-    let Some(tcp) = header::<TcpHdr>(ctx, l4_off) else {
+    let Some(tcp) = header::<TcpHdr, F>(ctx, l4_off) else {
         return Parsed::Malformed;
     };
     // SAFETY: `TcpHdr` is plain bytes; the data offset is the high nibble of byte 12.

@@ -6,9 +6,11 @@
 //! `TC_ACT_OK` ends the hook's chain, so returning it for other traffic would hide that
 //! traffic from every program attached after us — a second sticky instance on the same
 //! interface, a firewall, Cilium. On the last program of a chain, next behaves as pass.
+//! On XDP "not ours" is `XDP_PASS`: the packet goes on to tc, where our tc program (always
+//! attached beside the XDP one) counts it, so XDP does not count it twice.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     programs::TcContext,
 };
 use sticky_common::maps::{
@@ -16,26 +18,54 @@ use sticky_common::maps::{
 };
 
 use crate::{
+    frame::Frame,
     maps::count,
     parse::{Packet, Parsed, parse},
 };
 
+/// The return codes of one hook.
+pub trait Hook {
+    /// Not ours: on to whatever comes next.
+    const NEXT: i32;
+    const DROP: i32;
+    /// Whether packets passed on are counted here (tc) or by the program after us (XDP).
+    const COUNTS_PASS: bool;
+}
+
+pub struct Tc;
+
+impl Hook for Tc {
+    const NEXT: i32 = TCX_NEXT;
+    const DROP: i32 = TC_ACT_SHOT as i32;
+    const COUNTS_PASS: bool = true;
+}
+
+pub struct Xdp;
+
+impl Hook for Xdp {
+    const NEXT: i32 = xdp_action::XDP_PASS as i32;
+    const DROP: i32 = xdp_action::XDP_DROP as i32;
+    const COUNTS_PASS: bool = false;
+}
+
 /// Parses the packet and hands TCP segments to `on_tcp`.
 #[inline(always)]
-pub fn on_tcp(ctx: &TcContext, on_tcp: impl FnOnce(&Packet) -> i32) -> i32 {
+pub fn on_tcp<H: Hook, F: Frame>(ctx: &F, on_tcp: impl FnOnce(&Packet) -> i32) -> i32 {
     match parse(ctx) {
         Parsed::Tcp(pkt) => on_tcp(&pkt),
-        Parsed::NotTcp => pass(COUNTER_PASS),
-        Parsed::Malformed => pass(COUNTER_PARSE_ERROR),
-        Parsed::Unhandled => pass(COUNTER_UNHANDLED),
+        Parsed::NotTcp => pass::<H>(COUNTER_PASS),
+        Parsed::Malformed => pass::<H>(COUNTER_PARSE_ERROR),
+        Parsed::Unhandled => pass::<H>(COUNTER_UNHANDLED),
     }
 }
 
 /// Not ours: counted, and on to the next program of the hook.
 #[inline(always)]
-pub fn pass(counter: u32) -> i32 {
-    count(counter);
-    TCX_NEXT
+pub fn pass<H: Hook>(counter: u32) -> i32 {
+    if H::COUNTS_PASS {
+        count(counter);
+    }
+    H::NEXT
 }
 
 /// Ours and rewritten: the chain ends here and the stack routes the packet.
@@ -49,11 +79,11 @@ pub fn forwarded() -> i32 {
 #[inline(always)]
 pub fn rewrite_failed(ctx: &TcContext) -> i32 {
     aya_log_ebpf::error!(ctx, "sticky: a NAT rewrite failed, packet dropped");
-    drop(COUNTER_DROP_NAT_ERROR)
+    drop::<Tc>(COUNTER_DROP_NAT_ERROR)
 }
 
 #[inline(always)]
-pub fn drop(counter: u32) -> i32 {
+pub fn drop<H: Hook>(counter: u32) -> i32 {
     count(counter);
-    TC_ACT_SHOT
+    H::DROP
 }
