@@ -47,11 +47,14 @@ pub(super) async fn start_proxy(
         info!("proxy: --no-splice, copying in userspace");
         None
     };
+    // Bound by tokio (its backlog and SO_REUSEADDR), then handed to the proxy's workers.
     let listener = tokio::net::TcpListener::bind(proxy.listen)
         .await
+        .and_then(tokio::net::TcpListener::into_std)
         .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
+    let workers = proxy::server::worker_count();
     say(&format!(
-        "proxy on {} ({}; client from {})",
+        "proxy on {} ({}; client from {}; {workers} worker thread(s))",
         proxy.listen,
         if splicer.is_some() {
             "kernel splice"
@@ -70,6 +73,6 @@ pub(super) async fn start_proxy(
         AffinityMap::new(affinity),
         splicer,
     ));
-    tokio::spawn(proxy::server::serve(server, listener));
+    proxy::server::spawn_workers(&server, listener, workers)?;
     Ok(routing)
 }

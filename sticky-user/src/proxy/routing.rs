@@ -185,24 +185,38 @@ pub fn choose(
         let picked = from_table(&routing.view(no_affinity), &spread, exclude)?;
         return routing.choice(picked.id, Reason::Table);
     }
-    let view = routing.view(|c: &Addr16| affinity.get(c));
+    let prior = affinity.get(&key);
+    let view = routing.view(|_: &Addr16| prior);
     let picked = match by_affinity(&view, &key, view.settings(), now_ns) {
         Some(held) if !exclude.contains(&held.id) => held,
         _ => from_table(&view, &key, exclude)?,
     };
-    affinity.set(
-        &key,
-        Affinity {
-            backend_id: picked.id,
-            generation: picked.backend.generation,
-            last_seen_ns: now_ns,
-        },
-    );
+    let kept = Affinity {
+        backend_id: picked.id,
+        generation: picked.backend.generation,
+        last_seen_ns: now_ns,
+    };
+    if !prior.is_some_and(|p| recent(&p, &kept, routing.affinity_timeout_ns)) {
+        affinity.set(&key, kept);
+    }
     let reason = match picked.reason {
         choice::Reason::Affinity => Reason::Affinity,
         choice::Reason::Table => Reason::Table,
     };
     routing.choice(picked.id, reason)
+}
+
+/// Affinity is rewritten at most this often per client (and at most every 1/64 of the
+/// timeout): a map update is a system call, and a client behind a keep-alive connection sends
+/// thousands of requests a second.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Whether `held` already says what `now` would, seen recently enough to leave it: it then
+/// expires at most `REFRESH_NS` (or 1/64 of the timeout) before the client's last request.
+fn recent(held: &Affinity, now: &Affinity, timeout_ns: u64) -> bool {
+    held.backend_id == now.backend_id
+        && held.generation == now.generation
+        && now.last_seen_ns.saturating_sub(held.last_seen_ns) < REFRESH_NS.min(timeout_ns / 64)
 }
 
 /// The table's backend for `key`: its own slot first; past excluded backends, the next slots.
@@ -355,6 +369,30 @@ mod tests {
         assert_eq!(reason, Reason::Table);
         assert_eq!(store.get(&key).unwrap().backend_id, next);
         assert_eq!(pick(&r, &store, c, None, &[0, 1, 2], 1_300), None);
+    }
+
+    #[test]
+    fn affinity_seen_just_now_is_not_rewritten() {
+        use BackendState::*;
+        let r = routing(&[Up, Up, Up]);
+        let store = Store::default();
+        let c = client(8);
+        let key = Addr16::from_ip(c);
+        let (first, _) = pick(&r, &store, c, None, &[], 100).unwrap();
+        // Within 1/64 of the timeout: the same backend, the map left as it was.
+        let soon = 100 + TIMEOUT / 64 - 1;
+        assert_eq!(
+            pick(&r, &store, c, None, &[], soon),
+            Some((first, Reason::Affinity))
+        );
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, 100);
+        let later = 100 + TIMEOUT / 64;
+        pick(&r, &store, c, None, &[], later).unwrap();
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, later);
+        // Another backend (the affine one refused) is written at once, however soon.
+        let (next, _) = pick(&r, &store, c, None, &[first], later + 1).unwrap();
+        assert_eq!(store.get(&key).unwrap().backend_id, next);
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, later + 1);
     }
 
     #[test]

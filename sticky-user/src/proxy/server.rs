@@ -1,6 +1,13 @@
 //! The proxy listener: per connection, the connection limit, the PROXY header and the first
 //! request head (size limit, slowloris), then hyper serves its requests one by one
 //! (`forward`) until it closes or switches protocols (`upgrade`).
+//!
+//! Like nginx's workers and HAProxy's threads, the proxy runs on worker threads of its own,
+//! each a single-threaded runtime accepting on the shared listener, with its own backend
+//! pool: a request, its backend connection and its response stay on one thread, and every
+//! request read in one turn of the event loop is passed on before the backends are written
+//! to (a multi-threaded runtime ran the woken backend connection at once, one request per
+//! wake-up of the backend: 0.83 context switches per request against 0.56).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -41,9 +48,12 @@ pub struct Proxy {
     /// The kernel's client-affinity map (another store in tests).
     pub affinity: Box<dyn AffinityStore + Send + Sync>,
     pub splicer: Option<SharedSplicer>,
-    pub pool: Arc<Pool>,
     pub sids: SidTable,
     http: http1::Builder,
+    /// Places under `--max-connections`, shared by every worker.
+    slots: Arc<Semaphore>,
+    /// Connections past the limit being told so, shared by every worker.
+    refusals: Arc<Semaphore>,
 }
 
 impl Proxy {
@@ -66,11 +76,8 @@ impl Proxy {
             .title_case_headers(true)
             .auto_date_header(false);
         Self {
-            pool: Arc::new(Pool::new(
-                config.pool_max_idle,
-                config.pool_idle_timeout,
-                config.connect_timeout,
-            )),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             sids: SidTable::new(sid::MAX_ENTRIES, affinity_timeout),
             http,
             config,
@@ -81,8 +88,58 @@ impl Proxy {
     }
 }
 
+/// Worker threads for the proxy: `TOKIO_WORKER_THREADS` if set (as for the daemon's own
+/// runtime), else one per CPU the process may use.
+pub fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+        .unwrap_or(1)
+}
+
+/// Serves `listener` on `workers` threads of their own, each a single-threaded runtime;
+/// they run until the process exits.
+pub fn spawn_workers(
+    proxy: &Arc<Proxy>,
+    listener: std::net::TcpListener,
+    workers: usize,
+) -> anyhow::Result<()> {
+    listener
+        .set_nonblocking(true)
+        .context("proxy listener: non-blocking")?;
+    for i in 0..workers.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("proxy worker runtime")?;
+        let listener = listener.try_clone().context("proxy listener: clone")?;
+        let proxy = proxy.clone();
+        std::thread::Builder::new()
+            .name(format!("sticky-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(proxy, listener).await,
+                        Err(e) => warn!("proxy worker {i}: {e}"),
+                    }
+                });
+            })
+            .context("start a proxy worker thread")?;
+    }
+    Ok(())
+}
+
+/// Accepts and serves connections on the current runtime, with a backend pool of its own.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
-    let sweeper = Arc::downgrade(&proxy.pool);
+    let cfg = &proxy.config;
+    let pool = Arc::new(Pool::new(
+        cfg.pool_max_idle,
+        cfg.pool_idle_timeout,
+        cfg.connect_timeout,
+    ));
+    let sweeper = Arc::downgrade(&pool);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         while let Some(pool) = {
@@ -93,24 +150,22 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         }
     });
     let limit = proxy.config.max_connections;
-    let slots = Arc::new(Semaphore::new(limit));
-    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let full = http::response_status(503, "connection limit reached");
     let mut refused = Refused::default();
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+            Ok((stream, peer)) => match proxy.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    let proxy = proxy.clone();
+                    let (proxy, pool) = (proxy.clone(), pool.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = handle(proxy, stream, peer, slot).await {
+                        if let Err(e) = handle(proxy, pool, stream, peer, slot).await {
                             debug!("proxy connection from {peer}: {e:#}");
                         }
                     });
                 }
                 Err(_) => {
                     refused.one(limit);
-                    refuse_over_limit(stream, &full, &refusals);
+                    refuse_over_limit(stream, &full, &proxy.refusals);
                 }
             },
             Err(e) => {
@@ -240,6 +295,7 @@ async fn read_until<T>(
 /// it closes, by the upgraded connection if it switches protocols.
 async fn handle(
     proxy: Arc<Proxy>,
+    pool: Arc<Pool>,
     mut client: TcpStream,
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
@@ -301,6 +357,7 @@ async fn handle(
     let io = TokioIo::new(Stream::guarded(client, buf, client_read, guard));
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
+        pool,
         peer,
         peer_ip,
         slot: Mutex::new(Some(slot)),
