@@ -25,7 +25,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::http::{self, HeadError, MAX_HEADERS, ReadError};
+use crate::http::{self, HeadError, ReadError};
 
 use super::{
     config::ProxyConfig,
@@ -71,7 +71,7 @@ impl Proxy {
             // A client may half-close after its request and still read the answer.
             .half_close(true)
             .max_buf_size(config.max_head.max(MIN_HEAD_BUFFER))
-            .max_headers(MAX_HEADERS)
+            // hyper's own header limit is `http::MAX_HEADERS`; setting one costs two allocations a head.
             // Header names as most servers write them (hyper's own are lower case).
             .title_case_headers(true)
             .auto_date_header(false);
