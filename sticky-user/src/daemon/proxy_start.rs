@@ -12,6 +12,7 @@ use crate::{
     datapath::Datapath,
     proxy::{
         self,
+        affinity_cache::{self, Cached},
         config::ProxyConfig,
         routing::{AffinityMap, Routing, SharedRouting},
         server::Proxy,
@@ -70,7 +71,7 @@ pub(super) async fn start_proxy(
     let server = Arc::new(Proxy::new(
         proxy.clone(),
         routing.clone(),
-        AffinityMap::new(affinity),
+        Cached::new(AffinityMap::new(affinity), affinity_cache::KEEP_NS),
         splicer,
     ));
     proxy::server::spawn_workers(&server, listener, workers)?;
