@@ -48,14 +48,12 @@ pub(super) async fn start_proxy(
         info!("proxy: --no-splice, copying in userspace");
         None
     };
-    // Bound by tokio (its backlog and SO_REUSEADDR), then handed to the proxy's workers.
     let listener = tokio::net::TcpListener::bind(proxy.listen)
         .await
-        .and_then(tokio::net::TcpListener::into_std)
         .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
     let workers = proxy::server::worker_count();
     say(&format!(
-        "proxy on {} ({}; client from {}; {workers} worker thread(s))",
+        "proxy on {} ({}; client from {}; {})",
         proxy.listen,
         if splicer.is_some() {
             "kernel splice"
@@ -66,6 +64,11 @@ pub(super) async fn start_proxy(
             "PROXY protocol".to_string()
         } else {
             proxy.header_name.clone()
+        },
+        if workers == 1 {
+            "one worker thread of its own".to_string()
+        } else {
+            format!("{workers} runtime workers")
         }
     ));
     let server = Arc::new(Proxy::new(
@@ -74,6 +77,10 @@ pub(super) async fn start_proxy(
         Cached::new(AffinityMap::new(affinity), affinity_cache::KEEP_NS),
         splicer,
     ));
-    proxy::server::spawn_workers(&server, listener, workers)?;
+    if workers == 1 {
+        proxy::server::spawn_worker(server, listener.into_std()?)?;
+    } else {
+        tokio::spawn(proxy::server::serve(server, listener));
+    }
     Ok(routing)
 }

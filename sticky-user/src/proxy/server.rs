@@ -2,12 +2,14 @@
 //! request head (size limit, slowloris), then hyper serves its requests one by one
 //! (`forward`) until it closes or switches protocols (`upgrade`).
 //!
-//! Like nginx's workers and HAProxy's threads, the proxy runs on worker threads of its own,
-//! each a single-threaded runtime accepting on the shared listener, with its own backend
-//! pool: a request, its backend connection and its response stay on one thread, and every
-//! request read in one turn of the event loop is passed on before the backends are written
-//! to (a multi-threaded runtime ran the woken backend connection at once, one request per
-//! wake-up of the backend: 0.83 context switches per request against 0.56).
+//! With one worker (`TOKIO_WORKER_THREADS=1`, as HAProxy's `nbthread 1` or one nginx worker)
+//! the proxy runs on a thread of its own, a single-threaded runtime: every request read in one
+//! turn of the event loop is passed on before the backends are written to, where the
+//! multi-threaded runtime ran each woken backend connection at once, one request per wake-up
+//! of the backend (0.83 context switches per request against 0.56; keep-alive req/s 0.65x
+//! -> 0.82x HAProxy's). With more, it runs on the daemon's multi-threaded runtime: one such
+//! thread per CPU, each accepting on the shared listener with its own pool, made 10k
+//! sequential connections 2.6x slower (the cause not found yet).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -88,8 +90,8 @@ impl Proxy {
     }
 }
 
-/// Worker threads for the proxy: `TOKIO_WORKER_THREADS` if set (as for the daemon's own
-/// runtime), else one per CPU the process may use.
+/// Runtime workers: `TOKIO_WORKER_THREADS` if set, else one per CPU the process may use (as
+/// tokio counts them for the daemon's runtime).
 pub fn worker_count() -> usize {
     std::env::var("TOKIO_WORKER_THREADS")
         .ok()
@@ -99,35 +101,27 @@ pub fn worker_count() -> usize {
         .unwrap_or(1)
 }
 
-/// Serves `listener` on `workers` threads of their own, each a single-threaded runtime;
-/// they run until the process exits.
-pub fn spawn_workers(
-    proxy: &Arc<Proxy>,
-    listener: std::net::TcpListener,
-    workers: usize,
-) -> anyhow::Result<()> {
+/// Serves `listener` on a thread of its own, a single-threaded runtime, until the process
+/// exits.
+pub fn spawn_worker(proxy: Arc<Proxy>, listener: std::net::TcpListener) -> anyhow::Result<()> {
     listener
         .set_nonblocking(true)
         .context("proxy listener: non-blocking")?;
-    for i in 0..workers.max(1) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("proxy worker runtime")?;
-        let listener = listener.try_clone().context("proxy listener: clone")?;
-        let proxy = proxy.clone();
-        std::thread::Builder::new()
-            .name(format!("sticky-proxy-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(proxy, listener).await,
-                        Err(e) => warn!("proxy worker {i}: {e}"),
-                    }
-                });
-            })
-            .context("start a proxy worker thread")?;
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("proxy worker runtime")?;
+    std::thread::Builder::new()
+        .name("sticky-proxy".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(proxy, listener).await,
+                    Err(e) => warn!("proxy worker: {e}"),
+                }
+            });
+        })
+        .context("start the proxy worker thread")?;
     Ok(())
 }
 
