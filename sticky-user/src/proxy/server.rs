@@ -8,8 +8,9 @@
 //! multi-threaded runtime ran each woken backend connection at once, one request per wake-up
 //! of the backend (0.83 context switches per request against 0.56; keep-alive req/s 0.65x
 //! -> 0.82x HAProxy's). With more, it runs on the daemon's multi-threaded runtime: one such
-//! thread per CPU, each accepting on the shared listener with its own pool, made 10k
-//! sequential connections 2.6x slower (the cause not found yet).
+//! single-threaded worker per CPU, each accepting on the shared listener with its own pool,
+//! was tried and made the 10k sequential connections of tests/tests/proxy.rs 2.6x slower
+//! (cause not found yet).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -73,7 +74,8 @@ impl Proxy {
             // A client may half-close after its request and still read the answer.
             .half_close(true)
             .max_buf_size(config.max_head.max(MIN_HEAD_BUFFER))
-            // hyper's own header limit is `http::MAX_HEADERS`; setting one costs two allocations a head.
+            // hyper's own header limit is `http::MAX_HEADERS`; setting one costs two
+            // allocations a head.
             // Header names as most servers write them (hyper's own are lower case).
             .title_case_headers(true)
             .auto_date_header(false);
