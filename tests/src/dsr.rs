@@ -125,6 +125,9 @@ impl DsrTopology {
         // The balancer: one interface, default route back to the router, which routes the VIP
         // to it. Forwarding on, as on any router (bpf_fib_lookup needs it).
         veth(&self.lb, BALANCER_IF, r, "lb0")?;
+        // A veth delivers what a native XDP program transmits (XDP_TX/XDP_REDIRECT) only when
+        // its peer runs NAPI, which GRO turns on.
+        r.exec("ethtool", &["-K", "lb0", "gro", "on"])?;
         for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
             self.lb.sysctl(key, "1")?;
         }
