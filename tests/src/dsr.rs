@@ -226,11 +226,11 @@ impl DsrTopology {
         SocketAddr::new(vip(v6), port)
     }
 
-    /// `--interface eth0 --vip VIP:PORT --backend B:PORT…` for `sticky run` on the balancer
+    /// `--iface eth0 --vip VIP:PORT --backend B:PORT…` for `sticky run` on the balancer
     /// (the backend port equals the VIP port in DSR); the caller adds `--forward dsr --xdp …`.
     pub fn sticky_args(&self, v6: bool, port: u16) -> Vec<String> {
         let mut args = vec![
-            "--interface".to_string(),
+            "--iface".to_string(),
             BALANCER_IF.into(),
             "--vip".into(),
             self.vip(v6, port).to_string(),

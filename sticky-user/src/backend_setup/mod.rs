@@ -82,7 +82,7 @@ pub enum Error {
     #[error("unexpected output of {what}: {detail}")]
     Parse { what: String, detail: String },
     #[error(
-        "no default route for {family}: cannot tell the underlay; give --interface and \
+        "no default route for {family}: cannot tell the underlay; give --iface and \
          --underlay-mtu"
     )]
     NoDefaultRoute { family: &'static str },

@@ -40,7 +40,7 @@ pub struct BackendSetupArgs {
     pub underlay_mtu: Option<u32>,
     /// Interface whose ingress decapsulates; repeat for several [default: the devices of the
     /// default routes].
-    #[arg(long = "interface", value_name = "IFACE")]
+    #[arg(long = "iface", value_name = "IF")]
     pub interfaces: Vec<String>,
 }
 
