@@ -57,6 +57,8 @@ pub const MAX_SPLICED: u32 = 65_536;
 pub const PROG_INGRESS: &str = "sticky_ingress";
 /// The tc program on the client-facing egress: reverse NAT of replies.
 pub const PROG_EGRESS: &str = "sticky_egress";
+/// The tc program `sticky backend-setup` attaches on a DSR backend's ingress: decapsulates.
+pub const PROG_DECAP: &str = "sticky_decap";
 /// The sk_skb stream verdict of proxy mode: moves bytes between spliced sockets.
 pub const PROG_SPLICE: &str = "sticky_splice";
 

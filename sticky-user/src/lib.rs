@@ -4,6 +4,7 @@
 //! in `sticky-bench`, the fuzz target bodies in `fuzz/`.
 
 pub mod addr;
+pub mod backend_setup;
 pub mod backends;
 pub mod cli;
 pub mod clock;

@@ -34,9 +34,18 @@ pub fn assign(
     conns: usize,
     v6: bool,
 ) -> BTreeMap<usize, String> {
-    let vip = topo.vip(v6);
-    let answers: Vec<(usize, Answer)> = topo
-        .client
+    assign_via(&topo.client, topo.vip(v6), clients, conns, v6)
+}
+
+/// [`assign`] from any client namespace holding the plan's client addresses, to `vip`.
+pub fn assign_via(
+    client: &sticky_tests::Netns,
+    vip: std::net::SocketAddr,
+    clients: impl Iterator<Item = usize> + Send,
+    conns: usize,
+    v6: bool,
+) -> BTreeMap<usize, String> {
+    let answers: Vec<(usize, Answer)> = client
         .run(|| {
             let mut out = Vec::new();
             for i in clients {
