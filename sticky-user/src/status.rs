@@ -94,6 +94,9 @@ pub struct Status {
     pub vips: Vec<SocketAddr>,
     pub ifaces: Vec<String>,
     pub table_size: u32,
+    /// Client key prefix lengths, `V4LEN,V6LEN` (`--affinity-prefix`).
+    #[serde(default)]
+    pub affinity_prefix: String,
     pub backends: Vec<BackendStatus>,
     /// Global data-path counters by name ([`sticky_common::maps::COUNTER_NAMES`]).
     pub counters: BTreeMap<String, u64>,

@@ -134,13 +134,14 @@ pub fn status(args: StatusArgs, instance: &str) -> anyhow::Result<()> {
 pub fn render_status(s: &Status) -> String {
     let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
     let mut out = format!(
-        "instance {} · vip {} on {} · table {} slots · {} clients with affinity · {} flow \
-         entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
+        "instance {} · vip {} on {} · table {} slots · {} clients with affinity (by prefix {}) · \
+         {} flow entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
         s.instance,
         vips.join(","),
         s.ifaces.join(","),
         s.table_size,
         s.affinity_entries,
+        s.affinity_prefix,
         s.flow_entries,
         s.new_flow_entries,
         s.map_bytes as f64 / (1024.0 * 1024.0),

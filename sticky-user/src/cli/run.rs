@@ -132,7 +132,7 @@ mod tests {
     fn every_flag_sets_the_file_key_of_its_name() {
         let args: Vec<&str> = concat!(
             "--iface eth0 --iface eth1 --vip 10.0.0.1:80 --backend 10.0.1.1:80@2 ",
-            "--seed 7 --table-size 7 --affinity-timeout 5m --max-flows 100 ",
+            "--seed 7 --table-size 7 --affinity-timeout 5m --affinity-prefix 24,64 --max-flows 100 ",
             "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 --netns lb ",
             "--log-format json ",
             "--health-check tcp --health-interval 3s --health-timeout 2s --health-rise 4 ",
@@ -153,6 +153,7 @@ mod tests {
             seed = 7
             table-size = 7
             affinity-timeout = "5m"
+            affinity-prefix = "24,64"
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

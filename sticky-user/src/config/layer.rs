@@ -33,6 +33,11 @@ pub struct Layer {
         duration::format(DEFAULT_AFFINITY_TIMEOUT),
     ))]
     pub affinity_timeout: Option<String>,
+    /// Leading bits of a client's address that key its hash and affinity, IPv4 and IPv6: with
+    /// 24,64 every client of a /24 (or /64) goes to one backend, as when a mobile client
+    /// changes address within its carrier's range [default: 32,128].
+    #[arg(long, value_name = "V4LEN,V6LEN")]
+    pub affinity_prefix: Option<String>,
     #[arg(long, help = with_default(
         "Connection-tracking entries (two per connection)",
         DEFAULT_MAX_FLOWS,
@@ -73,6 +78,7 @@ merge_fields!(Layer {
     seed,
     table_size,
     affinity_timeout,
+    affinity_prefix,
     max_flows,
     max_new_flows,
     max_clients,

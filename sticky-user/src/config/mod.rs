@@ -3,12 +3,14 @@
 
 mod layer;
 mod merge;
+mod prefix;
 
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 pub use layer::Layer;
 pub use merge::Merge;
 pub(crate) use merge::merge_fields;
+pub use prefix::{AffinityPrefix, PrefixError};
 pub use sticky_common::defaults::{
     DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
     MAX_TABLE_SIZE, MAX_VIPS, MIN_MAP_ENTRIES,
@@ -41,6 +43,8 @@ pub struct Config {
     pub seed: u32,
     pub table_size: u32,
     pub affinity_timeout: Duration,
+    /// Client key prefix lengths for hashing and affinity.
+    pub affinity_prefix: AffinityPrefix,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -94,6 +98,8 @@ pub enum ConfigError {
     TableSize(u32),
     #[error("affinity-timeout: {0}")]
     Timeout(duration::DurationError),
+    #[error("{0}")]
+    Prefix(PrefixError),
     #[error("{name} must be at least {min}")]
     TooSmall { name: &'static str, min: u32 },
     #[error("instance name '{0}' must be 1-32 letters, digits, '-' or '_'")]
@@ -159,6 +165,10 @@ impl Layer {
             Some(t) => duration::parse(t).map_err(ConfigError::Timeout)?,
             None => DEFAULT_AFFINITY_TIMEOUT,
         };
+        let affinity_prefix = match &self.affinity_prefix {
+            Some(p) => p.parse().map_err(ConfigError::Prefix)?,
+            None => AffinityPrefix::default(),
+        };
         let max_flows = self.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         let max_new_flows = self.max_new_flows.unwrap_or(DEFAULT_MAX_NEW_FLOWS);
         let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
@@ -204,6 +214,7 @@ impl Layer {
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             table_size,
             affinity_timeout,
+            affinity_prefix,
             max_flows,
             max_new_flows,
             max_clients,
@@ -240,6 +251,7 @@ impl Config {
             seed,
             table_size,
             affinity_timeout,
+            affinity_prefix,
             max_flows,
             max_new_flows,
             max_clients,
@@ -259,6 +271,8 @@ impl Config {
                 "affinity-timeout",
                 *affinity_timeout != new.affinity_timeout,
             ),
+            // Affinity entries are kept under the old keys: a new prefix starts afresh.
+            ("affinity-prefix", *affinity_prefix != new.affinity_prefix),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),
@@ -340,6 +354,9 @@ mod tests {
         let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
         l.instance = Some("../etc".into());
         assert!(msg(l).contains("instance name"));
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+        l.affinity_prefix = Some("24".into());
+        assert!(msg(l).contains("V4LEN,V6LEN"));
     }
 
     #[test]
@@ -388,13 +405,14 @@ mod tests {
         let reloadable = l.clone().validate().unwrap();
         assert!(running.restart_only(&reloadable).is_empty());
         l.seed = Some(7);
+        l.affinity_prefix = Some("24,64".into());
         l.max_flows = Some(1024);
         l.vip = vec!["10.0.0.2:80".into()];
         l.log_format = Some(LogFormat::Json);
         let fixed = l.validate().unwrap();
         assert_eq!(
             running.restart_only(&fixed),
-            ["vip", "seed", "max-flows", "log-format"]
+            ["vip", "seed", "affinity-prefix", "max-flows", "log-format"]
         );
     }
 

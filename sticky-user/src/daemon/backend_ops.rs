@@ -110,8 +110,7 @@ impl Daemon {
             *r = Routing::new(
                 self.publishing.table.to_vec(),
                 &self.publishing.set,
-                self.dp.seed(),
-                self.dp.affinity_timeout().as_nanos() as u64,
+                self.dp.settings(),
                 cookie_key(self.dp.seed()),
             );
         }
@@ -163,8 +162,7 @@ impl Daemon {
         Published::new(
             &self.publishing.set,
             &self.publishing.table,
-            self.dp.seed(),
-            self.dp.affinity_timeout().as_nanos() as u64,
+            self.dp.settings(),
             affinity,
         )
     }
@@ -185,13 +183,7 @@ impl Daemon {
             .count();
         let now = monotonic_ns();
         let view = self.published(no_affinity);
-        let after = Published::new(
-            &set,
-            &new_table,
-            self.dp.seed(),
-            view.settings().affinity_timeout_ns,
-            no_affinity,
-        );
+        let after = Published::new(&set, &new_table, *view.settings(), no_affinity);
         let mut affine = 0u64;
         let mut moved = 0u64;
         for (c, a) in self.dp.affinity_entries()? {
@@ -215,9 +207,10 @@ impl Daemon {
             bail!("{ip} is not of the VIPs' address family");
         }
         let client = Addr16::from_ip(ip);
-        let affinity = self.dp.affinity_of(&client)?;
+        let key = self.published(no_affinity).key(&client);
+        let affinity = self.dp.affinity_of(&key)?;
         let (id, why) = self
-            .published(|c: &Addr16| affinity.filter(|_| *c == client))
+            .published(|c: &Addr16| affinity.filter(|_| *c == key))
             .explain(&client, monotonic_ns());
         Ok(Lookup {
             client: ip,

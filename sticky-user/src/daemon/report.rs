@@ -35,6 +35,7 @@ pub(super) struct ReportInput {
     ifaces: Vec<String>,
     table_size: u32,
     affinity_timeout_ns: u64,
+    affinity_prefix: String,
     backends: Vec<BackendSpec>,
     set: BackendSet,
     table: Arc<Vec<u32>>,
@@ -222,6 +223,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         vips: p.vips.clone(),
         ifaces: p.ifaces.clone(),
         table_size: p.table_size,
+        affinity_prefix: p.affinity_prefix.clone(),
         backends,
         counters: COUNTER_NAMES
             .iter()
@@ -274,6 +276,7 @@ impl Daemon {
             ifaces: self.config.ifaces.clone(),
             table_size: self.dp.table_size(),
             affinity_timeout_ns: self.dp.affinity_timeout().as_nanos() as u64,
+            affinity_prefix: self.config.affinity_prefix.to_string(),
             backends: self.config.backends.clone(),
             set: self.publishing.set.clone(),
             table: Arc::clone(&self.publishing.table),

@@ -119,7 +119,9 @@ impl Datapath {
             // Adopted maps: keep the live half live, the next table goes to the other.
             active_table: pinned_settings.map_or(0, |s| s.active_table),
             hash_seed: config.seed,
-            _pad0: 0,
+            affinity_prefix_v4: config.affinity_prefix.v4,
+            affinity_prefix_v6: config.affinity_prefix.v6,
+            _pad0: [0; 2],
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
         };
@@ -367,6 +369,11 @@ impl Datapath {
 
     pub fn seed(&self) -> u32 {
         self.settings.hash_seed
+    }
+
+    /// The settings the kernel program decides with.
+    pub fn settings(&self) -> Settings {
+        self.settings
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {

@@ -285,6 +285,7 @@ pub(super) mod tests {
             vips: vec!["192.0.2.1:80".parse().unwrap()],
             ifaces: vec!["eth0".into()],
             table_size: 65537,
+            affinity_prefix: "24,64".into(),
             backends: vec![
                 BackendStatus {
                     id: 0,
