@@ -158,6 +158,23 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The key of the backend's replies to this client → VIP flow, whose forward entry is
+    /// `forward`.
+    #[inline(always)]
+    pub const fn reply_key(&self, forward: &Flow) -> FlowKey {
+        FlowKey {
+            src: forward.nat_addr,
+            dst: self.src,
+            sport_be: forward.nat_port_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+}
+
 /// Client → VIP: rewrite the destination to the backend.
 pub const FLOW_FORWARD: u8 = 1;
 /// Backend → client: rewrite the source back to the VIP.

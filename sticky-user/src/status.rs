@@ -86,6 +86,20 @@ pub struct BackendStatus {
     pub health_transitions: u64,
     /// Seconds until a drain deadline removes the backend.
     pub drain_deadline_secs: Option<u64>,
+    /// Flows per second ended once the drain deadline passes (`--close-rate`); none: all at
+    /// once.
+    #[serde(default)]
+    pub drain_close_rate: Option<u32>,
+}
+
+/// A backend removed at its drain deadline whose flows are being ended at its close rate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosingStatus {
+    pub addr: SocketAddr,
+    /// Flows ended per second.
+    pub close_rate: u32,
+    pub flows_ended: u64,
+    pub flows_left: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +130,9 @@ pub struct Status {
     /// Fill of the maps that grow with traffic: LRU maps, whose oldest entries go when full.
     #[serde(default)]
     pub maps: Vec<MapFill>,
+    /// Backends past their drain deadline whose flows are still being ended.
+    #[serde(default)]
+    pub closing: Vec<ClosingStatus>,
 }
 
 /// Entries in one map against the most it holds.

@@ -1,16 +1,18 @@
 //! Traffic policy through the kernel path with real clients in namespaces: affinity by
-//! client prefix (`--affinity-prefix`).
+//! client prefix (`--affinity-prefix`), paced drain (`backend drain --close-rate`).
 
 mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
 };
 
-use common::{assign, predicted, sticky_bin};
+use common::{args_with, assign, backend, ok, predicted, sticky_bin};
 use sticky_common::{Addr16, client_key, maps::Settings};
-use sticky_tests::{StickyProcess, Topology, plan, root_or_skip};
+use sticky_tests::{HoldBackend, StickyProcess, Topology, plan, raise_fd_limit, root_or_skip};
 
 /// 500 clients: two IPv4 /24s (250 each), one IPv6 /64.
 const CLIENTS: usize = 500;
@@ -132,4 +134,147 @@ fn prefixes_spread_as_the_table_says() {
         );
     }
     daemon.stop().expect("stop sticky");
+}
+
+/// Open connections to the drained backend.
+const HELD: usize = 1000;
+const CLOSE_RATE: usize = 50;
+/// Each held connection is probed this often: a byte out, then a look for a reset.
+const PROBE: Duration = Duration::from_millis(50);
+
+/// `drain --deadline 1s --close-rate 50/s` under 1000 open connections: none ends before the
+/// deadline; after it they end at most 55 in any one second, and all by the time the rate
+/// allows (deadline + the daemon's 1 s tick + 1000/50 s + a probe's delay); status shows the
+/// rate and the progress meanwhile.
+#[test]
+fn paced_drain_ends_flows_at_the_close_rate() {
+    if !root_or_skip("paced_drain_ends_flows_at_the_close_rate") {
+        return;
+    }
+    raise_fd_limit(4 * HELD as u64 + 1024);
+    let topo = Topology::build("pace", 2, 250).expect("topology");
+    let at = |k: usize| SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT);
+    let _sinks: Vec<HoldBackend> = (0..2)
+        .map(|k| HoldBackend::start(&topo.backends[k], at(k)).expect("hold backend"))
+        .collect();
+    let daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args_with(&topo, &[0], &[]))
+        .expect("sticky");
+    let vip = topo.vip(false);
+    let conns: Vec<TcpStream> = topo
+        .client
+        .run(|| {
+            (0..HELD)
+                .map(|i| connect(plan::client(i % 250, false), vip))
+                .collect()
+        })
+        .expect("client namespace");
+    // Where re-balanced packets of ended flows go: a backend that resets them.
+    let ctl = |args: &[&str]| ok(&daemon.ctl(&sticky_bin(), args), &args.join(" "));
+    ctl(&["backend", "add", &backend(1)]);
+    ctl(&[
+        "backend",
+        "drain",
+        &backend(0),
+        "--deadline",
+        "1s",
+        "--close-rate",
+        "50/s",
+    ]);
+    let start = Instant::now();
+    let watcher = std::thread::scope(|s| {
+        let instance = daemon.instance.clone();
+        let watcher = s.spawn(move || {
+            std::thread::sleep(Duration::from_secs(6));
+            let out = std::process::Command::new(sticky_bin())
+                .args(["status", "--json", "--instance", &instance])
+                .output()
+                .expect("run sticky status");
+            let text = ok(&out, "status --json");
+            serde_json::from_str::<sticky::status::Status>(&text).expect("status JSON")
+        });
+        let closed = probe_until_closed(conns, start + Duration::from_secs(40));
+        (closed, watcher.join().expect("status thread"))
+    });
+    let (closed, mid) = watcher;
+    let ends: Vec<f64> = closed
+        .iter()
+        .map(|t| t.duration_since(start).as_secs_f64())
+        .collect();
+    assert_eq!(ends.len(), HELD, "connections never ended");
+    let first = ends.iter().copied().fold(f64::MAX, f64::min);
+    let last = ends.iter().copied().fold(0.0, f64::max);
+    assert!(
+        first >= 1.0,
+        "a connection ended {first:.2} s in, before the 1 s deadline"
+    );
+    let bound = 1.0 + 1.0 + (HELD / CLOSE_RATE) as f64 + 0.5;
+    assert!(
+        last <= bound,
+        "the last connection ended {last:.2} s in, past {bound} s"
+    );
+    // Closes per second: whole seconds from the first close.
+    let mut per_second = vec![0usize; (last - first) as usize + 1];
+    for t in &ends {
+        per_second[(t - first) as usize] += 1;
+    }
+    let busiest = per_second.iter().copied().max().unwrap_or(0);
+    println!(
+        "paced drain: {HELD} connections ended from {first:.2} s to {last:.2} s, per second \
+         {per_second:?}"
+    );
+    assert!(
+        busiest <= 55,
+        "{busiest} connections ended within one second"
+    );
+    let closing = mid
+        .closing
+        .first()
+        .expect("status shows the backend being closed");
+    assert_eq!(closing.addr, at(0));
+    assert_eq!(closing.close_rate, CLOSE_RATE as u32);
+    assert!(
+        closing.flows_ended > 0 && closing.flows_left > 0,
+        "{closing:?}"
+    );
+    assert_eq!(closing.flows_ended + closing.flows_left, HELD as u64);
+    daemon.stop().expect("stop sticky");
+}
+
+/// A connection from `src` to `dst`, one descriptor, non-blocking once connected.
+fn connect(src: IpAddr, dst: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::new(src, 0).into()).expect("bind");
+    socket
+        .connect_timeout(&dst.into(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"));
+    let stream: TcpStream = socket.into();
+    stream.set_nonblocking(true).expect("non-blocking");
+    stream
+}
+
+/// Probes every connection each [`PROBE`] until all ended (reset) or `until`: when each
+/// ending was seen.
+fn probe_until_closed(conns: Vec<TcpStream>, until: Instant) -> Vec<Instant> {
+    let mut open: Vec<Option<TcpStream>> = conns.into_iter().map(Some).collect();
+    let mut ended = Vec::new();
+    let mut buf = [0u8; 64];
+    while ended.len() < open.len() && Instant::now() < until {
+        let round = Instant::now();
+        for slot in &mut open {
+            let Some(conn) = slot else { continue };
+            let gone = match conn.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                Err(_) => true,
+            } || conn.write(b".").is_err();
+            if gone {
+                ended.push(Instant::now());
+                *slot = None;
+            }
+        }
+        std::thread::sleep(PROBE.saturating_sub(round.elapsed()));
+    }
+    ended
 }

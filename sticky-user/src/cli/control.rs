@@ -45,6 +45,16 @@ pub fn deadline(s: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A close rate: `N/s` or `N`, N from 1 to 1000000.
+pub fn close_rate(s: &str) -> Result<u32, String> {
+    s.strip_suffix("/s")
+        .unwrap_or(s)
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1_000_000).contains(n))
+        .ok_or_else(|| format!("close rate '{s}' must be N/s with N from 1 to 1000000, e.g. 50/s"))
+}
+
 #[derive(clap::Args)]
 pub struct PreviewArgs {
     /// Print JSON.
@@ -171,9 +181,10 @@ pub fn render_status(s: &Status) -> String {
                 (false, false) => '.',
             })
             .collect();
-        let state = match b.drain_deadline_secs {
-            Some(secs) => format!("{}({secs}s)", b.state.name()),
-            None => b.state.name().to_string(),
+        let state = match (b.drain_deadline_secs, b.drain_close_rate) {
+            (Some(secs), Some(rate)) => format!("{}({secs}s, then {rate}/s)", b.state.name()),
+            (Some(secs), None) => format!("{}({secs}s)", b.state.name()),
+            _ => b.state.name().to_string(),
         };
         out.push_str(&format!(
             "{:<24} {:<8} {:<9} {:>6} [{bar}] {:>6.1}% {:>8} {:>7} {:>8.1} {:>10}\n",
@@ -186,6 +197,15 @@ pub fn render_status(s: &Status) -> String {
             b.active_flows,
             b.new_flows_per_sec,
             b.bytes
+        ));
+    }
+    for c in &s.closing {
+        out.push_str(&format!(
+            "{:<24} closing: {} flows ended, {} left at {}/s\n",
+            c.addr.to_string(),
+            c.flows_ended,
+            c.flows_left,
+            c.close_rate
         ));
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();

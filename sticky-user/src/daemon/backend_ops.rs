@@ -78,9 +78,9 @@ impl Daemon {
         let removed = set.reconcile(&specs)?;
         self.publishing.set = set;
         self.config.backends = specs;
-        self.publishing
-            .drains
-            .retain(|a, _| self.config.backends.iter().any(|b| b.addr == *a));
+        let configured = |a: &SocketAddr| self.config.backends.iter().any(|b| b.addr == *a);
+        self.publishing.drains.retain(|a, _| configured(a));
+        self.publishing.close_rates.retain(|a, _| configured(a));
         self.publish(&removed)?;
         self.restart_health();
         Ok(())
@@ -121,10 +121,18 @@ impl Daemon {
         &mut self,
         addr: SocketAddr,
         deadline_ms: Option<u64>,
+        close_rate: Option<u32>,
     ) -> anyhow::Result<Response> {
         self.spec_index(addr)?;
+        if close_rate.is_some() && deadline_ms.is_none() {
+            bail!("a close rate paces the flows ended at the deadline: give --deadline too");
+        }
         let deadline = deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         self.publishing.drains.insert(addr, deadline);
+        match close_rate {
+            Some(rate) => self.publishing.close_rates.insert(addr, rate),
+            None => self.publishing.close_rates.remove(&addr),
+        };
         self.publish(&[])?;
         info!("draining {addr}");
         Ok(Response::ok("draining"))
@@ -135,6 +143,7 @@ impl Daemon {
         if self.publishing.drains.remove(&addr).is_none() {
             bail!("backend {addr} is not draining");
         }
+        self.publishing.close_rates.remove(&addr);
         self.publish(&[])?;
         Ok(Response::ok("in service"))
     }

@@ -25,12 +25,14 @@ mod backend_ops;
 mod health_tasks;
 mod host;
 mod notify;
+mod paced_close;
 mod proxy_start;
 mod report;
 
 use self::{
     health_tasks::{HealthChecks, REFUSAL_POLL},
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
+    paced_close::Closing,
     proxy_start::start_proxy,
     report::Reporting,
 };
@@ -109,6 +111,10 @@ struct Publishing {
     table: Arc<Vec<u32>>,
     /// Draining backends and their optional deadline.
     drains: BTreeMap<SocketAddr, Option<Instant>>,
+    /// Close rates (flows per second) of draining backends past their deadline.
+    close_rates: BTreeMap<SocketAddr, u32>,
+    /// Backends past their deadline whose flows are being ended at their close rate.
+    closing: Vec<Closing>,
     /// Proxy mode's view of the backends, refreshed on every publish.
     routing: Option<SharedRouting>,
 }
@@ -192,6 +198,8 @@ impl Daemon {
                 set,
                 table: Arc::new(table),
                 drains: BTreeMap::new(),
+                close_rates: BTreeMap::new(),
+                closing: Vec::new(),
                 routing,
             },
             health: HealthChecks::new(),
@@ -233,6 +241,7 @@ impl Daemon {
         notify::ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
+        let mut pace = tokio::time::interval(paced_close::PACE);
         let watchdog_period = notify::watchdog_interval();
         // Without a watchdog the arm is disabled; the period only has to be valid.
         let mut watchdog =
@@ -253,6 +262,7 @@ impl Daemon {
                 },
                 _ = watchdog.tick(), if watchdog_period.is_some() => notify::watchdog(),
                 _ = tick.tick() => self.on_tick(),
+                _ = pace.tick(), if !self.publishing.closing.is_empty() => self.on_pace(),
                 _ = refusals.tick(), if !self.health.tasks.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
                 _ = int.recv() => return false,
@@ -285,7 +295,11 @@ impl Daemon {
                 self.apply_change(&change).map(|()| Response::ok("applied"))
             }
             Request::Preview { change } => self.preview(&change).map(Response::ok),
-            Request::Drain { addr, deadline_ms } => self.drain(addr, deadline_ms),
+            Request::Drain {
+                addr,
+                deadline_ms,
+                close_rate,
+            } => self.drain(addr, deadline_ms, close_rate),
             Request::Undrain { addr } => self.undrain(addr),
             Request::List => Ok(Response::ok(self.list())),
             Request::Status => {
@@ -332,19 +346,62 @@ impl Daemon {
             .collect();
         for addr in expired {
             let id = self.publishing.set.id_of(addr);
+            let rate = self.publishing.close_rates.get(&addr).copied();
             match self.apply_change(&Change::Remove { addr }) {
-                Ok(()) => {
-                    let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
-                    say(&format!(
-                        "drain deadline of {addr} passed: removed, {purged} flow entries dropped"
-                    ));
-                }
+                Ok(()) => match (id, rate) {
+                    (Some(id), Some(rate)) => self.close_paced(addr, id, rate, now),
+                    _ => {
+                        let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
+                        say(&format!(
+                            "drain deadline of {addr} passed: removed, {purged} flow entries \
+                             dropped"
+                        ));
+                    }
+                },
                 Err(e) => warn!("remove {addr} after its drain deadline: {e:#}"),
             }
         }
         self.report
             .measure_rates(&self.publishing.set, &self.dp, now);
         self.share();
+    }
+
+    /// Starts ending removed backend `id`'s established flows at `rate` per second; flows
+    /// still in their handshake go at once.
+    fn close_paced(&mut self, addr: SocketAddr, id: u32, rate: u32, now: Instant) {
+        let flows = self.dp.established_flows(id);
+        if let Err(e) = self.dp.purge_new_flows(id) {
+            warn!("drop {addr}'s handshaking flows: {e:#}");
+        }
+        let closing = Closing::new(addr, rate, flows, now);
+        say(&format!(
+            "drain deadline of {addr} passed: removed, ending its {} flows at {rate}/s (done in \
+             {:.0} s)",
+            closing.status().flows_left,
+            closing.total_secs().ceil()
+        ));
+        self.publishing.closing.push(closing);
+    }
+
+    /// Ends the flows that came due under their backend's close rate.
+    fn on_pace(&mut self) {
+        let now = Instant::now();
+        for closing in &mut self.publishing.closing {
+            for (key, flow) in closing.due(now) {
+                if let Err(e) = self.dp.end_flow(&key, &flow) {
+                    warn!("end a flow of {}: {e:#}", closing.addr);
+                }
+            }
+            if closing.done() {
+                say(&format!(
+                    "{}: all {} flows ended at {}/s",
+                    closing.addr,
+                    closing.ended(),
+                    closing.rate
+                ));
+            }
+        }
+        self.publishing.closing.retain(|c| !c.done());
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     control::Response,
     datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
-    status::{BackendStatus, Health, MapFill, Status},
+    status::{BackendStatus, ClosingStatus, Health, MapFill, Status},
 };
 
 /// What the loop hands over for status reports: small, replaced whole.
@@ -42,6 +42,8 @@ pub(super) struct ReportInput {
     /// Health and health transitions per checked backend.
     health: BTreeMap<SocketAddr, (Health, u64)>,
     drains: BTreeMap<SocketAddr, Option<Instant>>,
+    close_rates: BTreeMap<SocketAddr, u32>,
+    closing: Vec<ClosingStatus>,
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
@@ -216,6 +218,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
                 .copied()
                 .flatten()
                 .map(|d| d.saturating_duration_since(now).as_secs()),
+            drain_close_rate: p.close_rates.get(&b.addr).copied(),
         });
     }
     Status {
@@ -236,6 +239,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         map_bytes: walk.memory.iter().map(|m| m.bytes).sum(),
         maps: map_fill(walk),
         pins: p.pins.name().to_string(),
+        closing: p.closing.clone(),
     }
 }
 
@@ -282,6 +286,8 @@ impl Daemon {
             table: Arc::clone(&self.publishing.table),
             health,
             drains: self.publishing.drains.clone(),
+            close_rates: self.publishing.close_rates.clone(),
+            closing: self.publishing.closing.iter().map(|c| c.status()).collect(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
         }));

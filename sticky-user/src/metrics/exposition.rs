@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use sticky_common::BackendState;
 
-use crate::status::{BackendStatus, Health, MapFill, Status};
+use crate::status::{BackendStatus, ClosingStatus, Health, MapFill, Status};
 
 /// `Content-Type` of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -146,6 +146,7 @@ impl Collector for StatusCollector {
         for (name, kind, help, value) in PER_BACKEND {
             per_backend(&mut out, Family(name, kind, help), &backends, value)?;
         }
+        paced_drain(&mut out, s)?;
 
         let packets = Family(
             "packets",
@@ -215,6 +216,52 @@ impl Collector for StatusCollector {
         let labels = [("instance", s.instance.as_str())];
         info.sample(&mut info.describe(&mut out)?, &labels, Value::Int(1))
     }
+}
+
+/// Paced drains: the close rate of each draining backend that has one, and of each removed
+/// backend whose flows are being ended; for the latter, flows ended and left.
+fn paced_drain(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    let rates: Vec<(String, u32)> = s
+        .backends
+        .iter()
+        .filter_map(|b| Some((b.addr.to_string(), b.drain_close_rate?)))
+        .chain(s.closing.iter().map(|c| (c.addr.to_string(), c.close_rate)))
+        .collect();
+    let rate = Family(
+        "drain_close_rate",
+        Gauge,
+        "Flows per second a drained backend's flows are ended at once its deadline passes.",
+    );
+    let mut metric = rate.describe(out)?;
+    for (addr, r) in &rates {
+        rate.sample(&mut metric, &[("backend", addr)], Value::Int((*r).into()))?;
+    }
+    let closing = [
+        (
+            Family(
+                "drain_flows_ended",
+                Counter,
+                "Flows of a backend past its drain deadline ended so far at its close rate.",
+            ),
+            (|c| c.flows_ended) as fn(&ClosingStatus) -> u64,
+        ),
+        (
+            Family(
+                "drain_flows_left",
+                Gauge,
+                "Flows of a backend past its drain deadline still to be ended at its close rate.",
+            ),
+            |c| c.flows_left,
+        ),
+    ];
+    for (family, value) in closing {
+        let mut metric = family.describe(out)?;
+        for c in &s.closing {
+            let addr = c.addr.to_string();
+            family.sample(&mut metric, &[("backend", &addr)], Value::Int(value(c)))?;
+        }
+    }
+    Ok(())
 }
 
 /// A family with one sample per backend, labelled `backend`.
@@ -304,6 +351,7 @@ pub(super) mod tests {
                     bytes: 123_456,
                     health_transitions: 1,
                     drain_deadline_secs: None,
+                    drain_close_rate: None,
                 },
                 BackendStatus {
                     id: 1,
@@ -322,6 +370,7 @@ pub(super) mod tests {
                     bytes: 6_000,
                     health_transitions: 3,
                     drain_deadline_secs: Some(30),
+                    drain_close_rate: Some(50),
                 },
             ],
             counters: [("pass", 5), ("nat", 1_050), ("drop_no_backend", 0)]
@@ -341,11 +390,17 @@ pub(super) mod tests {
                     max_entries,
                 })
                 .collect(),
+            closing: vec![ClosingStatus {
+                addr: "10.0.0.9:80".parse().unwrap(),
+                close_rate: 20,
+                flows_ended: 40,
+                flows_left: 960,
+            }],
         }
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 22] = [
+    const FAMILIES: [&str; 25] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -359,6 +414,9 @@ pub(super) mod tests {
         "sticky_backend_packets_total",
         "sticky_backend_bytes_total",
         "sticky_backend_health_transitions_total",
+        "sticky_drain_close_rate",
+        "sticky_drain_flows_ended_total",
+        "sticky_drain_flows_left",
         "sticky_packets_total",
         "sticky_affinity_entries",
         "sticky_flow_entries",
@@ -418,6 +476,10 @@ pub(super) mod tests {
             r#"sticky_map_entries{map="affinity"} 12"#,
             r#"sticky_map_max_entries{map="flows"} 1024"#,
             r#"sticky_map_max_entries{map="affinity"} 512"#,
+            r#"sticky_drain_close_rate{backend="[2001:db8::2]:8080"} 50"#,
+            r#"sticky_drain_close_rate{backend="10.0.0.9:80"} 20"#,
+            r#"sticky_drain_flows_ended_total{backend="10.0.0.9:80"} 40"#,
+            r#"sticky_drain_flows_left{backend="10.0.0.9:80"} 960"#,
             "# TYPE sticky_map_max_entries gauge",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,
