@@ -90,6 +90,9 @@ pub struct BackendStatus {
     /// once.
     #[serde(default)]
     pub drain_close_rate: Option<u32>,
+    /// Slow start in progress: how far (0..1) its table share has ramped to the full one.
+    #[serde(default)]
+    pub slow_start: Option<f64>,
 }
 
 /// A backend removed at its drain deadline whose flows are being ended at its close rate.

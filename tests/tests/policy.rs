@@ -1,5 +1,6 @@
 //! Traffic policy through the kernel path with real clients in namespaces: affinity by
-//! client prefix (`--affinity-prefix`), paced drain (`backend drain --close-rate`).
+//! client prefix (`--affinity-prefix`), paced drain (`backend drain --close-rate`), slow start
+//! (`--slow-start`).
 
 mod common;
 
@@ -12,7 +13,9 @@ use std::{
 
 use common::{args_with, assign, backend, ok, predicted, sticky_bin};
 use sticky_common::{Addr16, client_key, maps::Settings};
-use sticky_tests::{HoldBackend, StickyProcess, Topology, plan, raise_fd_limit, root_or_skip};
+use sticky_tests::{
+    HoldBackend, StickyProcess, Topology, get_once, plan, raise_fd_limit, root_or_skip,
+};
 
 /// 500 clients: two IPv4 /24s (250 each), one IPv6 /64.
 const CLIENTS: usize = 500;
@@ -277,4 +280,79 @@ fn probe_until_closed(conns: Vec<TcpStream>, until: Instant) -> Vec<Instant> {
         std::thread::sleep(PROBE.saturating_sub(round.elapsed()));
     }
     ended
+}
+
+/// The slow-start window of the test.
+const RAMP: Duration = Duration::from_secs(20);
+
+/// `--slow-start 20s`: a backend added to two others takes a share of new connections that
+/// grows linearly to its third — within 10 points of the line at each quarter of the window.
+/// Affinity is off (`--affinity-timeout 0s`), so each round of 500 connections from fixed
+/// clients measures the table itself; a round's share is held against the line at its middle.
+#[test]
+fn slow_start_ramps_the_share_of_new_connections_linearly() {
+    if !root_or_skip("slow_start_ramps_the_share_of_new_connections_linearly") {
+        return;
+    }
+    let topo = Topology::build("ramp", 3, CLIENTS).expect("topology");
+    let _servers = topo.start_backends().expect("backends");
+    let args = args_with(
+        &topo,
+        &[0, 1],
+        &["--slow-start", "20s", "--affinity-timeout", "0s"],
+    );
+    let daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    let vip = topo.vip(false);
+    ok(
+        &daemon.ctl(&sticky_bin(), &["backend", "add", &backend(2)]),
+        "backend add",
+    );
+    let start = Instant::now();
+    let mut rounds: Vec<(f64, f64)> = Vec::new();
+    while start.elapsed() < RAMP + Duration::from_secs(3) {
+        let begin = start.elapsed().as_secs_f64();
+        let answers: Vec<String> = topo
+            .client
+            .run(|| {
+                (0..CLIENTS)
+                    .map(|i| {
+                        let src = plan::client(i, false);
+                        get_once(src, vip)
+                            .unwrap_or_else(|e| panic!("{src} -> {vip}: {e:#}"))
+                            .backend
+                    })
+                    .collect()
+            })
+            .expect("client namespace");
+        let mid = (begin + start.elapsed().as_secs_f64()) / 2.0;
+        let share = answers.iter().filter(|b| *b == "be2").count() as f64 / CLIENTS as f64;
+        rounds.push((mid, share));
+    }
+    let line = |t: f64| (t / RAMP.as_secs_f64()).min(1.0) / 3.0;
+    let shown: Vec<String> = rounds
+        .iter()
+        .map(|(t, s)| format!("{t:.1}s {:.1}% (line {:.1}%)", s * 100.0, line(*t) * 100.0))
+        .collect();
+    println!("slow start: {}", shown.join(", "));
+    for quarter in [0.25, 0.5, 0.75, 1.0] {
+        let at = quarter * RAMP.as_secs_f64();
+        let (t, share) = rounds
+            .iter()
+            .copied()
+            .min_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()))
+            .expect("rounds");
+        assert!((t - at).abs() < 1.5, "no round near {at} s: {shown:?}");
+        assert!(
+            (share - line(t)).abs() <= 0.10,
+            "at {t:.1} s be2 took {:.1}% of new connections, the line says {:.1}%: {shown:?}",
+            share * 100.0,
+            line(t) * 100.0
+        );
+    }
+    let status = common::status(&daemon);
+    assert!(
+        status.backends.iter().all(|b| b.slow_start.is_none()),
+        "ramp not over"
+    );
+    daemon.stop().expect("stop sticky");
 }

@@ -181,9 +181,10 @@ pub fn render_status(s: &Status) -> String {
                 (false, false) => '.',
             })
             .collect();
-        let state = match (b.drain_deadline_secs, b.drain_close_rate) {
-            (Some(secs), Some(rate)) => format!("{}({secs}s, then {rate}/s)", b.state.name()),
-            (Some(secs), None) => format!("{}({secs}s)", b.state.name()),
+        let state = match (b.drain_deadline_secs, b.drain_close_rate, b.slow_start) {
+            (Some(secs), Some(rate), _) => format!("{}({secs}s, then {rate}/s)", b.state.name()),
+            (Some(secs), None, _) => format!("{}({secs}s)", b.state.name()),
+            (None, _, Some(p)) => format!("{}(slow start {:.0}%)", b.state.name(), p * 100.0),
             _ => b.state.name().to_string(),
         };
         out.push_str(&format!(

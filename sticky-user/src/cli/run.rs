@@ -133,6 +133,7 @@ mod tests {
         let args: Vec<&str> = concat!(
             "--iface eth0 --iface eth1 --vip 10.0.0.1:80 --backend 10.0.1.1:80@2 ",
             "--seed 7 --table-size 7 --affinity-timeout 5m --affinity-prefix 24,64 --max-flows 100 ",
+            "--slow-start 30s ",
             "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 --netns lb ",
             "--log-format json ",
             "--health-check tcp --health-interval 3s --health-timeout 2s --health-rise 4 ",
@@ -154,6 +155,7 @@ mod tests {
             table-size = 7
             affinity-timeout = "5m"
             affinity-prefix = "24,64"
+            slow-start = "30s"
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

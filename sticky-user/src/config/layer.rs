@@ -38,6 +38,11 @@ pub struct Layer {
     /// changes address within its carrier's range [default: 32,128].
     #[arg(long, value_name = "V4LEN,V6LEN")]
     pub affinity_prefix: Option<String>,
+    /// A backend that joins or comes back up takes its share of new clients gradually over
+    /// this long (its table share grows linearly from 0); affine clients of the others stay
+    /// [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub slow_start: Option<String>,
     #[arg(long, help = with_default(
         "Connection-tracking entries (two per connection)",
         DEFAULT_MAX_FLOWS,
@@ -79,6 +84,7 @@ merge_fields!(Layer {
     table_size,
     affinity_timeout,
     affinity_prefix,
+    slow_start,
     max_flows,
     max_new_flows,
     max_clients,

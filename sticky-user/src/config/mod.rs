@@ -45,6 +45,8 @@ pub struct Config {
     pub affinity_timeout: Duration,
     /// Client key prefix lengths for hashing and affinity.
     pub affinity_prefix: AffinityPrefix,
+    /// How long a joining or rising backend ramps up its table share (`--slow-start`).
+    pub slow_start: Option<Duration>,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -98,6 +100,8 @@ pub enum ConfigError {
     TableSize(u32),
     #[error("affinity-timeout: {0}")]
     Timeout(duration::DurationError),
+    #[error("slow-start: {0}")]
+    SlowStart(duration::DurationError),
     #[error("{0}")]
     Prefix(PrefixError),
     #[error("{name} must be at least {min}")]
@@ -169,6 +173,10 @@ impl Layer {
             Some(p) => p.parse().map_err(ConfigError::Prefix)?,
             None => AffinityPrefix::default(),
         };
+        let slow_start = match &self.slow_start {
+            Some(t) => Some(duration::parse(t).map_err(ConfigError::SlowStart)?),
+            None => None,
+        };
         let max_flows = self.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         let max_new_flows = self.max_new_flows.unwrap_or(DEFAULT_MAX_NEW_FLOWS);
         let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
@@ -215,6 +223,7 @@ impl Layer {
             table_size,
             affinity_timeout,
             affinity_prefix,
+            slow_start,
             max_flows,
             max_new_flows,
             max_clients,
@@ -252,6 +261,7 @@ impl Config {
             table_size,
             affinity_timeout,
             affinity_prefix,
+            slow_start: _,
             max_flows,
             max_new_flows,
             max_clients,

@@ -28,6 +28,7 @@ mod notify;
 mod paced_close;
 mod proxy_start;
 mod report;
+mod slow_start;
 
 use self::{
     health_tasks::{HealthChecks, REFUSAL_POLL},
@@ -115,6 +116,8 @@ struct Publishing {
     close_rates: BTreeMap<SocketAddr, u32>,
     /// Backends past their deadline whose flows are being ended at their close rate.
     closing: Vec<Closing>,
+    /// Backends ramping up their table share (`--slow-start`), since when.
+    ramps: BTreeMap<SocketAddr, Instant>,
     /// Proxy mode's view of the backends, refreshed on every publish.
     routing: Option<SharedRouting>,
 }
@@ -200,6 +203,7 @@ impl Daemon {
                 drains: BTreeMap::new(),
                 close_rates: BTreeMap::new(),
                 closing: Vec::new(),
+                ramps: BTreeMap::new(),
                 routing,
             },
             health: HealthChecks::new(),
@@ -332,6 +336,7 @@ impl Daemon {
             );
         }
         self.config.health = new.health;
+        self.config.slow_start = new.slow_start;
         self.set_backends(new.backends)
     }
 
@@ -360,6 +365,11 @@ impl Daemon {
                 },
                 Err(e) => warn!("remove {addr} after its drain deadline: {e:#}"),
             }
+        }
+        if !self.publishing.ramps.is_empty()
+            && let Err(e) = self.publish(&[])
+        {
+            warn!("slow start step: {e:#}");
         }
         self.report
             .measure_rates(&self.publishing.set, &self.dp, now);

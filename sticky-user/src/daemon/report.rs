@@ -44,6 +44,8 @@ pub(super) struct ReportInput {
     drains: BTreeMap<SocketAddr, Option<Instant>>,
     close_rates: BTreeMap<SocketAddr, u32>,
     closing: Vec<ClosingStatus>,
+    /// Slow start progress by backend id.
+    ramps: BTreeMap<u32, f64>,
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
@@ -219,6 +221,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
                 .flatten()
                 .map(|d| d.saturating_duration_since(now).as_secs()),
             drain_close_rate: p.close_rates.get(&b.addr).copied(),
+            slow_start: p.ramps.get(&id).copied(),
         });
     }
     Status {
@@ -288,6 +291,7 @@ impl Daemon {
             drains: self.publishing.drains.clone(),
             close_rates: self.publishing.close_rates.clone(),
             closing: self.publishing.closing.iter().map(|c| c.status()).collect(),
+            ramps: self.ramp_progress(Instant::now()),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
         }));

@@ -34,7 +34,7 @@ type PerBackend = (
     &'static str,
     fn(&BackendStatus) -> Value,
 );
-const PER_BACKEND: [PerBackend; 11] = [
+const PER_BACKEND: [PerBackend; 12] = [
     (
         "backend_healthy",
         Gauge,
@@ -58,6 +58,12 @@ const PER_BACKEND: [PerBackend; 11] = [
         Gauge,
         "Backend weight over the total weight of the backends in the table (0..1).",
         |b| Value::Float(b.ideal_share),
+    ),
+    (
+        "backend_slow_start",
+        Gauge,
+        "How far the backend's slow start has ramped its table share (0..1; 1 when not ramping).",
+        |b| Value::Float(b.slow_start.unwrap_or(1.0)),
     ),
     (
         "backend_affine_clients",
@@ -352,6 +358,7 @@ pub(super) mod tests {
                     health_transitions: 1,
                     drain_deadline_secs: None,
                     drain_close_rate: None,
+                    slow_start: Some(0.25),
                 },
                 BackendStatus {
                     id: 1,
@@ -371,6 +378,7 @@ pub(super) mod tests {
                     health_transitions: 3,
                     drain_deadline_secs: Some(30),
                     drain_close_rate: Some(50),
+                    slow_start: None,
                 },
             ],
             counters: [("pass", 5), ("nat", 1_050), ("drop_no_backend", 0)]
@@ -400,13 +408,14 @@ pub(super) mod tests {
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 25] = [
+    const FAMILIES: [&str; 26] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
         "sticky_backend_weight",
         "sticky_backend_table_share",
         "sticky_backend_ideal_share",
+        "sticky_backend_slow_start",
         "sticky_backend_affine_clients",
         "sticky_backend_active_flows",
         "sticky_backend_new_flows_total",
@@ -451,6 +460,8 @@ pub(super) mod tests {
             r#"sticky_backend_healthy{backend="[2001:db8::2]:8080"} 0"#,
             r#"sticky_backend_table_share{backend="10.0.0.1:80"} 0.75"#,
             r#"sticky_backend_ideal_share{backend="[2001:db8::2]:8080"} 0.0"#,
+            r#"sticky_backend_slow_start{backend="10.0.0.1:80"} 0.25"#,
+            r#"sticky_backend_slow_start{backend="[2001:db8::2]:8080"} 1.0"#,
             r#"sticky_backend_bytes_total{backend="10.0.0.1:80"} 123456"#,
             r#"sticky_backend_new_flows_total{backend="10.0.0.1:80"} 100"#,
             r#"sticky_backend_health_transitions_total{backend="[2001:db8::2]:8080"} 3"#,
