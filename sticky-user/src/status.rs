@@ -136,6 +136,20 @@ pub struct Status {
     /// Backends past their drain deadline whose flows are still being ended.
     #[serde(default)]
     pub closing: Vec<ClosingStatus>,
+    /// Each DNS source of backends: its last good answer, and its error while it fails.
+    #[serde(default)]
+    pub dns: Vec<DnsStatus>,
+}
+
+/// A `--backend-dns` or `--backend-srv` source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// `dns NAME:PORT` or `srv NAME`.
+    pub source: String,
+    /// The backends of its last good answer (kept while it fails).
+    pub backends: Vec<SocketAddr>,
+    /// Why its last resolution failed; none while it answers.
+    pub error: Option<String>,
 }
 
 /// Entries in one map against the most it holds.

@@ -1,6 +1,6 @@
 //! Traffic policy through the kernel path with real clients in namespaces: affinity by
 //! client prefix (`--affinity-prefix`), paced drain (`backend drain --close-rate`), slow start
-//! (`--slow-start`).
+//! (`--slow-start`), backends from DNS (`--backend-dns`, `--backend-srv`) served by dnsmasq.
 
 mod common;
 
@@ -354,5 +354,186 @@ fn slow_start_ramps_the_share_of_new_connections_linearly() {
         status.backends.iter().all(|b| b.slow_start.is_none()),
         "ramp not over"
     );
+    daemon.stop().expect("stop sticky");
+}
+
+/// The names dnsmasq serves in the dns test.
+const WEB: &str = "web.sticky.test";
+const SRV: &str = "_http._tcp.sticky.test";
+
+/// dnsmasq in the balancer's namespace on 127.0.0.1:5353, answering from a hosts file the
+/// test rewrites (SIGHUP re-reads it), TTL 1 s; killed (by its PID) on drop.
+struct Dnsmasq {
+    child: std::process::Child,
+    hosts: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(ns: &str, hosts: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{ns}.hosts"));
+        std::fs::write(&path, hosts).expect("write hosts");
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--port=5353",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--local-ttl=1",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .arg(format!("--addn-hosts={}", path.display()))
+            .arg(format!(
+                "--srv-host={SRV},srv.sticky.test,{}",
+                plan::BACKEND_PORT
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (Debian package dnsmasq-base)");
+        Self { child, hosts: path }
+    }
+
+    fn serve(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).expect("write hosts");
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.hosts);
+    }
+}
+
+/// A hosts file naming `web` for backends `web` and `srv.sticky.test` for backend `srv`.
+fn hosts(web: &[usize], srv: usize) -> String {
+    let mut text: String = web
+        .iter()
+        .map(|&k| format!("{} {WEB}\n", plan::backend(k, false).0))
+        .collect();
+    text.push_str(&format!(
+        "{} srv.sticky.test\n",
+        plan::backend(srv, false).0
+    ));
+    text
+}
+
+/// Polls status until `done` holds (15 s at most); the last status.
+fn status_until(
+    daemon: &StickyProcess,
+    what: &str,
+    done: impl Fn(&sticky::status::Status) -> bool,
+) -> sticky::status::Status {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = common::status(daemon);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: never happened: {status:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn state(status: &sticky::status::Status, k: usize) -> Option<&'static str> {
+    let addr = SocketAddr::new(plan::backend(k, false).0, plan::BACKEND_PORT);
+    status
+        .backends
+        .iter()
+        .find(|b| b.addr == addr)
+        .map(|b| b.state.name())
+}
+
+/// Backends from A records and an SRV record: they join as dnsmasq serves them, one that
+/// vanishes from the answer drains (new clients avoid it), and with the resolver gone the
+/// last good set stays and status says the source fails.
+#[test]
+fn backends_follow_dns_and_survive_a_resolver_outage() {
+    if !root_or_skip("backends_follow_dns_and_survive_a_resolver_outage") {
+        return;
+    }
+    let topo = Topology::build("dns", 3, 100).expect("topology");
+    let _servers = topo.start_backends().expect("backends");
+    let dns = Dnsmasq::start(&topo.lb.name, &hosts(&[0, 1], 2));
+    let args: Vec<String> = [
+        "--iface",
+        "cli0",
+        "--vip",
+        &topo.vip(false).to_string(),
+        "--backend-dns",
+        &format!("{WEB}:{}", plan::BACKEND_PORT),
+        "--backend-srv",
+        SRV,
+        "--dns-server",
+        "127.0.0.1:5353",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let daemon = StickyProcess::start(&sticky_bin(), &topo.lb, &args).expect("sticky");
+    status_until(&daemon, "three backends from DNS", |s| {
+        (0..3).all(|k| state(s, k) == Some("up"))
+    });
+    let first = assign(&topo, 0..50, 1, false);
+    assert_eq!(
+        common::spread(&first).len(),
+        3,
+        "{:?}",
+        common::spread(&first)
+    );
+
+    dns.serve(&hosts(&[1], 2));
+    status_until(&daemon, "be0 drains once DNS stops naming it", |s| {
+        state(s, 0) == Some("draining") && state(s, 1) == Some("up") && state(s, 2) == Some("up")
+    });
+    let fresh = assign(&topo, 50..100, 1, false);
+    assert!(
+        fresh.values().all(|b| b != "be0"),
+        "a new client reached the vanished backend: {fresh:?}"
+    );
+
+    drop(dns);
+    let s = status_until(&daemon, "status says the resolver fails", |s| {
+        s.dns.len() == 2 && s.dns.iter().all(|d| d.error.is_some())
+    });
+    assert_eq!(
+        s.dns[0].backends.len(),
+        1,
+        "last good set kept: {:?}",
+        s.dns
+    );
+    assert_eq!(
+        s.dns[1].backends.len(),
+        1,
+        "last good set kept: {:?}",
+        s.dns
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let s = common::status(&daemon);
+    assert_eq!(
+        (state(&s, 0), state(&s, 1), state(&s, 2)),
+        (Some("draining"), Some("up"), Some("up")),
+        "a failing resolver changed the backends"
+    );
+    let again = assign(&topo, 50..100, 1, false);
+    assert_eq!(again, fresh, "clients moved while the resolver was down");
     daemon.stop().expect("stop sticky");
 }

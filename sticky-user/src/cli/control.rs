@@ -200,6 +200,17 @@ pub fn render_status(s: &Status) -> String {
             b.bytes
         ));
     }
+    for d in &s.dns {
+        let list: Vec<String> = d.backends.iter().map(ToString::to_string).collect();
+        match &d.error {
+            None => out.push_str(&format!("{}: {}\n", d.source, list.join(" "))),
+            Some(e) => out.push_str(&format!(
+                "{}: resolver failing, keeping the last good set ({}): {e}\n",
+                d.source,
+                list.join(" ")
+            )),
+        }
+    }
     for c in &s.closing {
         out.push_str(&format!(
             "{:<24} closing: {} flows ended, {} left at {}/s\n",

@@ -143,6 +143,7 @@ mod tests {
             "--connect-timeout 1s --max-head-bytes 2048 --max-connections 5 ",
             "--forwarded-for append --no-sid --keepalive-timeout 30s --pool-idle-timeout 2s ",
             "--pool-max-idle 3 ",
+            "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
         )
         .split_whitespace()
         .collect();
@@ -151,6 +152,9 @@ mod tests {
             iface = ["eth0", "eth1"]
             vip = ["10.0.0.1:80"]
             backend = ["10.0.1.1:80@2"]
+            backend-dns = ["tasks.web:3000"]
+            backend-srv = ["_http._tcp.web"]
+            dns-server = "127.0.0.1:53"
             seed = 7
             table-size = 7
             affinity-timeout = "5m"

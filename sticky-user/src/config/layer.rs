@@ -23,6 +23,16 @@ pub struct Layer {
     /// Backend and optional weight (repeatable; weight 1-1000, default 1).
     #[arg(long, value_name = "ADDR:PORT[@WEIGHT]")]
     pub backend: Vec<String>,
+    /// Backends from the A/AAAA records of NAME, each on PORT (repeatable): re-resolved when
+    /// the TTL runs out; new addresses join, vanished ones drain.
+    #[arg(long, value_name = "NAME:PORT")]
+    pub backend_dns: Vec<String>,
+    /// Backends from the SRV records of NAME, e.g. _http._tcp.web.service.consul (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub backend_srv: Vec<String>,
+    /// DNS server for --backend-dns/--backend-srv [default: the system's, /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_server: Option<String>,
     /// Hash seed: nodes with the same seed and backends pick the same backend per client.
     #[arg(long)]
     pub seed: Option<u32>,
@@ -80,6 +90,9 @@ merge_fields!(Layer {
     iface,
     vip,
     backend,
+    backend_dns,
+    backend_srv,
+    dns_server,
     seed,
     table_size,
     affinity_timeout,

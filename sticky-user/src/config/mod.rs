@@ -19,6 +19,7 @@ use sticky_common::maps::MAX_BACKENDS;
 
 use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
+    discovery::{Source, SourceError},
     duration,
     health::{HealthConfig, HealthError},
     logging::LogFormat,
@@ -40,6 +41,10 @@ pub struct Config {
     pub ifaces: Vec<String>,
     pub vips: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,
+    /// Where more backends come from (`--backend-dns`, `--backend-srv`).
+    pub dns: Vec<Source>,
+    /// The DNS server for them; none: the system's.
+    pub dns_server: Option<SocketAddr>,
     pub seed: u32,
     pub table_size: u32,
     pub affinity_timeout: Duration,
@@ -75,12 +80,19 @@ pub enum ConfigError {
     UnknownIface(String),
     #[error("no VIP: give --vip ADDR:PORT (or vip = [\"ADDR:PORT\"] in the config file)")]
     NoVip,
-    #[error("no backends: give at least one --backend ADDR:PORT[@WEIGHT]")]
+    #[error(
+        "no backends: give at least one --backend ADDR:PORT[@WEIGHT], --backend-dns NAME:PORT \
+         or --backend-srv NAME"
+    )]
     NoBackends,
     #[error("vip {0}")]
     Vip(AddrError),
     #[error("backend {0}")]
     Backend(AddrError),
+    #[error("{0}")]
+    Source(SourceError),
+    #[error("dns-server {0}")]
+    DnsServer(AddrError),
     #[error("{0} VIPs is more than the {MAX_VIPS} sticky supports")]
     TooManyVips(usize),
     #[error("duplicate VIP {0}")]
@@ -130,9 +142,17 @@ impl Layer {
         if self.vip.is_empty() {
             return Err(ConfigError::NoVip);
         }
-        if self.backend.is_empty() {
+        if self.backend.is_empty() && self.backend_dns.is_empty() && self.backend_srv.is_empty() {
             return Err(ConfigError::NoBackends);
         }
+        let dns = (self.backend_dns.iter().map(|s| Source::host(s)))
+            .chain(self.backend_srv.iter().map(|s| Source::srv(s)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Source)?;
+        let dns_server = match &self.dns_server {
+            Some(s) => Some(parse_endpoint(s).map_err(ConfigError::DnsServer)?),
+            None => None,
+        };
         let mut vips = Vec::new();
         for v in &self.vip {
             let vip = parse_endpoint(v).map_err(ConfigError::Vip)?;
@@ -219,6 +239,8 @@ impl Layer {
             ifaces: self.iface,
             vips,
             backends,
+            dns,
+            dns_server,
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             table_size,
             affinity_timeout,
@@ -257,6 +279,8 @@ impl Config {
             ifaces,
             vips,
             backends: _,
+            dns,
+            dns_server,
             seed,
             table_size,
             affinity_timeout,
@@ -275,6 +299,8 @@ impl Config {
         [
             ("iface", *ifaces != new.ifaces),
             ("vip", *vips != new.vips),
+            ("backend-dns/backend-srv", *dns != new.dns),
+            ("dns-server", *dns_server != new.dns_server),
             ("seed", *seed != new.seed),
             ("table-size", *table_size != new.table_size),
             (

@@ -22,6 +22,7 @@ use tokio::{
 use tracing::warn;
 
 mod backend_ops;
+mod dns;
 mod health_tasks;
 mod host;
 mod notify;
@@ -31,6 +32,7 @@ mod report;
 mod slow_start;
 
 use self::{
+    dns::Discovery,
     health_tasks::{HealthChecks, REFUSAL_POLL},
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
     paced_close::Closing,
@@ -103,6 +105,7 @@ struct Daemon {
     health: HealthChecks,
     control: Control,
     report: Reporting,
+    dns: Discovery,
 }
 
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
@@ -191,7 +194,9 @@ impl Daemon {
             Some(proxy) => Some(start_proxy(proxy, &config, &mut dp, &set, &table).await?),
             None => None,
         };
+        let dns = Discovery::start(&config)?;
         let mut daemon = Self {
+            dns,
             config,
             flags,
             file,
@@ -260,6 +265,7 @@ impl Daemon {
                     }
                 }
                 Some((addr, epoch, ok)) = self.health.rx.recv() => self.on_probe(addr, epoch, ok),
+                Some(answer) = self.dns.rx.recv() => self.on_dns(answer),
                 _ = hup.recv() => match notify::around_reload(|| self.reload()) {
                     Ok(()) => say(&format!("sticky reloaded: {} backends", self.config.backends.len())),
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
@@ -331,13 +337,15 @@ impl Daemon {
         let restart_only = self.config.restart_only(&new);
         if !restart_only.is_empty() {
             bail!(
-                "only backends and health checks change on reload; restart to change {}",
+                "only backends, health checks and slow-start change on reload; restart to change {}",
                 restart_only.join(", ")
             );
         }
         self.config.health = new.health;
         self.config.slow_start = new.slow_start;
-        self.set_backends(new.backends)
+        let mut specs = new.backends;
+        self.keep_discovered(&mut specs);
+        self.set_backends(specs)
     }
 
     fn on_tick(&mut self) {

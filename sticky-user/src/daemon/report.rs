@@ -24,7 +24,7 @@ use crate::{
     control::Response,
     datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
-    status::{BackendStatus, ClosingStatus, Health, MapFill, Status},
+    status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status},
 };
 
 /// What the loop hands over for status reports: small, replaced whole.
@@ -46,6 +46,7 @@ pub(super) struct ReportInput {
     closing: Vec<ClosingStatus>,
     /// Slow start progress by backend id.
     ramps: BTreeMap<u32, f64>,
+    dns: Vec<DnsStatus>,
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
@@ -243,6 +244,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         maps: map_fill(walk),
         pins: p.pins.name().to_string(),
         closing: p.closing.clone(),
+        dns: p.dns.clone(),
     }
 }
 
@@ -292,6 +294,7 @@ impl Daemon {
             close_rates: self.publishing.close_rates.clone(),
             closing: self.publishing.closing.iter().map(|c| c.status()).collect(),
             ramps: self.ramp_progress(Instant::now()),
+            dns: self.dns.status(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
         }));

@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use sticky_common::BackendState;
 
-use crate::status::{BackendStatus, ClosingStatus, Health, MapFill, Status};
+use crate::status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status};
 
 /// `Content-Type` of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -153,6 +153,7 @@ impl Collector for StatusCollector {
             per_backend(&mut out, Family(name, kind, help), &backends, value)?;
         }
         paced_drain(&mut out, s)?;
+        dns_sources(&mut out, s)?;
 
         let packets = Family(
             "packets",
@@ -265,6 +266,35 @@ fn paced_drain(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
         for c in &s.closing {
             let addr = c.addr.to_string();
             family.sample(&mut metric, &[("backend", &addr)], Value::Int(value(c)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Each DNS source: the backends of its last good answer, and whether it fails now.
+fn dns_sources(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    let families = [
+        (
+            Family(
+                "dns_backends",
+                Gauge,
+                "Backends in a DNS source's last good answer (kept while it fails).",
+            ),
+            (|d| Value::Int(d.backends.len() as u64)) as fn(&DnsStatus) -> Value,
+        ),
+        (
+            Family(
+                "dns_failing",
+                Gauge,
+                "Whether a DNS source's last resolution failed (1) or answered (0).",
+            ),
+            |d| Value::flag(d.error.is_some()),
+        ),
+    ];
+    for (family, value) in families {
+        let mut metric = family.describe(out)?;
+        for d in &s.dns {
+            family.sample(&mut metric, &[("source", &d.source)], value(d))?;
         }
     }
     Ok(())
@@ -404,11 +434,16 @@ pub(super) mod tests {
                 flows_ended: 40,
                 flows_left: 960,
             }],
+            dns: vec![DnsStatus {
+                source: "dns tasks.web:3000".into(),
+                backends: vec!["10.0.0.7:3000".parse().unwrap()],
+                error: Some("timed out".into()),
+            }],
         }
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 26] = [
+    const FAMILIES: [&str; 28] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -426,6 +461,8 @@ pub(super) mod tests {
         "sticky_drain_close_rate",
         "sticky_drain_flows_ended_total",
         "sticky_drain_flows_left",
+        "sticky_dns_backends",
+        "sticky_dns_failing",
         "sticky_packets_total",
         "sticky_affinity_entries",
         "sticky_flow_entries",
@@ -491,6 +528,8 @@ pub(super) mod tests {
             r#"sticky_drain_close_rate{backend="10.0.0.9:80"} 20"#,
             r#"sticky_drain_flows_ended_total{backend="10.0.0.9:80"} 40"#,
             r#"sticky_drain_flows_left{backend="10.0.0.9:80"} 960"#,
+            r#"sticky_dns_backends{source="dns tasks.web:3000"} 1"#,
+            r#"sticky_dns_failing{source="dns tasks.web:3000"} 1"#,
             "# TYPE sticky_map_max_entries gauge",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,
