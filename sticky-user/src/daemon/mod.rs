@@ -362,7 +362,7 @@ impl Daemon {
             let rate = self.publishing.close_rates.get(&addr).copied();
             match self.apply_change(&Change::Remove { addr }) {
                 Ok(()) => match (id, rate) {
-                    (Some(id), Some(rate)) => self.close_paced(addr, id, rate, now),
+                    (Some(id), Some(rate)) => self.close_paced(addr, id, rate),
                     _ => {
                         let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
                         say(&format!(
@@ -386,12 +386,13 @@ impl Daemon {
 
     /// Starts ending removed backend `id`'s established flows at `rate` per second; flows
     /// still in their handshake go at once.
-    fn close_paced(&mut self, addr: SocketAddr, id: u32, rate: u32, now: Instant) {
+    fn close_paced(&mut self, addr: SocketAddr, id: u32, rate: u32) {
         let flows = self.dp.established_flows(id);
         if let Err(e) = self.dp.purge_new_flows(id) {
             warn!("drop {addr}'s handshaking flows: {e:#}");
         }
-        let closing = Closing::new(addr, rate, flows, now);
+        // The rate counts from now, after the walks: time spent before is no backlog to burst.
+        let closing = Closing::new(addr, rate, flows, Instant::now());
         say(&format!(
             "drain deadline of {addr} passed: removed, ending its {} flows at {rate}/s (done in \
              {:.0} s)",
