@@ -14,7 +14,8 @@ use std::{
 use common::{args_with, assign, backend, ok, predicted, sticky_bin};
 use sticky_common::{Addr16, client_key, maps::Settings};
 use sticky_tests::{
-    HoldBackend, HttpConn, StickyProcess, Topology, get_once, plan, raise_fd_limit, root_or_skip,
+    HoldBackend, HttpBackend, HttpConn, StickyProcess, Topology, get_once, plan, raise_fd_limit,
+    root_or_skip,
 };
 
 /// 500 clients: two IPv4 /24s (250 each), one IPv6 /64.
@@ -469,6 +470,63 @@ fn slow_start_leaves_affine_clients_of_others_alone() {
     assert!(
         be2.is_some_and(|b| b.slow_start.is_none() && b.table_share > 0.25),
         "the ramp ended with its full share: {be2:?}"
+    );
+    daemon.stop().expect("stop sticky");
+}
+
+/// A backend that comes back up after failing its health checks ramps too: its share starts
+/// small and reaches the full third when the window has passed.
+#[test]
+fn a_backend_that_rises_ramps_its_share() {
+    if !root_or_skip("a_backend_that_rises_ramps_its_share") {
+        return;
+    }
+    let topo = Topology::build("rampr", 3, 20).expect("topology");
+    let mut servers = topo.start_backends().expect("backends");
+    let extra = [
+        "--slow-start",
+        "6s",
+        "--health-check",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--health-fall",
+        "1",
+        "--health-rise",
+        "1",
+    ];
+    let daemon = StickyProcess::start(
+        &sticky_bin(),
+        &topo.lb,
+        &args_with(&topo, &[0, 1, 2], &extra),
+    )
+    .expect("sticky");
+    let be2 = |s: &sticky::status::Status| {
+        s.backends
+            .iter()
+            .find(|b| b.addr.to_string() == backend(2))
+            .cloned()
+            .expect("be2 in status")
+    };
+    // Started with the daemon: no ramp, full share.
+    assert!(be2(&common::status(&daemon)).slow_start.is_none());
+    drop(servers.remove(2));
+    status_until(&daemon, "be2 down", |s| state(s, 2) == Some("down"));
+    let at = SocketAddr::new(plan::backend(2, false).0, plan::BACKEND_PORT);
+    servers.push(HttpBackend::start(&topo.backends[2], at, "be2").expect("be2 again"));
+    let risen = status_until(&daemon, "be2 up again", |s| state(s, 2) == Some("up"));
+    let b = be2(&risen);
+    assert!(
+        b.slow_start.is_some_and(|p| p < 0.5) && b.table_share < 0.2,
+        "be2 took a large share at once: {b:?}"
+    );
+    std::thread::sleep(Duration::from_secs(7));
+    let b = be2(&common::status(&daemon));
+    assert!(
+        b.slow_start.is_none() && b.table_share > 0.3,
+        "be2 never reached its share: {b:?}"
     );
     daemon.stop().expect("stop sticky");
 }

@@ -271,3 +271,23 @@ pub fn stop(args: StopArgs, instance: &str) -> anyhow::Result<()> {
     println!("{}", data.as_str().unwrap_or("stopping"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_policy_state() {
+        let text = render_status(&crate::metrics::sample_status());
+        for want in [
+            "clients with affinity (by prefix 24,64)",
+            "up(slow start 25%)",
+            "draining(30s, then 50/s)",
+            "10.0.0.9:80              closing: 40 flows ended, 960 left at 20/s",
+            "dns tasks.web:3000: resolver failing, keeping the last good set (10.0.0.7:3000): \
+             timed out",
+        ] {
+            assert!(text.contains(want), "no '{want}' in\n{text}");
+        }
+    }
+}
