@@ -483,20 +483,10 @@ fn a_backend_that_rises_ramps_its_share() {
     }
     let topo = Topology::build("rampr", 3, 20).expect("topology");
     let mut servers = topo.start_backends().expect("backends");
-    let extra = [
-        "--slow-start",
-        "6s",
-        "--health-check",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--health-fall",
-        "1",
-        "--health-rise",
-        "1",
-    ];
+    let extra: Vec<&str> = "--slow-start 6s --health-check tcp --health-interval 200ms \
+                             --health-timeout 100ms --health-fall 1 --health-rise 1"
+        .split_whitespace()
+        .collect();
     let daemon = StickyProcess::start(
         &sticky_bin(),
         &topo.lb,
