@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod decision;
+pub mod discovery;
 pub mod doctor;
 pub mod duration;
 pub mod health;

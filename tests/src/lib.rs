@@ -18,6 +18,6 @@ pub use dsr::DsrTopology;
 pub use netns::{Netns, sh, unique_name, veth};
 pub use process::{Launch, StickyProcess};
 pub use rng::SplitMix64;
-pub use root::root_or_skip;
-pub use servers::{EchoBackend, HttpBackend};
+pub use root::{raise_fd_limit, root_or_skip};
+pub use servers::{EchoBackend, HoldBackend, HttpBackend};
 pub use topology::Topology;

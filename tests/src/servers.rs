@@ -5,7 +5,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -157,6 +157,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// A backend that accepts connections and holds them open, reading nothing and answering
+/// nothing, until dropped: for tests that watch how connections end.
+pub struct HoldBackend {
+    _listener: Listener,
+    _held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl HoldBackend {
+    pub fn start(ns: &Netns, bind: SocketAddr) -> anyhow::Result<Self> {
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let into = held.clone();
+        let listener = Listener::start(ns, bind, "hold backend", move |s, _, _| {
+            if let Ok(mut held) = into.lock() {
+                held.push(s);
+            }
+        })?;
+        Ok(Self {
+            _listener: listener,
+            _held: held,
+        })
     }
 }
 

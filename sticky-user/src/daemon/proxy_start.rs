@@ -32,8 +32,7 @@ pub(super) async fn start_proxy(
     let routing: SharedRouting = Arc::new(RwLock::new(Routing::new(
         table.to_vec(),
         set,
-        config.seed,
-        config.affinity_timeout.as_nanos() as u64,
+        dp.settings(),
         cookie_key(config.seed),
     )));
     let splicer = if proxy.splice {

@@ -66,7 +66,7 @@ impl Proxy {
         affinity: impl AffinityStore + Send + Sync + 'static,
         splicer: Option<SharedSplicer>,
     ) -> Self {
-        let affinity_timeout = routing.read().map_or(0, |r| r.affinity_timeout_ns);
+        let affinity_timeout = routing.read().map_or(0, |r| r.settings.affinity_timeout_ns);
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             // Starts when the connection waits for a request: the keep-alive idle limit.

@@ -198,8 +198,7 @@ impl Rig {
         let routing = Routing::new(
             table::build(&set.members(), 101, SEED),
             &set,
-            SEED,
-            TIMEOUT_NS,
+            crate::decision::settings(SEED, TIMEOUT_NS),
             9,
         );
         let mut l = ProxyLayer {

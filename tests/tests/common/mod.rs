@@ -138,7 +138,12 @@ pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -
     let mut set = BackendSet::default();
     set.reconcile(&specs).expect("backend set");
     let t = table::build(&set.members(), sticky::config::DEFAULT_TABLE_SIZE, seed);
-    let view = sticky::decision::Published::new(&set, &t, seed, 0, sticky::decision::no_affinity);
+    let view = sticky::decision::Published::new(
+        &set,
+        &t,
+        sticky::decision::settings(seed, 0),
+        sticky::decision::no_affinity,
+    );
     let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())
         .expect("table names a backend")
         .id;
