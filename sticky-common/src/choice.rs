@@ -7,6 +7,10 @@
 //! (up or draining) and the backend id has not been given to another address since (same
 //! generation). Otherwise the client gets the Maglev table's slot for its hash, if the backend
 //! there is up.
+//!
+//! Hash and affinity are keyed by the client's *key* ([`client_key`]): its address masked to
+//! the configured prefix (`--affinity-prefix`), so clients that change address within a
+//! carrier's range stay on one backend.
 
 use crate::{
     Addr16, client_hash,
@@ -114,6 +118,40 @@ pub trait View {
     fn affinity(&self, client: &Addr16) -> Option<Affinity>;
 }
 
+/// The native word of a mask with the first `bits` (0-32) of four network-order bytes set.
+#[inline(always)]
+const fn word_mask(bits: u32) -> u32 {
+    if bits >= 32 {
+        u32::MAX
+    } else if bits == 0 {
+        0
+    } else {
+        (u32::MAX << (32 - bits)).to_be()
+    }
+}
+
+/// The key `client` is hashed and remembered by: its address masked to the prefix of its
+/// family. Every place that hashes a client or reads or writes its affinity goes through this.
+#[inline(always)]
+pub const fn client_key(client: &Addr16, settings: &Settings) -> Addr16 {
+    let [a, b, c, d] = client.words;
+    if client.is_v4() {
+        let bits = settings.affinity_prefix_v4 as u32;
+        return Addr16 {
+            words: [a, b, c, d & word_mask(bits)],
+        };
+    }
+    let bits = settings.affinity_prefix_v6 as u32;
+    Addr16 {
+        words: [
+            a & word_mask(bits),
+            b & word_mask(bits.saturating_sub(32)),
+            c & word_mask(bits.saturating_sub(64)),
+            d & word_mask(bits.saturating_sub(96)),
+        ],
+    }
+}
+
 /// Whether `affinity` still sends its client to `backend` at `now_ns`.
 #[inline(always)]
 pub const fn affinity_holds(
@@ -127,15 +165,16 @@ pub const fn affinity_holds(
         && backend.generation == affinity.generation
 }
 
-/// The client's backend by its affinity alone, when that affinity holds.
+/// The client's backend by its affinity alone, when that affinity holds. `key` is the
+/// client's [`client_key`].
 #[inline(always)]
 pub fn by_affinity<V: View>(
     view: &V,
-    client: &Addr16,
+    key: &Addr16,
     settings: &Settings,
     now_ns: u64,
 ) -> Option<Choice> {
-    let affinity = view.affinity(client)?;
+    let affinity = view.affinity(key)?;
     let backend = view.backend(affinity.backend_id)?;
     if !affinity_holds(&affinity, &backend, now_ns, settings.affinity_timeout_ns) {
         return None;
@@ -147,7 +186,7 @@ pub fn by_affinity<V: View>(
     })
 }
 
-/// The table slot `key` hashes to.
+/// The table slot a client key ([`client_key`]) hashes to.
 #[inline(always)]
 pub const fn slot_of(key: &Addr16, settings: &Settings) -> u32 {
     table_slot(client_hash(key, settings.hash_seed), settings.table_size)
@@ -172,10 +211,10 @@ pub fn in_slot<V: View>(view: &V, slot: u32) -> Option<Choice> {
     })
 }
 
-/// The client's backend by the table alone.
+/// The client's backend by the table alone; `key` is its [`client_key`].
 #[inline(always)]
-pub fn by_table<V: View>(view: &V, client: &Addr16, settings: &Settings) -> Option<Choice> {
-    in_slot(view, slot_of(client, settings))
+pub fn by_table<V: View>(view: &V, key: &Addr16, settings: &Settings) -> Option<Choice> {
+    in_slot(view, slot_of(key, settings))
 }
 
 /// The backend for `client`'s new connection at `now_ns`: its affinity while it holds, else
@@ -187,16 +226,17 @@ pub fn choose<V: View>(
     settings: &Settings,
     now_ns: u64,
 ) -> Option<Choice> {
-    match by_affinity(view, client, settings, now_ns) {
+    let key = client_key(client, settings);
+    match by_affinity(view, &key, settings, now_ns) {
         Some(choice) => Some(choice),
-        None => by_table(view, client, settings),
+        None => by_table(view, &key, settings),
     }
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::{collections::BTreeMap, vec, vec::Vec};
+    use std::{collections::BTreeMap, string::ToString, vec, vec::Vec};
 
     use super::*;
 
@@ -276,6 +316,57 @@ mod tests {
         assert_eq!(choose(&f, &client, &s, 60).unwrap().reason, Reason::Table);
         f.backends[0] = backend(BackendState::Up, 2);
         assert_eq!(choose(&f, &client, &s, 60).unwrap().reason, Reason::Table);
+    }
+
+    #[test]
+    fn client_keys_keep_the_prefix() {
+        let s = |v4, v6| Settings {
+            affinity_prefix_v4: v4,
+            affinity_prefix_v6: v6,
+            ..Settings::default()
+        };
+        let ip = |t: &str| Addr16::from_ip(t.parse().unwrap());
+        let key = |t: &str, v4, v6| client_key(&ip(t), &s(v4, v6)).to_ip().to_string();
+        assert_eq!(key("198.51.100.77", 32, 128), "198.51.100.77");
+        assert_eq!(key("198.51.100.77", 24, 128), "198.51.100.0");
+        assert_eq!(key("198.51.100.77", 20, 128), "198.51.96.0");
+        assert_eq!(key("198.51.100.77", 0, 128), "0.0.0.0");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 24, 128), "2001:db8:1:2:3:4:5:6");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 64), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 56), "2001:db8:1::");
+        assert_eq!(
+            key("2001:db8:1:2:3:4:5678:9", 32, 100),
+            "2001:db8:1:2:3:4:5000:0"
+        );
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 0), "::");
+        // Defaults: every address is its own key.
+        let a = ip("2001:db8::ff");
+        assert_eq!(client_key(&a, &Settings::default()), a);
+    }
+
+    #[test]
+    fn clients_of_one_prefix_share_affinity_and_slot() {
+        let mut f = fake([BackendState::Up, BackendState::Up]);
+        let s = Settings {
+            affinity_prefix_v4: 24,
+            ..settings()
+        };
+        let a = Addr16::from_ip("10.1.2.3".parse().unwrap());
+        let b = Addr16::from_ip("10.1.2.200".parse().unwrap());
+        f.affinity.insert(
+            client_key(&a, &s).words,
+            Affinity {
+                backend_id: 0,
+                generation: 1,
+                last_seen_ns: 50,
+            },
+        );
+        let got = choose(&f, &b, &s, 60).unwrap();
+        assert_eq!((got.id, got.reason), (0, Reason::Affinity));
+        assert_eq!(
+            slot_of(&client_key(&a, &s), &s),
+            slot_of(&client_key(&b, &s), &s)
+        );
     }
 
     #[test]

@@ -16,3 +16,6 @@ pub const DEFAULT_MAX_CLIENTS: u32 = 131_072;
 pub const MIN_MAP_ENTRIES: u32 = 64;
 /// VIPs one instance balances: the VIP map's fixed size.
 pub const MAX_VIPS: u32 = 64;
+/// Client key prefix lengths: the whole address, each client on its own.
+pub const DEFAULT_AFFINITY_PREFIX_V4: u8 = 32;
+pub const DEFAULT_AFFINITY_PREFIX_V6: u8 = 128;

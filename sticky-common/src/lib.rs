@@ -11,5 +11,5 @@ pub mod maps;
 pub mod trace;
 
 pub use addr::Addr16;
-pub use choice::{BackendState, Choice, Reason, View, choose};
+pub use choice::{BackendState, Choice, Reason, View, choose, client_key};
 pub use hash::{client_hash, table_slot};

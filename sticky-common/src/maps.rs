@@ -62,6 +62,8 @@ pub const PROG_EGRESS: &str = "sticky_egress";
 pub const PROG_DSR: &str = "sticky_dsr";
 /// Direct server return, XDP: the same ingress, encapsulating in place.
 pub const PROG_DSR_XDP: &str = "sticky_dsr_xdp";
+/// The tc program `sticky backend-setup` attaches on a DSR backend's ingress: decapsulates.
+pub const PROG_DECAP: &str = "sticky_decap";
 /// The sk_skb stream verdict of proxy mode: moves bytes between spliced sockets.
 pub const PROG_SPLICE: &str = "sticky_splice";
 
@@ -115,14 +117,19 @@ pub struct Backend {
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Slots per table (prime).
     pub table_size: u32,
     /// 0 or 1: which half of `TABLE` lookups use.
     pub active_table: u32,
     pub hash_seed: u32,
-    pub _pad0: u32,
+    /// Leading bits of an IPv4 client address that make its key for hashing and affinity
+    /// (`crate::choice::client_key`): 24 keeps a /24 on one backend.
+    pub affinity_prefix_v4: u8,
+    /// The same for IPv6 clients.
+    pub affinity_prefix_v6: u8,
+    pub _pad0: [u8; 2],
     /// A client's affinity lapses after this long without traffic.
     pub affinity_timeout_ns: u64,
     /// Direct server return: the outer source of IPv4-in-IPv4 packets (the node's address).
@@ -131,6 +138,24 @@ pub struct Settings {
     pub dsr_source_v6: Addr16,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+
+/// Whole addresses are client keys unless told otherwise: a zero prefix would put every
+/// client on one key.
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            table_size: 0,
+            active_table: 0,
+            hash_seed: 0,
+            affinity_prefix_v4: crate::defaults::DEFAULT_AFFINITY_PREFIX_V4,
+            affinity_prefix_v6: crate::defaults::DEFAULT_AFFINITY_PREFIX_V6,
+            _pad0: [0; 2],
+            affinity_timeout_ns: 0,
+            dsr_source_v4: [0; 16],
+            dsr_source_v6: [0; 16],
+        }
+    }
+}
 
 /// A TCP 5-tuple as seen in one direction.
 #[repr(C)]
@@ -145,6 +170,23 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// The key of the backend's replies to this client → VIP flow, whose forward entry is
+    /// `forward`.
+    #[inline(always)]
+    pub const fn reply_key(&self, forward: &Flow) -> FlowKey {
+        FlowKey {
+            src: forward.nat_addr,
+            dst: self.src,
+            sport_be: forward.nat_port_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+}
 
 /// Client → VIP: rewrite the destination to the backend.
 pub const FLOW_FORWARD: u8 = 1;

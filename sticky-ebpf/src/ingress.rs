@@ -12,7 +12,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use sticky_common::{
     Addr16, Reason, View,
     choice::slot_of,
-    choose,
+    choose, client_key,
     maps::{
         AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS,
         FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, PROTO_TCP, Settings, VipKey,
@@ -110,7 +110,7 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
         let flow = unsafe { &mut *flow };
         if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
             flow.touched_ns = now;
-            refresh_affinity(&pkt.src, flow, now);
+            refresh_affinity(&affinity_key(&pkt.src), flow, now);
         }
         if traced {
             trace::ingress(pkt, &decision(TRACE_ESTABLISHED, 0, 0, flow));
@@ -189,7 +189,10 @@ fn open_flow(
     if traced {
         let (reason, slot) = match choice.reason {
             Reason::Affinity => (TRACE_REASON_AFFINITY, 0),
-            Reason::Table => (TRACE_REASON_TABLE, slot_of(&pkt.src, settings)),
+            Reason::Table => (
+                TRACE_REASON_TABLE,
+                slot_of(&client_key(&pkt.src, settings), settings),
+            ),
         };
         trace::ingress(pkt, &decision(TRACE_NEW_FLOW, reason, slot, &forward));
     }
@@ -236,7 +239,13 @@ fn confirm(pkt: &Packet, key: &FlowKey, forward: &Flow, now: u64, mode: Forward)
         let _ = FLOWS.insert(&reply_key(pkt, forward), &reverse_of(pkt, forward), 0);
     }
     let _ = FLOWS.insert(key, forward, 0);
-    remember_client(&pkt.src, forward, now);
+    remember_client(&affinity_key(&pkt.src), forward, now);
+}
+
+/// The key a client's affinity is kept under (`client_key`: its address masked to the prefix).
+#[inline(always)]
+fn affinity_key(client: &Addr16) -> Addr16 {
+    SETTINGS.get(0).map_or(*client, |s| client_key(client, s))
 }
 
 /// A SYN reusing the ports of an established flow: both of the old flow's entries go.

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod decap;
 mod egress;
 mod ingress;
 mod maps;
@@ -28,6 +29,12 @@ pub fn sticky_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn sticky_egress(ctx: TcContext) -> i32 {
     egress::egress(&ctx)
+}
+
+/// DSR on a backend (`sticky backend-setup`): IPIP/IP6IP6 from balancers, decapsulated.
+#[classifier]
+pub fn sticky_decap(ctx: TcContext) -> i32 {
+    decap::decap(&ctx)
 }
 
 /// Proxy mode: bytes arriving on a spliced socket go straight to its peer's send queue.

@@ -11,8 +11,8 @@ use sticky_common::{Addr16, maps::PROTO_TCP};
 
 use crate::frame::Frame;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
@@ -20,7 +20,7 @@ const IPV6_DEST_OPTS: u8 = 60;
 /// Extension headers walked before giving up (bounded loop for the verifier).
 const IPV6_MAX_EXT: usize = 4;
 /// IPv4 more-fragments flag and fragment offset, host order.
-const IPV4_FRAG_MASK: u16 = 0x3fff;
+pub const IPV4_FRAG_MASK: u16 = 0x3fff;
 
 /// A TCP segment's addresses, ports and where its headers sit.
 pub struct Packet {
@@ -60,7 +60,7 @@ fn ptr_at<T, F: Frame>(ctx: &F, off: usize) -> Option<*const T> {
 
 /// Reads a header: one bounds check, then plain field loads.
 #[inline(always)]
-fn header<T: Copy, F: Frame>(ctx: &F, off: usize) -> Option<T> {
+pub fn header<T: Copy, F: Frame>(ctx: &F, off: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked the bounds; packet data has no alignment guarantee.
     ptr_at::<T, F>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }

@@ -131,6 +131,15 @@ impl BackendSet {
         }
     }
 
+    /// Replaces each backend's table weight by `f(id, weight)`.
+    pub fn map_weights(&mut self, f: impl Fn(u32, u32) -> u32) {
+        for (id, entry) in self.entries.iter_mut().enumerate() {
+            if let Some(entry) = entry {
+                entry.weight = f(id as u32, entry.weight);
+            }
+        }
+    }
+
     /// The `BACKENDS` map entry for `id` (empty when unused).
     pub fn entry(&self, id: u32) -> Backend {
         match self.get(id) {

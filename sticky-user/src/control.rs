@@ -55,6 +55,10 @@ pub enum Request {
     Drain {
         addr: SocketAddr,
         deadline_ms: Option<u64>,
+        /// Past the deadline, end at most this many of its flows per second (oldest first)
+        /// instead of all at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        close_rate: Option<u32>,
     },
     Undrain {
         addr: SocketAddr,
@@ -288,6 +292,7 @@ mod tests {
             Request::Drain {
                 addr: "[fd00::1]:80".parse().unwrap(),
                 deadline_ms: Some(5000),
+                close_rate: Some(50),
             },
             Request::Stop { keep: true },
             Request::Status,

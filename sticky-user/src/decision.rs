@@ -4,7 +4,7 @@
 
 use sticky_common::{
     Addr16, Choice, Reason, View,
-    choice::{by_affinity, choose},
+    choice::{by_affinity, choose, client_key},
     maps::{Affinity, Backend, MAX_BACKENDS, Settings},
 };
 
@@ -20,22 +20,16 @@ pub struct Published<'a, A> {
 }
 
 impl<'a, A: Fn(&Addr16) -> Option<Affinity>> Published<'a, A> {
-    /// `table` is the live table (its length is the table size), built with `seed`.
-    pub fn new(
-        set: &'a BackendSet,
-        table: &'a [u32],
-        seed: u32,
-        affinity_timeout_ns: u64,
-        affinity: A,
-    ) -> Self {
+    /// `table` is the live table (its length is the table size), built with `settings`' seed;
+    /// `affinity` answers by client key (`client_key`).
+    pub fn new(set: &'a BackendSet, table: &'a [u32], settings: Settings, affinity: A) -> Self {
         Self {
             set,
             table,
             settings: Settings {
                 table_size: table.len() as u32,
-                hash_seed: seed,
-                affinity_timeout_ns,
-                ..Settings::default()
+                active_table: 0,
+                ..settings
             },
             affinity,
         }
@@ -67,7 +61,7 @@ impl<'a, A: Fn(&Addr16) -> Option<Affinity>> Published<'a, A> {
     pub fn explain(&self, client: &Addr16, now_ns: u64) -> (Option<u32>, Why) {
         match self.choose(client, now_ns) {
             None => (None, Why::Nothing),
-            Some(c) => match (c.reason, self.affinity(client)) {
+            Some(c) => match (c.reason, self.affinity(&self.key(client))) {
                 (Reason::Affinity, Some(a)) => (
                     Some(c.id),
                     Why::Affinity {
@@ -79,11 +73,16 @@ impl<'a, A: Fn(&Addr16) -> Option<Affinity>> Published<'a, A> {
         }
     }
 
-    /// Whether `affinity`, were it `client`'s entry, would hold at `now_ns`: its backend id.
-    pub fn holding(&self, client: &Addr16, affinity: Affinity, now_ns: u64) -> Option<u32> {
+    /// The key `client` is hashed and remembered by.
+    pub fn key(&self, client: &Addr16) -> Addr16 {
+        client_key(client, &self.settings)
+    }
+
+    /// Whether `affinity`, were it the entry under `key`, would hold at `now_ns`: its backend.
+    pub fn holding(&self, key: &Addr16, affinity: Affinity, now_ns: u64) -> Option<u32> {
         by_affinity(
             &self.with_affinity(|_| Some(affinity)),
-            client,
+            key,
             &self.settings,
             now_ns,
         )
@@ -134,6 +133,15 @@ impl Why {
     }
 }
 
+/// Settings with `seed` and `affinity_timeout_ns`, whole addresses as client keys.
+pub fn settings(seed: u32, affinity_timeout_ns: u64) -> Settings {
+    Settings {
+        hash_seed: seed,
+        affinity_timeout_ns,
+        ..Settings::default()
+    }
+}
+
 /// No affinity source: the table alone decides.
 pub fn no_affinity(_: &Addr16) -> Option<Affinity> {
     None
@@ -171,7 +179,7 @@ mod tests {
     fn the_table_decides_without_affinity_and_names_only_backends_that_are_up() {
         let set = set_of(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
         let table = table::build(&set.members(), SIZE, SEED);
-        let view = Published::new(&set, &table, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&set, &table, settings(SEED, TIMEOUT), no_affinity);
         for i in 0..50 {
             let c = client(i);
             let got = view.choose(&c, 0).unwrap();
@@ -184,10 +192,10 @@ mod tests {
         for (_, b) in set.iter() {
             drained.set_state(b.addr, BackendState::Draining);
         }
-        let view = Published::new(&drained, &table, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&drained, &table, settings(SEED, TIMEOUT), no_affinity);
         assert_eq!(view.choose(&client(1), 0), None);
         let empty = table::build(&[], SIZE, SEED);
-        let view = Published::new(&set, &empty, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&set, &empty, settings(SEED, TIMEOUT), no_affinity);
         assert_eq!(view.choose(&client(1), 0), None);
     }
 
@@ -196,7 +204,7 @@ mod tests {
         let mut set = set_of(&["10.0.0.1:80", "10.0.0.2:80"]);
         let table = table::build(&set.members(), SIZE, SEED);
         let c = client(9);
-        let by_table = Published::new(&set, &table, SEED, TIMEOUT, no_affinity)
+        let by_table = Published::new(&set, &table, settings(SEED, TIMEOUT), no_affinity)
             .choose(&c, 0)
             .unwrap()
             .id;
@@ -207,7 +215,7 @@ mod tests {
             last_seen_ns: 500,
         };
         let reason_at = |set: &BackendSet, affinity: Affinity, now: u64| {
-            let view = Published::new(set, &table, SEED, TIMEOUT, move |k: &Addr16| {
+            let view = Published::new(set, &table, settings(SEED, TIMEOUT), move |k: &Addr16| {
                 (*k == c).then_some(affinity)
             });
             let got = view.choose(&c, now).unwrap();
@@ -226,7 +234,7 @@ mod tests {
         let table_only = reason_at(&set, affinity, 600);
         assert_eq!(table_only.1, Reason::Table);
         // Affinity for another client is not this one's.
-        let view = Published::new(&set, &table, SEED, TIMEOUT, |k: &Addr16| {
+        let view = Published::new(&set, &table, settings(SEED, TIMEOUT), |k: &Addr16| {
             (*k == client(10)).then_some(affinity)
         });
         assert_eq!(view.choose(&c, 600).unwrap().reason, Reason::Table);
@@ -236,7 +244,7 @@ mod tests {
     fn holding_names_the_backend_of_an_affinity_that_holds() {
         let mut set = set_of(&["10.0.0.1:80", "10.0.0.2:80"]);
         let table = table::build(&set.members(), SIZE, SEED);
-        let view = Published::new(&set, &table, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&set, &table, settings(SEED, TIMEOUT), no_affinity);
         let affinity = Affinity {
             backend_id: 1,
             generation: set.entry(1).generation,
@@ -260,7 +268,7 @@ mod tests {
             weight: 1,
         }])
         .unwrap();
-        let view = Published::new(&set, &table, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&set, &table, settings(SEED, TIMEOUT), no_affinity);
         assert_eq!(view.holding(&client(1), affinity, 10), None);
         set.reconcile(&[
             BackendSpec {
@@ -271,7 +279,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(set.entry(1).generation, affinity.generation + 1);
-        let view = Published::new(&set, &table, SEED, TIMEOUT, no_affinity);
+        let view = Published::new(&set, &table, settings(SEED, TIMEOUT), no_affinity);
         assert_eq!(view.holding(&client(1), affinity, 10), None);
     }
 
@@ -281,7 +289,7 @@ mod tests {
         let mut set = set_of(&["10.0.0.1:80", "10.0.0.2:80"]);
         let table = table::build(&set.members(), SIZE, SEED);
         let c = client(3);
-        let plain = Published::new(&set, &table, SEED, 60 * SEC, no_affinity);
+        let plain = Published::new(&set, &table, settings(SEED, 60 * SEC), no_affinity);
         let (Some(by_table), Why::Table) = plain.explain(&c, 0) else {
             panic!("{:?}", plain.explain(&c, 0));
         };
@@ -300,7 +308,9 @@ mod tests {
         for (_, b) in set.clone().iter() {
             set.set_state(b.addr, BackendState::Down);
         }
-        let down = Published::new(&set, &table, SEED, 60 * SEC, |_: &Addr16| Some(affinity));
+        let down = Published::new(&set, &table, settings(SEED, 60 * SEC), |_: &Addr16| {
+            Some(affinity)
+        });
         assert_eq!(down.explain(&c, 11 * SEC), (None, Why::Nothing));
         // The wire names `sticky lookup --json` has always printed.
         let wire = |w: Why| serde_json::to_value(w.reason()).unwrap();

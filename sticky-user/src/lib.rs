@@ -4,6 +4,7 @@
 //! in `sticky-bench`, the fuzz target bodies in `fuzz/`.
 
 pub mod addr;
+pub mod backend_setup;
 pub mod backends;
 pub mod cli;
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod decision;
+pub mod discovery;
 pub mod doctor;
 pub mod duration;
 pub mod health;

@@ -86,6 +86,23 @@ pub struct BackendStatus {
     pub health_transitions: u64,
     /// Seconds until a drain deadline removes the backend.
     pub drain_deadline_secs: Option<u64>,
+    /// Flows per second ended once the drain deadline passes (`--close-rate`); none: all at
+    /// once.
+    #[serde(default)]
+    pub drain_close_rate: Option<u32>,
+    /// Slow start in progress: how far (0..1) its table share has ramped to the full one.
+    #[serde(default)]
+    pub slow_start: Option<f64>,
+}
+
+/// A backend removed at its drain deadline whose flows are being ended at its close rate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosingStatus {
+    pub addr: SocketAddr,
+    /// Flows ended per second.
+    pub close_rate: u32,
+    pub flows_ended: u64,
+    pub flows_left: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +111,9 @@ pub struct Status {
     pub vips: Vec<SocketAddr>,
     pub ifaces: Vec<String>,
     pub table_size: u32,
+    /// Client key prefix lengths, `V4LEN,V6LEN` (`--affinity-prefix`).
+    #[serde(default)]
+    pub affinity_prefix: String,
     pub backends: Vec<BackendStatus>,
     /// Global data-path counters by name ([`sticky_common::maps::COUNTER_NAMES`]).
     pub counters: BTreeMap<String, u64>,
@@ -113,6 +133,23 @@ pub struct Status {
     /// Fill of the maps that grow with traffic: LRU maps, whose oldest entries go when full.
     #[serde(default)]
     pub maps: Vec<MapFill>,
+    /// Backends past their drain deadline whose flows are still being ended.
+    #[serde(default)]
+    pub closing: Vec<ClosingStatus>,
+    /// Each DNS source of backends: its last good answer, and its error while it fails.
+    #[serde(default)]
+    pub dns: Vec<DnsStatus>,
+}
+
+/// A `--backend-dns` or `--backend-srv` source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// `dns NAME:PORT` or `srv NAME`.
+    pub source: String,
+    /// The backends of its last good answer (kept while it fails).
+    pub backends: Vec<SocketAddr>,
+    /// Why its last resolution failed; none while it answers.
+    pub error: Option<String>,
 }
 
 /// Entries in one map against the most it holds.

@@ -4,6 +4,7 @@
 //! in tests/tests/, the demo (`sticky-demo`, run by `cargo xtask run`) and the benchmark use it.
 
 pub mod clients;
+pub mod dsr;
 pub mod netns;
 pub mod plan;
 pub mod process;
@@ -13,9 +14,10 @@ pub mod servers;
 pub mod topology;
 
 pub use clients::{Answer, HttpConn, get_once};
+pub use dsr::DsrTopology;
 pub use netns::{Netns, sh, unique_name, veth};
 pub use process::{Launch, StickyProcess};
 pub use rng::SplitMix64;
-pub use root::root_or_skip;
-pub use servers::{EchoBackend, HttpBackend};
+pub use root::{raise_fd_limit, root_or_skip};
+pub use servers::{EchoBackend, HoldBackend, HttpBackend};
 pub use topology::Topology;

@@ -48,6 +48,26 @@ pub fn root_or_skip(test: &str) -> bool {
     root_or_skip_for(test, "network namespaces, eBPF")
 }
 
+/// Raises this process's open-file limit to at least `wanted` (within the hard limit);
+/// panics when it cannot.
+pub fn raise_fd_limit(wanted: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_cur.max(wanted.min(lim.rlim_max));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur >= wanted,
+        "open-file limit {} below {wanted}",
+        lim.rlim_cur
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -160,9 +160,32 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A backend that accepts connections and holds them open, reading nothing and answering
+/// nothing, until dropped: for tests that watch how connections end.
+pub struct HoldBackend {
+    _listener: Listener,
+    _held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl HoldBackend {
+    pub fn start(ns: &Netns, bind: SocketAddr) -> anyhow::Result<Self> {
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let into = held.clone();
+        let listener = Listener::start(ns, bind, "hold backend", move |s, _, _| {
+            if let Ok(mut held) = into.lock() {
+                held.push(s);
+            }
+        })?;
+        Ok(Self {
+            _listener: listener,
+            _held: held,
+        })
+    }
+}
+
 /// A backend that answers a request head with `101 Switching Protocols` (a WebSocket-style
 /// upgrade; `GET /plain`: `200 OK`, streamed until close), then echoes every byte until the
-/// client half-closes, then half-closes too.
+/// client half-closes, then half-closes too. `GET /download/N`: N bytes of [`download_byte`].
 pub struct EchoBackend {
     _listener: Listener,
 }
@@ -184,7 +207,7 @@ fn echo(stream: TcpStream) {
     };
     let mut reader = BufReader::new(clone);
     let mut writer = stream;
-    let (mut plain, mut length) = (false, None);
+    let (mut plain, mut length, mut download) = (false, None, None);
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
@@ -192,12 +215,19 @@ fn echo(stream: TcpStream) {
             Ok(_) if line == "\r\n" => break,
             Ok(_) => {
                 plain |= line.starts_with("GET /plain ") || line.starts_with("POST /plain ");
+                if let Some(rest) = line.strip_prefix("GET /download/") {
+                    download = rest.split(' ').next().and_then(|n| n.parse::<u64>().ok());
+                }
                 let lower = line.to_ascii_lowercase();
                 if let Some(v) = lower.strip_prefix("content-length:") {
                     length = v.trim().parse::<u64>().ok();
                 }
             }
         }
+    }
+    if let Some(n) = download {
+        send_download(&mut writer, n);
+        return;
     }
     // `/plain`: an ordinary response (no protocol switch) streaming back the request body
     // (`Content-Length` long) or everything until close.
@@ -228,6 +258,31 @@ fn echo(stream: TcpStream) {
                 }
             }
         }
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Write);
+}
+
+/// Byte `i` of a `/download/N` body: a pattern a reader checks byte for byte.
+pub fn download_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn send_download(writer: &mut TcpStream, n: u64) {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+    if writer.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut sent = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while sent < n {
+        let len = (n - sent).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..len].iter_mut().enumerate() {
+            *b = download_byte(sent + k as u64);
+        }
+        if writer.write_all(&buf[..len]).is_err() {
+            return;
+        }
+        sent += len as u64;
     }
     let _ = writer.shutdown(std::net::Shutdown::Write);
 }

@@ -68,24 +68,7 @@ impl Topology {
             "cli0",
             "nodad",
         ])?;
-        let mut batch = String::new();
-        batch.push_str("addr add 198.18.0.2/16 dev eth0\naddr add fd00:18::2/64 dev eth0 nodad\n");
-        for i in 0..self.clients {
-            batch.push_str(&format!(
-                "addr add {}/16 dev eth0\n",
-                plan::client(i, false)
-            ));
-            batch.push_str(&format!(
-                "addr add {}/64 dev eth0 nodad\n",
-                plan::client(i, true)
-            ));
-        }
-        batch.push_str(&format!(
-            "route add default via {}\n",
-            lb_client_side(false)
-        ));
-        batch.push_str(&format!("route add default via {}\n", lb_client_side(true)));
-        self.client.ip_batch(&batch)?;
+        self.client.ip_batch(&client_side_batch(self.clients))?;
         for (k, ns) in self.backends.iter().enumerate() {
             let dev = format!("be{k}");
             veth(&self.lb, &dev, ns, "eth0")?;
@@ -143,4 +126,28 @@ impl Topology {
     pub fn vip(&self, v6: bool) -> SocketAddr {
         SocketAddr::new(plan::vip(v6), plan::VIP_PORT)
     }
+}
+
+/// `ip -batch` lines for the client namespace's `eth0`: its own address, `clients` source
+/// addresses (both families) and default routes through the gateway `plan::lb_client_side`.
+pub fn client_side_batch(clients: usize) -> String {
+    let mut batch = String::new();
+    batch.push_str("addr add 198.18.0.2/16 dev eth0\naddr add fd00:18::2/64 dev eth0 nodad\n");
+    for i in 0..clients {
+        batch.push_str(&format!(
+            "addr add {}/16 dev eth0\n",
+            plan::client(i, false)
+        ));
+        batch.push_str(&format!(
+            "addr add {}/64 dev eth0 nodad\n",
+            plan::client(i, true)
+        ));
+    }
+    for v6 in [false, true] {
+        batch.push_str(&format!(
+            "route add default via {}\n",
+            plan::lb_client_side(v6)
+        ));
+    }
+    batch
 }

@@ -24,7 +24,9 @@ use std::{
 
 use common::{args_with, assign, backend, ok, open_long_lived, status, sticky_bin};
 use sticky::control;
-use sticky_tests::{HttpBackend, HttpConn, StickyProcess, Topology, get_once, plan, root_or_skip};
+use sticky_tests::{
+    HttpBackend, HttpConn, StickyProcess, Topology, get_once, plan, raise_fd_limit, root_or_skip,
+};
 
 /// How big a campaign is: short in `cargo xtask test`, full in `cargo xtask chaos`.
 struct Scale {
@@ -555,24 +557,6 @@ fn rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-fn raise_fd_limit(wanted: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointers.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_cur.max(wanted.min(lim.rlim_max));
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-    assert!(
-        lim.rlim_cur >= wanted,
-        "open-file limit {} below {wanted}",
-        lim.rlim_cur
-    );
 }
 
 /// The control socket: root only, bad requests get clear errors and change nothing, and

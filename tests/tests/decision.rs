@@ -1,7 +1,9 @@
 //! The backend decision, kernel against userspace: random backend sets (states, weights,
 //! generations, ids whose generation moved on), Maglev tables built from them, affinity
 //! entries (fresh, near the timeout, expired, of another generation, naming unknown ids),
-//! timeouts, seeds and live table halves are written into the real object's maps; then each
+//! timeouts, seeds, client key prefixes (`--affinity-prefix`; clients drawn in clusters that
+//! share a prefix, entries under the masked key and under the bare address) and live table
+//! halves are written into the real object's maps; then each
 //! client's SYN goes through `sticky_ingress` (BPF_PROG_TEST_RUN) and the backend it is
 //! DNATed to (or its drop: nothing in service) must be what `sticky lookup`'s view
 //! (`sticky::decision::Published`, reading the client's affinity back from the map) answers.
@@ -31,7 +33,7 @@ use sticky::{
     table,
 };
 use sticky_common::{
-    Addr16, BackendState,
+    Addr16, BackendState, client_key,
     maps::{
         self as names, Affinity, Backend, MAX_BACKENDS, NO_BACKEND, PROTO_TCP, Settings, Vip,
         VipKey,
@@ -73,7 +75,7 @@ fn kernel_and_userspace_choose_alike() {
         let world = World::random(&mut rng, v6);
         let count = (cases - done).min(20 + rng.below(60));
         let clients = world.clients(&mut rng, count);
-        world.write(&mut rng, &mut lb, &previous, &clients);
+        let written = world.write(&mut rng, &mut lb, &previous, &clients);
         let vip = if v6 { vip6 } else { vip4 };
         for (client, port) in &clients {
             let src = SocketAddr::new(client.to_ip(), *port);
@@ -89,18 +91,16 @@ fn kernel_and_userspace_choose_alike() {
                 ),
                 other => panic!("action {other} for {src}"),
             };
-            // What `sticky lookup` does: the client's entry read from the map, then the view.
+            // What `sticky lookup` does: the entry under the client's key read from the map,
+            // then the view.
+            let key = client_key(client, &world.settings);
             let affinity = lb
                 .dp
-                .affinity_of(client)
+                .affinity_of(&key)
                 .unwrap_or_else(|e| panic!("read affinity: {e:#}"));
-            let view = Published::new(
-                &world.set,
-                &world.table,
-                world.settings.hash_seed,
-                world.settings.affinity_timeout_ns,
-                |c: &Addr16| affinity.filter(|_| c == client),
-            );
+            let view = Published::new(&world.set, &world.table, world.settings, |c: &Addr16| {
+                affinity.filter(|_| *c == key)
+            });
             let (id, why) = view.explain(client, monotonic_ns());
             let user = id.map(|id| world.set.get(id).expect("a chosen id is configured").addr);
             if kernel != user {
@@ -118,7 +118,7 @@ fn kernel_and_userspace_choose_alike() {
             }
         }
         done += clients.len() as u64;
-        previous = clients.into_iter().map(|(c, _)| c).collect();
+        previous = written;
         world_index += 1;
     }
     let elapsed = start.elapsed();
@@ -237,7 +237,9 @@ impl World {
             table_size: size,
             active_table: rng.below(2) as u32,
             hash_seed: seed,
-            _pad0: 0,
+            affinity_prefix_v4: random_prefix(rng, 32),
+            affinity_prefix_v6: random_prefix(rng, 128),
+            _pad0: [0; 2],
             affinity_timeout_ns: 3 * SEC + rng.below(2 * 3600 * SEC),
         };
         World {
@@ -250,14 +252,32 @@ impl World {
         }
     }
 
-    /// `count` distinct clients with source ports.
+    /// `count` distinct clients with source ports; many share a prefix with an earlier one.
     fn clients(&self, rng: &mut Rng, count: u64) -> Vec<(Addr16, u16)> {
         let mut out: Vec<(Addr16, u16)> = Vec::new();
         while (out.len() as u64) < count {
+            let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
+            // A neighbour: an earlier client's prefix, random host bits.
+            let base = match out.len() {
+                0 => None,
+                n if rng.below(2) == 0 => Some(out[rng.below(n as u64) as usize].0.to_ip()),
+                _ => None,
+            };
             let ip: IpAddr = if self.v6 {
-                Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next())).into()
+                let keep = prefix_mask_128(self.settings.affinity_prefix_v6);
+                let base = base.map_or(random, |b| match b {
+                    IpAddr::V6(b) => u128::from(b),
+                    IpAddr::V4(_) => random,
+                });
+                Ipv6Addr::from((base & keep) | (random & !keep)).into()
             } else {
-                Ipv4Addr::from(rng.next() as u32).into()
+                let keep = prefix_mask_128(self.settings.affinity_prefix_v4) >> 96;
+                let random = random as u32 as u128;
+                let base = base.map_or(random, |b| match b {
+                    IpAddr::V4(b) => u128::from(u32::from(b)),
+                    IpAddr::V6(_) => random,
+                });
+                Ipv4Addr::from(((base & keep) | (random & !keep)) as u32).into()
             };
             let client = Addr16::from_ip(ip);
             if !out.iter().any(|(c, _)| *c == client) {
@@ -298,9 +318,16 @@ impl World {
         })
     }
 
-    /// Writes this world over the last one (whose clients' affinity goes); most clients get
-    /// an affinity entry.
-    fn write(&self, rng: &mut Rng, lb: &mut Lb, previous: &[Addr16], clients: &[(Addr16, u16)]) {
+    /// Writes this world over the last one (whose affinity entries, `previous`, go); most
+    /// clients get an affinity entry, under their key or (ignored unless the prefix is the
+    /// whole address) under their bare address. Returns the keys written.
+    fn write(
+        &self,
+        rng: &mut Rng,
+        lb: &mut Lb,
+        previous: &[Addr16],
+        clients: &[(Addr16, u16)],
+    ) -> Vec<Addr16> {
         let ebpf = &mut lb.dp;
         {
             let mut backends: Array<&mut MapData, Backend> =
@@ -333,13 +360,20 @@ impl World {
             let _ = affinity.remove(c);
         }
         let now = monotonic_ns();
+        let mut written = Vec::new();
         for (c, _) in clients {
+            let key = match rng.below(5) {
+                0 => *c,
+                _ => client_key(c, &self.settings),
+            };
             if rng.below(10) < 8
                 && let Some(a) = self.random_affinity(rng, now)
             {
-                affinity.insert(c, a, 0).expect("write affinity");
+                affinity.insert(key, a, 0).expect("write affinity");
+                written.push(key);
             }
         }
+        written
     }
 
     fn describe(&self) -> String {
@@ -374,4 +408,18 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// A prefix length up to `max`: the whole address half the time, else any, mostly long ones.
+fn random_prefix(rng: &mut Rng, max: u8) -> u8 {
+    match rng.below(4) {
+        0 | 1 => max,
+        2 => 1 + rng.below(u64::from(max)) as u8,
+        _ => max - rng.below(u64::from(max) / 4) as u8,
+    }
+}
+
+/// The first `len` bits of a 128-bit address set.
+fn prefix_mask_128(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }

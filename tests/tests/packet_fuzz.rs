@@ -580,7 +580,12 @@ impl<'a> Fuzz<'a> {
     fn new_flow_targets(&self, client: IpAddr) -> Vec<SocketAddr> {
         let set = self.set();
         let key = Addr16::from_ip(client);
-        let view = Published::new(set, &self.table, SEED, u64::MAX, no_affinity);
+        let view = Published::new(
+            set,
+            &self.table,
+            sticky::decision::settings(SEED, u64::MAX),
+            no_affinity,
+        );
         let slot = slot_of(&key, view.settings()) as usize;
         if let Some(&id) = self.table.get(slot)
             && id != NO_BACKEND

@@ -24,6 +24,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "nginx",
     "haproxy",
+    // A DNS server the tests change records on: backends from DNS (tests/policy.rs).
+    "dnsmasq-base",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

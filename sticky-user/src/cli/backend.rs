@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::control::{ChangeArgs, call, deadline, endpoint};
+use super::control::{ChangeArgs, call, close_rate, deadline, endpoint};
 use crate::control::{BackendListEntry, Change, Request};
 
 #[derive(clap::Args)]
@@ -23,6 +23,10 @@ pub enum Action {
         /// Like 10m; without it the drain lasts until undrain or remove.
         #[arg(long, value_parser = deadline, value_name = "DURATION")]
         deadline: Option<u64>,
+        /// Past the deadline, end its flows at most N per second, least recently active
+        /// first, so its clients reconnect spread out rather than in the same second.
+        #[arg(long, value_parser = close_rate, value_name = "N/s", requires = "deadline")]
+        close_rate: Option<u32>,
     },
     /// Put a draining backend back in service.
     Undrain {
@@ -42,9 +46,14 @@ pub fn run(args: BackendArgs, instance: &str) -> anyhow::Result<()> {
         Action::Change(change) => Request::Apply {
             change: Change::from(&change),
         },
-        Action::Drain { addr, deadline } => Request::Drain {
+        Action::Drain {
+            addr,
+            deadline,
+            close_rate,
+        } => Request::Drain {
             addr,
             deadline_ms: deadline,
+            close_rate,
         },
         Action::Undrain { addr } => Request::Undrain { addr },
         Action::List { json } => {

@@ -55,6 +55,10 @@ fn summary(c: &Config) -> String {
         c.instance,
         c.table_size
     );
+    if !c.dns.is_empty() {
+        let sources: Vec<String> = c.dns.iter().map(ToString::to_string).collect();
+        s.push_str(&format!(", more from {}", sources.join(", ")));
+    }
     if let Some(p) = &c.proxy {
         s.push_str(&format!(", proxy on {}", p.listen));
     }

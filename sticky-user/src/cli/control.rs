@@ -45,6 +45,16 @@ pub fn deadline(s: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A close rate: `N/s` or `N`, N from 1 to 1000000.
+pub fn close_rate(s: &str) -> Result<u32, String> {
+    s.strip_suffix("/s")
+        .unwrap_or(s)
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1_000_000).contains(n))
+        .ok_or_else(|| format!("close rate '{s}' must be N/s with N from 1 to 1000000, e.g. 50/s"))
+}
+
 #[derive(clap::Args)]
 pub struct PreviewArgs {
     /// Print JSON.
@@ -134,13 +144,14 @@ pub fn status(args: StatusArgs, instance: &str) -> anyhow::Result<()> {
 pub fn render_status(s: &Status) -> String {
     let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
     let mut out = format!(
-        "instance {} · vip {} on {} · table {} slots · {} clients with affinity · {} flow \
-         entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
+        "instance {} · vip {} on {} · table {} slots · {} clients with affinity (by prefix {}) · \
+         {} flow entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
         s.instance,
         vips.join(","),
         s.ifaces.join(","),
         s.table_size,
         s.affinity_entries,
+        s.affinity_prefix,
         s.flow_entries,
         s.new_flow_entries,
         s.map_bytes as f64 / (1024.0 * 1024.0),
@@ -170,9 +181,11 @@ pub fn render_status(s: &Status) -> String {
                 (false, false) => '.',
             })
             .collect();
-        let state = match b.drain_deadline_secs {
-            Some(secs) => format!("{}({secs}s)", b.state.name()),
-            None => b.state.name().to_string(),
+        let state = match (b.drain_deadline_secs, b.drain_close_rate, b.slow_start) {
+            (Some(secs), Some(rate), _) => format!("{}({secs}s, then {rate}/s)", b.state.name()),
+            (Some(secs), None, _) => format!("{}({secs}s)", b.state.name()),
+            (None, _, Some(p)) => format!("{}(slow start {:.0}%)", b.state.name(), p * 100.0),
+            _ => b.state.name().to_string(),
         };
         out.push_str(&format!(
             "{:<24} {:<8} {:<9} {:>6} [{bar}] {:>6.1}% {:>8} {:>7} {:>8.1} {:>10}\n",
@@ -185,6 +198,26 @@ pub fn render_status(s: &Status) -> String {
             b.active_flows,
             b.new_flows_per_sec,
             b.bytes
+        ));
+    }
+    for d in &s.dns {
+        let list: Vec<String> = d.backends.iter().map(ToString::to_string).collect();
+        match &d.error {
+            None => out.push_str(&format!("{}: {}\n", d.source, list.join(" "))),
+            Some(e) => out.push_str(&format!(
+                "{}: resolver failing, keeping the last good set ({}): {e}\n",
+                d.source,
+                list.join(" ")
+            )),
+        }
+    }
+    for c in &s.closing {
+        out.push_str(&format!(
+            "{:<24} closing: {} flows ended, {} left at {}/s\n",
+            c.addr.to_string(),
+            c.flows_ended,
+            c.flows_left,
+            c.close_rate
         ));
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -237,4 +270,24 @@ pub fn stop(args: StopArgs, instance: &str) -> anyhow::Result<()> {
     let data = call(instance, &Request::Stop { keep: args.keep })?;
     println!("{}", data.as_str().unwrap_or("stopping"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_policy_state() {
+        let text = render_status(&crate::metrics::sample_status());
+        for want in [
+            "clients with affinity (by prefix 24,64)",
+            "up(slow start 25%)",
+            "draining(30s, then 50/s)",
+            "10.0.0.9:80              closing: 40 flows ended, 960 left at 20/s",
+            "dns tasks.web:3000: resolver failing, keeping the last good set (10.0.0.7:3000): \
+             timed out",
+        ] {
+            assert!(text.contains(want), "no '{want}' in\n{text}");
+        }
+    }
 }

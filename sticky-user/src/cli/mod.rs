@@ -1,6 +1,7 @@
 //! The `sticky` command line: one module per subcommand; doc comments are the help text.
 
 pub mod backend;
+pub mod backend_setup;
 pub mod check_config;
 pub mod cluster;
 pub mod completions;
@@ -37,6 +38,9 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Change the backends of a running daemon: add, remove, drain, undrain, weight, list.
     Backend(backend::BackendArgs),
+    /// Prepare this host as a direct-server-return backend (decapsulation, VIPs on lo, ARP,
+    /// rp_filter, MSS), or --check / --undo it.
+    BackendSetup(backend_setup::BackendSetupArgs),
     /// Show what a change would move before applying it.
     Preview(control::PreviewArgs),
     /// Per-backend state, health, weight, table share, affine clients, flows, rates, bytes.
@@ -86,6 +90,7 @@ pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()
     match command {
         Command::Run(args) => run::run(*args, instance),
         Command::Backend(args) => backend::run(args, &name),
+        Command::BackendSetup(args) => backend_setup::run(args),
         Command::Preview(args) => control::preview(args, &name),
         Command::Status(args) => control::status(args, &name),
         Command::Lookup(args) => control::lookup(args, &name),

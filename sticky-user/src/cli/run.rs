@@ -132,7 +132,8 @@ mod tests {
     fn every_flag_sets_the_file_key_of_its_name() {
         let args: Vec<&str> = concat!(
             "--iface eth0 --iface eth1 --vip 10.0.0.1:80 --backend 10.0.1.1:80@2 ",
-            "--seed 7 --table-size 7 --affinity-timeout 5m --max-flows 100 ",
+            "--seed 7 --table-size 7 --affinity-timeout 5m --affinity-prefix 24,64 --max-flows 100 ",
+            "--slow-start 30s ",
             "--max-new-flows 101 --max-clients 102 --metrics 127.0.0.1:9100 --netns lb ",
             "--log-format json ",
             "--health-check tcp --health-interval 3s --health-timeout 2s --health-rise 4 ",
@@ -142,6 +143,7 @@ mod tests {
             "--connect-timeout 1s --max-head-bytes 2048 --max-connections 5 ",
             "--forwarded-for append --no-sid --keepalive-timeout 30s --pool-idle-timeout 2s ",
             "--pool-max-idle 3 ",
+            "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
         )
         .split_whitespace()
         .collect();
@@ -150,9 +152,14 @@ mod tests {
             iface = ["eth0", "eth1"]
             vip = ["10.0.0.1:80"]
             backend = ["10.0.1.1:80@2"]
+            backend-dns = ["tasks.web:3000"]
+            backend-srv = ["_http._tcp.web"]
+            dns-server = "127.0.0.1:53"
             seed = 7
             table-size = 7
             affinity-timeout = "5m"
+            affinity-prefix = "24,64"
+            slow-start = "30s"
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

@@ -183,6 +183,7 @@ async fn supervise(
             Request::Drain {
                 addr: w.backend(),
                 deadline_ms: None,
+                close_rate: None,
             },
         )
         .await;
@@ -264,6 +265,7 @@ async fn rolling_reload(spec: &ClusterSpec, workers: &mut [Worker]) -> anyhow::R
                 Request::Drain {
                     addr: w.backend(),
                     deadline_ms: None,
+                    close_rate: None,
                 },
             )
             .await?;

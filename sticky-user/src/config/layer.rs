@@ -23,6 +23,16 @@ pub struct Layer {
     /// Backend and optional weight (repeatable; weight 1-1000, default 1).
     #[arg(long, value_name = "ADDR:PORT[@WEIGHT]")]
     pub backend: Vec<String>,
+    /// Backends from the A/AAAA records of NAME, each on PORT (repeatable): re-resolved when
+    /// the TTL runs out; new addresses join, vanished ones drain.
+    #[arg(long, value_name = "NAME:PORT")]
+    pub backend_dns: Vec<String>,
+    /// Backends from the SRV records of NAME, e.g. _http._tcp.web.service.consul (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub backend_srv: Vec<String>,
+    /// DNS server for --backend-dns/--backend-srv [default: the system's, /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_server: Option<String>,
     /// Hash seed: nodes with the same seed and backends pick the same backend per client.
     #[arg(long)]
     pub seed: Option<u32>,
@@ -33,6 +43,16 @@ pub struct Layer {
         duration::format(DEFAULT_AFFINITY_TIMEOUT),
     ))]
     pub affinity_timeout: Option<String>,
+    /// Leading bits of a client's address that key its hash and affinity, IPv4 and IPv6: with
+    /// 24,64 every client of a /24 (or /64) goes to one backend, as when a mobile client
+    /// changes address within its carrier's range [default: 32,128].
+    #[arg(long, value_name = "V4LEN,V6LEN")]
+    pub affinity_prefix: Option<String>,
+    /// A backend that joins or comes back up takes its share of new clients gradually over
+    /// this long (its table share grows linearly from 0); affine clients of the others stay
+    /// [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub slow_start: Option<String>,
     #[arg(long, help = with_default(
         "Connection-tracking entries (two per connection)",
         DEFAULT_MAX_FLOWS,
@@ -70,9 +90,14 @@ merge_fields!(Layer {
     iface,
     vip,
     backend,
+    backend_dns,
+    backend_srv,
+    dns_server,
     seed,
     table_size,
     affinity_timeout,
+    affinity_prefix,
+    slow_start,
     max_flows,
     max_new_flows,
     max_clients,

@@ -3,12 +3,14 @@
 
 mod layer;
 mod merge;
+mod prefix;
 
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 pub use layer::Layer;
 pub use merge::Merge;
 pub(crate) use merge::merge_fields;
+pub use prefix::{AffinityPrefix, PrefixError};
 pub use sticky_common::defaults::{
     DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
     MAX_TABLE_SIZE, MAX_VIPS, MIN_MAP_ENTRIES,
@@ -17,6 +19,7 @@ use sticky_common::maps::MAX_BACKENDS;
 
 use crate::{
     addr::{AddrError, BackendSpec, parse_endpoint},
+    discovery::{Source, SourceError},
     duration,
     health::{HealthConfig, HealthError},
     logging::LogFormat,
@@ -38,9 +41,17 @@ pub struct Config {
     pub ifaces: Vec<String>,
     pub vips: Vec<SocketAddr>,
     pub backends: Vec<BackendSpec>,
+    /// Where more backends come from (`--backend-dns`, `--backend-srv`).
+    pub dns: Vec<Source>,
+    /// The DNS server for them; none: the system's.
+    pub dns_server: Option<SocketAddr>,
     pub seed: u32,
     pub table_size: u32,
     pub affinity_timeout: Duration,
+    /// Client key prefix lengths for hashing and affinity.
+    pub affinity_prefix: AffinityPrefix,
+    /// How long a joining or rising backend ramps up its table share (`--slow-start`).
+    pub slow_start: Option<Duration>,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -69,12 +80,19 @@ pub enum ConfigError {
     UnknownIface(String),
     #[error("no VIP: give --vip ADDR:PORT (or vip = [\"ADDR:PORT\"] in the config file)")]
     NoVip,
-    #[error("no backends: give at least one --backend ADDR:PORT[@WEIGHT]")]
+    #[error(
+        "no backends: give at least one --backend ADDR:PORT[@WEIGHT], --backend-dns NAME:PORT \
+         or --backend-srv NAME"
+    )]
     NoBackends,
     #[error("vip {0}")]
     Vip(AddrError),
     #[error("backend {0}")]
     Backend(AddrError),
+    #[error("{0}")]
+    Source(SourceError),
+    #[error("dns-server {0}")]
+    DnsServer(AddrError),
     #[error("{0} VIPs is more than the {MAX_VIPS} sticky supports")]
     TooManyVips(usize),
     #[error("duplicate VIP {0}")]
@@ -94,6 +112,10 @@ pub enum ConfigError {
     TableSize(u32),
     #[error("affinity-timeout: {0}")]
     Timeout(duration::DurationError),
+    #[error("slow-start: {0}")]
+    SlowStart(duration::DurationError),
+    #[error("{0}")]
+    Prefix(PrefixError),
     #[error("{name} must be at least {min}")]
     TooSmall { name: &'static str, min: u32 },
     #[error("instance name '{0}' must be 1-32 letters, digits, '-' or '_'")]
@@ -120,9 +142,17 @@ impl Layer {
         if self.vip.is_empty() {
             return Err(ConfigError::NoVip);
         }
-        if self.backend.is_empty() {
+        if self.backend.is_empty() && self.backend_dns.is_empty() && self.backend_srv.is_empty() {
             return Err(ConfigError::NoBackends);
         }
+        let dns = (self.backend_dns.iter().map(|s| Source::host(s)))
+            .chain(self.backend_srv.iter().map(|s| Source::srv(s)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Source)?;
+        let dns_server = match &self.dns_server {
+            Some(s) => Some(parse_endpoint(s).map_err(ConfigError::DnsServer)?),
+            None => None,
+        };
         let mut vips = Vec::new();
         for v in &self.vip {
             let vip = parse_endpoint(v).map_err(ConfigError::Vip)?;
@@ -158,6 +188,14 @@ impl Layer {
         let affinity_timeout = match &self.affinity_timeout {
             Some(t) => duration::parse(t).map_err(ConfigError::Timeout)?,
             None => DEFAULT_AFFINITY_TIMEOUT,
+        };
+        let affinity_prefix = match &self.affinity_prefix {
+            Some(p) => p.parse().map_err(ConfigError::Prefix)?,
+            None => AffinityPrefix::default(),
+        };
+        let slow_start = match &self.slow_start {
+            Some(t) => Some(duration::parse(t).map_err(ConfigError::SlowStart)?),
+            None => None,
         };
         let max_flows = self.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         let max_new_flows = self.max_new_flows.unwrap_or(DEFAULT_MAX_NEW_FLOWS);
@@ -201,9 +239,13 @@ impl Layer {
             ifaces: self.iface,
             vips,
             backends,
+            dns,
+            dns_server,
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             table_size,
             affinity_timeout,
+            affinity_prefix,
+            slow_start,
             max_flows,
             max_new_flows,
             max_clients,
@@ -237,9 +279,13 @@ impl Config {
             ifaces,
             vips,
             backends: _,
+            dns,
+            dns_server,
             seed,
             table_size,
             affinity_timeout,
+            affinity_prefix,
+            slow_start: _,
             max_flows,
             max_new_flows,
             max_clients,
@@ -253,12 +299,16 @@ impl Config {
         [
             ("iface", *ifaces != new.ifaces),
             ("vip", *vips != new.vips),
+            ("backend-dns/backend-srv", *dns != new.dns),
+            ("dns-server", *dns_server != new.dns_server),
             ("seed", *seed != new.seed),
             ("table-size", *table_size != new.table_size),
             (
                 "affinity-timeout",
                 *affinity_timeout != new.affinity_timeout,
             ),
+            // Affinity entries are kept under the old keys: a new prefix starts afresh.
+            ("affinity-prefix", *affinity_prefix != new.affinity_prefix),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),
@@ -340,6 +390,9 @@ mod tests {
         let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
         l.instance = Some("../etc".into());
         assert!(msg(l).contains("instance name"));
+        let mut l = layer(&["e"], &["10.0.0.1:80"], &["10.0.1.1:80"]);
+        l.affinity_prefix = Some("24".into());
+        assert!(msg(l).contains("V4LEN,V6LEN"));
     }
 
     #[test]
@@ -388,13 +441,14 @@ mod tests {
         let reloadable = l.clone().validate().unwrap();
         assert!(running.restart_only(&reloadable).is_empty());
         l.seed = Some(7);
+        l.affinity_prefix = Some("24,64".into());
         l.max_flows = Some(1024);
         l.vip = vec!["10.0.0.2:80".into()];
         l.log_format = Some(LogFormat::Json);
         let fixed = l.validate().unwrap();
         assert_eq!(
             running.restart_only(&fixed),
-            ["vip", "seed", "max-flows", "log-format"]
+            ["vip", "seed", "affinity-prefix", "max-flows", "log-format"]
         );
     }
 

@@ -1,6 +1,7 @@
 //! Backend changes, previews and lookups: validated on a copy, then published whole.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -10,7 +11,7 @@ use anyhow::{Context as _, bail};
 use sticky_common::{Addr16, BackendState, maps::Affinity};
 use tracing::info;
 
-use super::{Daemon, cookie_key};
+use super::{Daemon, cookie_key, slow_start};
 use crate::{
     addr::{BackendSpec, MAX_WEIGHT},
     clock::monotonic_ns,
@@ -76,18 +77,30 @@ impl Daemon {
     pub(super) fn set_backends(&mut self, specs: Vec<BackendSpec>) -> anyhow::Result<()> {
         let mut set = self.publishing.set.clone();
         let removed = set.reconcile(&specs)?;
+        if self.config.slow_start.is_some() {
+            let now = Instant::now();
+            for b in specs
+                .iter()
+                .filter(|b| self.publishing.set.id_of(b.addr).is_none())
+            {
+                self.publishing.ramps.insert(b.addr, now);
+            }
+        }
         self.publishing.set = set;
         self.config.backends = specs;
-        self.publishing
-            .drains
-            .retain(|a, _| self.config.backends.iter().any(|b| b.addr == *a));
+        let configured = |a: &SocketAddr| self.config.backends.iter().any(|b| b.addr == *a);
+        self.publishing.drains.retain(|a, _| configured(a));
+        self.publishing.close_rates.retain(|a, _| configured(a));
+        self.publishing.ramps.retain(|a, _| configured(a));
         self.publish(&removed)?;
         self.restart_health();
         Ok(())
     }
 
-    /// The kernel state each backend should have: health first, then drain.
+    /// The kernel state each backend should have: health first, then drain; the table with
+    /// the weights of any slow start.
     pub(super) fn publish(&mut self, removed: &[u32]) -> anyhow::Result<()> {
+        let now = Instant::now();
         for b in &self.config.backends {
             let healthy = self
                 .health
@@ -101,31 +114,78 @@ impl Daemon {
             } else {
                 BackendState::Up
             };
+            let was = self
+                .publishing
+                .set
+                .id_of(b.addr)
+                .and_then(|id| self.publishing.set.get(id));
+            if self.config.slow_start.is_some()
+                && state == BackendState::Up
+                && was.is_some_and(|e| e.state == BackendState::Down)
+            {
+                self.publishing.ramps.insert(b.addr, now);
+            }
             self.publishing.set.set_state(b.addr, state);
         }
-        self.publishing.table = Arc::new(self.dp.apply(&self.publishing.set, removed)?);
+        let ramps = self.ramp_progress(now);
+        // A ramp ends when it is complete, or when its backend leaves the table (a new one
+        // starts when it comes back).
+        self.publishing.ramps.retain(|a, _| {
+            let id = self.publishing.set.id_of(*a);
+            id.is_some_and(|id| ramps.get(&id).is_some_and(|p| *p < 1.0))
+        });
+        let table = if ramps.is_empty() {
+            self.dp.apply(&self.publishing.set, removed)?
+        } else {
+            self.dp
+                .apply(&slow_start::ramped(&self.publishing.set, &ramps), removed)?
+        };
+        self.publishing.table = Arc::new(table);
         if let Some(routing) = &self.publishing.routing
             && let Ok(mut r) = routing.write()
         {
             *r = Routing::new(
                 self.publishing.table.to_vec(),
                 &self.publishing.set,
-                self.dp.seed(),
-                self.dp.affinity_timeout().as_nanos() as u64,
+                self.dp.settings(),
                 cookie_key(self.dp.seed()),
             );
         }
         Ok(())
     }
 
+    /// How far each ramping backend in the table is (id → 0..1).
+    pub(super) fn ramp_progress(&self, now: Instant) -> BTreeMap<u32, f64> {
+        let Some(window) = self.config.slow_start else {
+            return BTreeMap::new();
+        };
+        self.publishing
+            .ramps
+            .iter()
+            .filter_map(|(addr, since)| {
+                let id = self.publishing.set.id_of(*addr)?;
+                let up = self.publishing.set.get(id)?.state == BackendState::Up;
+                up.then(|| (id, slow_start::progress(*since, now, window)))
+            })
+            .collect()
+    }
+
     pub(super) fn drain(
         &mut self,
         addr: SocketAddr,
         deadline_ms: Option<u64>,
+        close_rate: Option<u32>,
     ) -> anyhow::Result<Response> {
         self.spec_index(addr)?;
+        if close_rate.is_some() && deadline_ms.is_none() {
+            bail!("a close rate paces the flows ended at the deadline: give --deadline too");
+        }
         let deadline = deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         self.publishing.drains.insert(addr, deadline);
+        match close_rate {
+            Some(rate) => self.publishing.close_rates.insert(addr, rate),
+            None => self.publishing.close_rates.remove(&addr),
+        };
         self.publish(&[])?;
         info!("draining {addr}");
         Ok(Response::ok("draining"))
@@ -136,6 +196,7 @@ impl Daemon {
         if self.publishing.drains.remove(&addr).is_none() {
             bail!("backend {addr} is not draining");
         }
+        self.publishing.close_rates.remove(&addr);
         self.publish(&[])?;
         Ok(Response::ok("in service"))
     }
@@ -163,8 +224,7 @@ impl Daemon {
         Published::new(
             &self.publishing.set,
             &self.publishing.table,
-            self.dp.seed(),
-            self.dp.affinity_timeout().as_nanos() as u64,
+            self.dp.settings(),
             affinity,
         )
     }
@@ -185,13 +245,7 @@ impl Daemon {
             .count();
         let now = monotonic_ns();
         let view = self.published(no_affinity);
-        let after = Published::new(
-            &set,
-            &new_table,
-            self.dp.seed(),
-            view.settings().affinity_timeout_ns,
-            no_affinity,
-        );
+        let after = Published::new(&set, &new_table, *view.settings(), no_affinity);
         let mut affine = 0u64;
         let mut moved = 0u64;
         for (c, a) in self.dp.affinity_entries()? {
@@ -215,9 +269,10 @@ impl Daemon {
             bail!("{ip} is not of the VIPs' address family");
         }
         let client = Addr16::from_ip(ip);
-        let affinity = self.dp.affinity_of(&client)?;
+        let key = self.published(no_affinity).key(&client);
+        let affinity = self.dp.affinity_of(&key)?;
         let (id, why) = self
-            .published(|c: &Addr16| affinity.filter(|_| *c == client))
+            .published(|c: &Addr16| affinity.filter(|_| *c == key))
             .explain(&client, monotonic_ns());
         Ok(Lookup {
             client: ip,

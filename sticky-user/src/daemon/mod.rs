@@ -22,15 +22,20 @@ use tokio::{
 use tracing::warn;
 
 mod backend_ops;
+mod dns;
 mod health_tasks;
 mod host;
 mod notify;
+mod paced_close;
 mod proxy_start;
 mod report;
+mod slow_start;
 
 use self::{
+    dns::Discovery,
     health_tasks::{HealthChecks, REFUSAL_POLL},
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
+    paced_close::Closing,
     proxy_start::start_proxy,
     report::Reporting,
 };
@@ -100,6 +105,7 @@ struct Daemon {
     health: HealthChecks,
     control: Control,
     report: Reporting,
+    dns: Discovery,
 }
 
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
@@ -109,6 +115,12 @@ struct Publishing {
     table: Arc<Vec<u32>>,
     /// Draining backends and their optional deadline.
     drains: BTreeMap<SocketAddr, Option<Instant>>,
+    /// Close rates (flows per second) of draining backends past their deadline.
+    close_rates: BTreeMap<SocketAddr, u32>,
+    /// Backends past their deadline whose flows are being ended at their close rate.
+    closing: Vec<Closing>,
+    /// Backends ramping up their table share (`--slow-start`), since when.
+    ramps: BTreeMap<SocketAddr, Instant>,
     /// Proxy mode's view of the backends, refreshed on every publish.
     routing: Option<SharedRouting>,
 }
@@ -182,7 +194,9 @@ impl Daemon {
             Some(proxy) => Some(start_proxy(proxy, &config, &mut dp, &set, &table).await?),
             None => None,
         };
+        let dns = Discovery::start(&config)?;
         let mut daemon = Self {
+            dns,
             config,
             flags,
             file,
@@ -192,6 +206,9 @@ impl Daemon {
                 set,
                 table: Arc::new(table),
                 drains: BTreeMap::new(),
+                close_rates: BTreeMap::new(),
+                closing: Vec::new(),
+                ramps: BTreeMap::new(),
                 routing,
             },
             health: HealthChecks::new(),
@@ -233,6 +250,7 @@ impl Daemon {
         notify::ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut refusals = tokio::time::interval(REFUSAL_POLL);
+        let mut pace = tokio::time::interval(paced_close::PACE);
         let watchdog_period = notify::watchdog_interval();
         // Without a watchdog the arm is disabled; the period only has to be valid.
         let mut watchdog =
@@ -247,12 +265,14 @@ impl Daemon {
                     }
                 }
                 Some((addr, epoch, ok)) = self.health.rx.recv() => self.on_probe(addr, epoch, ok),
+                Some(answer) = self.dns.rx.recv() => self.on_dns(answer),
                 _ = hup.recv() => match notify::around_reload(|| self.reload()) {
                     Ok(()) => say(&format!("sticky reloaded: {} backends", self.config.backends.len())),
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
                 _ = watchdog.tick(), if watchdog_period.is_some() => notify::watchdog(),
                 _ = tick.tick() => self.on_tick(),
+                _ = pace.tick(), if !self.publishing.closing.is_empty() => self.on_pace(),
                 _ = refusals.tick(), if !self.health.tasks.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
                 _ = int.recv() => return false,
@@ -285,7 +305,11 @@ impl Daemon {
                 self.apply_change(&change).map(|()| Response::ok("applied"))
             }
             Request::Preview { change } => self.preview(&change).map(Response::ok),
-            Request::Drain { addr, deadline_ms } => self.drain(addr, deadline_ms),
+            Request::Drain {
+                addr,
+                deadline_ms,
+                close_rate,
+            } => self.drain(addr, deadline_ms, close_rate),
             Request::Undrain { addr } => self.undrain(addr),
             Request::List => Ok(Response::ok(self.list())),
             Request::Status => {
@@ -313,12 +337,15 @@ impl Daemon {
         let restart_only = self.config.restart_only(&new);
         if !restart_only.is_empty() {
             bail!(
-                "only backends and health checks change on reload; restart to change {}",
+                "only backends, health checks and slow-start change on reload; restart to change {}",
                 restart_only.join(", ")
             );
         }
         self.config.health = new.health;
-        self.set_backends(new.backends)
+        self.config.slow_start = new.slow_start;
+        let mut specs = new.backends;
+        self.keep_discovered(&mut specs);
+        self.set_backends(specs)
     }
 
     fn on_tick(&mut self) {
@@ -332,19 +359,68 @@ impl Daemon {
             .collect();
         for addr in expired {
             let id = self.publishing.set.id_of(addr);
+            let rate = self.publishing.close_rates.get(&addr).copied();
             match self.apply_change(&Change::Remove { addr }) {
-                Ok(()) => {
-                    let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
-                    say(&format!(
-                        "drain deadline of {addr} passed: removed, {purged} flow entries dropped"
-                    ));
-                }
+                Ok(()) => match (id, rate) {
+                    (Some(id), Some(rate)) => self.close_paced(addr, id, rate),
+                    _ => {
+                        let purged = id.map_or(Ok(0), |id| self.dp.purge_flows(id)).unwrap_or(0);
+                        say(&format!(
+                            "drain deadline of {addr} passed: removed, {purged} flow entries \
+                             dropped"
+                        ));
+                    }
+                },
                 Err(e) => warn!("remove {addr} after its drain deadline: {e:#}"),
             }
+        }
+        if !self.publishing.ramps.is_empty()
+            && let Err(e) = self.publish(&[])
+        {
+            warn!("slow start step: {e:#}");
         }
         self.report
             .measure_rates(&self.publishing.set, &self.dp, now);
         self.share();
+    }
+
+    /// Starts ending removed backend `id`'s established flows at `rate` per second; flows
+    /// still in their handshake go at once.
+    fn close_paced(&mut self, addr: SocketAddr, id: u32, rate: u32) {
+        let flows = self.dp.established_flows(id);
+        if let Err(e) = self.dp.purge_new_flows(id) {
+            warn!("drop {addr}'s handshaking flows: {e:#}");
+        }
+        // The rate counts from now, after the walks: time spent before is no backlog to burst.
+        let closing = Closing::new(addr, rate, flows, Instant::now());
+        say(&format!(
+            "drain deadline of {addr} passed: removed, ending its {} flows at {rate}/s (done in \
+             {:.0} s)",
+            closing.status().flows_left,
+            closing.total_secs().ceil()
+        ));
+        self.publishing.closing.push(closing);
+    }
+
+    /// Ends the flows that came due under their backend's close rate.
+    fn on_pace(&mut self) {
+        let now = Instant::now();
+        for closing in &mut self.publishing.closing {
+            for (key, flow) in closing.due(now) {
+                if let Err(e) = self.dp.end_flow(&key, &flow) {
+                    warn!("end a flow of {}: {e:#}", closing.addr);
+                }
+            }
+            if closing.done() {
+                say(&format!(
+                    "{}: all {} flows ended at {}/s",
+                    closing.addr,
+                    closing.ended(),
+                    closing.rate
+                ));
+            }
+        }
+        self.publishing.closing.retain(|c| !c.done());
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
     datapath::Datapath,
     proxy::{
         self,
+        affinity_cache::{self, Cached},
         config::ProxyConfig,
         routing::{AffinityMap, Routing, SharedRouting},
         server::Proxy,
@@ -31,8 +32,7 @@ pub(super) async fn start_proxy(
     let routing: SharedRouting = Arc::new(RwLock::new(Routing::new(
         table.to_vec(),
         set,
-        config.seed,
-        config.affinity_timeout.as_nanos() as u64,
+        dp.settings(),
         cookie_key(config.seed),
     )));
     let splicer = if proxy.splice {
@@ -50,8 +50,9 @@ pub(super) async fn start_proxy(
     let listener = tokio::net::TcpListener::bind(proxy.listen)
         .await
         .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
+    let workers = proxy::server::worker_count();
     say(&format!(
-        "proxy on {} ({}; client from {})",
+        "proxy on {} ({}; client from {}; {})",
         proxy.listen,
         if splicer.is_some() {
             "kernel splice"
@@ -62,14 +63,23 @@ pub(super) async fn start_proxy(
             "PROXY protocol".to_string()
         } else {
             proxy.header_name.clone()
+        },
+        if workers == 1 {
+            "one worker thread of its own".to_string()
+        } else {
+            format!("{workers} runtime workers")
         }
     ));
     let server = Arc::new(Proxy::new(
         proxy.clone(),
         routing.clone(),
-        AffinityMap::new(affinity),
+        Cached::new(AffinityMap::new(affinity), affinity_cache::KEEP_NS),
         splicer,
     ));
-    tokio::spawn(proxy::server::serve(server, listener));
+    if workers == 1 {
+        proxy::server::spawn_worker(server, listener.into_std()?)?;
+    } else {
+        tokio::spawn(proxy::server::serve(server, listener));
+    }
     Ok(routing)
 }

@@ -24,7 +24,7 @@ use crate::{
     control::Response,
     datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
-    status::{BackendStatus, Health, MapFill, Status},
+    status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status},
 };
 
 /// What the loop hands over for status reports: small, replaced whole.
@@ -35,12 +35,18 @@ pub(super) struct ReportInput {
     ifaces: Vec<String>,
     table_size: u32,
     affinity_timeout_ns: u64,
+    affinity_prefix: String,
     backends: Vec<BackendSpec>,
     set: BackendSet,
     table: Arc<Vec<u32>>,
     /// Health and health transitions per checked backend.
     health: BTreeMap<SocketAddr, (Health, u64)>,
     drains: BTreeMap<SocketAddr, Option<Instant>>,
+    close_rates: BTreeMap<SocketAddr, u32>,
+    closing: Vec<ClosingStatus>,
+    /// Slow start progress by backend id.
+    ramps: BTreeMap<u32, f64>,
+    dns: Vec<DnsStatus>,
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
@@ -215,6 +221,8 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
                 .copied()
                 .flatten()
                 .map(|d| d.saturating_duration_since(now).as_secs()),
+            drain_close_rate: p.close_rates.get(&b.addr).copied(),
+            slow_start: p.ramps.get(&id).copied(),
         });
     }
     Status {
@@ -222,6 +230,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         vips: p.vips.clone(),
         ifaces: p.ifaces.clone(),
         table_size: p.table_size,
+        affinity_prefix: p.affinity_prefix.clone(),
         backends,
         counters: COUNTER_NAMES
             .iter()
@@ -234,6 +243,8 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         map_bytes: walk.memory.iter().map(|m| m.bytes).sum(),
         maps: map_fill(walk),
         pins: p.pins.name().to_string(),
+        closing: p.closing.clone(),
+        dns: p.dns.clone(),
     }
 }
 
@@ -274,11 +285,16 @@ impl Daemon {
             ifaces: self.config.ifaces.clone(),
             table_size: self.dp.table_size(),
             affinity_timeout_ns: self.dp.affinity_timeout().as_nanos() as u64,
+            affinity_prefix: self.config.affinity_prefix.to_string(),
             backends: self.config.backends.clone(),
             set: self.publishing.set.clone(),
             table: Arc::clone(&self.publishing.table),
             health,
             drains: self.publishing.drains.clone(),
+            close_rates: self.publishing.close_rates.clone(),
+            closing: self.publishing.closing.iter().map(|c| c.status()).collect(),
+            ramps: self.ramp_progress(Instant::now()),
+            dns: self.dns.status(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
         }));

@@ -19,7 +19,8 @@ use aya::{
 use sticky_common::{
     Addr16,
     maps::{
-        self as names, Affinity, BackendStats, Flow, FlowKey, PROTO_TCP, Settings, Vip, VipKey,
+        self as names, Affinity, BackendStats, FLOW_FORWARD, Flow, FlowKey, PROTO_TCP, Settings,
+        Vip, VipKey,
     },
 };
 
@@ -119,7 +120,9 @@ impl Datapath {
             // Adopted maps: keep the live half live, the next table goes to the other.
             active_table: pinned_settings.map_or(0, |s| s.active_table),
             hash_seed: config.seed,
-            _pad0: 0,
+            affinity_prefix_v4: config.affinity_prefix.v4,
+            affinity_prefix_v6: config.affinity_prefix.v6,
+            _pad0: [0; 2],
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
         };
@@ -333,27 +336,58 @@ impl Datapath {
     /// balanced anew (the old connections end with a reset from the new backend). Used when a
     /// drain deadline passes.
     pub fn purge_flows(&mut self, id: u32) -> anyhow::Result<usize> {
-        let mut purged = 0;
-        for name in [names::FLOWS, names::NEW_FLOWS] {
-            let mut map: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(
-                self.ebpf
-                    .map_mut(name)
-                    .with_context(|| format!("{name} missing"))?,
-            )?;
-            let doomed: Vec<FlowKey> = map
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, f)| f.backend_id == id)
-                .map(|(k, _)| k)
-                .collect();
-            for key in &doomed {
-                let _ = map.remove(key);
-            }
-            if name == names::FLOWS {
-                purged = doomed.len();
-            }
-        }
+        let purged = self.purge(names::FLOWS, id)?;
+        self.purge(names::NEW_FLOWS, id)?;
         Ok(purged)
+    }
+
+    /// Forgets backend `id`'s flows still in (or confirmed but left in) the new-flow table;
+    /// established flows stay. Returns the entries dropped.
+    pub fn purge_new_flows(&mut self, id: u32) -> anyhow::Result<usize> {
+        self.purge(names::NEW_FLOWS, id)
+    }
+
+    /// The forward entries of backend `id`'s established flows.
+    pub fn established_flows(&self, id: u32) -> Vec<(FlowKey, Flow)> {
+        self.reader
+            .flow_entries()
+            .into_iter()
+            .filter(|(_, f)| f.direction == FLOW_FORWARD && f.backend_id == id)
+            .collect()
+    }
+
+    /// Ends one flow as a drain deadline does: both directions leave both flow tables.
+    pub fn end_flow(&mut self, key: &FlowKey, forward: &Flow) -> anyhow::Result<()> {
+        let reply = key.reply_key(forward);
+        for name in [names::FLOWS, names::NEW_FLOWS] {
+            let mut map = self.flow_map(name)?;
+            let _ = map.remove(key);
+            let _ = map.remove(&reply);
+        }
+        Ok(())
+    }
+
+    fn flow_map(&mut self, name: &str) -> anyhow::Result<HashMap<&mut MapData, FlowKey, Flow>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .with_context(|| format!("{name} missing"))?,
+        )?)
+    }
+
+    /// Removes every entry of backend `id` from the flow map `name`; returns how many.
+    fn purge(&mut self, name: &str, id: u32) -> anyhow::Result<usize> {
+        let mut map = self.flow_map(name)?;
+        let doomed: Vec<FlowKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| f.backend_id == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in &doomed {
+            let _ = map.remove(key);
+        }
+        Ok(doomed.len())
     }
 
     /// Memory the kernel charges for each of the pinned (per-instance) maps.
@@ -367,6 +401,11 @@ impl Datapath {
 
     pub fn seed(&self) -> u32 {
         self.settings.hash_seed
+    }
+
+    /// The settings the kernel program decides with.
+    pub fn settings(&self) -> Settings {
+        self.settings
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {

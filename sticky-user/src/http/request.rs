@@ -1,8 +1,10 @@
 //! HTTP/1.x request heads, parsed incrementally by httparse.
 
 /// Headers beyond this many make the request fail: real browsers send a few dozen, and the
-/// cap bounds the work an attacker can make us do per request.
-pub const MAX_HEADERS: usize = 128;
+/// cap bounds the work an attacker can make us do per request. hyper's default (HAProxy's is
+/// 101 lines with the request line): the proxy leaves hyper at it, as any other limit makes
+/// hyper allocate two header arrays on the heap for every head it parses.
+pub const MAX_HEADERS: usize = 100;
 
 /// Why a request head cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use sticky_common::BackendState;
 
-use crate::status::{BackendStatus, Health, MapFill, Status};
+use crate::status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status};
 
 /// `Content-Type` of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -34,7 +34,7 @@ type PerBackend = (
     &'static str,
     fn(&BackendStatus) -> Value,
 );
-const PER_BACKEND: [PerBackend; 11] = [
+const PER_BACKEND: [PerBackend; 12] = [
     (
         "backend_healthy",
         Gauge,
@@ -58,6 +58,12 @@ const PER_BACKEND: [PerBackend; 11] = [
         Gauge,
         "Backend weight over the total weight of the backends in the table (0..1).",
         |b| Value::Float(b.ideal_share),
+    ),
+    (
+        "backend_slow_start",
+        Gauge,
+        "How far the backend's slow start has ramped its table share (0..1; 1 when not ramping).",
+        |b| Value::Float(b.slow_start.unwrap_or(1.0)),
     ),
     (
         "backend_affine_clients",
@@ -146,6 +152,8 @@ impl Collector for StatusCollector {
         for (name, kind, help, value) in PER_BACKEND {
             per_backend(&mut out, Family(name, kind, help), &backends, value)?;
         }
+        paced_drain(&mut out, s)?;
+        dns_sources(&mut out, s)?;
 
         let packets = Family(
             "packets",
@@ -217,6 +225,81 @@ impl Collector for StatusCollector {
     }
 }
 
+/// Paced drains: the close rate of each draining backend that has one, and of each removed
+/// backend whose flows are being ended; for the latter, flows ended and left.
+fn paced_drain(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    let rates: Vec<(String, u32)> = s
+        .backends
+        .iter()
+        .filter_map(|b| Some((b.addr.to_string(), b.drain_close_rate?)))
+        .chain(s.closing.iter().map(|c| (c.addr.to_string(), c.close_rate)))
+        .collect();
+    let rate = Family(
+        "drain_close_rate",
+        Gauge,
+        "Flows per second a drained backend's flows are ended at once its deadline passes.",
+    );
+    let mut metric = rate.describe(out)?;
+    for (addr, r) in &rates {
+        rate.sample(&mut metric, &[("backend", addr)], Value::Int((*r).into()))?;
+    }
+    let closing = [
+        (
+            Family(
+                "drain_flows_ended",
+                Counter,
+                "Flows of a backend past its drain deadline ended so far at its close rate.",
+            ),
+            (|c| c.flows_ended) as fn(&ClosingStatus) -> u64,
+        ),
+        (
+            Family(
+                "drain_flows_left",
+                Gauge,
+                "Flows of a backend past its drain deadline still to be ended at its close rate.",
+            ),
+            |c| c.flows_left,
+        ),
+    ];
+    for (family, value) in closing {
+        let mut metric = family.describe(out)?;
+        for c in &s.closing {
+            let addr = c.addr.to_string();
+            family.sample(&mut metric, &[("backend", &addr)], Value::Int(value(c)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Each DNS source: the backends of its last good answer, and whether it fails now.
+fn dns_sources(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    let families = [
+        (
+            Family(
+                "dns_backends",
+                Gauge,
+                "Backends in a DNS source's last good answer (kept while it fails).",
+            ),
+            (|d| Value::Int(d.backends.len() as u64)) as fn(&DnsStatus) -> Value,
+        ),
+        (
+            Family(
+                "dns_failing",
+                Gauge,
+                "Whether a DNS source's last resolution failed (1) or answered (0).",
+            ),
+            |d| Value::flag(d.error.is_some()),
+        ),
+    ];
+    for (family, value) in families {
+        let mut metric = family.describe(out)?;
+        for d in &s.dns {
+            family.sample(&mut metric, &[("source", &d.source)], value(d))?;
+        }
+    }
+    Ok(())
+}
+
 /// A family with one sample per backend, labelled `backend`.
 fn per_backend(
     out: &mut DescriptorEncoder,
@@ -285,6 +368,7 @@ pub(super) mod tests {
             vips: vec!["192.0.2.1:80".parse().unwrap()],
             ifaces: vec!["eth0".into()],
             table_size: 65537,
+            affinity_prefix: "24,64".into(),
             backends: vec![
                 BackendStatus {
                     id: 0,
@@ -303,6 +387,8 @@ pub(super) mod tests {
                     bytes: 123_456,
                     health_transitions: 1,
                     drain_deadline_secs: None,
+                    drain_close_rate: None,
+                    slow_start: Some(0.25),
                 },
                 BackendStatus {
                     id: 1,
@@ -321,6 +407,8 @@ pub(super) mod tests {
                     bytes: 6_000,
                     health_transitions: 3,
                     drain_deadline_secs: Some(30),
+                    drain_close_rate: Some(50),
+                    slow_start: None,
                 },
             ],
             counters: [("pass", 5), ("nat", 1_050), ("drop_no_backend", 0)]
@@ -340,17 +428,29 @@ pub(super) mod tests {
                     max_entries,
                 })
                 .collect(),
+            closing: vec![ClosingStatus {
+                addr: "10.0.0.9:80".parse().unwrap(),
+                close_rate: 20,
+                flows_ended: 40,
+                flows_left: 960,
+            }],
+            dns: vec![DnsStatus {
+                source: "dns tasks.web:3000".into(),
+                backends: vec!["10.0.0.7:3000".parse().unwrap()],
+                error: Some("timed out".into()),
+            }],
         }
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 22] = [
+    const FAMILIES: [&str; 28] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
         "sticky_backend_weight",
         "sticky_backend_table_share",
         "sticky_backend_ideal_share",
+        "sticky_backend_slow_start",
         "sticky_backend_affine_clients",
         "sticky_backend_active_flows",
         "sticky_backend_new_flows_total",
@@ -358,6 +458,11 @@ pub(super) mod tests {
         "sticky_backend_packets_total",
         "sticky_backend_bytes_total",
         "sticky_backend_health_transitions_total",
+        "sticky_drain_close_rate",
+        "sticky_drain_flows_ended_total",
+        "sticky_drain_flows_left",
+        "sticky_dns_backends",
+        "sticky_dns_failing",
         "sticky_packets_total",
         "sticky_affinity_entries",
         "sticky_flow_entries",
@@ -392,6 +497,8 @@ pub(super) mod tests {
             r#"sticky_backend_healthy{backend="[2001:db8::2]:8080"} 0"#,
             r#"sticky_backend_table_share{backend="10.0.0.1:80"} 0.75"#,
             r#"sticky_backend_ideal_share{backend="[2001:db8::2]:8080"} 0.0"#,
+            r#"sticky_backend_slow_start{backend="10.0.0.1:80"} 0.25"#,
+            r#"sticky_backend_slow_start{backend="[2001:db8::2]:8080"} 1.0"#,
             r#"sticky_backend_bytes_total{backend="10.0.0.1:80"} 123456"#,
             r#"sticky_backend_new_flows_total{backend="10.0.0.1:80"} 100"#,
             r#"sticky_backend_health_transitions_total{backend="[2001:db8::2]:8080"} 3"#,
@@ -417,6 +524,12 @@ pub(super) mod tests {
             r#"sticky_map_entries{map="affinity"} 12"#,
             r#"sticky_map_max_entries{map="flows"} 1024"#,
             r#"sticky_map_max_entries{map="affinity"} 512"#,
+            r#"sticky_drain_close_rate{backend="[2001:db8::2]:8080"} 50"#,
+            r#"sticky_drain_close_rate{backend="10.0.0.9:80"} 20"#,
+            r#"sticky_drain_flows_ended_total{backend="10.0.0.9:80"} 40"#,
+            r#"sticky_drain_flows_left{backend="10.0.0.9:80"} 960"#,
+            r#"sticky_dns_backends{source="dns tasks.web:3000"} 1"#,
+            r#"sticky_dns_failing{source="dns tasks.web:3000"} 1"#,
             "# TYPE sticky_map_max_entries gauge",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,

@@ -6,5 +6,8 @@
 mod exposition;
 mod server;
 
+/// A status with every field set, for tests of what renders it.
+#[cfg(test)]
+pub(crate) use exposition::tests::sample as sample_status;
 pub use exposition::{CONTENT_TYPE, render};
 pub use server::{Refused, Snapshot, bind, parse_request, serve};

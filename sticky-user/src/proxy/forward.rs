@@ -21,7 +21,7 @@ use super::{
     body::{Prefix, Relay, read_prefix},
     client_ip::{ClientIpError, client_ip},
     cookie, framing, guard,
-    pool::Sender,
+    pool::{Pool, Sender},
     routing::{Choice, Reason, choose},
     server::Proxy,
     sid, upgrade,
@@ -43,6 +43,8 @@ const HOLD_PATIENCE: Duration = Duration::from_millis(100);
 /// The client connection a request arrived on.
 pub struct Conn {
     pub proxy: Arc<Proxy>,
+    /// The backend pool of the worker serving it.
+    pub pool: Arc<Pool>,
     pub peer: SocketAddr,
     /// The peer, or a trusted PROXY header's source.
     pub peer_ip: IpAddr,
@@ -216,7 +218,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
     framing::strip_hop_by_hop(&mut head.headers, false, &[]);
     set_cookie(conn, &route, &choice, &mut head.headers);
     if keep {
-        out = out.then(proxy.pool.lend(choice.backend.addr, sender));
+        out = out.then(conn.pool.lend(choice.backend.addr, sender));
     }
     Ok(Response::from_parts(head, out))
 }
@@ -285,11 +287,11 @@ async fn send(
             return Err(refusal(503, "no backend in service"));
         };
         let addr = choice.backend.addr;
-        let (mut sender, reused) = match proxy.pool.take(addr).await {
+        let (mut sender, reused) = match conn.pool.take(addr).await {
             Some(s) => (s, true),
             None => {
                 let started = Instant::now();
-                match proxy.pool.connect(addr).await {
+                match conn.pool.connect(addr).await {
                     Ok(s) => (s, false),
                     Err(e) => {
                         info!(
@@ -319,7 +321,7 @@ async fn send(
                 let Some(again) = again else {
                     return Err(refusal(502, format!("backend {addr}: {}", e.error())));
                 };
-                let mut fresh = proxy
+                let mut fresh = conn
                     .pool
                     .connect(addr)
                     .await

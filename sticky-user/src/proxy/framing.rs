@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 
 use super::config::ForwardedFor;
@@ -95,14 +95,15 @@ pub fn wants_close(headers: &HeaderMap) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"))
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// As `HeaderName`s: removing by `&str` parses the name again on every message.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Removes the headers meant for this hop only (RFC 9110 §7.6.1), those the `Connection`
@@ -121,8 +122,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, protect: &[&str]
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        if !(upgrade && name == "upgrade") {
+    for name in &HOP_BY_HOP {
+        if !(upgrade && name == UPGRADE) {
             headers.remove(name);
         }
     }

@@ -4,6 +4,7 @@
 //! and affinity, over pooled backend connections; an upgraded connection is spliced by the
 //! kernel (sockmap), or copied.
 
+pub mod affinity_cache;
 pub mod body;
 pub mod cidr;
 pub mod client_ip;

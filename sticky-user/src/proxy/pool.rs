@@ -75,6 +75,10 @@ impl Pool {
                 continue;
             }
             let mut sender = idle.sender;
+            // Usually ready already: no timer for it then.
+            if sender.is_ready() {
+                return Some(sender);
+            }
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }

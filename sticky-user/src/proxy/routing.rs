@@ -11,11 +11,13 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use sticky_common::{
     Addr16, BackendState, View,
-    choice::{self, affinity_holds, by_affinity, in_slot, slot_of},
-    maps::{Affinity, NO_BACKEND},
+    choice::{self, affinity_holds, by_affinity, client_key, in_slot, slot_of},
+    maps::{Affinity, NO_BACKEND, Settings},
 };
 
 use super::cookie;
+#[cfg(test)]
+use crate::decision::settings;
 use crate::{
     backends::BackendSet,
     decision::{Published, no_affinity},
@@ -34,43 +36,30 @@ pub struct RouteBackend {
 #[derive(Clone, Debug, Default)]
 pub struct Routing {
     pub table: Vec<u32>,
-    pub seed: u32,
     pub set: BackendSet,
-    pub affinity_timeout_ns: u64,
+    /// The kernel program's settings: seed, affinity timeout, client key prefixes.
+    pub settings: Settings,
     /// Cookie values by backend id.
     tokens: BTreeMap<u32, String>,
 }
 
 impl Routing {
-    pub fn new(
-        table: Vec<u32>,
-        set: &BackendSet,
-        seed: u32,
-        affinity_timeout_ns: u64,
-        cookie_key: u64,
-    ) -> Self {
+    pub fn new(table: Vec<u32>, set: &BackendSet, settings: Settings, cookie_key: u64) -> Self {
         let tokens = set
             .iter()
             .map(|(id, s)| (id, cookie::backend_token(s.addr, cookie_key)))
             .collect();
         Self {
             table,
-            seed,
             set: set.clone(),
-            affinity_timeout_ns,
+            settings,
             tokens,
         }
     }
 
     /// The decision's view of this state, with client affinity from `affinity`.
     fn view<A: Fn(&Addr16) -> Option<Affinity>>(&self, affinity: A) -> Published<'_, A> {
-        Published::new(
-            &self.set,
-            &self.table,
-            self.seed,
-            self.affinity_timeout_ns,
-            affinity,
-        )
+        Published::new(&self.set, &self.table, self.settings, affinity)
     }
 
     fn choice(&self, id: u32, reason: Reason) -> Option<Choice> {
@@ -164,7 +153,7 @@ pub fn choose(
             &held,
             &routing.set.entry(held.backend_id),
             now_ns,
-            routing.affinity_timeout_ns,
+            routing.settings.affinity_timeout_ns,
         )
         && !exclude.contains(&held.backend_id)
     {
@@ -178,31 +167,45 @@ pub fn choose(
     {
         return routing.choice(id, Reason::Cookie);
     }
-    let key = Addr16::from_ip(client);
+    let key = client_key(&Addr16::from_ip(client), &routing.settings);
     if let Some(port) = per_connection {
         let mut spread = key;
         spread.words[0] ^= u32::from(port);
         let picked = from_table(&routing.view(no_affinity), &spread, exclude)?;
         return routing.choice(picked.id, Reason::Table);
     }
-    let view = routing.view(|c: &Addr16| affinity.get(c));
+    let prior = affinity.get(&key);
+    let view = routing.view(|_: &Addr16| prior);
     let picked = match by_affinity(&view, &key, view.settings(), now_ns) {
         Some(held) if !exclude.contains(&held.id) => held,
         _ => from_table(&view, &key, exclude)?,
     };
-    affinity.set(
-        &key,
-        Affinity {
-            backend_id: picked.id,
-            generation: picked.backend.generation,
-            last_seen_ns: now_ns,
-        },
-    );
+    let kept = Affinity {
+        backend_id: picked.id,
+        generation: picked.backend.generation,
+        last_seen_ns: now_ns,
+    };
+    if !prior.is_some_and(|p| recent(&p, &kept, routing.affinity_timeout_ns)) {
+        affinity.set(&key, kept);
+    }
     let reason = match picked.reason {
         choice::Reason::Affinity => Reason::Affinity,
         choice::Reason::Table => Reason::Table,
     };
     routing.choice(picked.id, reason)
+}
+
+/// Affinity is rewritten at most this often per client (and at most every 1/64 of the
+/// timeout): a map update is a system call, and a client behind a keep-alive connection sends
+/// thousands of requests a second.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Whether `held` already says what `now` would, seen recently enough to leave it: it then
+/// expires at most `REFRESH_NS` (or 1/64 of the timeout) before the client's last request.
+fn recent(held: &Affinity, now: &Affinity, timeout_ns: u64) -> bool {
+    held.backend_id == now.backend_id
+        && held.generation == now.generation
+        && now.last_seen_ns.saturating_sub(held.last_seen_ns) < REFRESH_NS.min(timeout_ns / 64)
 }
 
 /// The table's backend for `key`: its own slot first; past excluded backends, the next slots.
@@ -256,7 +259,7 @@ mod tests {
             set.set_state(spec.addr, state);
         }
         let table = table::build(&set.members(), 101, SEED);
-        Routing::new(table, &set, SEED, TIMEOUT, KEY)
+        Routing::new(table, &set, settings(SEED, TIMEOUT), KEY)
     }
 
     fn client(i: u8) -> IpAddr {
@@ -303,6 +306,33 @@ mod tests {
                 });
             assert_eq!(pick(&r, &store, client(i), None, &[], 1_500), want, "{i}");
         }
+    }
+
+    #[test]
+    fn clients_of_one_prefix_share_affinity() {
+        use BackendState::*;
+        let mut r = routing(&[Up, Up, Up]);
+        r.settings.affinity_prefix_v4 = 24;
+        let store = Store::default();
+        let first = pick(&r, &store, client(1), None, &[], 10).unwrap();
+        assert_eq!(first.1, Reason::Table);
+        let key = client_key(&Addr16::from_ip(client(1)), &r.settings);
+        assert_eq!(store.0.borrow().keys().copied().collect::<Vec<_>>(), [key]);
+        // Another address of the /24 follows the first one's affinity, even to a backend the
+        // table would not name for it.
+        store.set(
+            &key,
+            Affinity {
+                backend_id: (first.0 + 1) % 3,
+                generation: r.set.entry((first.0 + 1) % 3).generation,
+                last_seen_ns: 10,
+            },
+        );
+        for i in [2, 77, 254] {
+            let got = pick(&r, &store, client(i), None, &[], 20).unwrap();
+            assert_eq!(got, ((first.0 + 1) % 3, Reason::Affinity), "{i}");
+        }
+        assert_eq!(store.0.borrow().len(), 1);
     }
 
     #[test]
@@ -355,6 +385,30 @@ mod tests {
         assert_eq!(reason, Reason::Table);
         assert_eq!(store.get(&key).unwrap().backend_id, next);
         assert_eq!(pick(&r, &store, c, None, &[0, 1, 2], 1_300), None);
+    }
+
+    #[test]
+    fn affinity_seen_just_now_is_not_rewritten() {
+        use BackendState::*;
+        let r = routing(&[Up, Up, Up]);
+        let store = Store::default();
+        let c = client(8);
+        let key = Addr16::from_ip(c);
+        let (first, _) = pick(&r, &store, c, None, &[], 100).unwrap();
+        // Within 1/64 of the timeout: the same backend, the map left as it was.
+        let soon = 100 + TIMEOUT / 64 - 1;
+        assert_eq!(
+            pick(&r, &store, c, None, &[], soon),
+            Some((first, Reason::Affinity))
+        );
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, 100);
+        let later = 100 + TIMEOUT / 64;
+        pick(&r, &store, c, None, &[], later).unwrap();
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, later);
+        // Another backend (the affine one refused) is written at once, however soon.
+        let (next, _) = pick(&r, &store, c, None, &[first], later + 1).unwrap();
+        assert_eq!(store.get(&key).unwrap().backend_id, next);
+        assert_eq!(store.get(&key).unwrap().last_seen_ns, later + 1);
     }
 
     #[test]

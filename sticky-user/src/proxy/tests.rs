@@ -23,6 +23,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use crate::http::MAX_HEADERS;
+
 use super::{
     config::ProxyLayer,
     routing::{AffinityStore, Routing, choose},
@@ -196,8 +198,7 @@ impl Rig {
         let routing = Routing::new(
             table::build(&set.members(), 101, SEED),
             &set,
-            SEED,
-            TIMEOUT_NS,
+            crate::decision::settings(SEED, TIMEOUT_NS),
             9,
         );
         let mut l = ProxyLayer {
@@ -424,6 +425,31 @@ async fn pipelined_requests_are_answered_in_order() {
             Some(rig.by_table(client(i)).as_str())
         );
     }
+}
+
+#[tokio::test]
+async fn the_header_limit_is_the_same_on_every_request_of_a_connection() {
+    let rig = Rig::new(|l| l.ignore_missing_header = Some(true)).await;
+    let head = |lines: usize| {
+        let mut h = "GET / HTTP/1.1\r\nHost: x\r\n".to_string();
+        for i in 1..lines {
+            h.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        h + "\r\n"
+    };
+    let mut c = rig.connect().await;
+    // The first head is checked by sticky, the later ones by hyper: the same limit.
+    for _ in 0..2 {
+        c.send(head(MAX_HEADERS).as_bytes()).await;
+        assert_eq!(c.read(false).await.map(|a| a.status), Some(200));
+    }
+    c.send(head(MAX_HEADERS + 1).as_bytes()).await;
+    let refused = c.read(false).await.map(|a| a.status);
+    assert!(refused.is_some_and(|s| s >= 400), "{refused:?}");
+    let mut first = rig.connect().await;
+    first.send(head(MAX_HEADERS + 1).as_bytes()).await;
+    assert_eq!(first.read(false).await.map(|a| a.status), Some(400));
+    assert_eq!(rig.seen(), 2);
 }
 
 #[tokio::test]

@@ -125,8 +125,12 @@ pub fn sa(s: &str) -> SocketAddr {
 /// (`sticky::table`) and the decision it runs (`sticky_common::choice`).
 pub fn table_choice(set: &BackendSet, client: IpAddr) -> Option<SocketAddr> {
     let slots = table::build(&set.members(), TABLE_SIZE, SEED);
-    let view =
-        sticky::decision::Published::new(set, &slots, SEED, 0, sticky::decision::no_affinity);
+    let view = sticky::decision::Published::new(
+        set,
+        &slots,
+        sticky::decision::settings(SEED, 0),
+        sticky::decision::no_affinity,
+    );
     let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())?.id;
     set.get(id).map(|s| s.addr)
 }

@@ -34,9 +34,18 @@ pub fn assign(
     conns: usize,
     v6: bool,
 ) -> BTreeMap<usize, String> {
-    let vip = topo.vip(v6);
-    let answers: Vec<(usize, Answer)> = topo
-        .client
+    assign_via(&topo.client, topo.vip(v6), clients, conns, v6)
+}
+
+/// [`assign`] from any client namespace holding the plan's client addresses, to `vip`.
+pub fn assign_via(
+    client: &sticky_tests::Netns,
+    vip: std::net::SocketAddr,
+    clients: impl Iterator<Item = usize> + Send,
+    conns: usize,
+    v6: bool,
+) -> BTreeMap<usize, String> {
+    let answers: Vec<(usize, Answer)> = client
         .run(|| {
             let mut out = Vec::new();
             for i in clients {
@@ -129,7 +138,12 @@ pub fn predicted(backends: &[(usize, IpAddr, u16)], client: IpAddr, seed: u32) -
     let mut set = BackendSet::default();
     set.reconcile(&specs).expect("backend set");
     let t = table::build(&set.members(), sticky::config::DEFAULT_TABLE_SIZE, seed);
-    let view = sticky::decision::Published::new(&set, &t, seed, 0, sticky::decision::no_affinity);
+    let view = sticky::decision::Published::new(
+        &set,
+        &t,
+        sticky::decision::settings(seed, 0),
+        sticky::decision::no_affinity,
+    );
     let id = sticky_common::choice::by_table(&view, &Addr16::from_ip(client), view.settings())
         .expect("table names a backend")
         .id;

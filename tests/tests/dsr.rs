@@ -1,0 +1,307 @@
+//! Direct server return end to end on the one-arm topology ([`sticky_tests::dsr`]): the
+//! balancer (`sticky run --forward dsr`, on tc and on native XDP) encapsulates client packets
+//! towards backends configured only by `sticky backend-setup`; the backends answer the clients
+//! through the router, never through the balancer. Judged on what clients see (stickiness,
+//! spread, real client addresses, byte-exact bulk transfers over a 1500-byte underlay,
+//! socket.io over WebSocket) and on the balancer's interface counters.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{assert_socketio_clean, assign_via, run_load, socketio_example, spread, sticky_bin};
+use socket2::{Domain, Socket, Type};
+use sticky_tests::{
+    DsrTopology, Netns, StickyProcess, dsr, plan, root_or_skip, servers::download_byte,
+};
+
+const CLIENTS: usize = 200;
+const CONNS: usize = 3;
+const BACKENDS: usize = 3;
+const BULK: usize = 10 * 1024 * 1024;
+
+/// Where the balancer's program runs.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    Tc,
+    Xdp,
+}
+
+impl Hook {
+    fn xdp(self) -> &'static str {
+        match self {
+            Hook::Tc => "off",
+            Hook::Xdp => "native",
+        }
+    }
+}
+
+fn topology(tag: &str) -> DsrTopology {
+    DsrTopology::build(tag, BACKENDS, CLIENTS, &sticky_bin()).expect("DSR topology")
+}
+
+/// `sticky run --forward dsr` on the balancer for `VIP:port`, backends on the same port.
+fn balancer(topo: &DsrTopology, v6: bool, port: u16, hook: Hook) -> StickyProcess {
+    let mut args = topo.sticky_args(v6, port);
+    args.extend(["--forward", "dsr", "--xdp", hook.xdp()].map(String::from));
+    StickyProcess::start(&sticky_bin(), &topo.lb, &args)
+        .unwrap_or_else(|e| panic!("sticky run --forward dsr ({hook:?}, v6 {v6}): {e:#}"))
+}
+
+fn sticky_and_spread(hook: Hook, v6: bool) {
+    let topo = topology(&format!("dsrs{}", u8::from(v6)));
+    let _servers = topo.start_servers().expect("backend servers");
+    let _lb = balancer(&topo, v6, dsr::VIP_PORT, hook);
+    let vip = topo.vip(v6, dsr::VIP_PORT);
+    // Every client's connections on one backend that saw the client's own address.
+    let assignment = assign_via(&topo.client, vip, 0..CLIENTS, CONNS, v6);
+    assert_eq!(assignment.len(), CLIENTS);
+    let spread = spread(&assignment);
+    assert_eq!(
+        spread.len(),
+        BACKENDS,
+        "every backend gets clients ({hook:?}, v6 {v6}): {spread:?}"
+    );
+}
+
+#[test]
+fn dsr_tc_v4_sticky_and_spread() {
+    if root_or_skip("dsr_tc_v4_sticky_and_spread") {
+        sticky_and_spread(Hook::Tc, false);
+    }
+}
+
+#[test]
+fn dsr_tc_v6_sticky_and_spread() {
+    if root_or_skip("dsr_tc_v6_sticky_and_spread") {
+        sticky_and_spread(Hook::Tc, true);
+    }
+}
+
+#[test]
+fn dsr_xdp_v4_sticky_and_spread() {
+    if root_or_skip("dsr_xdp_v4_sticky_and_spread") {
+        sticky_and_spread(Hook::Xdp, false);
+    }
+}
+
+#[test]
+fn dsr_xdp_v6_sticky_and_spread() {
+    if root_or_skip("dsr_xdp_v6_sticky_and_spread") {
+        sticky_and_spread(Hook::Xdp, true);
+    }
+}
+
+/// A connection from client 0 to `vip`, in the client namespace.
+fn connect(topo: &DsrTopology, v6: bool, vip: SocketAddr) -> TcpStream {
+    let src = plan::client(0, v6);
+    topo.client
+        .run(|| {
+            let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let s = Socket::new(domain, Type::STREAM, None)?;
+            s.bind(&SocketAddr::new(src, 0).into())?;
+            s.connect_timeout(&vip.into(), Duration::from_secs(5))?;
+            let s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("client namespace")
+        .unwrap_or_else(|e| panic!("connect {src} -> {vip}: {e}"))
+}
+
+/// Reads a response head; returns its Content-Length.
+fn read_head(reader: &mut impl BufRead) -> usize {
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "status {status:?}");
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok();
+        }
+    }
+    len.expect("content-length")
+}
+
+/// 10 MB up (echoed back) and 10 MB down, byte-exact, over the 1500-byte underlay (the MSS
+/// backend-setup clamps makes every encapsulated segment fit); the download's bytes never pass
+/// the balancer.
+fn bulk(hook: Hook, v6: bool) {
+    let topo = topology(&format!("dsrb{}", u8::from(v6)));
+    let _servers = topo.start_servers().expect("backend servers");
+    let _lb = balancer(&topo, v6, dsr::ECHO_PORT, hook);
+    let vip = topo.vip(v6, dsr::ECHO_PORT);
+
+    // Upload, echoed: the body goes through the balancer encapsulated.
+    let stream = connect(&topo, v6, vip);
+    let mut writer = stream.try_clone().expect("clone");
+    let body: Vec<u8> = (0..BULK).map(|i| (i * 7 % 253) as u8).collect();
+    let sender = {
+        let body = body.clone();
+        std::thread::spawn(move || {
+            write!(
+                writer,
+                "POST /plain HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .and_then(|()| writer.write_all(&body))
+            .expect("upload")
+        })
+    };
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_head(&mut reader), BULK);
+    let mut echoed = vec![0u8; BULK];
+    reader.read_exact(&mut echoed).expect("echo of the upload");
+    sender.join().expect("sender");
+    assert!(
+        echoed == body,
+        "the 10 MB upload came back byte-exact ({hook:?}, v6 {v6})"
+    );
+
+    // Download: only the client's ACKs pass the balancer.
+    let before = topo.balancer_bytes().expect("counters");
+    let mut stream = connect(&topo, v6, vip);
+    write!(stream, "GET /download/{BULK} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_head(&mut reader), BULK);
+    let mut got = vec![0u8; BULK];
+    reader.read_exact(&mut got).expect("download");
+    let wrong = got
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != download_byte(i as u64));
+    assert_eq!(wrong, None, "download byte-exact ({hook:?}, v6 {v6})");
+    let after = topo.balancer_bytes().expect("counters");
+    let tx = after.tx - before.tx;
+    assert!(
+        tx < (BULK / 10) as u64,
+        "the download passed the balancer: its tx grew by {tx} bytes for {BULK} downloaded"
+    );
+}
+
+#[test]
+fn dsr_tc_v4_bulk_both_ways() {
+    if root_or_skip("dsr_tc_v4_bulk_both_ways") {
+        bulk(Hook::Tc, false);
+    }
+}
+
+#[test]
+fn dsr_tc_v6_bulk_both_ways() {
+    if root_or_skip("dsr_tc_v6_bulk_both_ways") {
+        bulk(Hook::Tc, true);
+    }
+}
+
+#[test]
+fn dsr_xdp_v4_bulk_both_ways() {
+    if root_or_skip("dsr_xdp_v4_bulk_both_ways") {
+        bulk(Hook::Xdp, false);
+    }
+}
+
+#[test]
+fn dsr_xdp_v6_bulk_both_ways() {
+    if root_or_skip("dsr_xdp_v6_bulk_both_ways") {
+        bulk(Hook::Xdp, true);
+    }
+}
+
+/// A socket.io worker (examples/socketio/app.js, in-memory adapter) on a backend, stopped by
+/// PID on drop.
+struct Worker(Child);
+
+impl Worker {
+    fn start(ns: &Netns, index: usize, port: u16) -> Self {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg("node")
+            .arg(socketio_example().join("app.js"))
+            .env("PORT", port.to_string())
+            .env("HOST", "::")
+            .env("STICKY_WORKER_INDEX", index.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node app.js");
+        let up = || {
+            ns.run(move || TcpStream::connect(("::1", port)).is_ok())
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !up() {
+            assert!(std::time::Instant::now() < deadline, "app.js did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn socketio(hook: Hook) {
+    let modules = socketio_example().join("node_modules/socket.io");
+    assert!(
+        modules.exists(),
+        "{} is missing: `cargo xtask test` runs `npm ci` in examples/socketio",
+        modules.display()
+    );
+    const PORT: u16 = 3000;
+    let topo = topology("dsrsio");
+    let _workers: Vec<Worker> = topo
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(k, ns)| Worker::start(ns, k, PORT))
+        .collect();
+    let _lb = balancer(&topo, false, PORT, hook);
+    let args: Vec<String> = [
+        "--url",
+        &format!("http://{}", topo.vip(false, PORT)),
+        "--clients",
+        &CLIENTS.to_string(),
+        "--rounds",
+        "3",
+        "--transport",
+        "default",
+        "--local-address-base",
+        &plan::client(0, false).to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let report = run_load(&topo.client.path(), &args);
+    let what = format!("socket.io over DSR ({hook:?})");
+    assert_socketio_clean(&report, CLIENTS, &what);
+    assert_eq!(report["upgraded"], CLIENTS as u64, "{what}: {report}");
+    assert_eq!(report["client_addresses_seen_ok"], true, "{what}: {report}");
+}
+
+#[test]
+fn dsr_tc_socketio_websocket() {
+    if root_or_skip("dsr_tc_socketio_websocket") {
+        socketio(Hook::Tc);
+    }
+}
+
+#[test]
+fn dsr_xdp_socketio_websocket() {
+    if root_or_skip("dsr_xdp_socketio_websocket") {
+        socketio(Hook::Xdp);
+    }
+}
