@@ -185,7 +185,7 @@ pub fn choose(
         generation: picked.backend.generation,
         last_seen_ns: now_ns,
     };
-    if !prior.is_some_and(|p| recent(&p, &kept, routing.affinity_timeout_ns)) {
+    if !prior.is_some_and(|p| recent(&p, &kept, routing.settings.affinity_timeout_ns)) {
         affinity.set(&key, kept);
     }
     let reason = match picked.reason {
