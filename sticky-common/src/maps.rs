@@ -151,8 +151,8 @@ impl Default for Settings {
             affinity_prefix_v6: crate::defaults::DEFAULT_AFFINITY_PREFIX_V6,
             _pad0: [0; 2],
             affinity_timeout_ns: 0,
-            dsr_source_v4: [0; 16],
-            dsr_source_v6: [0; 16],
+            dsr_source_v4: Addr16 { words: [0; 4] },
+            dsr_source_v6: Addr16 { words: [0; 4] },
         }
     }
 }

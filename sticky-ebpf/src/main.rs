@@ -5,7 +5,9 @@
 #![no_main]
 
 mod decap;
+mod dsr;
 mod egress;
+mod frame;
 mod ingress;
 mod maps;
 mod nat;
@@ -15,8 +17,8 @@ mod trace;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{classifier, stream_verdict},
-    programs::{SkBuffContext, TcContext},
+    macros::{classifier, stream_verdict, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 
 /// Client → VIP on the client-facing interface: DNAT to the client's backend.
@@ -29,6 +31,18 @@ pub fn sticky_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn sticky_egress(ctx: TcContext) -> i32 {
     egress::egress(&ctx)
+}
+
+/// Direct server return (`--forward dsr`), tc: client → VIP encapsulated to its backend.
+#[classifier]
+pub fn sticky_dsr(ctx: TcContext) -> i32 {
+    dsr::tc(&ctx)
+}
+
+/// Direct server return on XDP: the same decision, encapsulated in place.
+#[xdp]
+pub fn sticky_dsr_xdp(ctx: XdpContext) -> u32 {
+    dsr::xdp(&ctx)
 }
 
 /// DSR on a backend (`sticky backend-setup`): IPIP/IP6IP6 from balancers, decapsulated.

@@ -2,6 +2,7 @@
 //! userspace" are overridden at load time from the configuration.
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
@@ -43,6 +44,10 @@ pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> =
 #[map(name = "STICKY_AFFINITY")]
 pub static AFFINITY: LruHashMap<Addr16, Affinity> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CLIENTS, 0);
+
+/// Direct server return: the FIB lookup's parameters, off the 512-byte stack.
+#[map(name = "STICKY_DSR_SCRATCH")]
+pub static DSR_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "STICKY_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

@@ -114,6 +114,9 @@ pub struct Status {
     /// Client key prefix lengths, `V4LEN,V6LEN` (`--affinity-prefix`).
     #[serde(default)]
     pub affinity_prefix: String,
+    /// How the node forwards: `nat`, or `dsr` with where it runs per interface.
+    #[serde(default)]
+    pub forwarding: String,
     pub backends: Vec<BackendStatus>,
     /// Global data-path counters by name ([`sticky_common::maps::COUNTER_NAMES`]).
     pub counters: BTreeMap<String, u64>,

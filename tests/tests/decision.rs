@@ -241,6 +241,7 @@ impl World {
             affinity_prefix_v6: random_prefix(rng, 128),
             _pad0: [0; 2],
             affinity_timeout_ns: 3 * SEC + rng.below(2 * 3600 * SEC),
+            ..Settings::default()
         };
         World {
             v6,

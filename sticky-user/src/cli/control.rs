@@ -144,11 +144,12 @@ pub fn status(args: StatusArgs, instance: &str) -> anyhow::Result<()> {
 pub fn render_status(s: &Status) -> String {
     let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
     let mut out = format!(
-        "instance {} · vip {} on {} · table {} slots · {} clients with affinity (by prefix {}) · \
+        "instance {} · vip {} on {} · forwarding {} · table {} slots · {} clients with affinity (by prefix {}) · \
          {} flow entries ({} in handshake) · maps {:.1} MiB · pins {}\n",
         s.instance,
         vips.join(","),
         s.ifaces.join(","),
+        if s.forwarding.is_empty() { "nat" } else { &s.forwarding },
         s.table_size,
         s.affinity_entries,
         s.affinity_prefix,

@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{
-    ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
+    ConfigError,
+    forward::{ForwardMode, XdpMode}, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, merge::merge_fields, with_default,
 };
 use crate::{duration, health::HealthLayer, logging::LogFormat, proxy::config::ProxyLayer};
@@ -53,6 +54,19 @@ pub struct Layer {
     /// [default: off].
     #[arg(long, value_name = "DURATION")]
     pub slow_start: Option<String>,
+    /// How client packets reach backends: nat (replies come back through this node) or dsr
+    /// (IPIP/IP6IP6 to the backend, which answers the client directly; backends need
+    /// `sticky backend-setup`; health checks default to tcp) [default: nat].
+    #[arg(long, value_name = "MODE")]
+    pub forward: Option<ForwardMode>,
+    /// DSR on XDP: auto (native where the driver has it, else tc), native, generic or off
+    /// [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub xdp: Option<XdpMode>,
+    /// DSR: outer source address, one per family (repeatable) [default: the interface's own
+    /// global address].
+    #[arg(long, value_name = "ADDR")]
+    pub dsr_source: Vec<String>,
     #[arg(long, help = with_default(
         "Connection-tracking entries (two per connection)",
         DEFAULT_MAX_FLOWS,
@@ -98,6 +112,9 @@ merge_fields!(Layer {
     affinity_timeout,
     affinity_prefix,
     slow_start,
+    forward,
+    xdp,
+    dsr_source,
     max_flows,
     max_new_flows,
     max_clients,

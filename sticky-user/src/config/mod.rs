@@ -1,12 +1,14 @@
 //! `sticky run` configuration: flags, or the same names in a TOML file (flags win), checked
 //! as a whole before anything touches the kernel.
 
+mod forward;
 mod layer;
 mod merge;
 mod prefix;
 
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
+pub use forward::{ForwardError, ForwardMode, Forwarding, XdpMode};
 pub use layer::Layer;
 pub use merge::Merge;
 pub(crate) use merge::merge_fields;
@@ -52,6 +54,8 @@ pub struct Config {
     pub affinity_prefix: AffinityPrefix,
     /// How long a joining or rising backend ramps up its table share (`--slow-start`).
     pub slow_start: Option<Duration>,
+    /// NAT or direct server return (`--forward`, `--xdp`, `--dsr-source`).
+    pub forward: Forwarding,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -116,6 +120,8 @@ pub enum ConfigError {
     SlowStart(duration::DurationError),
     #[error("{0}")]
     Prefix(PrefixError),
+    #[error("{0}")]
+    Forward(ForwardError),
     #[error("{name} must be at least {min}")]
     TooSmall { name: &'static str, min: u32 },
     #[error("instance name '{0}' must be 1-32 letters, digits, '-' or '_'")]
@@ -221,8 +227,24 @@ impl Layer {
         if !instance_ok {
             return Err(ConfigError::Instance(instance));
         }
-        let health = self.health.validate().map_err(ConfigError::Health)?;
+        let mut health_layer = self.health;
+        if self.forward == Some(ForwardMode::Dsr) && health_layer.check.is_none() {
+            // Backends answer clients directly: their resets never pass this node, so the
+            // passive health of NAT sees nothing. Active checks stand in.
+            health_layer.check = Some("tcp".into());
+        }
+        let health = health_layer.validate().map_err(ConfigError::Health)?;
         let proxy = self.proxy.validate().map_err(ConfigError::Proxy)?;
+        let backend_addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let forward = forward::validate(
+            self.forward,
+            self.xdp,
+            &self.dsr_source,
+            &vips,
+            &backend_addrs,
+            proxy.is_some(),
+        )
+        .map_err(ConfigError::Forward)?;
         if let Some(p) = &proxy
             && vips.contains(&p.listen)
         {
@@ -246,6 +268,7 @@ impl Layer {
             affinity_timeout,
             affinity_prefix,
             slow_start,
+            forward,
             max_flows,
             max_new_flows,
             max_clients,
@@ -286,6 +309,7 @@ impl Config {
             affinity_timeout,
             affinity_prefix,
             slow_start: _,
+            forward,
             max_flows,
             max_new_flows,
             max_clients,
@@ -309,6 +333,8 @@ impl Config {
             ),
             // Affinity entries are kept under the old keys: a new prefix starts afresh.
             ("affinity-prefix", *affinity_prefix != new.affinity_prefix),
+            // Which programs are attached is decided at start.
+            ("forward/xdp/dsr-source", *forward != new.forward),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),

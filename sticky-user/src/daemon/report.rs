@@ -36,6 +36,7 @@ pub(super) struct ReportInput {
     table_size: u32,
     affinity_timeout_ns: u64,
     affinity_prefix: String,
+    forwarding: String,
     backends: Vec<BackendSpec>,
     set: BackendSet,
     table: Arc<Vec<u32>>,
@@ -231,6 +232,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         ifaces: p.ifaces.clone(),
         table_size: p.table_size,
         affinity_prefix: p.affinity_prefix.clone(),
+        forwarding: p.forwarding.clone(),
         backends,
         counters: COUNTER_NAMES
             .iter()
@@ -286,6 +288,7 @@ impl Daemon {
             table_size: self.dp.table_size(),
             affinity_timeout_ns: self.dp.affinity_timeout().as_nanos() as u64,
             affinity_prefix: self.config.affinity_prefix.to_string(),
+            forwarding: self.dp.forwarding(),
             backends: self.config.backends.clone(),
             set: self.publishing.set.clone(),
             table: Arc::clone(&self.publishing.table),

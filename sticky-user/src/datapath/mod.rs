@@ -2,6 +2,7 @@
 //! inside [`Datapath`]; callers get typed handles on its maps and programs.
 
 mod maps;
+mod node_addr;
 mod pins;
 
 use std::{sync::Arc, time::Duration};
@@ -11,9 +12,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData},
     programs::{
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use sticky_common::{
@@ -28,7 +30,13 @@ pub use self::{
     maps::{Counters, MapMemory, MapReader},
     pins::Pins,
 };
-use crate::{backends::BackendSet, config::Config, object, proxy::splice::Splicer, table};
+use crate::{
+    backends::BackendSet,
+    config::{Config, Forwarding, XdpMode},
+    object,
+    proxy::splice::Splicer,
+    table,
+};
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -39,6 +47,9 @@ pub struct Datapath {
     reader: Arc<MapReader>,
     /// The kernel programs' error log (aya-log), until the daemon takes it to read it.
     log: Option<KernelLog>,
+    forward: Forwarding,
+    /// Per interface, where the DSR program runs: "xdp native", "xdp generic" or "tc".
+    hooks: Vec<(String, &'static str)>,
 }
 
 /// aya-log's reader of the programs' log records, which it hands to `log` (and so `tracing`).
@@ -107,7 +118,12 @@ impl Datapath {
         // Taken before the programs load: they need the log map alive. Without it (an object
         // built without logging) the programs still run; only their error lines are lost.
         let log = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+        let classifiers: &[&str] = if config.forward.is_dsr() {
+            &[names::PROG_DSR]
+        } else {
+            &[names::PROG_INGRESS, names::PROG_EGRESS]
+        };
+        for &name in classifiers {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -115,6 +131,17 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("load program {name} (verifier)"))?;
         }
+        if let Forwarding::Dsr { xdp, .. } = &config.forward
+            && *xdp != XdpMode::Off
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(names::PROG_DSR_XDP)
+                .context("program sticky_dsr_xdp missing from the object")?
+                .try_into()?;
+            prog.load()
+                .context("load program sticky_dsr_xdp (verifier)")?;
+        }
+        let (dsr_source_v4, dsr_source_v6) = dsr_sources(config)?;
         let settings = Settings {
             table_size: config.table_size,
             // Adopted maps: keep the live half live, the next table goes to the other.
@@ -125,6 +152,8 @@ impl Datapath {
             _pad0: [0; 2],
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
+            dsr_source_v4,
+            dsr_source_v6,
         };
         let reader = Arc::new(MapReader::new(&ebpf)?);
         let mut dp = Self {
@@ -134,50 +163,164 @@ impl Datapath {
             adopted,
             reader,
             log,
+            forward: config.forward.clone(),
+            hooks: Vec::new(),
         };
         dp.write_settings()?;
         dp.set_vips(&config.vips)?;
         Ok(dp)
     }
 
-    /// Attaches ingress (DNAT) and egress (reverse NAT) on `iface` (tcx on kernels ≥ 6.6).
-    /// With pins, a link a previous daemon pinned is swapped to the new program atomically
-    /// (no packet sees no program); a new link is pinned so it outlives this process.
+    /// Attaches the programs of the forwarding mode on `iface` (tcx on kernels ≥ 6.6): NAT,
+    /// ingress (DNAT) and egress (reverse NAT); DSR, the encapsulating ingress on tc, and on
+    /// XDP as asked. With pins, a link a previous daemon pinned is swapped to the new program
+    /// atomically (no packet sees no program); a new link is pinned so it outlives this
+    /// process. Pins of the other mode are refused: that instance must stop first.
     pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
-        for (name, kind) in [
-            (names::PROG_EGRESS, TcAttachType::Egress),
-            (names::PROG_INGRESS, TcAttachType::Ingress),
-        ] {
-            let pin = self.pins.as_ref().map(|p| p.link(iface, kind));
-            let prog = self.classifier(name)?;
-            match pin {
-                Some(pin) if pin.exists() => {
-                    let link = PinnedLink::from_pin(&pin)
-                        .with_context(|| format!("open pinned link {}", pin.display()))?;
-                    let link =
-                        SchedClassifierLink::try_from(FdLink::from(link)).with_context(|| {
-                            format!("pinned link {} is not a tc link", pin.display())
-                        })?;
-                    prog.attach_to_link(link)
-                        .with_context(|| format!("swap {name} into the pinned link on {iface}"))?;
+        let dsr = self.forward.is_dsr();
+        if let Some(pins) = &self.pins {
+            let others = if dsr {
+                [
+                    pins.link(iface, TcAttachType::Ingress),
+                    pins.link(iface, TcAttachType::Egress),
+                ]
+            } else {
+                [pins.dsr_link(iface), pins.xdp_link(iface)]
+            };
+            if others.iter().any(|p| p.exists()) {
+                let theirs = if dsr { "nat" } else { "dsr" };
+                bail!(
+                    "{iface} has pinned links of this instance made with --forward {theirs}: \
+                     stop that instance with `sticky stop` first (that ends its connections)"
+                );
+            }
+        }
+        let programs: &[(&str, TcAttachType)] = if dsr {
+            &[(names::PROG_DSR, TcAttachType::Ingress)]
+        } else {
+            &[
+                (names::PROG_EGRESS, TcAttachType::Egress),
+                (names::PROG_INGRESS, TcAttachType::Ingress),
+            ]
+        };
+        for &(name, kind) in programs {
+            let pin = self.pins.as_ref().map(|p| {
+                if dsr {
+                    p.dsr_link(iface)
+                } else {
+                    p.link(iface, kind)
                 }
-                Some(pin) => {
-                    let id = prog
-                        .attach(iface, kind)
-                        .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
-                    let link = prog.take_link(id)?;
-                    let link = FdLink::try_from(link)
-                        .context("tc link is not an fd link (tcx needs Linux 6.6+ for pinning)")?;
-                    link.pin(&pin)
-                        .with_context(|| format!("pin link {}", pin.display()))?;
-                }
-                None => {
-                    prog.attach(iface, kind)
-                        .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
-                }
+            });
+            self.attach_tc(iface, name, kind, pin)?;
+        }
+        if let Forwarding::Dsr { xdp, .. } = self.forward.clone() {
+            let hook = self.attach_xdp(iface, xdp)?;
+            self.hooks.push((iface.to_string(), hook));
+        }
+        Ok(())
+    }
+
+    /// Per interface, where the DSR program runs ("xdp native", "xdp generic", "tc").
+    pub fn hooks(&self) -> &[(String, &'static str)] {
+        &self.hooks
+    }
+
+    /// How the node forwards, for status: `nat`, or `dsr (eth0 xdp native)`.
+    pub fn forwarding(&self) -> String {
+        match self.forward {
+            Forwarding::Nat => "nat".into(),
+            Forwarding::Dsr { .. } => {
+                let hooks: Vec<String> =
+                    self.hooks.iter().map(|(i, h)| format!("{i} {h}")).collect();
+                format!("dsr ({})", hooks.join(", "))
+            }
+        }
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &str,
+        kind: TcAttachType,
+        pin: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<()> {
+        let prog = self.classifier(name)?;
+        match pin {
+            Some(pin) if pin.exists() => {
+                let link = PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("open pinned link {}", pin.display()))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(link))
+                    .with_context(|| format!("pinned link {} is not a tc link", pin.display()))?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("swap {name} into the pinned link on {iface}"))?;
+            }
+            Some(pin) => {
+                let id = prog
+                    .attach(iface, kind)
+                    .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
+                let link = prog.take_link(id)?;
+                let link = FdLink::try_from(link)
+                    .context("tc link is not an fd link (tcx needs Linux 6.6+ for pinning)")?;
+                link.pin(&pin)
+                    .with_context(|| format!("pin link {}", pin.display()))?;
+            }
+            None => {
+                prog.attach(iface, kind)
+                    .with_context(|| format!("attach {name} to tc {kind:?} on {iface}"))?;
             }
         }
         Ok(())
+    }
+
+    /// Attaches the DSR XDP program as `mode` asks; returns where DSR runs on `iface`.
+    /// `auto` takes native XDP where the driver has it and leaves tc alone otherwise.
+    fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+        let (flags, label) = match mode {
+            XdpMode::Off => return Ok("tc"),
+            XdpMode::Auto | XdpMode::Native => (aya::programs::XdpMode::Driver, "xdp native"),
+            XdpMode::Generic => (aya::programs::XdpMode::Skb, "xdp generic"),
+        };
+        let pin = self.pins.as_ref().map(|p| p.xdp_link(iface));
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_DSR_XDP)
+            .context("program sticky_dsr_xdp missing")?
+            .try_into()?;
+        if let Some(pin) = &pin
+            && pin.exists()
+        {
+            let link = PinnedLink::from_pin(pin)
+                .with_context(|| format!("open pinned link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .with_context(|| format!("pinned link {} is not an XDP link", pin.display()))?;
+            prog.attach_to_link(link)
+                .with_context(|| format!("swap sticky_dsr_xdp into the pinned link on {iface}"))?;
+            return Ok(label);
+        }
+        let id = match prog.attach(iface, flags) {
+            Ok(id) => id,
+            Err(e) if mode == XdpMode::Auto => {
+                tracing::info!(
+                    iface,
+                    error = %e,
+                    "no native XDP on this interface: DSR runs on tc alone"
+                );
+                return Ok("tc");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "attach sticky_dsr_xdp to {iface} ({label}); --xdp off runs DSR on tc alone"
+                )));
+            }
+        };
+        if let Some(pin) = pin {
+            let link = prog.take_link(id)?;
+            let link = FdLink::try_from(link)
+                .context("XDP link is not an fd link (pinning needs bpf_link, Linux 5.9+)")?;
+            link.pin(&pin)
+                .with_context(|| format!("pin link {}", pin.display()))?;
+        }
+        Ok(label)
     }
 
     pub fn adopted(&self) -> bool {
@@ -420,6 +563,38 @@ impl Datapath {
     pub fn affinity_timeout(&self) -> Duration {
         Duration::from_nanos(self.settings.affinity_timeout_ns)
     }
+}
+
+/// DSR's outer sources: configured, else the first interface's global address of each
+/// family; NAT needs none.
+fn dsr_sources(config: &Config) -> anyhow::Result<(Addr16, Addr16)> {
+    let Forwarding::Dsr { sources, .. } = &config.forward else {
+        return Ok((Addr16::default(), Addr16::default()));
+    };
+    let mut out = [Addr16::default(), Addr16::default()];
+    for (slot, v4) in [(0, true), (1, false)] {
+        let configured = sources.iter().find(|a| a.is_ipv4() == v4).copied();
+        let found = match configured {
+            Some(a) => Some(a),
+            None => config
+                .ifaces
+                .iter()
+                .find_map(|i| node_addr::global_addr(i, v4).ok().flatten()),
+        };
+        let needed = config.vips.iter().any(|v| v.is_ipv4() == v4);
+        match found {
+            Some(a) => out[slot] = Addr16::from_ip(a),
+            None if needed => bail!(
+                "--forward dsr: no IPv{} address on {} for the outer source; give --dsr-source \
+                 ADDR",
+                if v4 { 4 } else { 6 },
+                config.ifaces.join(", ")
+            ),
+            None => {}
+        }
+    }
+    let [v4, v6] = out;
+    Ok((v4, v6))
 }
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {

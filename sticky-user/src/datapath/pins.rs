@@ -37,6 +37,17 @@ impl Pins {
         self.dir.join("links").join(format!("{iface}-{dir}"))
     }
 
+    /// The DSR XDP link on `iface`.
+    pub(super) fn xdp_link(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{iface}-xdp"))
+    }
+
+    /// The DSR tc ingress link on `iface`: named apart from NAT's, so a daemon can tell which
+    /// mode the pins were made in.
+    pub(super) fn dsr_link(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{iface}-ingress-dsr"))
+    }
+
     /// Whether a previous daemon left pinned state here.
     pub fn exist(&self) -> bool {
         self.map(names::SETTINGS).exists()

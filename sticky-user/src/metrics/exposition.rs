@@ -164,6 +164,26 @@ impl Collector for StatusCollector {
         for (result, &count) in &s.counters {
             packets.sample(&mut metric, &[("result", result)], Value::Int(count))?;
         }
+        // DSR's failures, also under `sticky_packets_total{result=…}`: alertable by name.
+        let dsr = [
+            (
+                "encap_errors",
+                "DSR packets dropped: no route to the backend, or encapsulation failed.",
+                "encap_error",
+            ),
+            (
+                "too_big",
+                "DSR packets dropped: encapsulated, they exceed the path MTU (backends \
+                 should clamp their MSS: sticky backend-setup).",
+                "too_big",
+            ),
+        ];
+        for (name, help, counter) in dsr {
+            let family = Family(name, Counter, help);
+            let mut metric = family.describe(&mut out)?;
+            let count = s.counters.get(counter).copied().unwrap_or(0);
+            family.sample(&mut metric, &[], Value::Int(count))?;
+        }
         let globals = [
             (
                 "affinity_entries",
@@ -369,6 +389,7 @@ pub(super) mod tests {
             ifaces: vec!["eth0".into()],
             table_size: 65537,
             affinity_prefix: "24,64".into(),
+            forwarding: "dsr (eth0 xdp native)".into(),
             backends: vec![
                 BackendStatus {
                     id: 0,
