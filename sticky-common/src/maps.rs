@@ -129,7 +129,11 @@ pub struct Settings {
     pub affinity_prefix_v4: u8,
     /// The same for IPv6 clients.
     pub affinity_prefix_v6: u8,
-    pub _pad0: [u8; 2],
+    /// DSR on XDP: 1 sends packets back out of the interface they came in on with
+    /// XDP_REDIRECT instead of XDP_TX. A veth only wakes its peer for XDP_TX when the peer
+    /// runs XDP itself; otherwise the frames wait there for unrelated traffic.
+    pub xdp_tx_by_redirect: u8,
+    pub _pad0: u8,
     /// A client's affinity lapses after this long without traffic.
     pub affinity_timeout_ns: u64,
     /// Direct server return: the outer source of IPv4-in-IPv4 packets (the node's address).
@@ -149,7 +153,8 @@ impl Default for Settings {
             hash_seed: 0,
             affinity_prefix_v4: crate::defaults::DEFAULT_AFFINITY_PREFIX_V4,
             affinity_prefix_v6: crate::defaults::DEFAULT_AFFINITY_PREFIX_V6,
-            _pad0: [0; 2],
+            xdp_tx_by_redirect: 0,
+            _pad0: 0,
             affinity_timeout_ns: 0,
             dsr_source_v4: Addr16 { words: [0; 4] },
             dsr_source_v6: Addr16 { words: [0; 4] },

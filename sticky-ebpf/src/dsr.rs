@@ -355,7 +355,8 @@ fn xdp_encap(ctx: &XdpContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Xdp>(COUNTER_ENCAP_ERROR);
     }
     sent(t, (ctx.data_end() - ctx.data()) as u32);
-    if out_ifindex == in_ifindex {
+    let by_redirect = SETTINGS.get(0).is_some_and(|s| s.xdp_tx_by_redirect != 0);
+    if out_ifindex == in_ifindex && !by_redirect {
         xdp_action::XDP_TX as i32
     } else {
         // SAFETY: plain helper call; on a bad index it returns XDP_ABORTED.

@@ -239,7 +239,6 @@ impl World {
             hash_seed: seed,
             affinity_prefix_v4: random_prefix(rng, 32),
             affinity_prefix_v6: random_prefix(rng, 128),
-            _pad0: [0; 2],
             affinity_timeout_ns: 3 * SEC + rng.below(2 * 3600 * SEC),
             ..Settings::default()
         };

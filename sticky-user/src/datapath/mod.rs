@@ -149,7 +149,8 @@ impl Datapath {
             hash_seed: config.seed,
             affinity_prefix_v4: config.affinity_prefix.v4,
             affinity_prefix_v6: config.affinity_prefix.v6,
-            _pad0: [0; 2],
+            xdp_tx_by_redirect: u8::from(xdp_tx_by_redirect(config)),
+            _pad0: 0,
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
             dsr_source_v4,
@@ -379,6 +380,15 @@ impl Datapath {
             .try_into()?)
     }
 
+    /// The DSR XDP program (loaded unless `--xdp off`), for BPF_PROG_TEST_RUN.
+    pub fn xdp_program(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(names::PROG_DSR_XDP)
+            .context("program sticky_dsr_xdp missing")?
+            .try_into()?)
+    }
+
     /// A map by name, for tests and tools that set up state the daemon never writes.
     pub fn map(&self, name: &str) -> Option<&Map> {
         self.ebpf.map(name)
@@ -563,6 +573,15 @@ impl Datapath {
     pub fn affinity_timeout(&self) -> Duration {
         Duration::from_nanos(self.settings.affinity_timeout_ns)
     }
+}
+
+/// Whether XDP must redirect rather than XDP_TX: on veth (see `Settings`).
+fn xdp_tx_by_redirect(config: &Config) -> bool {
+    config.forward.is_dsr()
+        && config
+            .ifaces
+            .iter()
+            .any(|i| node_addr::driver(i).is_ok_and(|d| d == "veth"))
 }
 
 /// DSR's outer sources: configured, else the first interface's global address of each
