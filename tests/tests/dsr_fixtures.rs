@@ -321,15 +321,16 @@ fn too_big_and_unroutable_are_dropped_and_counted() {
     }
     in_namespace(|| {
         let mut dp = load(VIP_V4, sa("10.77.0.2:80"));
-        // A full 1500-byte segment: 1520 encapsulated, over the interface's MTU.
+        // A full 1500-byte packet (SYN with its MSS option): 1520 encapsulated, over the
+        // interface's MTU.
         let big = Pkt::syn(sa(CLIENT_V4), sa(VIP_V4))
-            .payload(&[7u8; 1460])
+            .payload(&[7u8; 1456])
             .build();
         assert_eq!(big.len(), ETH_LEN + 1500);
         assert_eq!(run_tc(&mut dp, &big).0, TC_ACT_SHOT);
         assert_eq!(run_xdp(&mut dp, &big).0, XDP_DROP);
         let fits = Pkt::syn(sa(CLIENT_V4), sa(VIP_V4))
-            .payload(&[7u8; 1440])
+            .payload(&[7u8; 1436])
             .build();
         assert_eq!(run_tc(&mut dp, &fits).0, TC_ACT_REDIRECT, "MSS 1440 fits");
         let counters = dp.counters().unwrap();
@@ -359,8 +360,17 @@ fn what_is_not_ours_passes_untouched() {
             ("UDP to the VIP", Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).udp().build()),
             ("fragment", Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).frag(0x2001).build()),
             ("truncated TCP", syn_frame[..ETH_LEN + 20 + 10].to_vec()),
-            ("truncated IP", syn_frame[..ETH_LEN + 12].to_vec()),
-            ("Ethernet only", syn_frame[..ETH_LEN].to_vec()),
+            ("IPv4 length past the frame", {
+                let mut f = syn_frame.clone();
+                f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&1000u16.to_be_bytes());
+                f
+            }),
+            ("IPv4 header length 4", {
+                let mut f = syn_frame.clone();
+                f[ETH_LEN] = 0x41;
+                f
+            }),
+            ("IPv6 truncated TCP", syn(CLIENT_V6, VIP_V6)[..ETH_LEN + 40 + 8].to_vec()),
         ];
         let mut arp = syn_frame[..42].to_vec();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
