@@ -12,61 +12,24 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use common::{
-    datapath::{SEED, TABLE_SIZE, TCX_NEXT, TC_ACT_SHOT, bpf_or_skip, sa},
-    packets::{ETH_LEN, Pkt, checksum},
+    datapath::{SEED, TABLE_SIZE, TC_ACT_SHOT, TCX_NEXT, bpf_or_skip, sa},
+    dsr_net::{
+        self, BACKEND_MAC, GATEWAY_MAC, IF, NODE_MAC, NODE_V4, NODE_V6, TC_ACT_REDIRECT,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, encapsulated, namespace, tx_by_redirect,
+    },
+    packets::{ETH_LEN, Pkt},
 };
 use sticky::{
     config::{Config, ForwardMode, Layer, XdpMode},
     datapath::Datapath,
 };
 use sticky_common::maps::{COUNTER_DSR, COUNTER_ENCAP_ERROR, COUNTER_TOO_BIG};
-use sticky_tests::{Netns, unique_name, veth};
 
-const TC_ACT_REDIRECT: i32 = 7;
-const XDP_DROP: i32 = 1;
-const XDP_PASS: i32 = 2;
-const XDP_TX: i32 = 3;
-const XDP_REDIRECT: i32 = 4;
-
-const IF: &str = "dsrfx0";
-const PEER: &str = "dsrfx1";
-const NODE_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x01];
-const BACKEND_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x02];
-const GATEWAY_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0xfe];
-const NODE_V4: &str = "10.77.0.1";
-const NODE_V6: &str = "fd00:77::1";
 const VIP_V4: &str = "198.19.255.100:80";
 const VIP_V6: &str = "[fd00:19:ff::100]:80";
 const CLIENT_V4: &str = "198.18.1.1:40000";
 const CLIENT_V6: &str = "[fd00:18::1]:40000";
-
-/// A namespace with the node's interface, a backend on its segment (permanent neighbour), a
-/// gateway to a routed backend network, a neighbour never resolved, forwarding on.
-fn namespace() -> Netns {
-    let ns = Netns::create(&unique_name("dsrfx")).expect("namespace");
-    veth(&ns, IF, &ns, PEER).expect("veth");
-    let mac = NODE_MAC.map(|b| format!("{b:02x}")).join(":");
-    let lladdr = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
-    let batch = format!(
-        "link set {IF} address {mac}\n\
-         addr add {NODE_V4}/24 dev {IF}\n\
-         addr add {NODE_V6}/64 dev {IF} nodad\n\
-         neigh add 10.77.0.2 lladdr {be} dev {IF} nud permanent\n\
-         neigh add fd00:77::2 lladdr {be} dev {IF} nud permanent\n\
-         neigh add 10.77.0.254 lladdr {gw} dev {IF} nud permanent\n\
-         neigh add fd00:77::fe lladdr {gw} dev {IF} nud permanent\n\
-         route add 10.78.0.0/24 via 10.77.0.254 dev {IF}\n\
-         route add fd00:78::/64 via fd00:77::fe dev {IF}\n",
-        be = lladdr(BACKEND_MAC),
-        gw = lladdr(GATEWAY_MAC),
-    );
-    ns.ip_batch(&batch).expect("addresses, neighbours, routes");
-    ns.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1").expect("forwarding");
-    ns
-}
 
 /// A DSR datapath (tc and XDP programs loaded) with one backend, in the current namespace.
 fn load(vip: &str, backend: SocketAddr) -> Datapath {
@@ -93,68 +56,11 @@ fn load(vip: &str, backend: SocketAddr) -> Datapath {
     dp
 }
 
-/// Whether XDP sends back out with XDP_REDIRECT (what the daemon sets on veth, as here) or
-/// XDP_TX (what it sets on other drivers).
-fn tx_by_redirect(dp: &mut Datapath, on: bool) {
-    let map = dp.map_mut(sticky_common::maps::SETTINGS).expect("settings map");
-    let mut settings: aya::maps::Array<_, sticky_common::maps::Settings> =
-        aya::maps::Array::try_from(map).expect("settings array");
-    let mut s = settings.get(&0, 0).expect("settings");
-    s.xdp_tx_by_redirect = u8::from(on);
-    settings.set(0, s, 0).expect("write settings");
-}
-
-fn ifindex() -> u32 {
-    let name = std::ffi::CString::new(IF).unwrap();
-    // SAFETY: a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(i, 0, "{IF} exists here");
-    i
-}
-
-/// tc: the skb arrives on the node's interface (`__sk_buff.ifindex`).
-fn run_tc(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex().to_ne_bytes());
-    let mut out = vec![0u8; input.len() + 256];
-    let prog = dp.classifier(sticky_common::maps::PROG_DSR).expect("sticky_dsr");
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr: {e}"));
-    out.truncate(res.data_size_out as usize);
-    (res.return_value as i32, out)
-}
-
-/// XDP: the frame arrives on the node's interface, queue 0 (`xdp_md`).
-fn run_xdp(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex().to_ne_bytes());
-    let mut out = vec![0u8; input.len() + 256];
-    let prog = dp.xdp_program().expect("sticky_dsr_xdp");
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr_xdp: {e}"));
-    out.truncate(res.data_size_out as usize);
-    (res.return_value as i32, out)
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Checks `out` is `input`'s IP packet behind an outer header from `src` to `dst`, in a frame
-/// from `smac` to `dmac` (none: the Ethernet header as it came, for the neighbour redirect).
+/// `encapsulated` towards `dst`, or the test fails saying why.
 fn assert_encapsulated(
     input: &[u8],
     out: &[u8],
@@ -162,55 +68,19 @@ fn assert_encapsulated(
     dst: IpAddr,
     macs: Option<([u8; 6], [u8; 6])>,
 ) {
-    let inner = &input[ETH_LEN..];
-    let v6 = src.is_ipv6();
-    let outer_len = if v6 { 40 } else { 20 };
-    assert_eq!(out.len(), input.len() + outer_len, "grown by one outer header");
-    match macs {
-        Some((smac, dmac)) => {
-            assert_eq!(&out[0..6], &dmac, "destination MAC: the next hop's");
-            assert_eq!(&out[6..12], &smac, "source MAC: the node's");
-        }
-        None => assert_eq!(&out[0..12], &input[0..12], "MACs left to the neighbour redirect"),
+    match encapsulated(input, out, src, macs) {
+        Ok(to) => assert_eq!(to, dst, "outer destination: the backend"),
+        Err(why) => panic!("{why}\n  in:  {input:02x?}\n  out: {out:02x?}"),
     }
-    assert_eq!(&out[12..14], &input[12..14], "ethertype of the outer family");
-    let outer = &out[ETH_LEN..ETH_LEN + outer_len];
-    assert_eq!(&out[ETH_LEN + outer_len..], inner, "inner packet byte for byte");
-    if v6 {
-        let tc_in = ((inner[0] & 0x0f) << 4) | (inner[1] >> 4);
-        assert_eq!(outer[0] >> 4, 6, "version");
-        assert_eq!(((outer[0] & 0x0f) << 4) | (outer[1] >> 4), tc_in, "traffic class");
-        assert_eq!(
-            usize::from(u16::from_be_bytes([outer[4], outer[5]])),
-            inner.len(),
-            "payload length"
-        );
-        assert_eq!(outer[6], 41, "next header IPv6");
-        assert_eq!(outer[7], 64, "hop limit");
-        assert_eq!(IpAddr::from(<[u8; 16]>::try_from(&outer[8..24]).unwrap()), src);
-        assert_eq!(IpAddr::from(<[u8; 16]>::try_from(&outer[24..40]).unwrap()), dst);
-    } else {
-        assert_eq!(outer[0], 0x45, "version 4, no options");
-        assert_eq!(outer[1], inner[1], "TOS carried over");
-        assert_eq!(
-            usize::from(u16::from_be_bytes([outer[2], outer[3]])),
-            inner.len() + 20,
-            "total length"
-        );
-        assert_eq!(u16::from_be_bytes([outer[6], outer[7]]), 0x4000, "DF, no fragment");
-        assert_eq!(outer[8], 64, "TTL");
-        assert_eq!(outer[9], 4, "protocol IPIP");
-        assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&outer[12..16]).unwrap()), src);
-        assert_eq!(IpAddr::from(<[u8; 4]>::try_from(&outer[16..20]).unwrap()), dst);
-        let mut zeroed = outer.to_vec();
-        zeroed[10] = 0;
-        zeroed[11] = 0;
-        assert_eq!(
-            u16::from_be_bytes([outer[10], outer[11]]),
-            checksum(&[&zeroed]),
-            "header checksum, recomputed from the bytes"
-        );
-    }
+}
+
+fn run_tc(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
+    dsr_net::run_tc(dp, input).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr: {e}"))
+}
+
+fn run_xdp(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
+    dsr_net::run_xdp(dp, input)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr_xdp: {e}"))
 }
 
 /// A client SYN to `vip` with payload and a non-zero TOS / traffic class.
@@ -226,7 +96,7 @@ fn syn(client: &str, vip: &str) -> Vec<u8> {
 }
 
 fn in_namespace(f: impl FnOnce() + Send) {
-    let ns = namespace();
+    let ns = namespace(1500);
     ns.run(f).expect("namespace thread");
 }
 
@@ -336,7 +206,7 @@ fn too_big_and_unroutable_are_dropped_and_counted() {
         let counters = dp.counters().unwrap();
         assert_eq!(counters.values[COUNTER_TOO_BIG as usize], 2);
 
-        let mut dp = load(VIP_V4, sa("10.99.0.1:80"));
+        let mut dp = load(VIP_V4, sa("192.0.2.1:80"));
         let input = syn(CLIENT_V4, VIP_V4);
         assert_eq!(run_tc(&mut dp, &input).0, TC_ACT_SHOT, "no route to the backend");
         assert_eq!(run_xdp(&mut dp, &input).0, XDP_DROP);

@@ -37,6 +37,16 @@
 //!   `Malformed`, `_UNHANDLED`, `_NAT`, `_DROP_NO_BACKEND`) goes up by one, the others of
 //!   these stay; a refused frame changes none.
 //!
+//! Direct server return (`sticky_dsr` on tc, `sticky_dsr_xdp`, drawn at random per frame,
+//! run in a namespace whose FIB routes the backends through a gateway, MTU 9000 so that no
+//! frame here is too big): the same frames and model on ingress, with DSR's outcomes — what
+//! is not ours untouched with `TCX_NEXT` (tc, counted) or `XDP_PASS` (XDP: not counted there,
+//! tc counts it after); a segment to the VIP redirected (`TC_ACT_REDIRECT` / `XDP_REDIRECT`)
+//! as the input frame behind an outer IPIP/IP6IP6 header from the node to an allowed backend
+//! (`dsr_net::encapsulated`: every outer field, the outer checksum from the bytes, the inner
+//! packet byte for byte — so checksum errors carry over untouched); no backend: dropped
+//! (`TC_ACT_SHOT` / `XDP_DROP`) unmodified, counted.
+//!
 //! Setups, each one loaded datapath whose backends change between phases: IPv4 and IPv6 VIPs
 //! with 3 remote backends (all up; one draining; one more down; that one removed; all removed;
 //! all back with new generations), and IPv4 and IPv6 local-port backends (the address stays,
@@ -56,9 +66,13 @@ use std::{
 };
 
 use aya::programs::ProgramError;
-use common::{datapath::*, packets::*};
+use common::{
+    datapath::*,
+    dsr_net::{self, GATEWAY_MAC, NODE_MAC, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    packets::*,
+};
 use sticky::{
-    config::Config,
+    config::{Config, Forwarding, XdpMode},
     decision::{Published, no_affinity},
     table,
 };
@@ -66,8 +80,9 @@ use sticky_common::{
     Addr16, BackendState,
     choice::slot_of,
     maps::{
-        Affinity, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND, COUNTER_NAT,
-        COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED, NO_BACKEND,
+        Affinity, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND, COUNTER_DSR,
+        COUNTER_ENCAP_ERROR, COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_TOO_BIG,
+        COUNTER_UNHANDLED, NO_BACKEND,
     },
 };
 use sticky_tests::SplitMix64;
@@ -81,14 +96,19 @@ const NEW_FLOW_BUDGET: usize = MAX_FLOWS as usize / 4;
 /// BPF_PROG_TEST_RUN refuses frames over about a page (less headroom and skb_shared_info).
 const MAX_FRAME: usize = 3000;
 /// The outcome counters; any others the object grows are not this test's business.
-const COUNTERS: [(u32, &str); 6] = [
+const COUNTERS: [(u32, &str); 9] = [
     (COUNTER_PASS, "pass"),
     (COUNTER_PARSE_ERROR, "parse error"),
     (COUNTER_UNHANDLED, "unhandled"),
     (COUNTER_DROP_NO_BACKEND, "drop: no backend"),
     (COUNTER_DROP_NAT_ERROR, "drop: NAT error"),
     (COUNTER_NAT, "nat"),
+    (COUNTER_DSR, "dsr"),
+    (COUNTER_ENCAP_ERROR, "drop: encapsulation error"),
+    (COUNTER_TOO_BIG, "drop: too big"),
 ];
+/// DSR setups' interface MTU: no frame of this campaign (`MAX_FRAME`) is too big for it.
+const DSR_MTU: u32 = 9000;
 
 #[test]
 fn packet_fuzz() {
@@ -107,16 +127,25 @@ fn packet_fuzz() {
     let shares: u64 = scenarios.iter().map(|s| s.share).sum();
     for scenario in &scenarios {
         let budget = frames * scenario.share / shares;
-        let mut fuzz = Fuzz::new(scenario, Rng::new(rng.next()), seed);
-        for (i, step) in scenario.steps.iter().enumerate() {
-            fuzz.step(*step);
-            let n = budget / scenario.steps.len() as u64
-                + u64::from(i == 0) * (budget % scenario.steps.len() as u64);
-            for _ in 0..n {
-                fuzz.one(&mut stats);
+        let scenario_rng = Rng::new(rng.next());
+        let run = |stats: &mut Stats| {
+            let mut fuzz = Fuzz::new(scenario, scenario_rng, seed);
+            for (i, step) in scenario.steps.iter().enumerate() {
+                fuzz.step(*step);
+                let n = budget / scenario.steps.len() as u64
+                    + u64::from(i == 0) * (budget % scenario.steps.len() as u64);
+                for _ in 0..n {
+                    fuzz.one(stats);
+                }
             }
+            stats.reloads += fuzz.reloads;
+        };
+        if scenario.dsr {
+            let ns = dsr_net::namespace(DSR_MTU);
+            ns.run(|| run(&mut stats)).expect("DSR setup's namespace");
+        } else {
+            run(&mut stats);
         }
-        stats.reloads += fuzz.reloads;
     }
     stats.print(start.elapsed());
 }
@@ -183,6 +212,8 @@ struct Scenario {
     steps: Vec<Step>,
     /// Relative share of the frames.
     share: u64,
+    /// Forwarding by DSR (`Prog::Dsr` / `Prog::DsrXdp` on ingress, no egress).
+    dsr: bool,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -196,13 +227,15 @@ fn scenarios() -> Vec<Scenario> {
             backends: v4_backends(3),
             steps: remote.clone(),
             share: 7,
+            dsr: false,
         },
         Scenario {
             name: "v6",
             vip: sa("[fd00::100]:80"),
             backends: v6_backends(3),
-            steps: remote,
+            steps: remote.clone(),
             share: 7,
+            dsr: false,
         },
         Scenario {
             name: "v4 local",
@@ -210,6 +243,7 @@ fn scenarios() -> Vec<Scenario> {
             backends: vec![sa("192.0.2.10:8080"), sa("192.0.2.10:8081")],
             steps: local.clone(),
             share: 3,
+            dsr: false,
         },
         Scenario {
             name: "v6 local",
@@ -217,6 +251,24 @@ fn scenarios() -> Vec<Scenario> {
             backends: vec![sa("[fd00::100]:8080"), sa("[fd00::100]:8081")],
             steps: local,
             share: 3,
+            dsr: false,
+        },
+        // DSR backends are other hosts on the VIP's port, routed through the gateway.
+        Scenario {
+            name: "v4 dsr",
+            vip: sa("192.0.2.10:80"),
+            backends: (1..=3).map(|i| sa(&format!("10.{i}.0.2:80"))).collect(),
+            steps: remote.clone(),
+            share: 4,
+            dsr: true,
+        },
+        Scenario {
+            name: "v6 dsr",
+            vip: sa("[fd00::100]:80"),
+            backends: (1..=3).map(|i| sa(&format!("[fd00:{i}::2]:80"))).collect(),
+            steps: remote,
+            share: 4,
+            dsr: true,
         },
     ]
 }
@@ -305,17 +357,21 @@ enum Outcome {
     DnatEstablished,
     Snat,
     Dropped,
+    DsrNew,
+    DsrEstablished,
 }
 
 impl Outcome {
     fn name(self) -> &'static str {
         match self {
             Outcome::Refused => "refused (EINVAL, too short to run)",
-            Outcome::Passed => "TCX_NEXT, byte-identical",
+            Outcome::Passed => "TCX_NEXT / XDP_PASS, byte-identical",
             Outcome::DnatNew => "TC_ACT_OK, DNAT of a new flow",
             Outcome::DnatEstablished => "TC_ACT_OK, DNAT of an established flow",
             Outcome::Snat => "TC_ACT_OK, reverse NAT of a reply",
-            Outcome::Dropped => "TC_ACT_SHOT (no backend in service)",
+            Outcome::Dropped => "TC_ACT_SHOT / XDP_DROP (no backend in service)",
+            Outcome::DsrNew => "redirected, encapsulated: a new flow",
+            Outcome::DsrEstablished => "redirected, encapsulated: an established flow",
         }
     }
 }
@@ -427,7 +483,7 @@ impl Stats {
         );
         println!(
             "  {:<36} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "category", "frames", "passed", "dnat", "snat", "dropped", "refused"
+            "category", "frames", "passed", "dnat/dsr", "snat", "dropped", "refused"
         );
         let mut totals: BTreeMap<Outcome, u64> = BTreeMap::new();
         for (c, outcomes) in &self.categories {
@@ -440,7 +496,12 @@ impl Stats {
                 c.name(),
                 outcomes.values().sum::<u64>(),
                 n(&[Outcome::Passed]),
-                n(&[Outcome::DnatNew, Outcome::DnatEstablished]),
+                n(&[
+                    Outcome::DnatNew,
+                    Outcome::DnatEstablished,
+                    Outcome::DsrNew,
+                    Outcome::DsrEstablished,
+                ]),
                 n(&[Outcome::Snat]),
                 n(&[Outcome::Dropped]),
                 n(&[Outcome::Refused]),
@@ -499,11 +560,32 @@ impl<'a> Fuzz<'a> {
     }
 
     fn config(&self) -> Config {
-        Config {
+        let config = Config {
             max_flows: MAX_FLOWS,
             max_clients: MAX_FLOWS,
             ..config("packet-fuzz", self.scenario.vip, &self.scenario.backends)
+        };
+        if !self.scenario.dsr {
+            return config;
         }
+        Config {
+            ifaces: vec![dsr_net::IF.into()],
+            forward: Forwarding::Dsr {
+                xdp: XdpMode::Native,
+                sources: vec![self.node()],
+            },
+            ..config
+        }
+    }
+
+    /// The DSR node's address of the VIP's family: the outer source.
+    fn node(&self) -> IpAddr {
+        let node = if self.v6() {
+            dsr_net::NODE_V6
+        } else {
+            dsr_net::NODE_V4
+        };
+        node.parse().expect("an address")
     }
 
     fn lb(&mut self) -> &mut Lb {
@@ -620,7 +702,7 @@ impl<'a> Fuzz<'a> {
     }
 
     fn want(&self, prog: Prog, frame: &[u8]) -> Want {
-        if refused(frame) {
+        if refused(prog, frame) {
             return Want::Refused;
         }
         let layout = match classify(frame) {
@@ -645,7 +727,7 @@ impl<'a> Fuzz<'a> {
             }
         };
         match prog {
-            Prog::Ingress if layout.dst == self.scenario.vip => {
+            Prog::Ingress | Prog::Dsr | Prog::DsrXdp if layout.dst == self.scenario.vip => {
                 if !layout.syn()
                     && let Some(&b) = self.model.flows.get(&layout.src)
                 {
@@ -661,7 +743,7 @@ impl<'a> Fuzz<'a> {
                     established: false,
                 }
             }
-            Prog::Ingress => Want::Unchanged {
+            Prog::Ingress | Prog::Dsr | Prog::DsrXdp => Want::Unchanged {
                 counter: COUNTER_PASS,
                 why: "TCP, not to the VIP",
             },
@@ -681,7 +763,21 @@ impl<'a> Fuzz<'a> {
 
     /// Generates, runs and checks one frame.
     fn one(&mut self, stats: &mut Stats) {
-        let (category, prog, frame) = self.generate();
+        let (category, prog, frame) = loop {
+            let (category, prog, frame) = self.generate();
+            if !self.scenario.dsr {
+                break (category, prog, frame);
+            }
+            // DSR has no egress program: replies never pass the node.
+            if prog == Prog::Ingress {
+                let prog = if self.rng.percent(50) {
+                    Prog::Dsr
+                } else {
+                    Prog::DsrXdp
+                };
+                break (category, prog, frame);
+            }
+        };
         let want = self.want(prog, &frame);
         let index = self.frame;
         self.frame += 1;
@@ -712,12 +808,12 @@ impl<'a> Fuzz<'a> {
             ),
             (Ok(ran), _) => ran,
         };
-        let checked = self.verify(&want, action, &frame, &out);
+        let checked = self.verify(prog, &want, action, &frame, &out);
         let (outcome, counter) = match checked {
             Ok(done) => done,
             Err(why) => self.fail(index, category, prog, &frame, &out, &why),
         };
-        self.expect_counter(Some(counter), index, category, prog, &frame, &out);
+        self.expect_counter(counter, index, category, prog, &frame, &out);
         stats.record(category, outcome, Some(action));
         if self.model.new_flows >= NEW_FLOW_BUDGET {
             self.reload();
@@ -727,11 +823,15 @@ impl<'a> Fuzz<'a> {
     /// Checks the output against `want`; returns the outcome and the counter it must count.
     fn verify(
         &mut self,
+        prog: Prog,
         want: &Want,
         action: i32,
         input: &[u8],
         out: &[u8],
-    ) -> Result<(Outcome, u32), String> {
+    ) -> Result<(Outcome, Option<u32>), String> {
+        if prog.is_dsr() {
+            return self.verify_dsr(prog == Prog::DsrXdp, want, action, input, out);
+        }
         let want_action = |want: i32| {
             if action == want {
                 Ok(())
@@ -748,12 +848,12 @@ impl<'a> Fuzz<'a> {
             Want::Unchanged { counter, why } => {
                 want_action(TCX_NEXT).map_err(|e| format!("{why}: {e}"))?;
                 unchanged(input, out).map_err(|e| format!("{why}, must pass untouched: {e}"))?;
-                Ok((Outcome::Passed, *counter))
+                Ok((Outcome::Passed, Some(*counter)))
             }
             Want::Dnat { allowed, .. } if allowed.is_empty() => {
                 want_action(TC_ACT_SHOT).map_err(|e| format!("new flow, no backend: {e}"))?;
                 unchanged(input, out).map_err(|e| format!("dropped frame modified: {e}"))?;
-                Ok((Outcome::Dropped, COUNTER_DROP_NO_BACKEND))
+                Ok((Outcome::Dropped, Some(COUNTER_DROP_NO_BACKEND)))
             }
             Want::Dnat {
                 layout,
@@ -787,12 +887,12 @@ impl<'a> Fuzz<'a> {
                 } else {
                     Outcome::DnatNew
                 };
-                Ok((outcome, COUNTER_NAT))
+                Ok((outcome, Some(COUNTER_NAT)))
             }
             Want::Snat { layout, must } => {
                 if !must && input == out {
                     want_action(TCX_NEXT).map_err(|e| format!("reply passed: {e}"))?;
-                    return Ok((Outcome::Passed, COUNTER_PASS));
+                    return Ok((Outcome::Passed, Some(COUNTER_PASS)));
                 }
                 want_action(TC_ACT_OK).map_err(|e| format!("reply: {e}"))?;
                 let after = nat_rewrite(input, out, layout).map_err(|e| format!("reply: {e}"))?;
@@ -805,7 +905,87 @@ impl<'a> Fuzz<'a> {
                         layout.dst
                     ));
                 }
-                Ok((Outcome::Snat, COUNTER_NAT))
+                Ok((Outcome::Snat, Some(COUNTER_NAT)))
+            }
+        }
+    }
+
+    /// `verify` for the DSR programs (see the module doc).
+    fn verify_dsr(
+        &mut self,
+        xdp: bool,
+        want: &Want,
+        action: i32,
+        input: &[u8],
+        out: &[u8],
+    ) -> Result<(Outcome, Option<u32>), String> {
+        let want_action = |want: i32, name: &str| {
+            if action == want {
+                Ok(())
+            } else {
+                Err(format!("action {action}, want {want} ({name})"))
+            }
+        };
+        let hook = if xdp { "XDP" } else { "tc" };
+        match want {
+            Want::Refused => unreachable!("handled by the caller"),
+            Want::Snat { .. } => unreachable!("DSR runs no egress"),
+            Want::Unchanged { counter, why } => {
+                if xdp {
+                    want_action(XDP_PASS, "XDP_PASS")
+                } else {
+                    want_action(TCX_NEXT, "TCX_NEXT")
+                }
+                .map_err(|e| format!("{hook}, {why}: {e}"))?;
+                unchanged(input, out)
+                    .map_err(|e| format!("{hook}, {why}, must pass untouched: {e}"))?;
+                // XDP leaves counting what it passes on to the tc program behind it.
+                Ok((Outcome::Passed, (!xdp).then_some(*counter)))
+            }
+            Want::Dnat { allowed, .. } if allowed.is_empty() => {
+                if xdp {
+                    want_action(XDP_DROP, "XDP_DROP")
+                } else {
+                    want_action(TC_ACT_SHOT, "TC_ACT_SHOT")
+                }
+                .map_err(|e| format!("{hook}, new flow, no backend: {e}"))?;
+                unchanged(input, out).map_err(|e| format!("dropped frame modified: {e}"))?;
+                Ok((Outcome::Dropped, Some(COUNTER_DROP_NO_BACKEND)))
+            }
+            Want::Dnat {
+                layout,
+                allowed,
+                established,
+            } => {
+                let what = if *established {
+                    "established flow"
+                } else {
+                    "new flow"
+                };
+                if xdp {
+                    want_action(XDP_REDIRECT, "XDP_REDIRECT: out again, on veth")
+                } else {
+                    want_action(TC_ACT_REDIRECT, "TC_ACT_REDIRECT")
+                }
+                .map_err(|e| format!("{hook}, {what}: {e}"))?;
+                let macs = Some((NODE_MAC, GATEWAY_MAC));
+                let to = dsr_net::encapsulated(input, out, self.node(), macs)
+                    .map_err(|e| format!("{hook}, {what}: {e}"))?;
+                // The backend gets the client's packet as sent: on the VIP's port.
+                let backend = SocketAddr::new(to, layout.dst.port());
+                if !allowed.contains(&backend) {
+                    return Err(format!(
+                        "{hook}, {what} from {} sent to {backend}, allowed: {allowed:?}",
+                        layout.src
+                    ));
+                }
+                self.record_dnat(layout.src, backend, !*established);
+                let outcome = if *established {
+                    Outcome::DsrEstablished
+                } else {
+                    Outcome::DsrNew
+                };
+                Ok((outcome, Some(COUNTER_DSR)))
             }
         }
     }
@@ -1297,9 +1477,12 @@ impl<'a> Fuzz<'a> {
     }
 }
 
-/// BPF_PROG_TEST_RUN (Linux 6.18) refuses frames shorter than an Ethernet header, and for the
-/// IPv4 and IPv6 ethertypes shorter than the fixed IP header behind it.
-fn refused(frame: &[u8]) -> bool {
+/// BPF_PROG_TEST_RUN (Linux 6.18) refuses frames shorter than an Ethernet header, and for skb
+/// programs with the IPv4 and IPv6 ethertypes shorter than the fixed IP header behind it.
+fn refused(prog: Prog, frame: &[u8]) -> bool {
+    if prog == Prog::DsrXdp {
+        return frame.len() < ETH_LEN;
+    }
     match be16(frame, 12) {
         None => true,
         Some(ETH_P_IP) => frame.len() < ETH_LEN + 20,

@@ -36,6 +36,10 @@ pub const TABLE_SIZE: u32 = 1021;
 pub enum Prog {
     Ingress,
     Egress,
+    /// DSR on tc, run with `dsr_net::IF` as the receiving device.
+    Dsr,
+    /// DSR on XDP, likewise.
+    DsrXdp,
 }
 
 impl Prog {
@@ -43,7 +47,13 @@ impl Prog {
         match self {
             Prog::Ingress => names::PROG_INGRESS,
             Prog::Egress => names::PROG_EGRESS,
+            Prog::Dsr => names::PROG_DSR,
+            Prog::DsrXdp => names::PROG_DSR_XDP,
         }
+    }
+
+    pub fn is_dsr(self) -> bool {
+        matches!(self, Prog::Dsr | Prog::DsrXdp)
     }
 }
 
@@ -212,6 +222,11 @@ impl Lb {
 
     /// One run: the action and the output bytes.
     pub fn run(&mut self, program: Prog, input: &[u8]) -> Result<(i32, Vec<u8>), ProgramError> {
+        match program {
+            Prog::Dsr => return super::dsr_net::run_tc(&mut self.dp, input),
+            Prog::DsrXdp => return super::dsr_net::run_xdp(&mut self.dp, input),
+            Prog::Ingress | Prog::Egress => {}
+        }
         // Room to spare: an output larger than the buffer is ENOSPC, not a short copy.
         let mut out = vec![0u8; input.len() + 256];
         let res = self.test_run(

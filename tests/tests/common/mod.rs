@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod datapath;
+pub mod dsr_net;
 pub mod packets;
 
 use std::{
