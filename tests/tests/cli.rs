@@ -81,6 +81,35 @@ fn bad_command_lines_are_refused_clearly() {
         (&["run", "--iface", "lo", "--vip", ok_vip], "no backends"),
         (
             &[
+                "run", "--iface", "lo", "--vip", ok_vip, "--backend", "127.0.0.2:80", "--xdp",
+                "native",
+            ],
+            "xdp only applies with --forward dsr",
+        ),
+        (
+            &[
+                "run", "--iface", "lo", "--vip", ok_vip, "--backend", "127.0.0.2:80", "--forward",
+                "dsr", "--dsr-source", "nope",
+            ],
+            "dsr-source 'nope' is not an IP address",
+        ),
+        (
+            &[
+                "run", "--iface", "lo", "--vip", ok_vip, "--backend", "127.0.0.2:81", "--forward",
+                "dsr",
+            ],
+            "give it a VIP's port (80)",
+        ),
+        (
+            // No global IPv4 address on lo for the outer source: refused before attaching.
+            &[
+                "run", "--iface", "lo", "--vip", ok_vip, "--backend", "127.0.0.2:80", "--forward",
+                "dsr", "--xdp", "off",
+            ],
+            "no IPv4 address on lo for the outer source; give --dsr-source ADDR",
+        ),
+        (
+            &[
                 "run",
                 "--iface",
                 "lo",

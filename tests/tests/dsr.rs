@@ -305,3 +305,61 @@ fn dsr_xdp_socketio_websocket() {
         socketio(Hook::Xdp);
     }
 }
+
+/// A GET of `n` bytes on an open connection, answered in full.
+fn download_on(stream: &mut TcpStream, n: usize) {
+    write!(stream, "GET /download/{n} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    assert_eq!(read_head(&mut reader), n);
+    let mut got = vec![0u8; n];
+    reader.read_exact(&mut got).expect("body");
+}
+
+/// `sticky stop --keep` and a new daemon (both hooks pinned and adopted): a connection open
+/// across the restart lives on. Between the two, a NAT daemon for the same instance is refused
+/// with the reason, and changes nothing.
+#[test]
+fn dsr_restart_keeps_connections_and_refuses_the_other_mode() {
+    if !root_or_skip("dsr_restart_keeps_connections_and_refuses_the_other_mode") {
+        return;
+    }
+    let topo = topology("dsrr");
+    let _servers = topo.start_servers().expect("backend servers");
+    let daemon = balancer(&topo, false, dsr::ECHO_PORT, Hook::Xdp);
+    let vip = topo.vip(false, dsr::ECHO_PORT);
+    let mut stream = connect(&topo, false, vip);
+    download_on(&mut stream, 1000);
+    let instance = daemon.instance.clone();
+    let out = daemon.ctl(&sticky_bin(), &["stop", "--keep"]);
+    assert!(out.status.success(), "stop --keep: {out:?}");
+    assert!(daemon.wait_exit().expect("exit").success());
+    // Still forwarded by the pinned programs with no daemon.
+    download_on(&mut stream, 1000);
+
+    let mut nat = vec!["run".to_string()];
+    nat.extend(topo.sticky_args(false, dsr::ECHO_PORT));
+    nat.extend(["--instance".to_string(), instance.clone()]);
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", topo.lb.path()))
+        .arg(sticky_bin())
+        .args(&nat)
+        .stdout(Stdio::null())
+        .output()
+        .expect("run sticky");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a NAT daemon started over DSR pins");
+    assert!(err.contains("made with --forward dsr"), "{err}");
+    download_on(&mut stream, 1000);
+
+    let daemon = balancer(&topo, false, dsr::ECHO_PORT, Hook::Xdp);
+    assert!(
+        daemon.ready_line.contains("adopted"),
+        "{}",
+        daemon.ready_line
+    );
+    download_on(&mut stream, 100_000);
+    let status = daemon.ctl(&sticky_bin(), &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("forwarding dsr (eth0 xdp native)"), "{text}");
+    assert!(daemon.stop().expect("stop").success());
+}

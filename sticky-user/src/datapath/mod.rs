@@ -64,6 +64,7 @@ impl Datapath {
     /// Loads with maps pinned under `pins`: the first daemon of an instance creates and pins
     /// them, later ones adopt them (flows and affinity survive restarts and upgrades).
     pub fn load_with(config: &Config, pins: Option<Pins>) -> anyhow::Result<Self> {
+        let (dsr_source_v4, dsr_source_v6) = dsr_sources(config)?;
         let bytes = object::bytes()?;
         let mut loader = EbpfLoader::new();
         loader
@@ -141,7 +142,6 @@ impl Datapath {
             prog.load()
                 .context("load program sticky_dsr_xdp (verifier)")?;
         }
-        let (dsr_source_v4, dsr_source_v6) = dsr_sources(config)?;
         let settings = Settings {
             table_size: config.table_size,
             // Adopted maps: keep the live half live, the next table goes to the other.
