@@ -306,13 +306,41 @@ fn dsr_xdp_socketio_websocket() {
     }
 }
 
-/// A GET of `n` bytes on an open connection, answered in full.
-fn download_on(stream: &mut TcpStream, n: usize) {
-    write!(stream, "GET /download/{n} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+/// A connection to the echo backend, upgraded: from now on it echoes what it is sent.
+fn echo_connection(topo: &DsrTopology, vip: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let mut stream = connect(topo, false, vip);
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
+    )
+    .expect("upgrade");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    assert_eq!(read_head(&mut reader), n);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 101"), "{line:?}");
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        assert!(!line.is_empty(), "closed in the head");
+    }
+    (stream, reader)
+}
+
+/// `n` bytes there and back on an echo connection.
+fn echo_round(conn: &mut (TcpStream, BufReader<TcpStream>), n: usize) {
+    let sent: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    conn.0.write_all(&sent).expect("send");
     let mut got = vec![0u8; n];
-    reader.read_exact(&mut got).expect("body");
+    conn.1.read_exact(&mut got).expect("echo");
+    assert!(got == sent, "echoed bytes differ");
+}
+
+struct PinsGuard(sticky::datapath::Pins);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
 }
 
 /// `sticky stop --keep` and a new daemon (both hooks pinned and adopted): a connection open
@@ -327,14 +355,16 @@ fn dsr_restart_keeps_connections_and_refuses_the_other_mode() {
     let _servers = topo.start_servers().expect("backend servers");
     let daemon = balancer(&topo, false, dsr::ECHO_PORT, Hook::Xdp);
     let vip = topo.vip(false, dsr::ECHO_PORT);
-    let mut stream = connect(&topo, false, vip);
-    download_on(&mut stream, 1000);
+    let mut conn = echo_connection(&topo, vip);
+    echo_round(&mut conn, 1000);
     let instance = daemon.instance.clone();
+    // Pins outlive a daemon stopped with --keep: removed however the test ends.
+    let _pins = PinsGuard(sticky::datapath::Pins::for_instance(&instance));
     let out = daemon.ctl(&sticky_bin(), &["stop", "--keep"]);
     assert!(out.status.success(), "stop --keep: {out:?}");
     assert!(daemon.wait_exit().expect("exit").success());
     // Still forwarded by the pinned programs with no daemon.
-    download_on(&mut stream, 1000);
+    echo_round(&mut conn, 1000);
 
     let mut nat = vec!["run".to_string()];
     nat.extend(topo.sticky_args(false, dsr::ECHO_PORT));
@@ -349,7 +379,7 @@ fn dsr_restart_keeps_connections_and_refuses_the_other_mode() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a NAT daemon started over DSR pins");
     assert!(err.contains("made with --forward dsr"), "{err}");
-    download_on(&mut stream, 1000);
+    echo_round(&mut conn, 1000);
 
     let daemon = balancer(&topo, false, dsr::ECHO_PORT, Hook::Xdp);
     assert!(
@@ -357,7 +387,7 @@ fn dsr_restart_keeps_connections_and_refuses_the_other_mode() {
         "{}",
         daemon.ready_line
     );
-    download_on(&mut stream, 100_000);
+    echo_round(&mut conn, 50_000);
     let status = daemon.ctl(&sticky_bin(), &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("forwarding dsr (eth0 xdp native)"), "{text}");

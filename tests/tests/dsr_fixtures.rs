@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use common::{
     datapath::{SEED, TABLE_SIZE, TC_ACT_SHOT, TCX_NEXT, bpf_or_skip, sa},
     dsr_net::{
-        self, BACKEND_MAC, GATEWAY_MAC, IF, NODE_MAC, NODE_V4, NODE_V6, TC_ACT_REDIRECT,
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, encapsulated, namespace, tx_by_redirect,
+        self, BACKEND_MAC, GATEWAY_MAC, IF, NODE_MAC, NODE_V4, NODE_V6, TC_ACT_REDIRECT, XDP_DROP,
+        XDP_PASS, XDP_REDIRECT, XDP_TX, encapsulated, namespace, tx_by_redirect,
     },
     packets::{ETH_LEN, Pkt},
 };
@@ -79,8 +79,7 @@ fn run_tc(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
 }
 
 fn run_xdp(dp: &mut Datapath, input: &[u8]) -> (i32, Vec<u8>) {
-    dsr_net::run_xdp(dp, input)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr_xdp: {e}"))
+    dsr_net::run_xdp(dp, input).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN sticky_dsr_xdp: {e}"))
 }
 
 /// A client SYN to `vip` with payload and a non-zero TOS / traffic class.
@@ -208,7 +207,11 @@ fn too_big_and_unroutable_are_dropped_and_counted() {
 
         let mut dp = load(VIP_V4, sa("192.0.2.1:80"));
         let input = syn(CLIENT_V4, VIP_V4);
-        assert_eq!(run_tc(&mut dp, &input).0, TC_ACT_SHOT, "no route to the backend");
+        assert_eq!(
+            run_tc(&mut dp, &input).0,
+            TC_ACT_SHOT,
+            "no route to the backend"
+        );
         assert_eq!(run_xdp(&mut dp, &input).0, XDP_DROP);
         let counters = dp.counters().unwrap();
         assert_eq!(counters.values[COUNTER_ENCAP_ERROR as usize], 2);
@@ -225,10 +228,22 @@ fn what_is_not_ours_passes_untouched() {
         let mut dp = load(VIP_V4, sa("10.77.0.2:80"));
         let syn_frame = syn(CLIENT_V4, VIP_V4);
         let mut inputs = vec![
-            ("other address", Pkt::syn(sa(CLIENT_V4), sa("198.19.255.101:80")).build()),
-            ("other port", Pkt::syn(sa(CLIENT_V4), sa("198.19.255.100:81")).build()),
-            ("UDP to the VIP", Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).udp().build()),
-            ("fragment", Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).frag(0x2001).build()),
+            (
+                "other address",
+                Pkt::syn(sa(CLIENT_V4), sa("198.19.255.101:80")).build(),
+            ),
+            (
+                "other port",
+                Pkt::syn(sa(CLIENT_V4), sa("198.19.255.100:81")).build(),
+            ),
+            (
+                "UDP to the VIP",
+                Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).udp().build(),
+            ),
+            (
+                "fragment",
+                Pkt::syn(sa(CLIENT_V4), sa(VIP_V4)).frag(0x2001).build(),
+            ),
             ("truncated TCP", syn_frame[..ETH_LEN + 20 + 10].to_vec()),
             ("IPv4 length past the frame", {
                 let mut f = syn_frame.clone();
@@ -240,7 +255,10 @@ fn what_is_not_ours_passes_untouched() {
                 f[ETH_LEN] = 0x41;
                 f
             }),
-            ("IPv6 truncated TCP", syn(CLIENT_V6, VIP_V6)[..ETH_LEN + 40 + 8].to_vec()),
+            (
+                "IPv6 truncated TCP",
+                syn(CLIENT_V6, VIP_V6)[..ETH_LEN + 40 + 8].to_vec(),
+            ),
         ];
         let mut arp = syn_frame[..42].to_vec();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());

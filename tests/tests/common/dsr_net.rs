@@ -51,7 +51,8 @@ pub fn namespace(mtu: u32) -> Netns {
     );
     ns.ip_batch(&batch).expect("addresses, neighbours, routes");
     ns.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1").expect("forwarding");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        .expect("forwarding");
     ns
 }
 
@@ -117,9 +118,7 @@ pub fn encapsulated(
     macs: Option<([u8; 6], [u8; 6])>,
 ) -> Result<IpAddr, String> {
     let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-    let inner = input
-        .get(ETH_LEN..)
-        .ok_or("input shorter than Ethernet")?;
+    let inner = input.get(ETH_LEN..).ok_or("input shorter than Ethernet")?;
     let v6 = src.is_ipv6();
     let outer_len = if v6 { 40 } else { 20 };
     check(
@@ -135,11 +134,17 @@ pub fn encapsulated(
             check(out[0..6] == dmac, "destination MAC is not the next hop's")?;
             check(out[6..12] == smac, "source MAC is not the node's")?;
         }
-        None => check(out[0..12] == input[0..12], "MACs changed before the neighbour redirect")?,
+        None => check(
+            out[0..12] == input[0..12],
+            "MACs changed before the neighbour redirect",
+        )?,
     }
     check(out[12..14] == input[12..14], "ethertype changed")?;
     let outer = &out[ETH_LEN..ETH_LEN + outer_len];
-    check(&out[ETH_LEN + outer_len..] == inner, "inner packet not byte for byte the input's")?;
+    check(
+        &out[ETH_LEN + outer_len..] == inner,
+        "inner packet not byte for byte the input's",
+    )?;
     let u16_at = |o: usize| u16::from_be_bytes([outer[o], outer[o + 1]]);
     let dst = if v6 {
         let tc_in = ((inner[0] & 0x0f) << 4) | (inner[1] >> 4);
