@@ -77,6 +77,9 @@ impl Datapath {
         if let Some(pins) = &pins {
             pins.create()?;
             adopted = pins.exist();
+            // Before anything is written to the adopted maps: a daemon of the other mode
+            // would change what the running programs read.
+            refuse_other_mode(pins, config)?;
             if adopted {
                 pinned_settings = Some(pins.settings()?);
             }
@@ -176,26 +179,9 @@ impl Datapath {
     /// ingress (DNAT) and egress (reverse NAT); DSR, the encapsulating ingress on tc, and on
     /// XDP as asked. With pins, a link a previous daemon pinned is swapped to the new program
     /// atomically (no packet sees no program); a new link is pinned so it outlives this
-    /// process. Pins of the other mode are refused: that instance must stop first.
+    /// process. (Pins of the other mode were refused at load.)
     pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
         let dsr = self.forward.is_dsr();
-        if let Some(pins) = &self.pins {
-            let others = if dsr {
-                [
-                    pins.link(iface, TcAttachType::Ingress),
-                    pins.link(iface, TcAttachType::Egress),
-                ]
-            } else {
-                [pins.dsr_link(iface), pins.xdp_link(iface)]
-            };
-            if others.iter().any(|p| p.exists()) {
-                let theirs = if dsr { "nat" } else { "dsr" };
-                bail!(
-                    "{iface} has pinned links of this instance made with --forward {theirs}: \
-                     stop that instance with `sticky stop` first (that ends its connections)"
-                );
-            }
-        }
         let programs: &[(&str, TcAttachType)] = if dsr {
             &[(names::PROG_DSR, TcAttachType::Ingress)]
         } else {
@@ -573,6 +559,31 @@ impl Datapath {
     pub fn affinity_timeout(&self) -> Duration {
         Duration::from_nanos(self.settings.affinity_timeout_ns)
     }
+}
+
+/// Refuses pins made with the other forwarding mode on one of `config`'s interfaces.
+fn refuse_other_mode(pins: &Pins, config: &Config) -> anyhow::Result<()> {
+    let dsr = config.forward.is_dsr();
+    for iface in &config.ifaces {
+        let others = if dsr {
+            [
+                pins.link(iface, TcAttachType::Ingress),
+                pins.link(iface, TcAttachType::Egress),
+            ]
+        } else {
+            [pins.dsr_link(iface), pins.xdp_link(iface)]
+        };
+        if others.iter().any(|p| p.exists()) {
+            let theirs = if dsr { "nat" } else { "dsr" };
+            bail!(
+                "{iface} has pinned links of instance '{}' made with --forward {theirs}: stop \
+                 it with `sticky stop --instance {}` first (that ends its connections)",
+                config.instance,
+                config.instance
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether XDP must redirect rather than XDP_TX: on veth (see `Settings`).
