@@ -107,13 +107,10 @@ fn outer_for<F: Frame>(ctx: &F, pkt: &Packet, t: &Target) -> Option<Outer> {
     }
     let first = header::<[u8; 2], F>(ctx, pkt.l3_off)?;
     let [b0, b1] = first;
-    let tos = if pkt.is_v6 {
-        (b0 << 4) | (b1 >> 4)
-    } else {
-        b1
-    };
+    let tos = if pkt.is_v6 { (b0 << 4) | (b1 >> 4) } else { b1 };
     let inner_len = (ctx.len() as usize).checked_sub(pkt.l3_off)?;
-    let ports = (u32::from(u16::from_be(pkt.sport_be)) << 4) ^ u32::from(u16::from_be(pkt.dport_be));
+    let ports =
+        (u32::from(u16::from_be(pkt.sport_be)) << 4) ^ u32::from(u16::from_be(pkt.dport_be));
     Some(Outer {
         v6: pkt.is_v6,
         inner_len,
@@ -184,7 +181,9 @@ enum NextHop {
         dmac: [u8; ETH_ALEN],
     },
     /// Out of `ifindex`, the neighbour not yet resolved.
-    NoNeigh { ifindex: u32 },
+    NoNeigh {
+        ifindex: u32,
+    },
     /// The encapsulated packet exceeds the path MTU.
     TooBig,
     Unroutable,
@@ -277,7 +276,10 @@ fn tc_encap(ctx: &TcContext, pkt: &Packet, t: &Target) -> i32 {
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
     };
     let room = outer_len(o.v6) as i32;
-    if ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, u64::from(flags)).is_err() {
+    if ctx
+        .adjust_room(room, BPF_ADJ_ROOM_MAC, u64::from(flags))
+        .is_err()
+    {
         return drop::<Tc>(COUNTER_ENCAP_ERROR);
     }
     // From here the packet is ours: a failure drops it rather than pass a half-built frame.
@@ -326,19 +328,18 @@ fn xdp_encap(ctx: &XdpContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Xdp>(COUNTER_TOO_BIG);
     }
     let in_ifindex = ctx.ingress_ifindex() as u32;
-    let (out_ifindex, smac, dmac) =
-        match next_hop(ctx.ctx.cast(), &o, in_ifindex, grown as u16) {
-            NextHop::Resolved {
-                ifindex,
-                smac,
-                dmac,
-            } => (ifindex, smac, dmac),
-            // The tc program behind us redirects through the neighbour subsystem, which
-            // resolves it; later packets take the fast path.
-            NextHop::NoNeigh { .. } => return xdp_action::XDP_PASS as i32,
-            NextHop::TooBig => return drop::<Xdp>(COUNTER_TOO_BIG),
-            NextHop::Unroutable => return drop::<Xdp>(COUNTER_ENCAP_ERROR),
-        };
+    let (out_ifindex, smac, dmac) = match next_hop(ctx.ctx.cast(), &o, in_ifindex, grown as u16) {
+        NextHop::Resolved {
+            ifindex,
+            smac,
+            dmac,
+        } => (ifindex, smac, dmac),
+        // The tc program behind us redirects through the neighbour subsystem, which
+        // resolves it; later packets take the fast path.
+        NextHop::NoNeigh { .. } => return xdp_action::XDP_PASS as i32,
+        NextHop::TooBig => return drop::<Xdp>(COUNTER_TOO_BIG),
+        NextHop::Unroutable => return drop::<Xdp>(COUNTER_ENCAP_ERROR),
+    };
     let room = outer_len(o.v6) as i32;
     // SAFETY: the program's own context; the helper checks the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -room) } != 0 {

@@ -161,13 +161,7 @@ fn nat(ctx: &TcContext, pkt: &Packet, t: &Target) -> i32 {
 /// Picks the backend for a flow we have no state for and records both directions of it in
 /// `NEW_FLOWS`. Returns the forward entry (backend address and port to NAT to).
 #[inline(always)]
-fn open_flow(
-    pkt: &Packet,
-    key: &FlowKey,
-    now: u64,
-    traced: bool,
-    mode: Forward,
-) -> Option<Flow> {
+fn open_flow(pkt: &Packet, key: &FlowKey, now: u64, traced: bool, mode: Forward) -> Option<Flow> {
     let settings = SETTINGS.get(0)?;
     let choice = choose(&Maps { settings }, &pkt.src, settings, now)?;
     let (id, backend) = (choice.id, choice.backend);

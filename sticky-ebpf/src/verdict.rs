@@ -36,7 +36,7 @@ pub struct Tc;
 
 impl Hook for Tc {
     const NEXT: i32 = TCX_NEXT;
-    const DROP: i32 = TC_ACT_SHOT as i32;
+    const DROP: i32 = TC_ACT_SHOT;
     const COUNTS_PASS: bool = true;
 }
 

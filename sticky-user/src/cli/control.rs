@@ -149,7 +149,11 @@ pub fn render_status(s: &Status) -> String {
         s.instance,
         vips.join(","),
         s.ifaces.join(","),
-        if s.forwarding.is_empty() { "nat" } else { &s.forwarding },
+        if s.forwarding.is_empty() {
+            "nat"
+        } else {
+            &s.forwarding
+        },
         s.table_size,
         s.affinity_entries,
         s.affinity_prefix,

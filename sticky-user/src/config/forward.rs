@@ -49,7 +49,6 @@ impl Forwarding {
     }
 }
 
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ForwardError {
     #[error("{0} only applies with --forward dsr")]
@@ -138,13 +137,23 @@ mod tests {
 
     #[test]
     fn nat_is_the_default_and_refuses_dsr_keys() {
-        assert_eq!(validate(None, None, &[], &[], &[], false), Ok(Forwarding::Nat));
+        assert_eq!(
+            validate(None, None, &[], &[], &[], false),
+            Ok(Forwarding::Nat)
+        );
         assert_eq!(
             validate(None, Some(XdpMode::Native), &[], &[], &[], false),
             Err(ForwardError::DsrOnly("xdp"))
         );
         assert_eq!(
-            validate(Some(ForwardMode::Nat), None, &["10.0.0.1".into()], &[], &[], false),
+            validate(
+                Some(ForwardMode::Nat),
+                None,
+                &["10.0.0.1".into()],
+                &[],
+                &[],
+                false
+            ),
             Err(ForwardError::DsrOnly("dsr-source"))
         );
     }
@@ -169,7 +178,14 @@ mod tests {
         );
         let dsr = |sources: &[&str], backends: &[SocketAddr], proxy| {
             let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
-            validate(Some(ForwardMode::Dsr), None, &sources, &vips, backends, proxy)
+            validate(
+                Some(ForwardMode::Dsr),
+                None,
+                &sources,
+                &vips,
+                backends,
+                proxy,
+            )
         };
         assert_eq!(
             dsr(&["nope"], &[], false),
@@ -185,7 +201,10 @@ mod tests {
         );
         assert_eq!(
             dsr(&[], &[addr("10.1.0.2:8080")], false),
-            Err(ForwardError::BackendPort(addr("10.1.0.2:8080"), "80".into()))
+            Err(ForwardError::BackendPort(
+                addr("10.1.0.2:8080"),
+                "80".into()
+            ))
         );
         assert_eq!(
             dsr(&[], &[addr("0.0.0.0:80")], false),

@@ -6,9 +6,11 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{
-    ConfigError,
-    forward::{ForwardMode, XdpMode}, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, merge::merge_fields, with_default,
+    ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
+    forward::{ForwardMode, XdpMode},
+    merge::merge_fields,
+    with_default,
 };
 use crate::{duration, health::HealthLayer, logging::LogFormat, proxy::config::ProxyLayer};
 
