@@ -144,6 +144,7 @@ mod tests {
             "--forwarded-for append --no-sid --keepalive-timeout 30s --pool-idle-timeout 2s ",
             "--pool-max-idle 3 ",
             "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
+            "--forward dsr --xdp native --dsr-source 10.0.0.9 --dsr-source fd00::9 ",
         )
         .split_whitespace()
         .collect();
@@ -160,6 +161,9 @@ mod tests {
             affinity-timeout = "5m"
             affinity-prefix = "24,64"
             slow-start = "30s"
+            forward = "dsr"
+            xdp = "native"
+            dsr-source = ["10.0.0.9", "fd00::9"]
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

@@ -464,7 +464,7 @@ pub(super) mod tests {
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 28] = [
+    const FAMILIES: [&str; 30] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -485,6 +485,8 @@ pub(super) mod tests {
         "sticky_dns_backends",
         "sticky_dns_failing",
         "sticky_packets_total",
+        "sticky_encap_errors_total",
+        "sticky_too_big_total",
         "sticky_affinity_entries",
         "sticky_flow_entries",
         "sticky_new_flow_entries",
