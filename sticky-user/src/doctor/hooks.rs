@@ -29,6 +29,11 @@ pub fn check(t: &Target) -> Vec<Line> {
 fn xdp(iface: &str) -> Line {
     match host::link(iface) {
         Ok(l) => match l.xdp.and_then(|x| x.prog) {
+            // sticky's own DSR program (`--forward dsr`): the first to see VIP traffic.
+            Some(p) if p.name.starts_with(STICKY_PREFIX) => Line::ok(
+                Code::ProgramAhead,
+                format!("{iface}: XDP runs sticky's {} (id {})", p.name, p.id),
+            ),
             Some(p) => Line::fail(
                 Code::ProgramAhead,
                 format!(
