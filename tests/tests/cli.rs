@@ -404,3 +404,63 @@ fn sigterm_detaches_and_exits_zero() {
         "programs left loaded after SIGTERM"
     );
 }
+
+/// Creates an array map (4-byte keys, `value_size`-byte values, one entry) and pins it at
+/// `path`, as an older sticky would have left its settings.
+fn pin_array_map(path: &std::path::Path, value_size: u32) {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&2u32.to_ne_bytes()); // BPF_MAP_TYPE_ARRAY
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value_size.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: BPF_MAP_CREATE with a zeroed bpf_attr carrying the four fields above.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = [0u8; 128];
+    pin[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: BPF_OBJ_PIN of our descriptor at a NUL-terminated path.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), pin.len()) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Pins left by a sticky with another map layout (here: the 24-byte settings of before DSR)
+/// are refused with what to do, and left as they were.
+#[test]
+fn pins_of_another_layout_are_refused_clearly() {
+    if !root_or_skip("pins_of_another_layout_are_refused_clearly") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("clipin")).expect("netns");
+    let instance = ns.name.clone();
+    let pins = sticky::datapath::Pins::for_instance(&instance);
+    struct Cleanup(sticky::datapath::Pins);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.remove();
+        }
+    }
+    let _cleanup = Cleanup(pins.clone());
+    let settings = pins.map(sticky_common::maps::SETTINGS);
+    std::fs::create_dir_all(settings.parent().unwrap()).expect("pin folder");
+    pin_array_map(&settings, 24);
+    assert_refused(
+        &ns,
+        &[
+            "run",
+            "--instance",
+            &instance,
+            "--iface",
+            "lo",
+            "--vip",
+            "127.0.0.1:80",
+            "--backend",
+            "127.0.0.2:81",
+        ],
+        "has pinned maps of another sticky version (settings of 24 bytes",
+    );
+    assert!(settings.exists(), "the old pin was left as it was");
+}

@@ -70,6 +70,24 @@ impl Pins {
         let path = self.map(names::SETTINGS);
         let data =
             MapData::from_pin(&path).with_context(|| format!("open pinned {}", path.display()))?;
+        let size = data
+            .info()
+            .with_context(|| format!("read {}", path.display()))?
+            .value_size() as usize;
+        if size != std::mem::size_of::<Settings>() {
+            // Pinned by a sticky whose map layout differs: adopting would hand the programs
+            // values they misread.
+            let instance = self.dir.file_name().map_or_else(
+                || self.dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            anyhow::bail!(
+                "instance '{instance}' has pinned maps of another sticky version (settings of \
+                 {size} bytes, this one {}): stop it with `sticky stop --instance {instance}` \
+                 first (that ends its connections)",
+                std::mem::size_of::<Settings>()
+            );
+        }
         let array: Array<MapData, Settings> = Array::try_from(Map::Array(data))?;
         Ok(array.get(&0, 0)?)
     }
