@@ -29,6 +29,8 @@ fn color(case: Case) -> RGBColor {
         Case::Haproxy => RGBColor(0x1e, 0x78, 0xd2),
         Case::Nginx => RGBColor(0x3c, 0x9a, 0x48),
         Case::Sticky => RGBColor(0xc8, 0x1e, 0x5a),
+        Case::StickyDsrTc => RGBColor(0xe8, 0x6a, 0x3a),
+        Case::StickyDsrXdp => RGBColor(0x9a, 0x10, 0x30),
         Case::StickyProxy => RGBColor(0x7b, 0x3f, 0xb8),
         Case::StickyProxyCopy => RGBColor(0xb9, 0x95, 0xe0),
         Case::HaproxyHttp => RGBColor(0x7f, 0xb8, 0xf0),

@@ -1,6 +1,6 @@
-//! `sticky-bench`: measures sticky's kernel path and its proxy mode (splicing and copying)
-//! against a direct veth, a routed hop with no balancer, nftables NAT, HAProxy and nginx, in
-//! network namespaces it builds and removes.
+//! `sticky-bench`: measures sticky's kernel path (NAT, and direct server return on tc and XDP)
+//! and its proxy mode (splicing and copying) against a direct veth, a routed hop with no
+//! balancer, nftables NAT, HAProxy and nginx, in network namespaces it builds and removes.
 //! `cargo xtask bench` installs the tools, builds everything and runs `sticky-bench run`.
 
 mod chart;
@@ -16,6 +16,7 @@ mod peers;
 mod report;
 mod run;
 mod serve;
+mod testrun;
 mod tools;
 mod topology;
 mod upgrade;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sticky_tests::HttpConn;
+use sticky_tests::{HttpConn, Netns};
 
 use crate::{
     cmd, ebpf,
@@ -39,7 +39,8 @@ pub struct Ctx<'a> {
     pub secs: u64,
     /// Requests per second of the latency runs.
     pub rate: f64,
-    /// `--quick`: bulk only through our own tool (no iperf3 service), to stay under 2 minutes.
+    /// `--quick`: bulk only through our own tool and one iperf3 download (no iperf3 uploads),
+    /// to stay short.
     pub quick: bool,
 }
 
@@ -68,15 +69,13 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
     // Nothing carries over: conntrack emptied here, middleboxes (and sticky's maps) restarted
     // for every service below.
     peers::flush_conntrack(ctx.bench)?;
-    let _stats = if case == Case::Sticky {
+    let _stats = if case.sticky_kernel() {
         Some(ebpf::enable_stats()?)
     } else {
         None
     };
+    let client = ctx.bench.client_of(case.dsr());
     for &service in case.services() {
-        if ctx.quick && service == Service::Bulk {
-            continue;
-        }
         cmd::check_interrupted()?;
         let mut middlebox = peers::start(case, service, ctx.bench, ctx.sticky)?;
         let route = peers::route(case, service, ctx.bench.backends().len());
@@ -100,26 +99,80 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
                 }
             }
             Service::Bulk => {
-                for (metric, streams) in [(Metric::Bulk1, 1), (Metric::Bulk4, 4)] {
+                let backends = ctx.bench.backends_of(case.dsr());
+                let target = *route.targets.first().context("no target")?;
+                let uploads: &[_] = if ctx.quick {
+                    &[]
+                } else {
+                    &[(Metric::Bulk1, 1), (Metric::Bulk4, 4)]
+                };
+                for &(metric, streams) in uploads {
                     measure(results, case, metric, || {
-                        let _servers = tools::iperf3_servers(ctx.bench.backends())?;
-                        let target = *route.targets.first().context("no target")?;
-                        tools::iperf3(ctx.bench.client(), target, streams, ctx.secs)
+                        let _servers = tools::iperf3_servers(backends)?;
+                        Ok(tools::iperf3(client, target, streams, ctx.secs, false)?.gbit_per_sec)
                     });
                 }
+                download(ctx, case, target, results);
             }
         }
         middlebox
             .check_alive()
             .with_context(|| format!("{} died", case.label()))?;
         if let Some(instance) = middlebox.sticky_instance() {
-            let cost = results.ebpf.entry(service.name().to_string()).or_default();
-            for p in ebpf::sticky_programs(instance)? {
-                cost.add(&p.name, p.run_ns, p.runs);
+            let cost = if case.dsr() {
+                results.ebpf_dsr.entry(case).or_default()
+            } else {
+                results.ebpf.entry(service.name().to_string()).or_default()
+            };
+            match ebpf::sticky_programs(instance) {
+                Ok(programs) => {
+                    for p in programs {
+                        cost.add(&p.name, p.run_ns, p.runs);
+                    }
+                }
+                Err(e) => results.note(format!("{}: eBPF statistics: {e:#}", case.label())),
             }
         }
     }
     Ok(())
+}
+
+/// `iperf3 -R`, backend to client, and what the balancer namespace sent meanwhile per byte
+/// the client received (not for the direct veth, which has no balancer).
+fn download(ctx: &Ctx, case: Case, target: SocketAddr, results: &mut Results) {
+    let lb = ctx.bench.lb_of(case.dsr());
+    let mut lb_tx = None;
+    measure(results, case, Metric::Download1, || {
+        let _servers = tools::iperf3_servers(ctx.bench.backends_of(case.dsr()))?;
+        let before = tx_bytes(lb)?;
+        let r = tools::iperf3(ctx.bench.client_of(case.dsr()), target, 1, ctx.secs, true)?;
+        let sent = tx_bytes(lb)?.saturating_sub(before);
+        if r.bytes > 0 {
+            lb_tx = Some(sent as f64 / r.bytes as f64);
+        }
+        Ok(r.gbit_per_sec)
+    });
+    if let Some(share) = lb_tx.filter(|_| case != Case::Direct) {
+        println!(
+            "  {:<34} {}",
+            Metric::DownloadLbTx.label(),
+            Metric::DownloadLbTx.format(share)
+        );
+        results.add(case, Metric::DownloadLbTx, share);
+    }
+}
+
+/// Bytes sent so far by every interface of `ns` but `lo`.
+fn tx_bytes(ns: &Netns) -> anyhow::Result<u64> {
+    let text = ns.ip(&["-j", "-s", "link", "show"])?;
+    let links: serde_json::Value = serde_json::from_str(&text).context("ip -j -s link")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["ifname"] != "lo")
+        .filter_map(|l| l["stats64"]["tx"]["bytes"].as_u64())
+        .sum())
 }
 
 fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> anyhow::Result<()> {
@@ -131,7 +184,7 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
             .forwards_for()
             .then(|| format!("X-Forwarded-For: {}", route.sources.addr(1)));
         let w = tools::wrk(
-            ctx.bench.client(),
+            ctx.bench.client_of(case.dsr()),
             target,
             WRK_CONNECTIONS,
             ctx.secs,
@@ -253,7 +306,7 @@ fn preflight(ctx: &Ctx, case: Case, route: &Route) -> anyhow::Result<()> {
     };
     let answer = ctx
         .bench
-        .client()
+        .client_of(case.dsr())
         .run(|| HttpConn::open(src, dst, Duration::from_secs(3))?.get_with(&xff, true))?
         .with_context(|| format!("{}: first request {src} -> {dst}", case.label()))?;
     anyhow::ensure!(
@@ -268,7 +321,7 @@ fn preflight(ctx: &Ctx, case: Case, route: &Route) -> anyhow::Result<()> {
 
 /// `sticky-bench load MODE…` in the client namespace on the load CPU.
 fn load(ctx: &Ctx, case: Case, route: &Route, mode: &[&str]) -> anyhow::Result<LoadResult> {
-    let mut c = cmd::in_ns(ctx.bench.client(), Some(LOAD_CPU), &ctx.exe);
+    let mut c = cmd::in_ns(ctx.bench.client_of(case.dsr()), Some(LOAD_CPU), &ctx.exe);
     c.arg("load").args(mode);
     if case.forwards_for() {
         c.arg("--xff");

@@ -17,6 +17,11 @@ pub enum Metric {
     CpuPerRequest,
     Bulk1,
     Bulk4,
+    /// `iperf3 -R`: backend → client, the direction DSR takes off the balancer.
+    Download1,
+    /// Bytes the balancer namespace's interfaces sent during the download, per byte the client
+    /// received: about 1 when replies pass the balancer, the encapsulated ACKs' share when not.
+    DownloadLbTx,
     /// Our own sender after an HTTP upgrade: the one bulk figure every case has.
     UpgradeBulk1,
     UpgradeBulk4,
@@ -27,7 +32,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::KeepAlive,
         Self::NewConn,
         Self::Handshake,
@@ -36,6 +41,8 @@ impl Metric {
         Self::CpuPerRequest,
         Self::Bulk1,
         Self::Bulk4,
+        Self::Download1,
+        Self::DownloadLbTx,
         Self::UpgradeBulk1,
         Self::UpgradeBulk4,
         Self::Echo,
@@ -52,6 +59,8 @@ impl Metric {
             Self::CpuPerRequest => "CPU µs per request (fixed rate)",
             Self::Bulk1 => "bulk Gbit/s, 1 stream",
             Self::Bulk4 => "bulk Gbit/s, 4 streams",
+            Self::Download1 => "download Gbit/s, 1 stream",
+            Self::DownloadLbTx => "balancer tx bytes per byte downloaded",
             Self::UpgradeBulk1 => "bulk via upgrade Gbit/s, 1 stream",
             Self::UpgradeBulk4 => "bulk via upgrade Gbit/s, 4 streams",
             Self::Echo => "64 B echo round trip µs",
@@ -71,6 +80,8 @@ impl Metric {
             Self::CpuPerRequest => "CPU/req (lower)",
             Self::Bulk1 => "bulk x1",
             Self::Bulk4 => "bulk x4",
+            Self::Download1 => "download",
+            Self::DownloadLbTx => "LB tx/byte (lower)",
             Self::UpgradeBulk1 => "upg. bulk x1",
             Self::UpgradeBulk4 => "upg. bulk x4",
             Self::Echo => "echo (lower)",
@@ -82,7 +93,12 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         !matches!(
             self,
-            Self::P50 | Self::P99 | Self::CpuPerRequest | Self::Echo | Self::UpgradeEcho
+            Self::P50
+                | Self::P99
+                | Self::CpuPerRequest
+                | Self::Echo
+                | Self::UpgradeEcho
+                | Self::DownloadLbTx
         )
     }
 
@@ -92,9 +108,12 @@ impl Metric {
                 format!("{:.1}k", v / 1e3)
             }
             Self::KeepAlive | Self::NewConn | Self::Handshake => format!("{v:.0}"),
-            Self::Bulk1 | Self::Bulk4 | Self::UpgradeBulk1 | Self::UpgradeBulk4 => {
-                format!("{v:.2}")
-            }
+            Self::Bulk1
+            | Self::Bulk4
+            | Self::Download1
+            | Self::UpgradeBulk1
+            | Self::UpgradeBulk4 => format!("{v:.2}"),
+            Self::DownloadLbTx => format!("{v:.3}"),
             _ if v >= 100.0 => format!("{v:.0}"),
             _ => format!("{v:.1}"),
         }
@@ -167,8 +186,13 @@ pub struct Results {
     /// `sticky-bench hash`'s table, in markdown.
     pub hash: Option<String>,
     pub samples: BTreeMap<Case, BTreeMap<Metric, Vec<f64>>>,
-    /// eBPF cost per service (`http`, `echo`, `bulk`): they differ in packet mix.
+    /// eBPF cost per service (`http`, `echo`, `bulk`) of the NAT kernel path: they differ in
+    /// packet mix.
     pub ebpf: BTreeMap<String, EbpfCost>,
+    /// eBPF cost of each DSR case, over its services.
+    pub ebpf_dsr: BTreeMap<Case, EbpfCost>,
+    /// The DSR programs through BPF_PROG_TEST_RUN (`crate::testrun`).
+    pub testrun: Vec<crate::testrun::Cost>,
     /// Share of the CPUs other processes kept busy in the second before the run.
     pub background_cpu: f64,
     /// The same, in the pause before each case.

@@ -1,6 +1,7 @@
 //! The cases and their middleboxes: nothing (direct veth, routed), nftables `jhash` DNAT,
 //! HAProxy `balance source`, nginx stream `hash $remote_addr consistent`, sticky's kernel path
-//! and sticky's proxy mode (splicing or copying), and, as peers of proxy mode, HAProxy and
+//! (NAT, and direct server return on tc and on XDP, in the one-arm topology) and sticky's proxy
+//! mode (splicing or copying), and, as peers of proxy mode, HAProxy and
 //! nginx as HTTP proxies hashing X-Forwarded-For per request. Each
 //! runs in the balancer namespace, pinned to the server CPU, from configuration generated in a
 //! private folder, and is stopped by PID (or its table deleted) on drop.
@@ -9,7 +10,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sticky_tests::{StickyProcess, plan};
+use sticky_tests::{Netns, StickyProcess, dsr, plan};
 
 use crate::{
     cmd::{self, Proc, TempDir},
@@ -42,6 +43,8 @@ pub enum Case {
     Haproxy,
     Nginx,
     Sticky,
+    StickyDsrTc,
+    StickyDsrXdp,
     StickyProxy,
     StickyProxyCopy,
     HaproxyHttp,
@@ -49,13 +52,15 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Direct,
         Self::Routed,
         Self::Nftables,
         Self::Haproxy,
         Self::Nginx,
         Self::Sticky,
+        Self::StickyDsrTc,
+        Self::StickyDsrXdp,
         Self::StickyProxy,
         Self::StickyProxyCopy,
         Self::HaproxyHttp,
@@ -70,6 +75,8 @@ impl Case {
             Self::Haproxy => "HAProxy source",
             Self::Nginx => "nginx hash",
             Self::Sticky => "sticky kernel",
+            Self::StickyDsrTc => "sticky dsr (tc)",
+            Self::StickyDsrXdp => "sticky dsr (xdp)",
             Self::StickyProxy => "sticky proxy, splice",
             Self::StickyProxyCopy => "sticky proxy, --no-splice",
             Self::HaproxyHttp => "HAProxy http",
@@ -89,6 +96,15 @@ impl Case {
                 "nginx 1.22 stream, `hash $remote_addr consistent`, one worker, `proxy_half_close on`"
             }
             Self::Sticky => "`sticky run` (tc eBPF DNAT, Maglev, flow and affinity tables)",
+            Self::StickyDsrTc => {
+                "`sticky run --forward dsr --xdp off` on a one-arm balancer (client → router → \
+                 balancer, which encapsulates IPIP to the backend with tc; backends set up by \
+                 `sticky backend-setup`, answering through the router, never the balancer)"
+            }
+            Self::StickyDsrXdp => {
+                "`sticky run --forward dsr --xdp native`: the same, encapsulating in XDP \
+                 (XDP_REDIRECT on veth)"
+            }
             Self::StickyProxy => {
                 "`sticky run --proxy --trusted-proxies <clients> --ignore-missing-header`: \
                  picks the backend by the X-Forwarded-For the clients send; splices upgraded \
@@ -122,6 +138,16 @@ impl Case {
         )
     }
 
+    /// Direct server return: runs in the one-arm topology (`Bench::dsr`).
+    pub fn dsr(self) -> bool {
+        matches!(self, Self::StickyDsrTc | Self::StickyDsrXdp)
+    }
+
+    /// sticky's kernel path, whose eBPF run-time statistics the report shows.
+    pub fn sticky_kernel(self) -> bool {
+        matches!(self, Self::Sticky | Self::StickyDsrTc | Self::StickyDsrXdp)
+    }
+
     /// HTTP proxies routing each request by its X-Forwarded-For: their clients send one, the
     /// source address they connect from.
     pub fn forwards_for(self) -> bool {
@@ -136,6 +162,9 @@ impl Case {
     pub fn services(self) -> &'static [Service] {
         match self {
             Self::StickyProxy | Self::StickyProxyCopy => &[Service::Http, Service::Upgrade],
+            // DSR keeps the port: the backends serve on the VIP's, the upgrade port included,
+            // but only requests, new connections and bulk are what DSR is about.
+            Self::StickyDsrTc | Self::StickyDsrXdp => &[Service::Http, Service::Bulk],
             Self::HaproxyHttp | Self::NginxHttp => &[Service::Http],
             _ => &Service::ALL,
         }
@@ -199,6 +228,11 @@ pub fn route(case: Case, service: Service, backends: usize) -> Route {
         // The client picks the backend itself, by source address, as a balancer would.
         Case::Routed => Route {
             targets: (0..backends).map(|k| Bench::backend(k, port)).collect(),
+            sources: CLIENT_NET,
+        },
+        // DSR keeps the destination port: the VIP on the backends' port.
+        Case::StickyDsrTc | Case::StickyDsrXdp => Route {
+            targets: vec![SocketAddr::new(dsr::vip(false), port)],
             sources: CLIENT_NET,
         },
         _ => Route {
@@ -306,7 +340,17 @@ pub fn start<'a>(
             let args = bench
                 .topo
                 .sticky_args_on(false, service.vip_port(), service.backend_port());
-            Middlebox::Sticky(start_sticky(sticky_bin, bench, &args)?)
+            Middlebox::Sticky(start_sticky(sticky_bin, bench.lb(), &args)?)
+        }
+        Case::StickyDsrTc | Case::StickyDsrXdp => {
+            let mut args = bench.dsr.sticky_args(false, service.backend_port());
+            let xdp = if case == Case::StickyDsrXdp {
+                "native"
+            } else {
+                "off"
+            };
+            args.extend(["--forward", "dsr", "--xdp", xdp].map(String::from));
+            Middlebox::Sticky(start_sticky(sticky_bin, &bench.dsr.lb, &args)?)
         }
         Case::StickyProxy | Case::StickyProxyCopy => {
             let kernel =
@@ -314,7 +358,7 @@ pub fn start<'a>(
                     .topo
                     .sticky_args_on(false, PROXY_CASE_KERNEL_PORT, service.backend_port());
             let args = proxy_args(kernel, vip, case == Case::StickyProxy);
-            let daemon = start_sticky(sticky_bin, bench, &args)?;
+            let daemon = start_sticky(sticky_bin, bench.lb(), &args)?;
             bench
                 .wait_lb_listening(vip.port())
                 .with_context(|| format!("{} did not start", case.label()))?;
@@ -332,10 +376,10 @@ pub fn start<'a>(
     Ok(started)
 }
 
-/// `sticky run ARGS` in the balancer namespace, every thread pinned to the server CPU.
-fn start_sticky(bin: &Path, bench: &Bench, args: &[String]) -> anyhow::Result<StickyProcess> {
-    let daemon = StickyProcess::start(bin, bench.lb(), args)
-        .context("start sticky in the balancer namespace")?;
+/// `sticky run ARGS` in a balancer namespace, every thread pinned to the server CPU.
+fn start_sticky(bin: &Path, lb: &Netns, args: &[String]) -> anyhow::Result<StickyProcess> {
+    let daemon =
+        StickyProcess::start(bin, lb, args).context("start sticky in the balancer namespace")?;
     cmd::output(
         std::process::Command::new("taskset").args([
             "-a",
@@ -585,6 +629,10 @@ mod tests {
         }
         assert!(Case::Sticky.transparent());
         assert_eq!(Case::Routed.services(), &Service::ALL);
+        for case in [Case::StickyDsrTc, Case::StickyDsrXdp] {
+            assert!(case.transparent() && case.dsr() && case.sticky_kernel());
+            assert_eq!(case.services(), &[Service::Http, Service::Bulk]);
+        }
     }
 
     #[test]
@@ -595,6 +643,14 @@ mod tests {
         assert_eq!(
             route(Case::Direct, Service::Bulk, 2).targets,
             vec![Bench::direct(5201)]
+        );
+        // DSR: the VIP on the backends' own port.
+        assert_eq!(
+            route(Case::StickyDsrXdp, Service::Http, 2).targets,
+            vec![SocketAddr::new(
+                dsr::vip(false),
+                Service::Http.backend_port()
+            )]
         );
     }
 }

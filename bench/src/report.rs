@@ -22,6 +22,10 @@ const TARGET: f64 = 0.97;
 const PROXY_VS_HAPROXY: f64 = 1.5;
 /// Proxy mode with splicing should reach this share of the direct path's bulk rate.
 const SPLICE_VS_DIRECT: f64 = 0.8;
+/// DSR on XDP should cost at most this many ns per packet in BPF_PROG_TEST_RUN.
+const DSR_XDP_NS: f64 = 150.0;
+/// DSR should reach this multiple of the routed path's new-connection rate.
+const DSR_NEW_CONN: f64 = 1.0;
 /// Below this share of the fixed rate, a path's latency is its queue's.
 const OVERLOAD: f64 = 0.95;
 
@@ -143,13 +147,10 @@ pub fn markdown(results: &Results, chart: &str) -> String {
         }
         md.push('\n');
     }
-    if cases.contains(&Case::Sticky) {
+    if cases.iter().any(|c| c.sticky_kernel()) {
         md.push_str("| eBPF ns per packet |");
         for &c in &cases {
-            let v = (c == Case::Sticky)
-                .then(|| ebpf_cell(results))
-                .flatten()
-                .unwrap_or_else(|| "–".into());
+            let v = ebpf_cell(results, c).unwrap_or_else(|| "–".into());
             let _ = write!(md, " {v} |");
         }
         md.push('\n');
@@ -172,6 +173,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     }
     let _ = writeln!(md, "\n![bench]({chart})\n");
     ebpf_paragraph(&mut md, results);
+    dsr_ebpf_paragraph(&mut md, results);
     targets(&mut md, results);
     if let Some(hash) = &results.hash {
         let _ = writeln!(md, "### Hash and table\n\n{hash}");
@@ -187,8 +189,48 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     md
 }
 
-fn ebpf_cell(results: &Results) -> Option<String> {
-    Some(format!("{:.0}", results.ebpf_total().per_packet(None)?))
+fn ebpf_cell(results: &Results, case: Case) -> Option<String> {
+    let ns = match case {
+        Case::Sticky => results.ebpf_total().per_packet(None)?,
+        _ => results.ebpf_dsr.get(&case)?.per_packet(None)?,
+    };
+    Some(format!("{ns:.0}"))
+}
+
+/// The DSR cases' programs under load, and the DSR programs through BPF_PROG_TEST_RUN.
+fn dsr_ebpf_paragraph(md: &mut String, results: &Results) {
+    for (case, cost) in &results.ebpf_dsr {
+        let programs: Vec<String> = cost
+            .programs
+            .iter()
+            .filter_map(|(name, (_, n))| {
+                Some(format!(
+                    "`{name}` {:.0} ns over {n} runs",
+                    cost.per_packet(Some(name))?
+                ))
+            })
+            .collect();
+        if !programs.is_empty() {
+            let _ = writeln!(
+                md,
+                "eBPF cost per packet of {} (kernel run-time statistics over its runs): {}.\n",
+                case.label(),
+                programs.join(", ")
+            );
+        }
+    }
+    if results.testrun.is_empty() {
+        return;
+    }
+    md.push_str(
+        "DSR programs through BPF_PROG_TEST_RUN (a 118-byte TCP frame received on a veth whose \
+         backend is a resolved neighbour; single runs averaged, less the harness's timer \
+         overhead; the pass path repeated):\n\n| program, packet | ns per packet |\n|---|---|\n",
+    );
+    for c in &results.testrun {
+        let _ = writeln!(md, "| {} | {:.0} |", c.what, c.ns);
+    }
+    md.push('\n');
 }
 
 /// Per program and per service: new flows (HTTP runs) cost more than established ones.
@@ -235,7 +277,53 @@ fn verdict(r: Option<f64>, goal: f64) -> String {
 
 fn targets(md: &mut String, results: &Results) {
     kernel_targets(md, results);
+    dsr_targets(md, results);
     proxy_targets(md, results);
+}
+
+/// Issue #13's targets for direct server return (reported, never asserted).
+fn dsr_targets(md: &mut String, results: &Results) {
+    let cases: Vec<Case> = [Case::StickyDsrTc, Case::StickyDsrXdp]
+        .into_iter()
+        .filter(|c| results.samples.contains_key(c))
+        .collect();
+    if cases.is_empty() && results.testrun.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Where direct server return stands against its targets (XDP ≤ {DSR_XDP_NS:.0} ns per \
+         packet in BPF_PROG_TEST_RUN, new-connection req/s ≥ {DSR_NEW_CONN}× routed, the \
+         download's replies bypassing the balancer):\n"
+    );
+    if let Some(c) = results
+        .testrun
+        .iter()
+        .find(|c| c.what.starts_with("`sticky_dsr_xdp`, established"))
+    {
+        let verdict = if c.ns <= DSR_XDP_NS { "meets" } else { "above" };
+        let _ = writeln!(
+            md,
+            "- `sticky_dsr_xdp`, established flow: {:.0} ns ({verdict})",
+            c.ns
+        );
+    }
+    for case in cases {
+        let conn = verdict(results.ratio(case, Metric::NewConn), DSR_NEW_CONN);
+        let tx = results
+            .summary(case, Metric::DownloadLbTx)
+            .map_or_else(|| "not measured".into(), |s| format!("{:.3}", s.median));
+        let routed_tx = results
+            .summary(Case::Routed, Metric::DownloadLbTx)
+            .map_or_else(|| "not measured".into(), |s| format!("{:.3}", s.median));
+        let _ = writeln!(
+            md,
+            "- {}: new-connection req/s {conn} routed; balancer tx bytes per byte downloaded \
+             {tx} (routed: {routed_tx})",
+            case.label()
+        );
+    }
+    md.push('\n');
 }
 
 fn kernel_targets(md: &mut String, results: &Results) {
@@ -390,7 +478,15 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
          (queueing is not hidden).\n\
          - CPU µs per request: CPU time of the whole machine (all CPUs, softirqs included, \
          from /proc/stat) during the fixed-rate run, divided by its requests.\n\
-         - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate.\n\
+         - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate (not with `--quick`).\n\
+         - download Gbit/s: `iperf3 -R -P1`, backend to client, received rate; balancer tx \
+         bytes per byte downloaded: what every interface of the balancer namespace sent during \
+         it over the bytes the client received (about 1 when replies pass the balancer).\n\
+         - DSR cases: a one-arm topology of their own (client → router → balancer, whose one \
+         interface sends each request back to the router encapsulated; backends set up by \
+         `sticky backend-setup`, answering the client through the router), the same client \
+         /20 and servers; transmit checksum offload off on the client's interface only (what a \
+         native XDP program transmits carries no checksum state).\n\
          - bulk via upgrade Gbit/s: `sticky-bench load bulk --head`, 1 and 4 streams: each \
          sends `GET /sink` with `Connection: Upgrade`, gets 101 from the backend, then writes \
          256 KiB blocks from its own thread and half-closes; the backend answers the bytes it \
@@ -400,8 +496,9 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
          - echo round trip: 64-byte frames written and read back on one connection, mean; via \
          upgrade: the same after `GET /echo` and its 101.\n\
          - eBPF ns per packet: kernel statistics (`BPF_ENABLE_STATS`, as \
-         `kernel.bpf_stats_enabled=1`, on during the sticky case only) `run_time_ns / run_cnt` \
-         of sticky's programs over all its runs.\n\n\
+         `kernel.bpf_stats_enabled=1`, on during the sticky cases only) `run_time_ns / run_cnt` \
+         of sticky's programs over all its runs (DSR cases: per case); DSR programs also \
+         through BPF_PROG_TEST_RUN in a namespace of their own, before the cases.\n\n\
          CPUs: load generators (wrk, iperf3 client, sticky-bench load) pinned to CPU {LOAD_CPU}; \
          backend servers, iperf3 servers, HAProxy, nginx and the sticky daemon (kernel path or \
          proxy) pinned to CPU \

@@ -16,7 +16,7 @@ use crate::{
     measure::{self, Ctx, RATE_SHARE},
     metrics::Results,
     peers::Case,
-    report,
+    report, testrun,
     topology::{Bench, LOAD_CPU, SERVER_CPU},
 };
 
@@ -128,11 +128,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let times_at_start = cpu::times()?;
 
+    println!("bench: eBPF cost per packet of the DSR programs (BPF_PROG_TEST_RUN)");
+    match testrun::dsr_costs() {
+        Ok(costs) => {
+            for c in &costs {
+                println!("  {:<70} {:.0} ns", c.what, c.ns);
+            }
+            results.testrun = costs;
+        }
+        Err(e) => results.note(format!("DSR programs through BPF_PROG_TEST_RUN: {e:#}")),
+    }
     println!(
-        "bench: building namespaces (client /20, balancer, {} backends)",
+        "bench: building namespaces (client /20, balancer, {} backends; the same one-arm for DSR)",
         args.backends
     );
-    let bench = Bench::build(args.backends)?;
+    let bench = Bench::build(args.backends, &args.sticky)?;
     for (key, value) in &args.lb_sysctls {
         bench
             .lb()
@@ -293,10 +303,12 @@ fn background_cpu(d: Duration) -> anyhow::Result<f64> {
     Ok(busy / (t.elapsed().as_secs_f64() * cpu::count() as f64))
 }
 
-/// `sticky-bench serve` in every backend namespace, pinned to the server CPU.
+/// `sticky-bench serve` in every backend namespace (of both topologies), pinned to the server
+/// CPU.
 fn start_servers(bench: &Bench, exe: &std::path::Path) -> anyhow::Result<Vec<Proc>> {
     let mut servers = Vec::new();
-    for (k, ns) in bench.backends().iter().enumerate() {
+    let both = bench.backends().iter().enumerate();
+    for (k, ns) in both.chain(bench.dsr.backends.iter().enumerate()) {
         let mut p = Proc::spawn(
             "backend server",
             cmd::in_ns(ns, Some(SERVER_CPU), exe).args(["serve", "--id", &format!("be{k}")]),

@@ -89,40 +89,54 @@ pub fn iperf3_servers(backends: &[Netns]) -> anyhow::Result<Vec<Proc>> {
     Ok(servers)
 }
 
-/// `iperf3 -c` with `streams` parallel streams for `secs`: received Gbit/s.
+/// What iperf3 reported on the receiving side.
+pub struct Iperf3 {
+    pub gbit_per_sec: f64,
+    pub bytes: u64,
+}
+
+/// `iperf3 -c` with `streams` parallel streams for `secs`, client to server, or server to
+/// client with `reverse` (`-R`).
 pub fn iperf3(
     client: &Netns,
     target: SocketAddr,
     streams: usize,
     secs: u64,
-) -> anyhow::Result<f64> {
-    let out = cmd::output(
-        cmd::in_ns(client, Some(LOAD_CPU), "iperf3").args([
-            "-c",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-            "-P",
-            &streams.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ]),
-        Duration::from_secs(secs) + GRACE,
-    )?;
+    reverse: bool,
+) -> anyhow::Result<Iperf3> {
+    let mut c = cmd::in_ns(client, Some(LOAD_CPU), "iperf3");
+    c.args([
+        "-c",
+        &target.ip().to_string(),
+        "-p",
+        &target.port().to_string(),
+        "-P",
+        &streams.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ]);
+    if reverse {
+        c.arg("-R");
+    }
+    let out = cmd::output(&mut c, Duration::from_secs(secs) + GRACE)?;
     parse_iperf3(&out)
 }
 
-fn parse_iperf3(out: &str) -> anyhow::Result<f64> {
+fn parse_iperf3(out: &str) -> anyhow::Result<Iperf3> {
     let json: serde_json::Value = serde_json::from_str(out).context("iperf3 -J output")?;
     if let Some(e) = json.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("iperf3: {e}");
     }
-    let bps = json
-        .pointer("/end/sum_received/bits_per_second")
-        .and_then(serde_json::Value::as_f64)
-        .context("iperf3 reported no end.sum_received.bits_per_second")?;
-    Ok(bps / 1e9)
+    let received = |field: &str| {
+        json.pointer(&format!("/end/sum_received/{field}"))
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("iperf3 reported no end.sum_received.{field}"))
+    };
+    Ok(Iperf3 {
+        gbit_per_sec: received("bits_per_second")? / 1e9,
+        bytes: received("bytes")? as u64,
+    })
 }
 
 #[cfg(test)]
@@ -142,8 +156,10 @@ mod tests {
 
     #[test]
     fn reads_iperf3_json() {
-        let out = r#"{"end":{"sum_received":{"bits_per_second":1.5e10}}}"#;
-        assert!((parse_iperf3(out).unwrap() - 15.0).abs() < 1e-9);
+        let out = r#"{"end":{"sum_received":{"bits_per_second":1.5e10,"bytes":1875000000}}}"#;
+        let r = parse_iperf3(out).unwrap();
+        assert!((r.gbit_per_sec - 15.0).abs() < 1e-9);
+        assert_eq!(r.bytes, 1_875_000_000);
         assert!(parse_iperf3(r#"{"error":"unable to connect"}"#).is_err());
     }
 }

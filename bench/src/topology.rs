@@ -1,18 +1,23 @@
 //! The bench topology: the rig's client, balancer and backend namespaces, plus a /20 of
-//! client source addresses, a direct veth from the client to backend 0 and benchmark tuning.
+//! client source addresses, a direct veth from the client to backend 0 and benchmark tuning;
+//! and beside it the rig's one-arm DSR topology (`sticky_tests::dsr`, backends set up by the
+//! real `sticky backend-setup`) with the same /20 and tuning, for the DSR cases.
 //!
 //! ```text
 //! client ─eth0──cli0─ lb ─be{k}──eth0─ backend{k}      (routed and balanced cases)
 //! client ─dir0──────────────────dir0─ backend0         (direct veth)
+//! client ─eth0──cli0─ router ─lb0──eth0─ lb            (DSR cases: requests)
+//!                     router ─be{k}──eth0─ backend{k}  (requests encapsulated, replies)
 //! ```
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    path::Path,
     time::Duration,
 };
 
 use anyhow::Context as _;
-use sticky_tests::{Netns, Topology, plan, veth};
+use sticky_tests::{DsrTopology, Netns, Topology, plan, veth};
 
 use crate::cmd;
 
@@ -74,15 +79,60 @@ pub const SERVER_CPU: usize = 1;
 
 pub struct Bench {
     pub topo: Topology,
+    /// The one-arm topology of the DSR cases; `sticky` runs `backend-setup` in its backends.
+    pub dsr: DsrTopology,
 }
 
 impl Bench {
-    pub fn build(backends: usize) -> anyhow::Result<Self> {
+    pub fn build(backends: usize, sticky: &Path) -> anyhow::Result<Self> {
         // No rig clients: their 250-per-/24 plan is replaced by whole /20s below.
         let topo = Topology::build("bench", backends, 0).context("build namespaces")?;
-        let bench = Self { topo };
+        let dsr = DsrTopology::build("bdsr", backends, 0, sticky)
+            .context("build the DSR namespaces (sticky backend-setup in each backend)")?;
+        let bench = Self { topo, dsr };
         bench.wire().context("configure the bench topology")?;
+        bench.wire_dsr().context("configure the DSR topology")?;
         Ok(bench)
+    }
+
+    /// The client /20 in the DSR topology as in the other; offloads at their defaults except
+    /// transmit checksumming on the client's `eth0`: a native XDP program's transmitted frames
+    /// carry no checksum state, so the client's packets must leave complete (as in the rig).
+    fn wire_dsr(&self) -> anyhow::Result<()> {
+        let d = &self.dsr;
+        d.client.ip(&[
+            "route",
+            "add",
+            "local",
+            &CLIENT_NET.to_string(),
+            "dev",
+            "lo",
+        ])?;
+        d.router.ip(&[
+            "route",
+            "add",
+            &CLIENT_NET.to_string(),
+            "via",
+            &CLIENT_ETH0.to_string(),
+            "dev",
+            "cli0",
+        ])?;
+        let mut links: Vec<(&Netns, String)> = vec![
+            (&d.router, "cli0".into()),
+            (&d.router, "lb0".into()),
+            (&d.lb, sticky_tests::dsr::BALANCER_IF.into()),
+        ];
+        for (k, ns) in d.backends.iter().enumerate() {
+            links.push((&d.router, format!("be{k}")));
+            links.push((ns, "eth0".into()));
+        }
+        for (ns, dev) in links {
+            ns.exec("ethtool", &["-K", &dev, "tx", "on"])
+                .with_context(|| format!("turn offloads back on for {dev}"))?;
+        }
+        let mut all: Vec<&Netns> = vec![&d.client, &d.router, &d.lb];
+        all.extend(d.backends.iter());
+        tune(&all)
     }
 
     fn wire(&self) -> anyhow::Result<()> {
@@ -139,16 +189,7 @@ impl Bench {
         }
         let mut all: Vec<&Netns> = vec![&t.client, &t.lb];
         all.extend(t.backends.iter());
-        for ns in all {
-            for (key, value) in [
-                ("net.core.somaxconn", "65535"),
-                ("net.ipv4.tcp_max_syn_backlog", "65535"),
-                ("net.ipv4.ip_local_port_range", "1024 65000"),
-            ] {
-                ns.sysctl(key, value)?;
-            }
-        }
-        Ok(())
+        tune(&all)
     }
 
     pub fn lb(&self) -> &Netns {
@@ -163,10 +204,31 @@ impl Bench {
         &self.topo.backends
     }
 
+    /// The client namespace of the DSR topology (`dsr`) or of the other.
+    pub fn client_of(&self, dsr: bool) -> &Netns {
+        if dsr { &self.dsr.client } else { self.client() }
+    }
+
+    /// The balancer namespace of the DSR topology (`dsr`) or of the other.
+    pub fn lb_of(&self, dsr: bool) -> &Netns {
+        if dsr { &self.dsr.lb } else { self.lb() }
+    }
+
+    /// The backend namespaces of the DSR topology (`dsr`) or of the other.
+    pub fn backends_of(&self, dsr: bool) -> &[Netns] {
+        if dsr {
+            &self.dsr.backends
+        } else {
+            self.backends()
+        }
+    }
+
     /// Every namespace, for flushing conntrack.
     pub fn namespaces(&self) -> Vec<&Netns> {
         let mut all = vec![&self.topo.client, &self.topo.lb];
         all.extend(self.topo.backends.iter());
+        all.extend([&self.dsr.client, &self.dsr.router, &self.dsr.lb]);
+        all.extend(self.dsr.backends.iter());
         all
     }
 
@@ -188,6 +250,20 @@ impl Bench {
     pub fn wait_lb_listening(&self, port: u16) -> anyhow::Result<()> {
         cmd::wait_listening(self.lb(), port, Duration::from_secs(10))
     }
+}
+
+/// Room for the load: deep accept queues, every local port.
+fn tune(namespaces: &[&Netns]) -> anyhow::Result<()> {
+    for ns in namespaces {
+        for (key, value) in [
+            ("net.core.somaxconn", "65535"),
+            ("net.ipv4.tcp_max_syn_backlog", "65535"),
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+        ] {
+            ns.sysctl(key, value)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
