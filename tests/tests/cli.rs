@@ -415,7 +415,11 @@ fn pin_array_map(path: &std::path::Path, value_size: u32) {
     attr[12..16].copy_from_slice(&1u32.to_ne_bytes());
     // SAFETY: BPF_MAP_CREATE with a zeroed bpf_attr carrying the four fields above.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
     let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut pin = [0u8; 128];
     pin[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
