@@ -23,7 +23,8 @@ use aya_ebpf::{
         xdp_action,
     },
     helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head,
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_xdp_adjust_head,
     },
     programs::{TcContext, XdpContext},
 };
@@ -36,7 +37,7 @@ use sticky_common::maps::{COUNTER_DSR, COUNTER_ENCAP_ERROR, COUNTER_TOO_BIG};
 use crate::{
     frame::Frame,
     ingress::{Forward, Target, decide},
-    maps::{DSR_SCRATCH, SETTINGS, count, count_backend},
+    maps::{DSR_NEXT_HOPS, DSR_SCRATCH, SETTINGS, count, count_backend},
     parse::{Packet, header},
     verdict::{Tc, Xdp, drop, on_tcp},
 };
@@ -49,6 +50,11 @@ const OUTER_TTL: u8 = 64;
 /// Don't fragment: a too-big packet is dropped and counted, never fragmented on the way.
 const IPV4_DF: u16 = 0x4000;
 const ETH_ALEN: usize = 6;
+/// How long a backend's next hop is reused before the FIB is asked again: a changed route or
+/// neighbour MAC is followed within this long.
+const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// Below this a FIB's MTU answer is not believed (IPv6's minimum): such hops are not cached.
+const MIN_SANE_MTU: u32 = 1280;
 
 /// Bytes the outer header adds.
 #[inline(always)]
@@ -174,11 +180,12 @@ fn ipv6_header(o: &Outer) -> Ipv6Hdr {
 
 /// The FIB's answer for the outer destination.
 enum NextHop {
-    /// Out of `ifindex` to `dmac`, from `smac`.
+    /// Out of `ifindex` to `dmac`, from `smac`; the route's MTU.
     Resolved {
         ifindex: u32,
         smac: [u8; ETH_ALEN],
         dmac: [u8; ETH_ALEN],
+        mtu: u32,
     },
     /// Out of `ifindex`, the neighbour not yet resolved.
     NoNeigh {
@@ -190,8 +197,9 @@ enum NextHop {
 }
 
 /// Looks up the outer destination. `tot_len` 0 (tc, GSO packets) has the kernel check the
-/// skb's segments against the MTU instead.
-#[inline(always)]
+/// skb's segments against the MTU instead. A function of its own (a BPF-to-BPF call): the
+/// entry points' stacks stay under 512 bytes.
+#[inline(never)]
 fn next_hop(ctx: *mut core::ffi::c_void, o: &Outer, ifindex: u32, tot_len: u16) -> NextHop {
     let Some(p) = DSR_SCRATCH.get_ptr_mut(0) else {
         return NextHop::Unroutable;
@@ -233,11 +241,60 @@ fn next_hop(ctx: *mut core::ffi::c_void, o: &Outer, ifindex: u32, tot_len: u16) 
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,
+            // SAFETY: on success the helper leaves the route's MTU in the union.
+            mtu: u32::from(unsafe { p.__bindgen_anon_1.mtu_result }),
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeigh { ifindex: p.ifindex },
         BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig,
         _ => NextHop::Unroutable,
     }
+}
+
+/// The next hop towards backend `id`: from this CPU's cache while it is fresh and `tot_len`
+/// is known (not a tc GSO packet, whose segments the kernel checks), else from the FIB, whose
+/// resolved answers are cached.
+#[inline(always)]
+fn route(ctx: *mut core::ffi::c_void, o: &Outer, id: u32, ifindex: u32, tot_len: u16) -> NextHop {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let dst = sticky_common::Addr16::from_bytes(o.dst);
+    if tot_len != 0
+        && let Some(c) = DSR_NEXT_HOPS.get_ptr(id)
+    {
+        // SAFETY: this CPU's slot, read before anything on this CPU writes it again.
+        let c = unsafe { &*c };
+        if c.expires_ns > now && c.dst == dst {
+            if u32::from(tot_len) > c.mtu {
+                return NextHop::TooBig;
+            }
+            return NextHop::Resolved {
+                ifindex: c.ifindex,
+                smac: c.smac,
+                dmac: c.dmac,
+                mtu: c.mtu,
+            };
+        }
+    }
+    let hop = next_hop(ctx, o, ifindex, tot_len);
+    if let NextHop::Resolved {
+        ifindex,
+        smac,
+        dmac,
+        mtu,
+    } = hop
+        && mtu >= MIN_SANE_MTU
+        && let Some(c) = DSR_NEXT_HOPS.get_ptr_mut(id)
+    {
+        // SAFETY: this CPU's slot; no other writer on this CPU meanwhile.
+        let c = unsafe { &mut *c };
+        c.dst = dst;
+        c.expires_ns = now + NEXT_HOP_TTL_NS;
+        c.ifindex = ifindex;
+        c.mtu = mtu;
+        c.smac = smac;
+        c.dmac = dmac;
+    }
+    hop
 }
 
 #[inline(always)]
@@ -264,7 +321,7 @@ fn tc_encap(ctx: &TcContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Tc>(COUNTER_TOO_BIG);
     }
     let tot_len = if gso { 0 } else { grown as u16 };
-    let hop = next_hop(ctx.skb.skb.cast(), &o, ifindex, tot_len);
+    let hop = route(ctx.skb.skb.cast(), &o, t.id, ifindex, tot_len);
     let out_ifindex = match hop {
         NextHop::Resolved { ifindex, .. } | NextHop::NoNeigh { ifindex } => ifindex,
         NextHop::TooBig => return drop::<Tc>(COUNTER_TOO_BIG),
@@ -328,11 +385,13 @@ fn xdp_encap(ctx: &XdpContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Xdp>(COUNTER_TOO_BIG);
     }
     let in_ifindex = ctx.ingress_ifindex() as u32;
-    let (out_ifindex, smac, dmac) = match next_hop(ctx.ctx.cast(), &o, in_ifindex, grown as u16) {
+    let (out_ifindex, smac, dmac) = match route(ctx.ctx.cast(), &o, t.id, in_ifindex, grown as u16)
+    {
         NextHop::Resolved {
             ifindex,
             smac,
             dmac,
+            ..
         } => (ifindex, smac, dmac),
         // The tc program behind us redirects through the neighbour subsystem, which
         // resolves it; later packets take the fast path.

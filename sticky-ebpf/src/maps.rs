@@ -45,6 +45,27 @@ pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> =
 pub static AFFINITY: LruHashMap<Addr16, Affinity> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CLIENTS, 0);
 
+/// Direct server return: a backend's next hop as the FIB last gave it, on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedHop {
+    /// The backend address it was looked up for (an id may be reused for another).
+    pub dst: Addr16,
+    /// Valid until then (`bpf_ktime_get_coarse_ns`).
+    pub expires_ns: u64,
+    pub ifindex: u32,
+    /// The route's MTU: a packet larger once encapsulated is too big.
+    pub mtu: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// DSR next hops by backend id (`dsr::route`): the FIB lookup once per backend, CPU and
+/// `NEXT_HOP_TTL_NS`, not once per packet.
+#[map(name = "STICKY_DSR_NEXT_HOPS")]
+pub static DSR_NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
 /// Direct server return: the FIB lookup's parameters, off the 512-byte stack.
 #[map(name = "STICKY_DSR_SCRATCH")]
 pub static DSR_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
