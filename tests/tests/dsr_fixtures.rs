@@ -272,3 +272,69 @@ fn what_is_not_ours_passes_untouched() {
         assert_eq!(dp.counters().unwrap().values[COUNTER_DSR as usize], 0);
     });
 }
+
+/// A backend's next hop is looked up once and reused for a second (per CPU: the thread is
+/// pinned to one): a neighbour's new MAC is followed after that, not before.
+#[test]
+fn next_hops_are_reused_for_a_second() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let ns = namespace(1500);
+    ns.run(|| {
+        // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+        let mut dp = load(VIP_V4, sa("10.77.0.2:80"));
+        let input = syn(CLIENT_V4, VIP_V4);
+        let (_, out) = run_tc(&mut dp, &input);
+        assert_encapsulated(
+            &input,
+            &out,
+            ip(NODE_V4),
+            ip("10.77.0.2"),
+            Some((NODE_MAC, BACKEND_MAC)),
+        );
+        let moved = [0x02, 0x77, 0, 0, 0, 0x03];
+        let status = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "10.77.0.2",
+                "lladdr",
+                "02:77:00:00:00:03",
+                "dev",
+                IF,
+            ])
+            .args(["nud", "permanent"])
+            .status()
+            .expect("ip neigh replace");
+        assert!(status.success());
+        let (_, out) = run_xdp(&mut dp, &input);
+        assert_encapsulated(
+            &input,
+            &out,
+            ip(NODE_V4),
+            ip("10.77.0.2"),
+            Some((NODE_MAC, BACKEND_MAC)),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        for (rc, out) in [run_tc(&mut dp, &input), run_xdp(&mut dp, &input)] {
+            assert_ne!(rc, XDP_DROP, "forwarded");
+            assert_encapsulated(
+                &input,
+                &out,
+                ip(NODE_V4),
+                ip("10.77.0.2"),
+                Some((NODE_MAC, moved)),
+            );
+        }
+    })
+    .expect("namespace thread");
+}
