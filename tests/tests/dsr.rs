@@ -393,3 +393,49 @@ fn dsr_restart_keeps_connections_and_refuses_the_other_mode() {
     assert!(text.contains("forwarding dsr (eth0 xdp native)"), "{text}");
     assert!(daemon.stop().expect("stop").success());
 }
+
+/// Two DSR instances on one interface, one VIP port each, both asking for XDP where it is
+/// available: the first gets native XDP, the second (an interface holds one XDP program) runs
+/// on tc behind it and says so; each instance's clients reach its backends, sticky and
+/// spread, the other's traffic passing through untouched.
+#[test]
+fn dsr_two_instances_share_one_interface() {
+    if !root_or_skip("dsr_two_instances_share_one_interface") {
+        return;
+    }
+    let topo = topology("dsr2");
+    let _servers = topo.start_servers().expect("backend servers");
+    let auto = |port: u16, instance: &str| {
+        let mut args = topo.sticky_args(false, port);
+        args.extend(
+            ["--forward", "dsr", "--xdp", "auto", "--instance", instance].map(String::from),
+        );
+        StickyProcess::start(&sticky_bin(), &topo.lb, &args)
+            .unwrap_or_else(|e| panic!("sticky run --forward dsr --instance {instance}: {e:#}"))
+    };
+    let first = auto(dsr::VIP_PORT, &format!("{}-a", topo.lb.name));
+    let second = auto(dsr::ECHO_PORT, &format!("{}-b", topo.lb.name));
+    let status = |p: &StickyProcess| {
+        String::from_utf8_lossy(&p.ctl(&sticky_bin(), &["status"]).stdout).into_owned()
+    };
+    let (a, b) = (status(&first), status(&second));
+    assert!(a.contains("forwarding dsr (eth0 xdp native)"), "{a}");
+    assert!(b.contains("forwarding dsr (eth0 tc)"), "{b}");
+
+    let assignment = assign_via(
+        &topo.client,
+        topo.vip(false, dsr::VIP_PORT),
+        0..CLIENTS,
+        2,
+        false,
+    );
+    assert_eq!(
+        spread(&assignment).len(),
+        BACKENDS,
+        "the first instance spreads"
+    );
+    let mut conn = echo_connection(&topo, topo.vip(false, dsr::ECHO_PORT));
+    echo_round(&mut conn, 10_000);
+    assert!(second.stop().expect("stop").success());
+    assert!(first.stop().expect("stop").success());
+}
