@@ -19,3 +19,5 @@ pub const MAX_VIPS: u32 = 64;
 /// Client key prefix lengths: the whole address, each client on its own.
 pub const DEFAULT_AFFINITY_PREFIX_V4: u8 = 32;
 pub const DEFAULT_AFFINITY_PREFIX_V6: u8 = 128;
+/// A UDP flow's idle timeout: conntrack's for a UDP stream (`nf_conntrack_udp_timeout_stream`).
+pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 120_000_000_000;

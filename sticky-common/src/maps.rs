@@ -73,6 +73,7 @@ pub const MAX_BACKENDS: u32 = 1024;
 pub const NO_BACKEND: u32 = u32::MAX;
 
 pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -140,8 +141,11 @@ pub struct Settings {
     pub dsr_source_v4: Addr16,
     /// Direct server return: the outer source of IPv6-in-IPv6 packets.
     pub dsr_source_v6: Addr16,
+    /// A UDP flow ends after this long without a datagram from its client; the next one is
+    /// balanced afresh.
+    pub udp_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
 /// Whole addresses are client keys unless told otherwise: a zero prefix would put every
 /// client on one key.
@@ -158,11 +162,12 @@ impl Default for Settings {
             affinity_timeout_ns: 0,
             dsr_source_v4: Addr16 { words: [0; 4] },
             dsr_source_v6: Addr16 { words: [0; 4] },
+            udp_timeout_ns: crate::defaults::DEFAULT_UDP_TIMEOUT_NS,
         }
     }
 }
 
-/// A TCP 5-tuple as seen in one direction.
+/// A TCP or UDP 5-tuple as seen in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {

@@ -48,6 +48,8 @@ pub const TRACE_FLAG_SYN: u8 = 1;
 pub const TRACE_FLAG_RST: u8 = 2;
 /// A reply of a flow still in its handshake (the SYN-ACK, or a refusal).
 pub const TRACE_FLAG_HANDSHAKE: u8 = 4;
+/// The packet was a UDP datagram (else a TCP segment).
+pub const TRACE_FLAG_UDP: u8 = 8;
 
 /// One data-path decision for the traced client's packet. Addresses as the packet had them
 /// before the rewrite: the client, the VIP it reached and the backend behind it.

@@ -39,7 +39,7 @@ use crate::{
     ingress::{Forward, Target, decide},
     maps::{DSR_NEXT_HOPS, DSR_SCRATCH, SETTINGS, count, count_backend},
     parse::{Packet, header},
-    verdict::{Tc, Xdp, drop, on_tcp},
+    verdict::{Tc, Xdp, drop, on_transport},
 };
 
 const AF_INET: u8 = 2;
@@ -65,7 +65,7 @@ const fn outer_len(v6: bool) -> usize {
 /// tc entry: encapsulate and redirect.
 #[inline(always)]
 pub fn tc(ctx: &TcContext) -> i32 {
-    on_tcp::<Tc, _>(ctx, |pkt| match decide(pkt, Forward::Dsr) {
+    on_transport::<Tc, _>(ctx, |pkt| match decide(pkt, Forward::Dsr) {
         Ok(target) => tc_encap(ctx, pkt, &target),
         Err(miss) => miss.verdict::<Tc>(),
     })
@@ -74,7 +74,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
 /// XDP entry: encapsulate in place and transmit.
 #[inline(always)]
 pub fn xdp(ctx: &XdpContext) -> u32 {
-    let verdict = on_tcp::<Xdp, _>(ctx, |pkt| match decide(pkt, Forward::Dsr) {
+    let verdict = on_transport::<Xdp, _>(ctx, |pkt| match decide(pkt, Forward::Dsr) {
         Ok(target) => xdp_encap(ctx, pkt, &target),
         Err(miss) => miss.verdict::<Xdp>(),
     });

@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::TcContext;
 use sticky_common::{
-    maps::{COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, PROTO_TCP},
+    maps::{COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey},
     trace::{TRACE_DROPPED, TRACE_FLAG_HANDSHAKE, TRACE_REASON_NAT_ERROR, TRACE_REPLY},
 };
 
@@ -11,12 +11,12 @@ use crate::{
     nat::{End, rewrite},
     parse::Packet,
     trace::{self, Decision},
-    verdict::{Tc, forwarded, on_tcp, pass, rewrite_failed},
+    verdict::{Tc, forwarded, on_transport, pass, rewrite_failed},
 };
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    on_tcp::<Tc, _>(ctx, |pkt| reply(ctx, pkt))
+    on_transport::<Tc, _>(ctx, |pkt| reply(ctx, pkt))
 }
 
 #[inline(always)]
@@ -26,7 +26,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         dst: pkt.dst,
         sport_be: pkt.sport_be,
         dport_be: pkt.dport_be,
-        proto: PROTO_TCP,
+        proto: pkt.proto,
         _pad0: 0,
         _pad1: 0,
     };

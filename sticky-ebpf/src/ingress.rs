@@ -1,5 +1,9 @@
 //! Client → VIP: find or make the flow, DNAT it to its backend.
 //!
+//! TCP and UDP alike: a UDP flow is its 5-tuple; its first datagram opens it like a SYN, its
+//! client's next one confirms it, and it ends after `Settings::udp_timeout_ns` without a
+//! datagram from the client (the one direction every forwarding mode sees).
+//!
 //! Backend choice for a new flow: `sticky_common::choose` over the maps (see `choice` there:
 //! the one place the rule lives).
 //!
@@ -15,7 +19,7 @@ use sticky_common::{
     choose, client_key,
     maps::{
         AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS,
-        FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, PROTO_TCP, Settings, VipKey,
+        FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, Settings, VipKey,
     },
     trace::{
         TRACE_CONFIRMED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
@@ -28,12 +32,12 @@ use crate::{
     nat::{End, rewrite},
     parse::{Packet, same_addr},
     trace::{self, Decision},
-    verdict::{Hook, Tc, drop, forwarded, on_tcp, pass, rewrite_failed},
+    verdict::{Hook, Tc, drop, forwarded, on_transport, pass, rewrite_failed},
 };
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    on_tcp::<Tc, _>(ctx, |pkt| match decide(pkt, Forward::Nat) {
+    on_transport::<Tc, _>(ctx, |pkt| match decide(pkt, Forward::Nat) {
         Ok(target) => nat(ctx, pkt, &target),
         Err(miss) => miss.verdict::<Tc>(),
     })
@@ -83,7 +87,7 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
     let vip = VipKey {
         addr: pkt.dst,
         port_be: pkt.dport_be,
-        proto: PROTO_TCP,
+        proto: pkt.proto,
         _pad0: 0,
     };
     if VIPS.get_ptr(&vip).is_none() {
@@ -95,41 +99,57 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
         dst: pkt.dst,
         sport_be: pkt.sport_be,
         dport_be: pkt.dport_be,
-        proto: PROTO_TCP,
+        proto: pkt.proto,
         _pad0: 0,
         _pad1: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let (flow, new_flow) = if pkt.syn {
+    // The flow the packet belongs to, if it has one that still holds.
+    let known = if pkt.syn {
         // A SYN starts a new connection even when a closed one with the same ports is still
         // in the table: it is balanced afresh instead of following a backend that may be gone.
         forget_established(pkt, &key);
-        (open_flow(pkt, &key, now, traced, mode), true)
+        None
     } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live LRU value; a concurrent update at worst delays a refresh.
         let flow = unsafe { &mut *flow };
-        if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
-            flow.touched_ns = now;
-            refresh_affinity(&affinity_key(&pkt.src), flow, now);
+        if expired(pkt, flow.touched_ns, now) {
+            // An idle UDP flow: its client is balanced afresh, like a new connection.
+            let old = *flow;
+            forget(pkt, &key, &old);
+            None
+        } else {
+            if now.saturating_sub(flow.touched_ns) > AFFINITY_REFRESH_NS {
+                flow.touched_ns = now;
+                refresh_affinity(&affinity_key(&pkt.src), flow, now);
+            }
+            if traced {
+                trace::ingress(pkt, &decision(TRACE_ESTABLISHED, 0, 0, flow));
+            }
+            Some(*flow)
         }
-        if traced {
-            trace::ingress(pkt, &decision(TRACE_ESTABLISHED, 0, 0, flow));
-        }
-        (Some(*flow), false)
     } else if let Some(flow) = NEW_FLOWS.get_ptr(&key) {
         // SAFETY: read-only copy of an LRU value.
         let flow = unsafe { *flow };
-        confirm(pkt, &key, &flow, now, mode);
-        if traced {
-            trace::ingress(pkt, &decision(TRACE_CONFIRMED, 0, 0, &flow));
+        if expired(pkt, flow.touched_ns, now) {
+            None
+        } else {
+            confirm(pkt, &key, &flow, now, mode);
+            if traced {
+                trace::ingress(pkt, &decision(TRACE_CONFIRMED, 0, 0, &flow));
+            }
+            Some(flow)
         }
-        (Some(flow), false)
     } else {
         // Mid-connection with no state (maps lost, evicted, or — behind ECMP — the SYN went
         // to another node): balanced like a SYN, which gives the same backend as that node's
         // table whenever the backend set is the same, and kept with the unconfirmed flows
         // until the client's next packet.
-        (open_flow(pkt, &key, now, traced, mode), true)
+        None
+    };
+    let (flow, new_flow) = match known {
+        Some(flow) => (Some(flow), false),
+        None => (open_flow(pkt, &key, now, traced, mode), true),
     };
     let Some(flow) = flow else {
         return Err(no_backend(pkt, traced));
@@ -141,6 +161,16 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
         new_flow,
         traced,
     })
+}
+
+/// A UDP flow last refreshed at `touched_ns` has outlived its idle timeout. (A flow's time is
+/// refreshed at most once a second, so the timeout is kept to within a second.)
+#[inline(always)]
+fn expired(pkt: &Packet, touched_ns: u64, now: u64) -> bool {
+    pkt.is_udp()
+        && SETTINGS
+            .get(0)
+            .is_some_and(|s| now.saturating_sub(touched_ns) > s.udp_timeout_ns)
 }
 
 /// NAT: the destination becomes the backend; the stack routes the packet.
@@ -249,7 +279,13 @@ fn forget_established(pkt: &Packet, key: &FlowKey) {
     let Some(old) = FLOWS.get_ptr(key).map(|f| unsafe { *f }) else {
         return;
     };
-    let _ = FLOWS.remove(&reply_key(pkt, &old));
+    forget(pkt, key, &old);
+}
+
+/// Both entries of the established flow `old` go.
+#[inline(always)]
+fn forget(pkt: &Packet, key: &FlowKey, old: &Flow) {
+    let _ = FLOWS.remove(&reply_key(pkt, old));
     let _ = FLOWS.remove(key);
 }
 
@@ -261,7 +297,7 @@ fn reply_key(pkt: &Packet, forward: &Flow) -> FlowKey {
         dst: pkt.src,
         sport_be: forward.nat_port_be,
         dport_be: pkt.sport_be,
-        proto: PROTO_TCP,
+        proto: pkt.proto,
         _pad0: 0,
         _pad1: 0,
     }

@@ -1,7 +1,10 @@
 //! Address and port rewrites. Checksums are only ever fixed through the kernel's
 //! `l3_csum_replace`/`l4_csum_replace` (incremental, offload-aware), never recomputed by hand.
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
 use sticky_common::Addr16;
 
 use crate::parse::Packet;
@@ -12,6 +15,7 @@ const IPV4_DST_OFF: usize = 16;
 const IPV6_SRC_OFF: usize = 8;
 const IPV6_DST_OFF: usize = 24;
 const TCP_CSUM_OFF: usize = 16;
+const UDP_CSUM_OFF: usize = 6;
 
 /// Which end of the segment to rewrite.
 #[derive(Clone, Copy)]
@@ -29,7 +33,8 @@ impl From<i64> for NatError {
 }
 
 /// Rewrites one end of `pkt` to `addr`:`port_be`, fixing the IPv4 header checksum and the
-/// TCP checksum (pseudo-header included). On error the packet may be half rewritten: drop it.
+/// TCP or UDP checksum (pseudo-header included). An IPv4 UDP datagram without a checksum
+/// (zero) keeps none; a checksum that comes out zero is written as 0xffff (RFC 768). On error the packet may be half rewritten: drop it.
 #[inline(always)]
 pub fn rewrite(
     ctx: &TcContext,
@@ -47,21 +52,26 @@ pub fn rewrite(
     if pkt.is_v6 == addr.is_v4() {
         return Err(NatError);
     }
-    let csum_off = pkt.l4_off + TCP_CSUM_OFF;
+    let (csum_off, mangled_0) = if pkt.is_udp() {
+        (pkt.l4_off + UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0))
+    } else {
+        (pkt.l4_off + TCP_CSUM_OFF, 0)
+    };
     let [o0, o1, o2, o3] = old_addr.words;
     let [n0, n1, n2, n3] = addr.words;
     if pkt.is_v6 {
         let base = pkt.l3_off + v6_off;
-        replace_word(ctx, csum_off, base, o0, n0)?;
-        replace_word(ctx, csum_off, base + 4, o1, n1)?;
-        replace_word(ctx, csum_off, base + 8, o2, n2)?;
-        replace_word(ctx, csum_off, base + 12, o3, n3)?;
+        replace_word(ctx, csum_off, mangled_0, base, o0, n0)?;
+        replace_word(ctx, csum_off, mangled_0, base + 4, o1, n1)?;
+        replace_word(ctx, csum_off, mangled_0, base + 8, o2, n2)?;
+        replace_word(ctx, csum_off, mangled_0, base + 12, o3, n3)?;
     } else if o3 != n3 {
         ctx.l3_csum_replace(pkt.l3_off + IPV4_CSUM_OFF, u64::from(o3), u64::from(n3), 4)?;
-        replace_word(ctx, csum_off, pkt.l3_off + v4_off, o3, n3)?;
+        replace_word(ctx, csum_off, mangled_0, pkt.l3_off + v4_off, o3, n3)?;
     }
     if old_port != port_be {
-        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port_be), 2)?;
+        let flags = mangled_0 | 2;
+        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port_be), flags)?;
         ctx.store(pkt.l4_off + port_off, &port_be, 0)?;
     }
     Ok(())
@@ -72,6 +82,7 @@ pub fn rewrite(
 fn replace_word(
     ctx: &TcContext,
     csum_off: usize,
+    mangled_0: u64,
     off: usize,
     old: u32,
     new: u32,
@@ -83,7 +94,7 @@ fn replace_word(
         csum_off,
         u64::from(old),
         u64::from(new),
-        u64::from(BPF_F_PSEUDO_HDR) | 4,
+        u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4,
     )?;
     ctx.store(off, &new, 0)?;
     Ok(())

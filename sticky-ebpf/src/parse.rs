@@ -1,4 +1,4 @@
-//! Header parsing with direct packet access. Respects IHL and walks the IPv6 extension
+//! Header parsing with direct packet access: TCP and UDP over IPv4 and IPv6. Respects IHL and walks the IPv6 extension
 //! headers that carry nothing we must honour (hop-by-hop, destination options: BIG TCP on
 //! `lo` adds a hop-by-hop header to every segment). Anything else is reported, not guessed.
 
@@ -6,8 +6,12 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
+    udp::UdpHdr,
 };
-use sticky_common::{Addr16, maps::PROTO_TCP};
+use sticky_common::{
+    Addr16,
+    maps::{PROTO_TCP, PROTO_UDP},
+};
 
 use crate::frame::Frame;
 
@@ -22,25 +26,36 @@ const IPV6_MAX_EXT: usize = 4;
 /// IPv4 more-fragments flag and fragment offset, host order.
 pub const IPV4_FRAG_MASK: u16 = 0x3fff;
 
-/// A TCP segment's addresses, ports and where its headers sit.
+/// A TCP segment's or UDP datagram's addresses, ports and where its headers sit.
 pub struct Packet {
     pub is_v6: bool,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
     pub l3_off: usize,
     pub l4_off: usize,
     pub src: Addr16,
     pub dst: Addr16,
     pub sport_be: u16,
     pub dport_be: u16,
-    /// SYN without ACK: a connection attempt, possibly reusing a closed connection's ports.
+    /// TCP SYN without ACK: a connection attempt, possibly reusing a closed connection's
+    /// ports. Never set for UDP.
     pub syn: bool,
-    /// RST: a reset (from a backend: it refused or dropped the connection).
+    /// TCP RST: a reset (from a backend: it refused or dropped the connection).
     pub rst: bool,
 }
 
+impl Packet {
+    #[inline(always)]
+    pub fn is_udp(&self) -> bool {
+        self.proto == PROTO_UDP
+    }
+}
+
 pub enum Parsed {
-    Tcp(Packet),
-    /// Valid, but not TCP over IP.
-    NotTcp,
+    /// A TCP segment or UDP datagram.
+    Transport(Packet),
+    /// Valid, but neither TCP nor UDP over IP.
+    Other,
     /// Truncated or inconsistent headers.
     Malformed,
     /// Fragments and IPv6 routing headers: valid, but we do not rewrite them.
@@ -90,7 +105,7 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     match u16::from_be(eth.ether_type) {
         ETH_P_IP => parse_v4(ctx, EthHdr::LEN),
         ETH_P_IPV6 => parse_v6(ctx, EthHdr::LEN),
-        _ => Parsed::NotTcp,
+        _ => Parsed::Other,
     }
 }
 
@@ -113,15 +128,13 @@ fn parse_v4<F: Frame>(ctx: &F, l3: usize) -> Parsed {
     if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
         return Parsed::Unhandled;
     }
-    if ip.proto != PROTO_TCP {
-        return Parsed::NotTcp;
-    }
-    if !big_tcp && tot_len < ihl + TcpHdr::LEN {
-        return Parsed::Malformed;
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return Parsed::Other;
     }
     let end = if big_tcp { skb_len } else { l3 + tot_len };
-    parse_tcp(
+    parse_l4(
         ctx,
+        ip.proto,
         false,
         l3,
         l3 + ihl,
@@ -160,7 +173,7 @@ fn parse_v6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
     let mut off = l3 + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXT {
         match next {
-            PROTO_TCP => return parse_tcp(ctx, true, l3, off, end, src, dst),
+            PROTO_TCP | PROTO_UDP => return parse_l4(ctx, next, true, l3, off, end, src, dst),
             IPV6_HOP_BY_HOP | IPV6_DEST_OPTS => {
                 let Some(ext) = header::<[u8; 2], F>(ctx, off) else {
                     return Parsed::Malformed;
@@ -169,18 +182,82 @@ fn parse_v6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
                 off += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_ROUTING | IPV6_FRAGMENT => return Parsed::Unhandled,
-            _ => return Parsed::NotTcp,
+            _ => return Parsed::Other,
         }
     }
-    if next == PROTO_TCP {
-        return parse_tcp(ctx, true, l3, off, end, src, dst);
+    if next == PROTO_TCP || next == PROTO_UDP {
+        return parse_l4(ctx, next, true, l3, off, end, src, dst);
     }
     Parsed::Unhandled
 }
 
-/// `end`: where the IP packet ends (its length field; the skb's end for BIG TCP). The TCP
-/// header, options included, must lie inside it: bytes past it are Ethernet padding or
-/// garbage, and a segment whose data offset overruns it is one no receiver accepts.
+/// `end`: where the IP packet ends (its length field; the skb's end for BIG TCP).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn parse_l4<F: Frame>(
+    ctx: &F,
+    proto: u8,
+    is_v6: bool,
+    l3_off: usize,
+    l4_off: usize,
+    end: usize,
+    src: Addr16,
+    dst: Addr16,
+) -> Parsed {
+    // Bounds the offset for the verifier: IPv4 options and IPv6 extension headers can only
+    // push the transport header this far.
+    if l4_off > 512 {
+        return Parsed::Malformed;
+    }
+    if proto == PROTO_UDP {
+        parse_udp(ctx, is_v6, l3_off, l4_off, end, src, dst)
+    } else {
+        parse_tcp(ctx, is_v6, l3_off, l4_off, end, src, dst)
+    }
+}
+
+/// The UDP length must cover the header and lie inside the IP packet (a datagram claiming
+/// more than it carries is one no receiver accepts). Zero is an IPv6 jumbogram's length.
+#[inline(always)]
+fn parse_udp<F: Frame>(
+    ctx: &F,
+    is_v6: bool,
+    l3_off: usize,
+    l4_off: usize,
+    end: usize,
+    src: Addr16,
+    dst: Addr16,
+) -> Parsed {
+    if l4_off + UdpHdr::LEN > end {
+        return Parsed::Malformed;
+    }
+    let Some(udp) = header::<UdpHdr, F>(ctx, l4_off) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `UdpHdr` is plain bytes: source, destination, length, checksum.
+    let raw: [u8; UdpHdr::LEN] = unsafe { core::mem::transmute(udp) };
+    let len = usize::from(u16::from_be_bytes([raw[4], raw[5]]));
+    let jumbo = is_v6 && len == 0 && end - l4_off > usize::from(u16::MAX);
+    if !jumbo && (len < UdpHdr::LEN || l4_off + len > end) {
+        return Parsed::Malformed;
+    }
+    Parsed::Transport(Packet {
+        is_v6,
+        proto: PROTO_UDP,
+        l3_off,
+        l4_off,
+        src,
+        dst,
+        sport_be: u16::from_ne_bytes([raw[0], raw[1]]),
+        dport_be: u16::from_ne_bytes([raw[2], raw[3]]),
+        syn: false,
+        rst: false,
+    })
+}
+
+/// The TCP header, options included, must lie inside the IP packet: bytes past it are
+/// Ethernet padding or garbage, and a segment whose data offset overruns it is one no
+/// receiver accepts.
 #[inline(always)]
 fn parse_tcp<F: Frame>(
     ctx: &F,
@@ -191,9 +268,7 @@ fn parse_tcp<F: Frame>(
     src: Addr16,
     dst: Addr16,
 ) -> Parsed {
-    // Bounds the offset for the verifier: IPv4 options and IPv6 extension headers can only
-    // push the TCP header this far.
-    if l4_off > 512 || l4_off + TcpHdr::LEN > end {
+    if l4_off + TcpHdr::LEN > end {
         return Parsed::Malformed;
     }
     let Some(tcp) = header::<TcpHdr, F>(ctx, l4_off) else {
@@ -212,8 +287,9 @@ fn parse_tcp<F: Frame>(
     let rst = raw[13] & RST != 0;
     let sport_be = u16::from_ne_bytes(tcp.source);
     let dport_be = u16::from_ne_bytes(tcp.dest);
-    Parsed::Tcp(Packet {
+    Parsed::Transport(Packet {
         is_v6,
+        proto: PROTO_TCP,
         l3_off,
         l4_off,
         src,

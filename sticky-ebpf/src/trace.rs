@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sticky_common::{
     Addr16,
-    trace::{TRACE_DROPPED, TRACE_FLAG_RST, TRACE_FLAG_SYN, TraceEvent},
+    trace::{TRACE_DROPPED, TRACE_FLAG_RST, TRACE_FLAG_SYN, TRACE_FLAG_UDP, TraceEvent},
 };
 
 use crate::{
@@ -81,6 +81,9 @@ fn emit(
     }
     if pkt.rst {
         flags |= TRACE_FLAG_RST;
+    }
+    if pkt.is_udp() {
+        flags |= TRACE_FLAG_UDP;
     }
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved record, sized for a `TraceEvent`; every field is plain data,

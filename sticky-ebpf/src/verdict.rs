@@ -48,12 +48,12 @@ impl Hook for Xdp {
     const COUNTS_PASS: bool = false;
 }
 
-/// Parses the packet and hands TCP segments to `on_tcp`.
+/// Parses the packet and hands TCP segments and UDP datagrams to `on_packet`.
 #[inline(always)]
-pub fn on_tcp<H: Hook, F: Frame>(ctx: &F, on_tcp: impl FnOnce(&Packet) -> i32) -> i32 {
+pub fn on_transport<H: Hook, F: Frame>(ctx: &F, on_packet: impl FnOnce(&Packet) -> i32) -> i32 {
     match parse(ctx) {
-        Parsed::Tcp(pkt) => on_tcp(&pkt),
-        Parsed::NotTcp => pass::<H>(COUNTER_PASS),
+        Parsed::Transport(pkt) => on_packet(&pkt),
+        Parsed::Other => pass::<H>(COUNTER_PASS),
         Parsed::Malformed => pass::<H>(COUNTER_PARSE_ERROR),
         Parsed::Unhandled => pass::<H>(COUNTER_UNHANDLED),
     }

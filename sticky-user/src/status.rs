@@ -108,7 +108,7 @@ pub struct ClosingStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub instance: String,
-    pub vips: Vec<SocketAddr>,
+    pub vips: Vec<crate::addr::VipAddr>,
     pub ifaces: Vec<String>,
     pub table_size: u32,
     /// Client key prefix lengths, `V4LEN,V6LEN` (`--affinity-prefix`).

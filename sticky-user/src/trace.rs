@@ -18,7 +18,7 @@ use sticky_common::{
     maps::{self as names, NO_BACKEND, Vip, VipKey},
     trace::{
         TRACE, TRACE_CONFIRMED, TRACE_DROPPED, TRACE_ESTABLISHED, TRACE_EVENTS,
-        TRACE_FLAG_HANDSHAKE, TRACE_FLAG_RST, TRACE_FLAG_SYN, TRACE_NEW_FLOW,
+        TRACE_FLAG_HANDSHAKE, TRACE_FLAG_RST, TRACE_FLAG_SYN, TRACE_FLAG_UDP, TRACE_NEW_FLOW,
         TRACE_REASON_AFFINITY, TRACE_REASON_NAT_ERROR, TRACE_REASON_NO_BACKEND, TRACE_REASON_TABLE,
         TRACE_REPLY, TraceEvent, TraceTarget,
     },
@@ -198,6 +198,8 @@ pub struct Decision {
     pub rst: bool,
     /// Reply: the flow is still in its handshake.
     pub handshake: bool,
+    /// A UDP datagram (else a TCP segment).
+    pub udp: bool,
 }
 
 impl Decision {
@@ -228,13 +230,15 @@ impl Decision {
             syn: e.flags & TRACE_FLAG_SYN != 0,
             rst: e.flags & TRACE_FLAG_RST != 0,
             handshake: e.flags & TRACE_FLAG_HANDSHAKE != 0,
+            udp: e.flags & TRACE_FLAG_UDP != 0,
         }
     }
 
     /// The line `sticky trace` prints after the time, e.g. `198.51.100.7:40001 ->
     /// 203.0.113.10:80 new flow -> 10.0.0.12:3000 (table slot 4711)`.
     pub fn describe(&self) -> String {
-        let mut s = format!("{} -> {} ", self.client, self.vip);
+        let proto = if self.udp { "udp " } else { "" };
+        let mut s = format!("{proto}{} -> {} ", self.client, self.vip);
         let backend = self
             .backend
             .map_or_else(|| "?".to_string(), |b| b.to_string());
@@ -245,7 +249,7 @@ impl Decision {
                     (_, Some(slot)) => format!("table slot {slot}"),
                     _ => "?".to_string(),
                 };
-                let state = if self.syn {
+                let state = if self.syn || self.udp {
                     ""
                 } else {
                     "; a mid-connection packet with no state"

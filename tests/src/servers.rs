@@ -286,3 +286,59 @@ fn send_download(writer: &mut TcpStream, n: u64) {
     }
     let _ = writer.shutdown(std::net::Shutdown::Write);
 }
+
+/// A UDP backend answering every datagram with `<id> <client-ip> <payload>`, from the address
+/// it was sent to (bind it to that address: behind DSR, the VIP). Stops on drop.
+pub struct UdpBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpBackend {
+    pub fn start(ns: &Netns, bind: SocketAddr, id: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (stop2, id) = (stop.clone(), id.to_string());
+        let thread = ns.spawn(move || {
+            let bound = std::net::UdpSocket::bind(bind).and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .map(|()| s)
+            });
+            let socket = match bound {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let payload = String::from_utf8_lossy(&buf[..n]);
+                let answer = format!("{id} {} {payload}", canonical(peer.ip()));
+                let _ = socket.send_to(answer.as_bytes(), peer);
+            }
+        })?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("udp backend did not start")?
+            .with_context(|| format!("bind udp backend on {bind}"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

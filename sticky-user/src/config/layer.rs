@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
+    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
     forward::{ForwardMode, XdpMode},
     merge::merge_fields,
     with_default,
@@ -20,8 +20,9 @@ pub struct Layer {
     /// Client-facing interface to attach to (repeatable).
     #[arg(long, value_name = "IF")]
     pub iface: Vec<String>,
-    /// Virtual IP and port clients connect to (repeatable; IPv6 as [ADDR]:PORT).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Virtual IP and port clients connect to (repeatable; IPv6 as [ADDR]:PORT): TCP, or UDP
+    /// written udp:ADDR:PORT (tcp:ADDR:PORT may be written too).
+    #[arg(long, value_name = "[udp:]ADDR:PORT")]
     pub vip: Vec<String>,
     /// Backend and optional weight (repeatable; weight 1-1000, default 1).
     #[arg(long, value_name = "ADDR:PORT[@WEIGHT]")]
@@ -46,6 +47,12 @@ pub struct Layer {
         duration::format(DEFAULT_AFFINITY_TIMEOUT),
     ))]
     pub affinity_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "A UDP flow ends after this long without a datagram from its client (at least 5s); \
+         its next datagram is balanced afresh, affinity still applying",
+        duration::format(DEFAULT_UDP_TIMEOUT),
+    ))]
+    pub udp_timeout: Option<String>,
     /// Leading bits of a client's address that key its hash and affinity, IPv4 and IPv6: with
     /// 24,64 every client of a /24 (or /64) goes to one backend, as when a mobile client
     /// changes address within its carrier's range [default: 32,128].
@@ -112,6 +119,7 @@ merge_fields!(Layer {
     seed,
     table_size,
     affinity_timeout,
+    udp_timeout,
     affinity_prefix,
     slow_start,
     forward,

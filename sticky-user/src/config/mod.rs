@@ -20,7 +20,7 @@ pub use sticky_common::defaults::{
 use sticky_common::maps::MAX_BACKENDS;
 
 use crate::{
-    addr::{AddrError, BackendSpec, parse_endpoint},
+    addr::{AddrError, BackendSpec, VipAddr, parse_endpoint},
     discovery::{Source, SourceError},
     duration,
     health::{HealthConfig, HealthError},
@@ -29,6 +29,11 @@ use crate::{
 };
 
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_UDP_TIMEOUT: Duration =
+    Duration::from_nanos(sticky_common::defaults::DEFAULT_UDP_TIMEOUT_NS);
+/// Shortest UDP idle timeout: a flow's time is refreshed once a second, so shorter ones would
+/// end flows whose clients send just under a second apart.
+pub const MIN_UDP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SEED: u32 = 0;
 pub const DEFAULT_INSTANCE: &str = "default";
 
@@ -41,7 +46,7 @@ pub fn with_default(help: &str, default: impl std::fmt::Display) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub ifaces: Vec<String>,
-    pub vips: Vec<SocketAddr>,
+    pub vips: Vec<VipAddr>,
     pub backends: Vec<BackendSpec>,
     /// Where more backends come from (`--backend-dns`, `--backend-srv`).
     pub dns: Vec<Source>,
@@ -50,6 +55,8 @@ pub struct Config {
     pub seed: u32,
     pub table_size: u32,
     pub affinity_timeout: Duration,
+    /// A UDP flow's idle timeout (`--udp-timeout`).
+    pub udp_timeout: Duration,
     /// Client key prefix lengths for hashing and affinity.
     pub affinity_prefix: AffinityPrefix,
     /// How long a joining or rising backend ramps up its table share (`--slow-start`).
@@ -82,7 +89,10 @@ pub enum ConfigError {
     NoIface,
     #[error("unknown interface '{0}': `ip link` lists the interfaces here")]
     UnknownIface(String),
-    #[error("no VIP: give --vip ADDR:PORT (or vip = [\"ADDR:PORT\"] in the config file)")]
+    #[error(
+        "no VIP: give --vip ADDR:PORT or udp:ADDR:PORT (or vip = [\"ADDR:PORT\"] in the config \
+         file)"
+    )]
     NoVip,
     #[error(
         "no backends: give at least one --backend ADDR:PORT[@WEIGHT], --backend-dns NAME:PORT \
@@ -100,7 +110,7 @@ pub enum ConfigError {
     #[error("{0} VIPs is more than the {MAX_VIPS} sticky supports")]
     TooManyVips(usize),
     #[error("duplicate VIP {0}")]
-    DuplicateVip(SocketAddr),
+    DuplicateVip(VipAddr),
     #[error("duplicate backend {0}")]
     DuplicateBackend(SocketAddr),
     #[error("{0} backends is more than the {MAX_BACKENDS} sticky supports")]
@@ -116,6 +126,21 @@ pub enum ConfigError {
     TableSize(u32),
     #[error("affinity-timeout: {0}")]
     Timeout(duration::DurationError),
+    #[error("udp-timeout: {0}")]
+    UdpTimeout(duration::DurationError),
+    #[error("udp-timeout {0}: at least 5s (a UDP flow's time is kept to the second)")]
+    UdpTimeoutTooShort(String),
+    #[error(
+        "{0}: proxy mode forwards TCP connections; a UDP VIP needs the kernel path (no --proxy)"
+    )]
+    UdpWithProxy(VipAddr),
+    #[error(
+        "--forward dsr with only UDP VIPs and no --health-check: a DSR node cannot see backends \
+         fail, and the default tcp check needs a TCP port on the backend; give --health-check \
+         tcp or http:/PATH for a port the backends serve (per backend: [health.backend]), or \
+         none"
+    )]
+    UdpDsrHealth,
     #[error("slow-start: {0}")]
     SlowStart(duration::DurationError),
     #[error("{0}")]
@@ -161,7 +186,7 @@ impl Layer {
         };
         let mut vips = Vec::new();
         for v in &self.vip {
-            let vip = parse_endpoint(v).map_err(ConfigError::Vip)?;
+            let vip: VipAddr = v.parse().map_err(ConfigError::Vip)?;
             if vips.contains(&vip) {
                 return Err(ConfigError::DuplicateVip(vip));
             }
@@ -183,7 +208,7 @@ impl Layer {
             return Err(ConfigError::TooManyBackends(backends.len()));
         }
         let v4 = vips[0].is_ipv4();
-        let endpoints = vips.iter().copied().chain(backends.iter().map(|b| b.addr));
+        let endpoints = (vips.iter().map(|v| v.addr)).chain(backends.iter().map(|b| b.addr));
         if let Some(odd) = endpoints.into_iter().find(|a| a.is_ipv4() != v4) {
             return Err(ConfigError::MixedFamilies(odd));
         }
@@ -195,6 +220,15 @@ impl Layer {
             Some(t) => duration::parse(t).map_err(ConfigError::Timeout)?,
             None => DEFAULT_AFFINITY_TIMEOUT,
         };
+        let udp_timeout = match &self.udp_timeout {
+            Some(t) => duration::parse(t).map_err(ConfigError::UdpTimeout)?,
+            None => DEFAULT_UDP_TIMEOUT,
+        };
+        if udp_timeout < MIN_UDP_TIMEOUT {
+            return Err(ConfigError::UdpTimeoutTooShort(
+                self.udp_timeout.clone().unwrap_or_default(),
+            ));
+        }
         let affinity_prefix = match &self.affinity_prefix {
             Some(p) => p.parse().map_err(ConfigError::Prefix)?,
             None => AffinityPrefix::default(),
@@ -228,6 +262,10 @@ impl Layer {
             return Err(ConfigError::Instance(instance));
         }
         let mut health_layer = self.health;
+        let only_udp = vips.iter().all(VipAddr::is_udp);
+        if self.forward == Some(ForwardMode::Dsr) && health_layer.check.is_none() && only_udp {
+            return Err(ConfigError::UdpDsrHealth);
+        }
         if self.forward == Some(ForwardMode::Dsr) && health_layer.check.is_none() {
             // Backends answer clients directly: their resets never pass this node, so the
             // passive health of NAT sees nothing. Active checks stand in.
@@ -235,18 +273,24 @@ impl Layer {
         }
         let health = health_layer.validate().map_err(ConfigError::Health)?;
         let proxy = self.proxy.validate().map_err(ConfigError::Proxy)?;
+        if proxy.is_some()
+            && let Some(udp) = vips.iter().find(|v| v.is_udp())
+        {
+            return Err(ConfigError::UdpWithProxy(*udp));
+        }
         let backend_addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let vip_addrs: Vec<SocketAddr> = vips.iter().map(|v| v.addr).collect();
         let forward = forward::validate(
             self.forward,
             self.xdp,
             &self.dsr_source,
-            &vips,
+            &vip_addrs,
             &backend_addrs,
             proxy.is_some(),
         )
         .map_err(ConfigError::Forward)?;
         if let Some(p) = &proxy
-            && vips.contains(&p.listen)
+            && vips.contains(&VipAddr::tcp(p.listen))
         {
             return Err(ConfigError::ProxyOnVip(p.listen));
         }
@@ -266,6 +310,7 @@ impl Layer {
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             table_size,
             affinity_timeout,
+            udp_timeout,
             affinity_prefix,
             slow_start,
             forward,
@@ -307,6 +352,7 @@ impl Config {
             seed,
             table_size,
             affinity_timeout,
+            udp_timeout,
             affinity_prefix,
             slow_start: _,
             forward,
@@ -331,6 +377,7 @@ impl Config {
                 "affinity-timeout",
                 *affinity_timeout != new.affinity_timeout,
             ),
+            ("udp-timeout", *udp_timeout != new.udp_timeout),
             // Affinity entries are kept under the old keys: a new prefix starts afresh.
             ("affinity-prefix", *affinity_prefix != new.affinity_prefix),
             // Which programs are attached is decided at start.
@@ -387,6 +434,25 @@ mod tests {
         assert_eq!(c.affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
         assert_eq!(c.backends[0].weight, 2);
         assert_eq!(c.instance, "default");
+    }
+
+    #[test]
+    fn udp_vips_from_a_file() {
+        let text = "iface = [\"e\"]\nvip = [\"udp:10.0.0.1:443\", \"tcp:10.0.0.1:443\", \
+                    \"10.0.0.1:80\"]\nbackend = [\"10.0.1.1:443\"]\nudp-timeout = \"30s\"\n";
+        let c = Layer::from_toml(text).unwrap().validate().unwrap();
+        let shown: Vec<String> = c.vips.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["udp:10.0.0.1:443", "10.0.0.1:443", "10.0.0.1:80"]);
+        assert_eq!(c.udp_timeout, Duration::from_secs(30));
+        let c = layer(&["e"], &["udp:10.0.0.1:53"], &["10.0.1.1:53"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.udp_timeout, DEFAULT_UDP_TIMEOUT);
+        // A UDP-only DSR instance with a check given is fine.
+        let mut l = layer(&["e"], &["udp:10.0.0.1:53"], &["10.0.1.1:53"]);
+        l.forward = Some(ForwardMode::Dsr);
+        l.health.check = Some("none".into());
+        assert!(l.validate().is_ok());
     }
 
     #[test]

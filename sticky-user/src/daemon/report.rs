@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::Daemon;
 use crate::{
-    addr::BackendSpec,
+    addr::{BackendSpec, VipAddr},
     backends::BackendSet,
     clock::monotonic_ns,
     control::Response,
@@ -31,7 +31,7 @@ use crate::{
 #[derive(Default)]
 pub(super) struct ReportInput {
     instance: String,
-    vips: Vec<SocketAddr>,
+    vips: Vec<VipAddr>,
     ifaces: Vec<String>,
     table_size: u32,
     affinity_timeout_ns: u64,

@@ -21,8 +21,7 @@ use aya::{
 use sticky_common::{
     Addr16,
     maps::{
-        self as names, Affinity, BackendStats, FLOW_FORWARD, Flow, FlowKey, PROTO_TCP, Settings,
-        Vip, VipKey,
+        self as names, Affinity, BackendStats, FLOW_FORWARD, Flow, FlowKey, Settings, Vip, VipKey,
     },
 };
 
@@ -31,6 +30,7 @@ pub use self::{
     pins::Pins,
 };
 use crate::{
+    addr::VipAddr,
     backends::BackendSet,
     config::{Config, Forwarding, XdpMode},
     object,
@@ -158,6 +158,7 @@ impl Datapath {
                 .unwrap_or(u64::MAX),
             dsr_source_v4,
             dsr_source_v6,
+            udp_timeout_ns: u64::try_from(config.udp_timeout.as_nanos()).unwrap_or(u64::MAX),
         };
         let reader = Arc::new(MapReader::new(&ebpf)?);
         let mut dp = Self {
@@ -395,14 +396,14 @@ impl Datapath {
         Ok(())
     }
 
-    fn set_vips(&mut self, vips: &[std::net::SocketAddr]) -> anyhow::Result<()> {
+    fn set_vips(&mut self, vips: &[VipAddr]) -> anyhow::Result<()> {
         let mut map: HashMap<&mut MapData, VipKey, Vip> =
             HashMap::try_from(self.ebpf.map_mut(names::VIPS).context("vip map missing")?)?;
         for (i, vip) in vips.iter().enumerate() {
             let key = VipKey {
-                addr: Addr16::from_ip(vip.ip()),
-                port_be: vip.port().to_be(),
-                proto: PROTO_TCP,
+                addr: Addr16::from_ip(vip.addr.ip()),
+                port_be: vip.addr.port().to_be(),
+                proto: vip.transport.number(),
                 _pad0: 0,
             };
             map.insert(key, Vip { index: i as u32 }, 0)

@@ -145,7 +145,7 @@ impl Target {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             ifaces: config.ifaces.clone(),
-            vips: config.vips.clone(),
+            vips: config.vips.iter().map(|v| v.addr).collect(),
             backends: config.backends.iter().map(|b| b.addr).collect(),
             splice: config.proxy.as_ref().is_some_and(|p| p.splice),
             pins: None,
@@ -155,7 +155,7 @@ impl Target {
     pub fn from_status(status: &crate::status::Status) -> Self {
         Self {
             ifaces: status.ifaces.clone(),
-            vips: status.vips.clone(),
+            vips: status.vips.iter().map(|v| v.addr).collect(),
             backends: status.backends.iter().map(|b| b.addr).collect(),
             splice: false,
             pins: Some(status.pins.clone()),
