@@ -27,8 +27,13 @@ pub const COUNTERS: &str = "STICKY_COUNTERS";
 /// Per-CPU [`BackendStats`] by backend id.
 pub const BACKEND_STATS: &str = "STICKY_BACKEND_STATS";
 
+/// NAT replies through any node (`--replies-any-node`): a backend's address, port and protocol
+/// as a [`VipKey`] → the VIP (a [`VipKey`]) its replies leave as, for replies of flows this
+/// node's tables do not hold (their SYN came through another node).
+pub const REPLY_VIPS: &str = "STICKY_REPLY_VIPS";
+
 /// Every map name, for checks that each one resolves in the loaded object.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     VIPS,
     BACKENDS,
     TABLE,
@@ -38,6 +43,7 @@ pub const ALL_MAPS: [&str; 11] = [
     AFFINITY,
     COUNTERS,
     BACKEND_STATS,
+    REPLY_VIPS,
     crate::trace::TRACE,
     crate::trace::TRACE_EVENTS,
 ];

@@ -1,13 +1,15 @@
-//! Backend → client: replies of flows we DNATed get the VIP back as their source.
+//! Backend → client: replies of flows we DNATed get the VIP back as their source. With
+//! `--replies-any-node`, so do replies of flows another node DNATed (behind ECMP, or with
+//! backends routing through a gateway any node may be): by the backend's address alone.
 
 use aya_ebpf::programs::TcContext;
 use sticky_common::{
-    maps::{COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey},
+    maps::{COUNTER_NAT, COUNTER_PASS, FLOW_REVERSE, FlowKey, VipKey},
     trace::{TRACE_DROPPED, TRACE_FLAG_HANDSHAKE, TRACE_REASON_NAT_ERROR, TRACE_REPLY},
 };
 
 use crate::{
-    maps::{FLOWS, NEW_FLOWS, count, count_backend, count_refused},
+    maps::{FLOWS, NEW_FLOWS, REPLY_VIPS, count, count_backend, count_refused},
     nat::{End, rewrite},
     parse::Packet,
     trace::{self, Decision},
@@ -37,7 +39,7 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
         None => (NEW_FLOWS.get_ptr(&key).map(|f| unsafe { *f }), true),
     };
     let Some(flow) = found else {
-        return pass::<Tc>(COUNTER_PASS);
+        return stateless(ctx, pkt);
     };
     if flow.direction != FLOW_REVERSE {
         return pass::<Tc>(COUNTER_PASS);
@@ -63,5 +65,26 @@ fn reply(ctx: &TcContext, pkt: &Packet) -> i32 {
     if handshake && pkt.rst {
         count_refused(flow.backend_id);
     }
+    forwarded()
+}
+
+/// A reply of a flow this node holds no state for: rewritten by its backend's VIP when the
+/// backend has one in `REPLY_VIPS` (only with `--replies-any-node`), else not ours.
+#[inline(always)]
+fn stateless(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let backend = VipKey {
+        addr: pkt.src,
+        port_be: pkt.sport_be,
+        proto: pkt.proto,
+        _pad0: 0,
+    };
+    // SAFETY: read-only copy of a hash map value.
+    let Some(vip) = REPLY_VIPS.get_ptr(&backend).map(|v| unsafe { *v }) else {
+        return pass::<Tc>(COUNTER_PASS);
+    };
+    if rewrite(ctx, pkt, End::Source, &vip.addr, vip.port_be).is_err() {
+        return rewrite_failed(ctx);
+    }
+    count(COUNTER_NAT);
     forwarded()
 }

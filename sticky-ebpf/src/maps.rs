@@ -21,6 +21,11 @@ use sticky_common::{
 #[map(name = "STICKY_VIPS")]
 pub static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(MAX_VIPS, 0);
 
+/// Backend → the VIP its replies leave as (`sticky_common::maps::REPLY_VIPS`): one per
+/// backend and VIP protocol.
+#[map(name = "STICKY_REPLY_VIPS")]
+pub static REPLY_VIPS: HashMap<VipKey, VipKey> = HashMap::with_max_entries(2 * MAX_BACKENDS, 0);
+
 #[map(name = "STICKY_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 

@@ -368,6 +368,36 @@ fn bad_command_lines_are_refused_clearly() {
             ],
             "with only UDP VIPs and no --health-check",
         ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--vip",
+                "127.0.0.1:81",
+                "--backend",
+                "127.0.0.2:80",
+                "--replies-any-node",
+            ],
+            "serve VIPs 127.0.0.1:80 and 127.0.0.1:81 of one protocol",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--forward",
+                "dsr",
+                "--replies-any-node",
+            ],
+            "replies-any-node: a DSR node never sees replies",
+        ),
     ];
     for (args, expect) in cases {
         assert_refused(&ns, args, expect);

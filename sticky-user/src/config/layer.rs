@@ -68,6 +68,12 @@ pub struct Layer {
     /// `sticky backend-setup`; health checks default to tcp) [default: nat].
     #[arg(long, value_name = "MODE")]
     pub forward: Option<ForwardMode>,
+    /// NAT: rewrite backend replies of flows another node balanced (behind ECMP, or backends
+    /// routing through a gateway any node may be), by the backend's address: each backend
+    /// then answers one VIP per protocol, so an instance with two VIPs of one protocol is
+    /// refused [default: off].
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub replies_any_node: Option<bool>,
     /// DSR on XDP: auto (native where the driver has it, else tc), native, generic or off
     /// [default: auto].
     #[arg(long, value_name = "MODE")]
@@ -123,6 +129,7 @@ merge_fields!(Layer {
     affinity_prefix,
     slow_start,
     forward,
+    replies_any_node,
     xdp,
     dsr_source,
     max_flows,

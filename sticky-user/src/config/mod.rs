@@ -63,6 +63,8 @@ pub struct Config {
     pub slow_start: Option<Duration>,
     /// NAT or direct server return (`--forward`, `--xdp`, `--dsr-source`).
     pub forward: Forwarding,
+    /// NAT: replies of flows another node balanced are rewritten too (`--replies-any-node`).
+    pub replies_any_node: bool,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -141,6 +143,16 @@ pub enum ConfigError {
          none"
     )]
     UdpDsrHealth,
+    #[error(
+        "replies-any-node: a DSR node never sees replies (backends answer clients directly); \
+         it applies with --forward nat"
+    )]
+    RepliesAnyNodeDsr,
+    #[error(
+        "replies-any-node: the backends serve VIPs {0} and {1} of one protocol, and a reply does \
+         not tell which it answers; run one instance per VIP"
+    )]
+    RepliesAnyNodeTwoVips(VipAddr, VipAddr),
     #[error("slow-start: {0}")]
     SlowStart(duration::DurationError),
     #[error("{0}")]
@@ -289,6 +301,17 @@ impl Layer {
             proxy.is_some(),
         )
         .map_err(ConfigError::Forward)?;
+        let replies_any_node = self.replies_any_node.unwrap_or(false);
+        if replies_any_node {
+            if forward.is_dsr() {
+                return Err(ConfigError::RepliesAnyNodeDsr);
+            }
+            for (i, a) in vips.iter().enumerate() {
+                if let Some(b) = vips[..i].iter().find(|b| b.transport == a.transport) {
+                    return Err(ConfigError::RepliesAnyNodeTwoVips(*b, *a));
+                }
+            }
+        }
         if let Some(p) = &proxy
             && vips.contains(&VipAddr::tcp(p.listen))
         {
@@ -314,6 +337,7 @@ impl Layer {
             affinity_prefix,
             slow_start,
             forward,
+            replies_any_node,
             max_flows,
             max_new_flows,
             max_clients,
@@ -356,6 +380,7 @@ impl Config {
             affinity_prefix,
             slow_start: _,
             forward,
+            replies_any_node,
             max_flows,
             max_new_flows,
             max_clients,
@@ -382,6 +407,10 @@ impl Config {
             ("affinity-prefix", *affinity_prefix != new.affinity_prefix),
             // Which programs are attached is decided at start.
             ("forward/xdp/dsr-source", *forward != new.forward),
+            (
+                "replies-any-node",
+                *replies_any_node != new.replies_any_node,
+            ),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),
@@ -448,6 +477,14 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(c.udp_timeout, DEFAULT_UDP_TIMEOUT);
+        // One VIP per protocol: replies tell their VIP by the backend alone.
+        let mut l = layer(
+            &["e"],
+            &["udp:10.0.0.1:443", "10.0.0.1:443"],
+            &["10.0.1.1:443"],
+        );
+        l.replies_any_node = Some(true);
+        assert!(l.validate().unwrap().replies_any_node);
         // A UDP-only DSR instance with a check given is fine.
         let mut l = layer(&["e"], &["udp:10.0.0.1:53"], &["10.0.1.1:53"]);
         l.forward = Some(ForwardMode::Dsr);

@@ -50,6 +50,8 @@ pub struct Datapath {
     forward: Forwarding,
     /// Per interface, where the DSR program runs: "xdp native", "xdp generic" or "tc".
     hooks: Vec<(String, &'static str)>,
+    /// `--replies-any-node`: the VIPs backends' replies are rewritten to without flow state.
+    reply_vips: Option<Vec<VipAddr>>,
 }
 
 /// aya-log's reader of the programs' log records, which it hands to `log` (and so `tracing`).
@@ -170,6 +172,7 @@ impl Datapath {
             log,
             forward: config.forward.clone(),
             hooks: Vec::new(),
+            reply_vips: config.replies_any_node.then(|| config.vips.clone()),
         };
         dp.write_settings()?;
         dp.set_vips(&config.vips)?;
@@ -216,6 +219,7 @@ impl Datapath {
     /// How the node forwards, for status: `nat`, or `dsr (eth0 xdp native)`.
     pub fn forwarding(&self) -> String {
         match self.forward {
+            Forwarding::Nat if self.reply_vips.is_some() => "nat (replies through any node)".into(),
             Forwarding::Nat => "nat".into(),
             Forwarding::Dsr { .. } => {
                 let hooks: Vec<String> =
@@ -455,7 +459,57 @@ impl Datapath {
                 .set(id, set.entry(id), 0)
                 .context("clear backend")?;
         }
+        self.sync_reply_vips(set)?;
         Ok(slots)
+    }
+
+    /// `--replies-any-node`: every backend of `set` (in any state: established flows of a
+    /// draining or down backend still answer) → the VIP of each protocol; entries of backends
+    /// gone from the set are removed; off, the map is emptied. Local backends (the unspecified address) never answer
+    /// through the interface and get none.
+    fn sync_reply_vips(&mut self, set: &BackendSet) -> anyhow::Result<()> {
+        // Off: none, also none a previous daemon left in pinned maps.
+        let vips = self.reply_vips.clone().unwrap_or_default();
+        let mut want = std::collections::HashMap::new();
+        for (id, _) in set.iter() {
+            let b = set.entry(id);
+            if b.addr.is_unspecified() {
+                continue;
+            }
+            for vip in &vips {
+                let proto = vip.transport.number();
+                let key = VipKey {
+                    addr: b.addr,
+                    port_be: b.port_be,
+                    proto,
+                    _pad0: 0,
+                };
+                let value = VipKey {
+                    addr: Addr16::from_ip(vip.addr.ip()),
+                    port_be: vip.addr.port().to_be(),
+                    proto,
+                    _pad0: 0,
+                };
+                want.insert(key, value);
+            }
+        }
+        let mut map: HashMap<&mut MapData, VipKey, VipKey> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::REPLY_VIPS)
+                .context("reply VIP map missing")?,
+        )?;
+        let stale: Vec<VipKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains_key(k))
+            .collect();
+        for key in stale {
+            map.remove(&key).context("remove a reply VIP")?;
+        }
+        for (key, value) in want {
+            map.insert(key, value, 0).context("write a reply VIP")?;
+        }
+        Ok(())
     }
 
     /// Every client-affinity entry (a map walk: for status and previews, not hot paths).
