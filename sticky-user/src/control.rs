@@ -63,6 +63,11 @@ pub enum Request {
     Undrain {
         addr: SocketAddr,
     },
+    /// `sticky node drain`: withdraw the announcement; with a deadline, stop then.
+    NodeDrain {
+        deadline_ms: Option<u64>,
+    },
+    NodeUndrain,
     List,
     Status,
     Lookup {

@@ -142,6 +142,22 @@ pub struct Status {
     /// Each DNS source of backends: its last good answer, and its error while it fails.
     #[serde(default)]
     pub dns: Vec<DnsStatus>,
+    /// The VIPs' announcement, with `--announce-table`.
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// The VIPs' announcement through the routing daemon (`--announce-table`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    pub table: u32,
+    /// The host routes kept in the table while announced (`VIP/32`, `VIP/128`).
+    pub prefixes: Vec<String>,
+    pub announced: bool,
+    /// While withdrawn: no backend in service, node drained, stopping, or adding failed.
+    pub withdrawn_because: Option<String>,
+    /// `sticky node drain` holds it withdrawn.
+    pub drained: bool,
 }
 
 /// A `--backend-dns` or `--backend-srv` source.

@@ -56,6 +56,26 @@ pub fn balancer(v6: bool) -> (IpAddr, IpAddr) {
     }
 }
 
+/// Balancer node `k`'s address on its link to the router, and the router's (node 0:
+/// [`balancer`]).
+pub fn node_addr(k: usize, v6: bool) -> (IpAddr, IpAddr) {
+    if k == 0 {
+        return balancer(v6);
+    }
+    let k = k as u8;
+    if v6 {
+        (
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x20, 0, k.into(), 0, 0, 0, 2)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x20, 0, k.into(), 0, 0, 0, 1)),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::new(198, 20, k, 2)),
+            IpAddr::V4(Ipv4Addr::new(198, 20, k, 1)),
+        )
+    }
+}
+
 /// The balancer's interface.
 pub const BALANCER_IF: &str = "eth0";
 
@@ -71,6 +91,8 @@ pub struct DsrTopology {
     /// Dropped after `Drop::drop` undid each backend's setup; namespaces go last.
     pub backends: Vec<Netns>,
     pub lb: Netns,
+    /// More balancer nodes ([`DsrTopology::build_nodes`]): node `k` is `nodes[k - 1]`.
+    pub nodes: Vec<Netns>,
     pub router: Netns,
     pub client: Netns,
     pub clients: usize,
@@ -82,9 +104,36 @@ pub struct DsrTopology {
 impl DsrTopology {
     /// Builds the namespaces and links, then runs `bin backend-setup` in every backend.
     pub fn build(tag: &str, backends: usize, clients: usize, bin: &Path) -> anyhow::Result<Self> {
+        Self::build_with(tag, 1, true, backends, clients, bin)
+    }
+
+    /// `nodes` balancers (`lb` and [`DsrTopology::nodes`]), node `k` on its own link to the
+    /// router ([`node_addr`]); the router has no route to the VIP: the nodes announce it.
+    pub fn build_nodes(
+        tag: &str,
+        nodes: usize,
+        backends: usize,
+        clients: usize,
+        bin: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::build_with(tag, nodes, false, backends, clients, bin)
+    }
+
+    fn build_with(
+        tag: &str,
+        nodes: usize,
+        vip_route: bool,
+        backends: usize,
+        clients: usize,
+        bin: &Path,
+    ) -> anyhow::Result<Self> {
         let client = Netns::create(&unique_name(&format!("{tag}-c")))?;
         let router = Netns::create(&unique_name(&format!("{tag}-r")))?;
         let lb = Netns::create(&unique_name(&format!("{tag}-lb")))?;
+        let mut more = Vec::new();
+        for k in 1..nodes.max(1) {
+            more.push(Netns::create(&unique_name(&format!("{tag}-n{k}")))?);
+        }
         let mut bes = Vec::new();
         for k in 0..backends {
             bes.push(Netns::create(&unique_name(&format!("{tag}-b{k}")))?);
@@ -93,19 +142,25 @@ impl DsrTopology {
             set_up: vec![false; bes.len()],
             backends: bes,
             lb,
+            nodes: more,
             router,
             client,
             clients,
             bin: bin.to_path_buf(),
         };
-        topo.wire()?;
+        topo.wire(vip_route)?;
         for k in 0..backends {
             topo.backend_setup(k, &[])?;
         }
         Ok(topo)
     }
 
-    fn wire(&self) -> anyhow::Result<()> {
+    /// Balancer node `k` (0: `lb`).
+    pub fn node(&self, k: usize) -> &Netns {
+        if k == 0 { &self.lb } else { &self.nodes[k - 1] }
+    }
+
+    fn wire(&self, vip_route: bool) -> anyhow::Result<()> {
         let r = &self.router;
         for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
             r.sysctl(key, "1")?;
@@ -124,24 +179,30 @@ impl DsrTopology {
             .ip_batch(&crate::topology::client_side_batch(self.clients))?;
         // The balancer: one interface, default route back to the router, which routes the VIP
         // to it. Forwarding on, as on any router (bpf_fib_lookup needs it).
-        veth(&self.lb, BALANCER_IF, r, "lb0")?;
-        // A veth delivers what a native XDP program transmits (XDP_TX/XDP_REDIRECT) only when
-        // its peer runs NAPI, which GRO turns on.
-        r.exec("ethtool", &["-K", "lb0", "gro", "on"])?;
-        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
-            self.lb.sysctl(key, "1")?;
-        }
-        for v6 in [false, true] {
-            let (addr, gw) = balancer(v6);
-            link_net(r, "lb0", gw, &self.lb, BALANCER_IF, addr)?;
-            r.ip(&[
-                family(v6),
-                "route",
-                "add",
-                &vip(v6).to_string(),
-                "via",
-                &addr.to_string(),
-            ])?;
+        for k in 0..=self.nodes.len() {
+            let node = self.node(k);
+            let dev = format!("lb{k}");
+            veth(node, BALANCER_IF, r, &dev)?;
+            // A veth delivers what a native XDP program transmits (XDP_TX/XDP_REDIRECT) only
+            // when its peer runs NAPI, which GRO turns on.
+            r.exec("ethtool", &["-K", &dev, "gro", "on"])?;
+            for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+                node.sysctl(key, "1")?;
+            }
+            for v6 in [false, true] {
+                let (addr, gw) = node_addr(k, v6);
+                link_net(r, &dev, gw, node, BALANCER_IF, addr)?;
+                if vip_route {
+                    r.ip(&[
+                        family(v6),
+                        "route",
+                        "add",
+                        &vip(v6).to_string(),
+                        "via",
+                        &addr.to_string(),
+                    ])?;
+                }
+            }
         }
         // Backends, each on a /24 (/64) of its own with the router as gateway.
         for (k, ns) in self.backends.iter().enumerate() {
@@ -154,6 +215,7 @@ impl DsrTopology {
         }
         for ns in [&self.client, &self.router, &self.lb]
             .into_iter()
+            .chain(&self.nodes)
             .chain(&self.backends)
         {
             for dev in links(ns)? {

@@ -26,6 +26,9 @@ pub const DEB_PACKAGES: &[&str] = &[
     "haproxy",
     // A DNS server the tests change records on: backends from DNS (tests/policy.rs).
     "dnsmasq-base",
+    // Routing daemons exporting the VIPs sticky announces (tests/announce.rs, deploy/).
+    "bird2",
+    "frr",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -216,6 +216,18 @@ pub fn render_status(s: &Status) -> String {
             )),
         }
     }
+    if let Some(a) = &s.announce {
+        let state = match (&a.withdrawn_because, a.announced) {
+            (_, true) => "announced".to_string(),
+            (Some(why), false) => format!("withdrawn ({why})"),
+            (None, false) => "withdrawn".to_string(),
+        };
+        out.push_str(&format!(
+            "announce {} in table {}: {state}\n",
+            a.prefixes.join(","),
+            a.table
+        ));
+    }
     for c in &s.closing {
         out.push_str(&format!(
             "{:<24} closing: {} flows ended, {} left at {}/s\n",

@@ -8,6 +8,7 @@ pub mod completions;
 pub mod control;
 pub mod doctor;
 pub mod man;
+pub mod node;
 pub mod run;
 pub mod trace;
 
@@ -38,6 +39,9 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Change the backends of a running daemon: add, remove, drain, undrain, weight, list.
     Backend(backend::BackendArgs),
+    /// This node among several behind routers: drain (withdraw the VIPs' announcement) or
+    /// undrain.
+    Node(node::NodeArgs),
     /// Prepare this host as a direct-server-return backend (decapsulation, VIPs on lo, ARP,
     /// rp_filter, MSS), or --check / --undo it.
     BackendSetup(backend_setup::BackendSetupArgs),
@@ -90,6 +94,7 @@ pub fn dispatch(command: Command, instance: Option<String>) -> anyhow::Result<()
     match command {
         Command::Run(args) => run::run(*args, instance),
         Command::Backend(args) => backend::run(args, &name),
+        Command::Node(args) => node::run(args, &name),
         Command::BackendSetup(args) => backend_setup::run(args),
         Command::Preview(args) => control::preview(args, &name),
         Command::Status(args) => control::status(args, &name),

@@ -145,6 +145,7 @@ mod tests {
             "--pool-max-idle 3 ",
             "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
             "--forward dsr --xdp native --dsr-source 10.0.0.9 --dsr-source fd00::9 ",
+            "--udp-timeout 30s --replies-any-node --announce-table 100 --withdraw-grace 2s ",
         )
         .split_whitespace()
         .collect();
@@ -164,6 +165,10 @@ mod tests {
             forward = "dsr"
             xdp = "native"
             dsr-source = ["10.0.0.9", "fd00::9"]
+            udp-timeout = "30s"
+            replies-any-node = true
+            announce-table = 100
+            withdraw-grace = "2s"
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     ConfigError, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
+    DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, DEFAULT_WITHDRAW_GRACE,
     forward::{ForwardMode, XdpMode},
     merge::merge_fields,
     with_default,
@@ -74,6 +74,17 @@ pub struct Layer {
     /// refused [default: off].
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub replies_any_node: Option<bool>,
+    /// Announce the VIPs through the host's routing daemon: their host routes (dev lo) are
+    /// kept in routing table ID exactly while this instance is ready (attached, a backend in
+    /// service, not drained), for BIRD/FRR/GoBGP to export (deploy/) [default: off].
+    #[arg(long, value_name = "ID")]
+    pub announce_table: Option<u32>,
+    #[arg(long, value_name = "DURATION", help = with_default(
+        "On SIGTERM or `sticky stop`, how long to wait after withdrawing the announcement \
+         before detaching, for routers to move traffic away",
+        duration::format(DEFAULT_WITHDRAW_GRACE),
+    ))]
+    pub withdraw_grace: Option<String>,
     /// DSR on XDP: auto (native where the driver has it, else tc), native, generic or off
     /// [default: auto].
     #[arg(long, value_name = "MODE")]
@@ -130,6 +141,8 @@ merge_fields!(Layer {
     slow_start,
     forward,
     replies_any_node,
+    announce_table,
+    withdraw_grace,
     xdp,
     dsr_source,
     max_flows,

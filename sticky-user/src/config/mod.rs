@@ -31,6 +31,9 @@ use crate::{
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_UDP_TIMEOUT: Duration =
     Duration::from_nanos(sticky_common::defaults::DEFAULT_UDP_TIMEOUT_NS);
+/// How long a stopping daemon keeps forwarding after withdrawing its announcement: BGP
+/// withdrawals reach routers within a second or two.
+pub const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(3);
 /// Shortest UDP idle timeout: a flow's time is refreshed once a second, so shorter ones would
 /// end flows whose clients send just under a second apart.
 pub const MIN_UDP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +68,10 @@ pub struct Config {
     pub forward: Forwarding,
     /// NAT: replies of flows another node balanced are rewritten too (`--replies-any-node`).
     pub replies_any_node: bool,
+    /// The routing table the VIPs' host routes are announced in (`--announce-table`).
+    pub announce_table: Option<u32>,
+    /// Wait after withdrawing before detaching (`--withdraw-grace`).
+    pub withdraw_grace: Duration,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -153,6 +160,15 @@ pub enum ConfigError {
          not tell which it answers; run one instance per VIP"
     )]
     RepliesAnyNodeTwoVips(VipAddr, VipAddr),
+    #[error(
+        "announce-table {0}: give a table of sticky's own, 1-4294967295 except 253-255 (default, \
+         main, local) and 0"
+    )]
+    AnnounceTable(u32),
+    #[error("withdraw-grace: {0}")]
+    WithdrawGrace(duration::DurationError),
+    #[error("withdraw-grace applies with --announce-table")]
+    GraceWithoutAnnounce,
     #[error("slow-start: {0}")]
     SlowStart(duration::DurationError),
     #[error("{0}")]
@@ -312,6 +328,18 @@ impl Layer {
                 }
             }
         }
+        if let Some(t) = self.announce_table
+            && matches!(t, 0 | 253..=255)
+        {
+            return Err(ConfigError::AnnounceTable(t));
+        }
+        if self.withdraw_grace.is_some() && self.announce_table.is_none() {
+            return Err(ConfigError::GraceWithoutAnnounce);
+        }
+        let withdraw_grace = match &self.withdraw_grace {
+            Some(t) => duration::parse(t).map_err(ConfigError::WithdrawGrace)?,
+            None => DEFAULT_WITHDRAW_GRACE,
+        };
         if let Some(p) = &proxy
             && vips.contains(&VipAddr::tcp(p.listen))
         {
@@ -338,6 +366,8 @@ impl Layer {
             slow_start,
             forward,
             replies_any_node,
+            announce_table: self.announce_table,
+            withdraw_grace,
             max_flows,
             max_new_flows,
             max_clients,
@@ -381,6 +411,8 @@ impl Config {
             slow_start: _,
             forward,
             replies_any_node,
+            announce_table,
+            withdraw_grace: _,
             max_flows,
             max_new_flows,
             max_clients,
@@ -411,6 +443,7 @@ impl Config {
                 "replies-any-node",
                 *replies_any_node != new.replies_any_node,
             ),
+            ("announce-table", *announce_table != new.announce_table),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),

@@ -21,6 +21,7 @@ use tokio::{
 };
 use tracing::warn;
 
+mod announce;
 mod backend_ops;
 mod dns;
 mod health_tasks;
@@ -32,6 +33,7 @@ mod report;
 mod slow_start;
 
 use self::{
+    announce::Announcer,
     dns::Discovery,
     health_tasks::{HealthChecks, REFUSAL_POLL},
     host::{InstanceLock, ensure_bpffs, raise_fd_limit, require_privileges},
@@ -86,6 +88,7 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
     };
     let keep = daemon.serve(signals).await;
     notify::stopping();
+    daemon.withdraw_before_stopping(keep).await;
     let instance = daemon.config.instance.clone();
     daemon.shutdown(keep)?;
     // Removed while still held: a daemon starting now either saw our lock or none.
@@ -106,6 +109,8 @@ struct Daemon {
     control: Control,
     report: Reporting,
     dns: Discovery,
+    /// `--announce-table`: the VIPs' host routes for the routing daemon.
+    announce: Option<Announcer>,
 }
 
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
@@ -195,7 +200,11 @@ impl Daemon {
             None => None,
         };
         let dns = Discovery::start(&config)?;
+        let announce = config
+            .announce_table
+            .map(|t| Announcer::new(t, config.vips.iter().map(|v| v.addr.ip())));
         let mut daemon = Self {
+            announce,
             dns,
             config,
             flags,
@@ -219,6 +228,7 @@ impl Daemon {
             report,
         };
         daemon.restart_health();
+        daemon.update_announcement();
         daemon.share();
         let vips: Vec<String> = daemon.config.vips.iter().map(ToString::to_string).collect();
         let ready = format!(
@@ -271,13 +281,80 @@ impl Daemon {
                     Err(e) => warn!("reload refused, running configuration unchanged: {e:#}"),
                 },
                 _ = watchdog.tick(), if watchdog_period.is_some() => notify::watchdog(),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if self.announce.as_ref().is_some_and(|a| a.deadline_passed(Instant::now())) {
+                        say("node drain deadline passed: stopping");
+                        return false;
+                    }
+                }
                 _ = pace.tick(), if !self.publishing.closing.is_empty() => self.on_pace(),
                 _ = refusals.tick(), if !self.health.tasks.is_empty() => self.on_refusals(),
                 _ = term.recv() => return false,
                 _ = int.recv() => return false,
             }
+            self.update_announcement();
         }
+    }
+
+    /// Announces while a backend is in service (and not drained), withdraws otherwise.
+    fn update_announcement(&mut self) {
+        let in_service = self.publishing.set.members().len();
+        if let Some(a) = &mut self.announce {
+            a.update(in_service);
+        }
+    }
+
+    /// Stopping for good (not `--keep`): the announcement goes first, then the programs stay a
+    /// grace period so routers move traffic away before nothing answers it.
+    async fn withdraw_before_stopping(&mut self, keep: bool) {
+        if keep {
+            return;
+        }
+        let grace = self.config.withdraw_grace;
+        if self.announce.as_mut().is_some_and(Announcer::stop) {
+            say(&format!(
+                "waiting {} for routers to move traffic away",
+                crate::duration::format(grace)
+            ));
+            tokio::time::sleep(grace).await;
+        }
+    }
+
+    fn node_drain(&mut self, deadline_ms: Option<u64>) -> anyhow::Result<Response> {
+        let a = self
+            .announce
+            .as_mut()
+            .context("this instance announces nothing to drain: start it with --announce-table")?;
+        a.drain(deadline_ms.map(Duration::from_millis));
+        let s = a.status();
+        let then = match deadline_ms {
+            Some(ms) => format!(
+                "; stopping in {}",
+                crate::duration::format(Duration::from_millis(ms))
+            ),
+            None => String::new(),
+        };
+        Ok(Response::ok(format!(
+            "drained: withdrew {} from table {}{then}",
+            s.prefixes.join(","),
+            s.table
+        )))
+    }
+
+    fn node_undrain(&mut self) -> anyhow::Result<Response> {
+        let in_service = self.publishing.set.members().len();
+        let a = self
+            .announce
+            .as_mut()
+            .context("this instance announces nothing: start it with --announce-table")?;
+        a.undrain(in_service);
+        let s = a.status();
+        Ok(Response::ok(if s.announced {
+            format!("undrained: announced {}", s.prefixes.join(","))
+        } else {
+            "undrained: announced once a backend is in service".to_string()
+        }))
     }
 
     fn shutdown(self, keep: bool) -> anyhow::Result<()> {
@@ -311,6 +388,8 @@ impl Daemon {
                 close_rate,
             } => self.drain(addr, deadline_ms, close_rate),
             Request::Undrain { addr } => self.undrain(addr),
+            Request::NodeDrain { deadline_ms } => self.node_drain(deadline_ms),
+            Request::NodeUndrain => self.node_undrain(),
             Request::List => Ok(Response::ok(self.list())),
             Request::Status => {
                 self.status_later(reply);

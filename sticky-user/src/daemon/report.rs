@@ -51,6 +51,7 @@ pub(super) struct ReportInput {
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
+    announce: Option<crate::status::AnnounceStatus>,
 }
 
 /// The loop's side of reporting.
@@ -227,6 +228,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         });
     }
     Status {
+        announce: p.announce.clone(),
         instance: p.instance.clone(),
         vips: p.vips.clone(),
         ifaces: p.ifaces.clone(),
@@ -300,6 +302,10 @@ impl Daemon {
             dns: self.dns.status(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
+            announce: self
+                .announce
+                .as_ref()
+                .map(super::announce::Announcer::status),
         }));
     }
 

@@ -154,6 +154,7 @@ impl Collector for StatusCollector {
         }
         paced_drain(&mut out, s)?;
         dns_sources(&mut out, s)?;
+        announcement(&mut out, s)?;
 
         let packets = Family(
             "packets",
@@ -291,6 +292,21 @@ fn paced_drain(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
     Ok(())
 }
 
+/// `--announce-table`: whether the VIPs' host routes are in the table now.
+fn announcement(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    let Some(a) = &s.announce else {
+        return Ok(());
+    };
+    let family = Family(
+        "announced",
+        Gauge,
+        "Whether the VIPs are announced through the routing daemon (1) or withdrawn (0).",
+    );
+    let mut metric = family.describe(out)?;
+    let table = a.table.to_string();
+    family.sample(&mut metric, &[("table", &table)], Value::flag(a.announced))
+}
+
 /// Each DNS source: the backends of its last good answer, and whether it fails now.
 fn dns_sources(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
     let families = [
@@ -384,6 +400,7 @@ pub(super) mod tests {
 
     pub(crate) fn sample() -> Status {
         Status {
+            announce: None,
             instance: "lab\"1\\x\ny".into(),
             vips: vec!["192.0.2.1:80".parse().unwrap()],
             ifaces: vec!["eth0".into()],

@@ -1,0 +1,493 @@
+//! VIP announcement through a real routing daemon (`--announce-table`), on the DSR one-arm
+//! topology grown to several balancer nodes: a router running BIRD 2 learns the VIP from
+//! each node over eBGP (with BFD) and spreads flows over them by L4 hash (ECMP). Each node
+//! runs `sticky run --forward dsr --announce-table 100` and BIRD (`deploy/bird`) or FRR
+//! (`deploy/frr`) exporting that table. Judged on the router's kernel route to the VIP and
+//! on what clients see:
+//! - readiness: no route before sticky runs; a node's next hop appears once it is attached
+//!   with a backend in service, goes when its backends fail health checks, returns when one
+//!   rises;
+//! - drain: 200 long-lived keep-alive connections and new ones; `sticky node drain` on one
+//!   node, then SIGTERM: not one long-lived connection reset, not one new connection failed.
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::sticky_bin;
+use sticky_tests::{
+    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
+};
+
+const TABLE: &str = "100";
+const NODES: usize = 2;
+const BACKENDS: usize = 3;
+const CLIENTS: usize = 200;
+/// How long a route change may take to reach the router's kernel (BGP update + BIRD).
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A routing daemon started in a namespace; SIGTERM (then SIGKILL) on drop.
+struct Daemon {
+    child: Child,
+    what: String,
+}
+
+impl Daemon {
+    fn start(ns: &Netns, program: &str, args: &[&str], what: &str) -> Self {
+        let log = std::fs::File::create(scratch(&format!("{what}.log"))).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what} ({program}): {e}"));
+        Self {
+            child,
+            what: what.to_string(),
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("{} needed SIGKILL", self.what);
+    }
+}
+
+/// A file in this test process's scratch directory (removed when the process exits cleanly).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sticky-announce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir.join(name)
+}
+
+fn deploy(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+/// BIRD with `config`, its control socket and log in the scratch directory.
+fn bird(ns: &Netns, config: &str, name: &str) -> Daemon {
+    let conf = scratch(&format!("{name}.conf"));
+    std::fs::write(&conf, config).expect("bird config");
+    let sock = scratch(&format!("{name}.ctl"));
+    let check = Command::new("bird")
+        .args(["-p", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("bird -p");
+    assert!(
+        check.status.success(),
+        "{name}: bird rejects the config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
+    Daemon::start(ns, "bird", &["-f", "-c", &conf, "-s", &sock], name)
+}
+
+/// The router: one eBGP session (with BFD) per node, multipath into the kernel, L4 hashing.
+fn router_bird(topo: &DsrTopology) -> Daemon {
+    router_bird_for(topo, NODES)
+}
+
+fn router_bird_for(topo: &DsrTopology, nodes: usize) -> Daemon {
+    topo.router
+        .sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+        .expect("L4 multipath hash");
+    let template = deploy("bird/router.conf");
+    let cut = template
+        .find("protocol bgp node1")
+        .expect("router.conf has a node1 example");
+    let (gw0, _) = (dsr::node_addr(0, false).1, ());
+    let mut conf = template[..cut].replace("192.0.2.1", &gw0.to_string());
+    // Into its log file (stderr), for a failing run's reader.
+    conf.push_str("log stderr all;\n");
+    for k in 0..nodes {
+        let (node, _) = dsr::node_addr(k, false);
+        conf.push_str(&format!(
+            "protocol bgp node{k} from sticky_node {{\n\tneighbor {node} as 65001;\n}}\n"
+        ));
+    }
+    bird(&topo.router, &conf, "router")
+}
+
+/// BIRD on node `k` with `deploy/bird/sticky-node.conf`, its addresses filled in.
+fn node_bird(topo: &DsrTopology, k: usize) -> Daemon {
+    let (node, gw) = dsr::node_addr(k, false);
+    let conf = deploy("bird/sticky-node.conf")
+        .replace("192.0.2.2", &node.to_string())
+        .replace("192.0.2.1", &gw.to_string());
+    bird(topo.node(k), &conf, &format!("node{k}"))
+}
+
+/// The router's next hops for the IPv4 VIP (none: no route).
+fn next_hops(topo: &DsrTopology) -> Vec<IpAddr> {
+    let vip = dsr::vip(false).to_string();
+    let text = topo
+        .router
+        .ip(&["-j", "-4", "route", "show", &format!("{vip}/32")])
+        .expect("ip route show");
+    let routes: serde_json::Value = serde_json::from_str(&text).expect("ip -j route");
+    let mut hops = Vec::new();
+    for r in routes.as_array().into_iter().flatten() {
+        if let Some(gw) = r["gateway"].as_str() {
+            hops.push(gw.parse().expect("gateway"));
+        }
+        for h in r["nexthops"].as_array().into_iter().flatten() {
+            if let Some(gw) = h["gateway"].as_str() {
+                hops.push(gw.parse().expect("gateway"));
+            }
+        }
+    }
+    hops.sort();
+    hops
+}
+
+/// Waits until the router's next hops for the VIP are those of `nodes`.
+fn wait_for_hops(topo: &DsrTopology, nodes: &[usize], why: &str) -> Duration {
+    let mut want: Vec<IpAddr> = nodes.iter().map(|&k| dsr::node_addr(k, false).0).collect();
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let have = next_hops(topo);
+        if have == want {
+            return start.elapsed();
+        }
+        if start.elapsed() > CONVERGE {
+            let birdc = Command::new("birdc")
+                .arg("-s")
+                .arg(scratch("router.ctl"))
+                .args(["show", "protocols", "all"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let bfd = Command::new("birdc")
+                .arg("-s")
+                .arg(scratch("router.ctl"))
+                .args(["show", "bfd", "sessions"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let birdc = format!("{birdc}{bfd}");
+            panic!(
+                "{why}: the router's next hops for the VIP are {have:?}, want {want:?} (logs in \
+                 {}); the router's BIRD says:\n{birdc}",
+                scratch("").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `sticky run --forward dsr --announce-table 100` on node `k`.
+fn sticky_node(topo: &DsrTopology, k: usize, extra: &[&str]) -> StickyProcess {
+    let mut args = topo.sticky_args(false, dsr::VIP_PORT);
+    args.extend(
+        [
+            "--forward",
+            "dsr",
+            "--xdp",
+            "off",
+            "--announce-table",
+            TABLE,
+            "--withdraw-grace",
+            "2s",
+            "--health-interval",
+            "500ms",
+            "--health-timeout",
+            "300ms",
+            "--health-fall",
+            "2",
+            "--health-rise",
+            "1",
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    StickyProcess::start(&sticky_bin(), topo.node(k), &args)
+        .unwrap_or_else(|e| panic!("sticky on node {k}: {e:#}"))
+}
+
+fn status(p: &StickyProcess) -> serde_json::Value {
+    let out = p.ctl(&sticky_bin(), &["status", "--json"]);
+    assert!(out.status.success(), "status: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Readiness and drain with BIRD on every node.
+#[test]
+fn bird_readiness_and_drain() {
+    if !root_or_skip("bird_readiness_and_drain") {
+        return;
+    }
+    let topo = DsrTopology::build_nodes("annb", NODES, BACKENDS, CLIENTS, &sticky_bin())
+        .expect("topology");
+    let servers = topo.start_servers().expect("backend servers");
+    let _router = router_bird(&topo);
+    let mut birds: Vec<Daemon> = (0..NODES).map(|k| node_bird(&topo, k)).collect();
+    // BIRD runs, sticky does not: nothing is announced.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(birds.iter_mut().all(Daemon::alive), "a BIRD exited");
+    assert!(
+        next_hops(&topo).is_empty(),
+        "a route before any sticky runs"
+    );
+    let n0 = sticky_node(&topo, 0, &[]);
+    let t0 = wait_for_hops(&topo, &[0], "node 0 attached with backends in service");
+    let n1 = sticky_node(&topo, 1, &[]);
+    wait_for_hops(&topo, &[0, 1], "both nodes ready");
+    let announce = &status(&n0)["announce"];
+    assert_eq!(announce["announced"], true, "status: {announce}");
+    eprintln!("node 0's route reached the router {t0:?} after its ready line");
+
+    // 200 long-lived keep-alive connections, spread over both nodes by the router's L4 hash.
+    let vip = topo.vip(false, dsr::VIP_PORT);
+    let mut conns: Vec<(IpAddr, HttpConn, String)> = topo
+        .client
+        .run(move || {
+            (0..CLIENTS)
+                .map(|i| {
+                    let src = plan::client(i, false);
+                    let mut c = HttpConn::open(src, vip, Duration::from_secs(5))
+                        .unwrap_or_else(|e| panic!("open {src}: {e:#}"));
+                    let a = c
+                        .get(false)
+                        .unwrap_or_else(|e| panic!("first get {src}: {e:#}"));
+                    assert_eq!(a.seen_client, src);
+                    (src, c, a.backend)
+                })
+                .collect()
+        })
+        .expect("client namespace");
+    let dsr_packets = |p: &StickyProcess| status(p)["counters"]["dsr"].as_u64().unwrap_or(0);
+    assert!(
+        dsr_packets(&n0) > 0 && dsr_packets(&n1) > 0,
+        "ECMP sent every flow to one node: {} / {}",
+        dsr_packets(&n0),
+        dsr_packets(&n1)
+    );
+    let probe_all = |conns: &mut Vec<(IpAddr, HttpConn, String)>, when: &str| {
+        let taken = std::mem::take(conns);
+        let (kept, failures) = topo
+            .client
+            .run(move || {
+                let mut kept = Vec::new();
+                let mut failures = Vec::new();
+                for (src, mut c, backend) in taken {
+                    match c.get(false) {
+                        Ok(a) if a.backend == backend => kept.push((src, c, backend)),
+                        Ok(a) => failures.push(format!("{src}: moved {backend} -> {}", a.backend)),
+                        Err(e) => failures.push(format!("{src}: {e:#}")),
+                    }
+                }
+                (kept, failures)
+            })
+            .expect("client namespace");
+        *conns = kept;
+        assert!(
+            failures.is_empty(),
+            "{when}: {} long-lived connections broke: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    };
+    let new_ones = |from: usize, when: &str| {
+        let failures: Vec<String> = topo
+            .client
+            .run(move || {
+                (from..from + 50)
+                    .filter_map(|i| {
+                        let src = plan::client(i % CLIENTS, false);
+                        get_once(src, vip).err().map(|e| format!("{src}: {e:#}"))
+                    })
+                    .collect()
+            })
+            .expect("client namespace");
+        assert!(
+            failures.is_empty(),
+            "{when}: new connections failed: {failures:?}"
+        );
+    };
+
+    // Drain node 0: its next hop goes; its flows move to node 1, which picks the same backend.
+    let out = n0.ctl(&sticky_bin(), &["node", "drain"]);
+    assert!(out.status.success(), "node drain: {out:?}");
+    let moved = wait_for_hops(&topo, &[1], "node 0 drained");
+    eprintln!("node 0's withdrawal reached the router in {moved:?}");
+    assert_eq!(status(&n0)["announce"]["withdrawn_because"], "node drained");
+    new_ones(0, "after the drain");
+    probe_all(&mut conns, "after the drain");
+    // Then stopped: withdrawn already, detached after the grace period.
+    let code = n0.stop().expect("stop node 0");
+    assert!(code.success(), "node 0 exit status {code}");
+    new_ones(50, "after node 0 stopped");
+    probe_all(&mut conns, "after node 0 stopped");
+    assert_eq!(conns.len(), CLIENTS);
+
+    // Readiness follows health: node 1's backends all fail, its route goes; one rises, back.
+    let (http, echo) = servers;
+    drop(http);
+    let gone = wait_for_hops(
+        &topo,
+        &[],
+        "every backend of node 1 failed its health checks",
+    );
+    eprintln!("withdrawn {gone:?} after the backends stopped");
+    assert_eq!(
+        status(&n1)["announce"]["withdrawn_because"],
+        "no backend in service"
+    );
+    let _http = sticky_tests::servers::HttpBackend::start(
+        &topo.backends[0],
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), dsr::VIP_PORT),
+        "be0",
+    )
+    .expect("backend 0 again");
+    wait_for_hops(&topo, &[1], "backend 0 rose again");
+    drop(echo);
+    drop(n1);
+    let _ = std::fs::remove_dir_all(scratch(""));
+}
+
+/// FRR (zebra, bgpd, bfdd) on node `k` with `deploy/frr/frr.conf`, its addresses filled in;
+/// every path (config, sockets, pid files) in the scratch directory.
+fn node_frr(topo: &DsrTopology, k: usize) -> Vec<Daemon> {
+    let (node, gw) = dsr::node_addr(k, false);
+    let conf = deploy("frr/frr.conf")
+        .replace("192.0.2.2", &node.to_string())
+        .replace("192.0.2.1", &gw.to_string());
+    let file = scratch(&format!("frr{k}.conf"));
+    std::fs::write(&file, conf).expect("frr config");
+    let file = file.display().to_string();
+    // FRR drops to its own user (as packaged): its sockets, pid files and logs go in a
+    // directory that user owns.
+    let run = scratch(&format!("frr{k}"));
+    std::fs::create_dir_all(&run).expect("FRR directory");
+    let chown = Command::new("chown")
+        .args(["frr:frr"])
+        .arg(&run)
+        .status()
+        .expect("chown");
+    assert!(chown.success(), "chown frr:frr {}", run.display());
+    let in_run = |name: &str| run.join(name).display().to_string();
+    let zserv = in_run("zserv.api");
+    let vty = run.display().to_string();
+    let ns = topo.node(k);
+    let mut daemons = Vec::new();
+    for (name, extra) in [
+        ("zebra", vec![]),
+        ("bfdd", vec!["--bfdctl".to_string(), in_run("bfdd.sock")]),
+        ("bgpd", vec![]),
+    ] {
+        let pid = in_run(&format!("{name}.pid"));
+        let log = format!("file:{}", in_run(&format!("{name}.log")));
+        let mut args: Vec<&str> = vec![
+            "-f",
+            &file,
+            "-i",
+            &pid,
+            "-z",
+            &zserv,
+            "--vty_socket",
+            &vty,
+            "-A",
+            "127.0.0.1",
+            "--log",
+            &log,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        daemons.push(Daemon::start(
+            ns,
+            &format!("/usr/lib/frr/{name}"),
+            &args,
+            &format!("frr{k}-{name}"),
+        ));
+        if name == "zebra" {
+            // bfdd and bgpd connect to zebra's socket: let it appear.
+            let start = Instant::now();
+            while !Path::new(&zserv).exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(Path::new(&zserv).exists(), "zebra did not open {zserv}");
+        }
+    }
+    daemons
+}
+
+/// The same readiness with FRR on the node: announced once ready, withdrawn on `node drain`,
+/// back on `node undrain`, withdrawn before a SIGTERM detaches.
+#[test]
+fn frr_readiness_drain_and_stop() {
+    if !root_or_skip("frr_readiness_drain_and_stop") {
+        return;
+    }
+    let topo = DsrTopology::build_nodes("annf", 1, BACKENDS, 4, &sticky_bin()).expect("topology");
+    let _servers = topo.start_servers().expect("backend servers");
+    let _router = router_bird_for(&topo, 1);
+    let mut frr = node_frr(&topo, 0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(frr.iter_mut().all(Daemon::alive), "an FRR daemon exited");
+    assert!(next_hops(&topo).is_empty(), "a route before sticky runs");
+    let n0 = sticky_node(&topo, 0, &[]);
+    wait_for_hops(&topo, &[0], "node 0 ready, announced through FRR");
+    let vip = topo.vip(false, dsr::VIP_PORT);
+    let src = plan::client(0, false);
+    let ok = |when: &str| {
+        let a = topo
+            .client
+            .run(move || get_once(src, vip))
+            .expect("client namespace")
+            .unwrap_or_else(|e| panic!("{when}: {e:#}"));
+        assert_eq!(a.seen_client, src);
+    };
+    ok("announced");
+    let out = n0.ctl(&sticky_bin(), &["node", "drain"]);
+    assert!(out.status.success(), "node drain: {out:?}");
+    wait_for_hops(&topo, &[], "node 0 drained");
+    let out = n0.ctl(&sticky_bin(), &["node", "undrain"]);
+    assert!(out.status.success(), "node undrain: {out:?}");
+    wait_for_hops(&topo, &[0], "node 0 undrained");
+    ok("announced again");
+    // SIGTERM: the route goes first; the programs stay the grace period (2 s) after it.
+    n0.signal(libc::SIGTERM).expect("SIGTERM");
+    let gone = wait_for_hops(&topo, &[], "node 0 stopping");
+    assert!(
+        gone < Duration::from_secs(2),
+        "withdrawn only {gone:?} after SIGTERM, after the grace period"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", n0.pid())).unwrap_or_default();
+    let running = state
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+    assert!(
+        running,
+        "sticky had exited before its route was withdrawn: {state}"
+    );
+    let code = n0.stop().expect("node 0 exits");
+    assert!(code.success(), "exit status {code}");
+    drop(frr);
+    let _ = std::fs::remove_dir_all(scratch(""));
+}
