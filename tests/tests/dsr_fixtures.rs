@@ -6,7 +6,9 @@
 //! gateway gets the gateway's MAC; an unresolved neighbour goes to the kernel's neighbour
 //! redirect (tc) or on to tc (XDP); a packet too big for the path and an unroutable backend
 //! are dropped and counted; what is not ours (malformed, fragments, other protocols, other
-//! addresses) comes out untouched and goes on.
+//! addresses) comes out untouched and goes on. UDP datagrams to a UDP VIP are encapsulated
+//! the same way (the inner datagram untouched, a zero checksum included); UDP to a TCP-only
+//! port, TCP to a UDP-only port and malformed datagrams pass.
 
 mod common;
 
@@ -18,24 +20,37 @@ use common::{
         self, BACKEND_MAC, GATEWAY_MAC, IF, NODE_MAC, NODE_V4, NODE_V6, TC_ACT_REDIRECT, XDP_DROP,
         XDP_PASS, XDP_REDIRECT, XDP_TX, encapsulated, namespace, tx_by_redirect,
     },
-    packets::{ETH_LEN, Pkt},
+    packets::{ETH_LEN, Ext, Pkt, Shape, classify},
 };
 use sticky::{
     config::{Config, ForwardMode, Layer, XdpMode},
     datapath::Datapath,
 };
-use sticky_common::maps::{COUNTER_DSR, COUNTER_ENCAP_ERROR, COUNTER_TOO_BIG};
+use sticky_common::maps::{
+    COUNTER_DSR, COUNTER_ENCAP_ERROR, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_TOO_BIG,
+    COUNTER_UNHANDLED,
+};
 
 const VIP_V4: &str = "198.19.255.100:80";
 const VIP_V6: &str = "[fd00:19:ff::100]:80";
+/// UDP VIPs on the TCP VIPs' addresses, another port (DSR leaves ports as they are, so the
+/// backend's port does not matter).
+const UDP_VIP_V4: &str = "udp:198.19.255.100:53";
+const UDP_VIP_V6: &str = "udp:[fd00:19:ff::100]:53";
 const CLIENT_V4: &str = "198.18.1.1:40000";
 const CLIENT_V6: &str = "[fd00:18::1]:40000";
 
-/// A DSR datapath (tc and XDP programs loaded) with one backend, in the current namespace.
+/// A DSR datapath (tc and XDP programs loaded) for the TCP VIP `vip` with one backend, in the
+/// current namespace.
 fn load(vip: &str, backend: SocketAddr) -> Datapath {
+    load_vips(&[vip], backend)
+}
+
+/// [`load`] for any VIPs (`udp:` for UDP).
+fn load_vips(vips: &[&str], backend: SocketAddr) -> Datapath {
     let layer = Layer {
         iface: vec![IF.into()],
-        vip: vec![vip.into()],
+        vip: vips.iter().map(|v| v.to_string()).collect(),
         backend: vec![backend.to_string()],
         forward: Some(ForwardMode::Dsr),
         xdp: Some(XdpMode::Native),
@@ -270,6 +285,152 @@ fn what_is_not_ours_passes_untouched() {
             assert_eq!((rc, &out), (XDP_PASS, input), "XDP, {what}");
         }
         assert_eq!(dp.counters().unwrap().values[COUNTER_DSR as usize], 0);
+    });
+}
+
+/// The socket address of a `udp:ADDR:PORT` VIP.
+fn udp_addr(vip: &str) -> SocketAddr {
+    sa(vip.strip_prefix("udp:").expect("a udp: VIP"))
+}
+
+/// A datagram to a UDP VIP is encapsulated on tc and XDP like a TCP segment, the inner
+/// datagram byte for byte (checksum 0 included: DSR never touches it), and the next one of its
+/// flow takes the same way; IPv4 and IPv6, on the segment.
+#[test]
+fn udp_is_encapsulated_like_tcp() {
+    if !bpf_or_skip() {
+        return;
+    }
+    in_namespace(|| {
+        for (vip, udp, client, backend, node) in [
+            (VIP_V4, UDP_VIP_V4, CLIENT_V4, "10.77.0.2:80", NODE_V4),
+            (VIP_V6, UDP_VIP_V6, CLIENT_V6, "[fd00:77::2]:80", NODE_V6),
+        ] {
+            let mut dp = load_vips(&[vip, udp], sa(backend));
+            let (be, uv) = (sa(backend).ip(), udp_addr(udp));
+            let macs = Some((NODE_MAC, BACKEND_MAC));
+            let client = sa(client);
+            let first = Pkt::datagram(client, uv).payload(b"query").build();
+            let (rc, out) = run_tc(&mut dp, &first);
+            assert_eq!(rc, TC_ACT_REDIRECT, "{udp}: tc");
+            assert_encapsulated(&first, &out, ip(node), be, macs);
+            let second = Pkt::datagram(client, uv).payload(b"second").build();
+            let (rc, out) = run_xdp(&mut dp, &second);
+            assert_eq!(rc, XDP_REDIRECT, "{udp}: XDP");
+            assert_encapsulated(&second, &out, ip(node), be, macs);
+            let other = SocketAddr::new(client.ip(), 40_001);
+            for input in [
+                Pkt::datagram(other, uv).checksum(0).payload(b"no checksum"),
+                Pkt::datagram(other, uv).payload(b"odd"),
+                Pkt::datagram(other, uv).pad_to(60),
+            ]
+            .map(|p| p.build())
+            {
+                for xdp in [false, true] {
+                    let (rc, out) = if xdp {
+                        run_xdp(&mut dp, &input)
+                    } else {
+                        run_tc(&mut dp, &input)
+                    };
+                    let want = if xdp { XDP_REDIRECT } else { TC_ACT_REDIRECT };
+                    assert_eq!(rc, want, "{udp}, XDP {xdp}");
+                    assert_encapsulated(&input, &out, ip(node), be, macs);
+                }
+            }
+            // TCP to the TCP VIP still goes the same way beside it.
+            let syn_frame = syn(&client.to_string(), vip);
+            let (rc, out) = run_tc(&mut dp, &syn_frame);
+            assert_eq!(rc, TC_ACT_REDIRECT, "{vip}: TCP beside UDP");
+            assert_encapsulated(&syn_frame, &out, ip(node), be, macs);
+            assert_eq!(dp.counters().unwrap().values[COUNTER_DSR as usize], 9);
+        }
+    });
+}
+
+/// With a UDP VIP loaded, what is not a datagram for it passes untouched on both hooks, and tc
+/// counts it by kind: UDP to the TCP-only port and TCP to the UDP-only port as pass, bogus
+/// lengths and cut headers as parse errors, fragments as unhandled.
+#[test]
+fn udp_that_is_not_ours_passes_untouched() {
+    if !bpf_or_skip() {
+        return;
+    }
+    in_namespace(|| {
+        for (vip, udp, client, backend) in [
+            (VIP_V4, UDP_VIP_V4, CLIENT_V4, "10.77.0.2:80"),
+            (VIP_V6, UDP_VIP_V6, CLIENT_V6, "[fd00:77::2]:80"),
+        ] {
+            let mut dp = load_vips(&[vip, udp], sa(backend));
+            let (client, uv, tv) = (sa(client), udp_addr(udp), sa(vip));
+            let dg = || Pkt::datagram(client, uv).payload(b"payload!");
+            let full = dg().build();
+            let l4 = ETH_LEN + if uv.is_ipv6() { 40 } else { 20 };
+            let mut inputs = vec![
+                (
+                    "UDP to the TCP-only port",
+                    Pkt::datagram(client, tv).build(),
+                ),
+                ("TCP to the UDP-only port", Pkt::syn(client, uv).build()),
+                ("UDP length 7", dg().udp_len(7).build()),
+                ("UDP length 0", dg().udp_len(0).build()),
+                ("UDP length one past the packet", dg().udp_len(17).build()),
+                (
+                    "UDP length into the padding",
+                    dg().udp_len(40).pad_to(100).build(),
+                ),
+                ("UDP header cut", full[..l4 + 6].to_vec()),
+            ];
+            if uv.is_ipv6() {
+                inputs.push((
+                    "UDP behind a fragment header",
+                    dg().ext(Ext::Fragment).build(),
+                ));
+            } else {
+                inputs.push(("UDP fragment, MF set", dg().frag(0x2000).build()));
+                inputs.push(("UDP fragment, offset 185", dg().frag(185).build()));
+            }
+            let counters = |dp: &Datapath| {
+                let c = dp.counters().unwrap().values;
+                [
+                    COUNTER_PASS,
+                    COUNTER_PARSE_ERROR,
+                    COUNTER_UNHANDLED,
+                    COUNTER_DSR,
+                ]
+                .map(|i| c[i as usize])
+            };
+            for (what, input) in &inputs {
+                let want = match classify(input) {
+                    Shape::Malformed => 1,
+                    Shape::Unhandled => 2,
+                    Shape::Transport(_) | Shape::Other => 0,
+                };
+                let before = counters(&dp);
+                let (rc, out) = run_tc(&mut dp, input);
+                assert_eq!((rc, &out), (TCX_NEXT, input), "tc, {uv}: {what}");
+                let (rc, out) = run_xdp(&mut dp, input);
+                assert_eq!((rc, &out), (XDP_PASS, input), "XDP, {uv}: {what}");
+                let mut expected = before;
+                expected[want] += 1;
+                assert_eq!(
+                    counters(&dp),
+                    expected,
+                    "{uv}: {what}: [pass, parse error, unhandled, dsr] counted by tc alone"
+                );
+            }
+            let kinds: Vec<usize> = inputs
+                .iter()
+                .map(|(_, f)| match classify(f) {
+                    Shape::Malformed => 1,
+                    Shape::Unhandled => 2,
+                    _ => 0,
+                })
+                .collect();
+            assert!(
+                kinds.contains(&0) && kinds.contains(&1) && kinds.contains(&2),
+                "precondition: every kind among the inputs: {kinds:?}"
+            );
+        }
     });
 }
 

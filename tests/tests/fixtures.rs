@@ -1,8 +1,10 @@
 //! Packet fixtures through BPF_PROG_TEST_RUN, Katran-style: the real object and its
 //! verifier-loaded programs, input packets from a small builder, and each output checked
-//! byte by byte with the IPv4 and TCP checksums recomputed from scratch. The kernel hands
+//! byte by byte with the IPv4, TCP and UDP checksums recomputed from scratch. The kernel hands
 //! `data_out` back as CHECKSUM_NONE, so a missed checksum fix shows here and nowhere else
-//! (offloads hide it on live interfaces).
+//! (offloads hide it on live interfaces). Every fixture also checks that exactly the counter
+//! of its outcome went up (pass, parse error, unhandled, NAT, drop), as `packets::classify`
+//! and the expectation say.
 //!
 //! Needs root (skips otherwise) and the real eBPF object (a missing object is a build defect).
 //! `--test-threads=1 --nocapture` shows the per-packet costs.
@@ -20,6 +22,7 @@ use aya::{
     programs::ProgramError,
 };
 use common::{datapath::*, packets::*};
+use sticky::addr::VipAddr;
 use sticky::{
     backends::BackendSet,
     config::Config,
@@ -30,7 +33,8 @@ use sticky_common::{
     Addr16,
     choice::slot_of,
     maps::{
-        self as names, Affinity, Backend, COUNTER_NAT, COUNTER_PARSE_ERROR, FLOW_FORWARD,
+        self as names, Affinity, Backend, COUNTER_DROP_NAT_ERROR, COUNTER_DROP_NO_BACKEND,
+        COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED, FLOW_FORWARD,
         FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip, VipKey,
     },
     trace::{TRACE, TRACE_EVENTS, TraceTarget},
@@ -42,18 +46,22 @@ use sticky_common::{
 
 /// The configuration and backends a fixture runs against. Fixtures of one setup share one
 /// loaded datapath and run in table order, so later fixtures see the flows earlier ones made.
+/// Every setup has a TCP VIP and a UDP VIP (`udp:`), on another port but for `V4SamePort`:
+/// UDP to the TCP VIP's port is not ours, nor TCP to the UDP VIP's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
-    /// VIP 192.0.2.10:80, backends 10.{1,2,3}.0.2:8080.
+    /// VIPs 192.0.2.10:80 and udp:192.0.2.10:53, backends 10.{1,2,3}.0.2:8080.
     V4,
-    /// VIP [fd00::100]:80, backends [fd00:{1,2,3}::2]:8080.
+    /// VIPs [fd00::100]:80 and udp:[fd00::100]:53, backends [fd00:{1,2,3}::2]:8080.
     V6,
-    /// The V4 VIP with its backends all removed again (`reconcile(&[])` + `apply`).
+    /// The V4 VIPs with their backends all removed again (`reconcile(&[])` + `apply`).
     V4NoBackends,
-    /// A local backend: VIP 192.0.2.10:80 served by 192.0.2.10:8080 (only the port changes).
+    /// A local backend: the V4 VIPs served by 192.0.2.10:8080 (only the port changes).
     V4Local,
-    /// A local backend: VIP [fd00::100]:80 served by [fd00::100]:8080.
+    /// A local backend: the V6 VIPs served by [fd00::100]:8080.
     V6Local,
+    /// VIPs 192.0.2.10:80 and udp:192.0.2.10:80 (one port, both protocols), the V4 backends.
+    V4SamePort,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,20 +85,68 @@ struct Fixture {
     input: Vec<u8>,
     expect_action: i32,
     expect: Expect,
+    /// The one outcome counter that must go up (see `outcome_counter`); none when refused.
+    counter: Option<u32>,
+}
+
+/// The outcome counters: a fixture raises exactly one of them by one.
+const OUTCOME_COUNTERS: [(u32, &str); 6] = [
+    (COUNTER_PASS, "pass"),
+    (COUNTER_PARSE_ERROR, "parse_error"),
+    (COUNTER_UNHANDLED, "unhandled"),
+    (COUNTER_DROP_NO_BACKEND, "drop_no_backend"),
+    (COUNTER_DROP_NAT_ERROR, "drop_nat_error"),
+    (COUNTER_NAT, "nat"),
+];
+
+/// The counter a fixture's outcome raises: a rewrite counts as NAT, a drop for want of a
+/// backend as such, and a frame passed on by what `classify` makes of it (malformed: parse
+/// error; fragments and headers not walked: unhandled; anything else: pass).
+fn outcome_counter(input: &[u8], action: i32, expect: Expect) -> Option<u32> {
+    match (expect, action) {
+        (Expect::Refused, _) => None,
+        (Expect::Rewritten { .. }, _) => Some(COUNTER_NAT),
+        (Expect::Unchanged, TC_ACT_SHOT) => Some(COUNTER_DROP_NO_BACKEND),
+        (Expect::Unchanged, _) => Some(match classify(input) {
+            Shape::Malformed => COUNTER_PARSE_ERROR,
+            Shape::Unhandled => COUNTER_UNHANDLED,
+            Shape::Transport(_) | Shape::Other => COUNTER_PASS,
+        }),
+    }
 }
 
 impl Setup {
+    /// The TCP VIP.
     fn vip(self) -> SocketAddr {
         match self {
-            Setup::V4 | Setup::V4NoBackends | Setup::V4Local => sa("192.0.2.10:80"),
+            Setup::V4 | Setup::V4NoBackends | Setup::V4Local | Setup::V4SamePort => {
+                sa("192.0.2.10:80")
+            }
             Setup::V6 | Setup::V6Local => sa("[fd00::100]:80"),
+        }
+    }
+
+    /// The UDP VIP.
+    fn udp_vip(self) -> SocketAddr {
+        match self {
+            Setup::V4 | Setup::V4NoBackends | Setup::V4Local => sa("192.0.2.10:53"),
+            Setup::V6 | Setup::V6Local => sa("[fd00::100]:53"),
+            Setup::V4SamePort => sa("192.0.2.10:80"),
+        }
+    }
+
+    /// The VIP a packet of `pkt`'s protocol reaches (what replies get back as their source).
+    fn vip_for(self, pkt: &Pkt) -> SocketAddr {
+        match pkt.l4 {
+            L4::Udp => self.udp_vip(),
+            _ => self.vip(),
         }
     }
 
     /// Backend lists applied one after the other when the setup is loaded.
     fn stages(self) -> Vec<Vec<SocketAddr>> {
         match self {
-            Setup::V4 => vec![v4_backends(3)],
+            Setup::V4 | Setup::V4SamePort => vec![v4_backends(3)],
             Setup::V6 => vec![v6_backends(3)],
             Setup::V4NoBackends => vec![v4_backends(3), vec![]],
             Setup::V4Local => vec![vec![sa("192.0.2.10:8080")]],
@@ -99,7 +155,8 @@ impl Setup {
     }
 
     fn config(self) -> Config {
-        config("fixtures", self.vip(), &self.stages()[0])
+        let vips = [VipAddr::tcp(self.vip()), udp_vip(self.udp_vip())];
+        config_with("fixtures", &vips, &self.stages()[0])
     }
 
     /// The backend set the datapath holds once loaded: the same reconciles, no kernel.
@@ -170,7 +227,33 @@ impl Lb {
         }
     }
 
+    fn outcome_counters(&self) -> [u64; OUTCOME_COUNTERS.len()] {
+        let all = self.counters();
+        OUTCOME_COUNTERS.map(|(i, _)| all.values[i as usize])
+    }
+
     fn check(&mut self, f: &Fixture) -> Result<(), String> {
+        let before = self.outcome_counters();
+        self.check_output(f)?;
+        let after = self.outcome_counters();
+        for (k, (id, name)) in OUTCOME_COUNTERS.iter().enumerate() {
+            let want = before[k] + u64::from(f.counter == Some(*id));
+            if after[k] != want {
+                return Err(format!(
+                    "counter {name} went from {} to {}, want {want} (the outcome's counter: {})",
+                    before[k],
+                    after[k],
+                    f.counter.map_or("none", |c| OUTCOME_COUNTERS
+                        .iter()
+                        .find(|(i, _)| *i == c)
+                        .map_or("?", |(_, n)| n))
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_output(&mut self, f: &Fixture) -> Result<(), String> {
         let run = self.run(f.program, &f.input);
         let (action, out) = match (run, f.expect) {
             (Err(ProgramError::SyscallError(e)), Expect::Refused)
@@ -225,6 +308,14 @@ impl Lb {
 
     /// A client's handshake: its SYN and its ACK go to `backend`, which makes the flow
     /// established and the client affine.
+    /// A UDP client's first two datagrams to `vip`: the flow opens, then is confirmed.
+    fn exchange(&mut self, client: SocketAddr, vip: SocketAddr, backend: SocketAddr) {
+        let first = Pkt::datagram(client, vip).payload(b"first");
+        self.dnat(&format!("first datagram of {client}"), first, backend);
+        let second = Pkt::datagram(client, vip).payload(b"second");
+        self.dnat(&format!("second datagram of {client}"), second, backend);
+    }
+
     fn connect(&mut self, client: SocketAddr, vip: SocketAddr, backend: SocketAddr) {
         self.dnat(&format!("SYN of {client}"), Pkt::syn(client, vip), backend);
         self.dnat(
@@ -244,12 +335,20 @@ impl Lb {
 }
 
 fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    proto_key(PROTO_TCP, src, dst)
+}
+
+fn udp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    proto_key(PROTO_UDP, src, dst)
+}
+
+fn proto_key(proto: u8, src: SocketAddr, dst: SocketAddr) -> FlowKey {
     FlowKey {
         src: Addr16::from_ip(src.ip()),
         dst: Addr16::from_ip(dst.ip()),
         sport_be: src.port().to_be(),
         dport_be: dst.port().to_be(),
-        proto: PROTO_TCP,
+        proto,
         _pad0: 0,
         _pad1: 0,
     }
@@ -285,10 +384,34 @@ impl Table {
             name: name.into(),
             setup: self.setup,
             program,
+            counter: outcome_counter(&input, action, expect),
             input,
             expect_action: action,
             expect,
         });
+    }
+
+    /// Passed untouched on ingress as malformed (counted as a parse error): the model must
+    /// say so too, or the fixture is not what its name says.
+    fn malformed(&mut self, name: impl Into<String>, input: impl Into<Vec<u8>>) {
+        let (name, input) = (name.into(), input.into());
+        assert!(
+            matches!(classify(&input), Shape::Malformed),
+            "fixture '{name}': not malformed by the model: {:?}",
+            classify(&input)
+        );
+        self.pass(name, Prog::Ingress, input);
+    }
+
+    /// Passed untouched on ingress as unhandled (fragments, headers not walked).
+    fn unhandled(&mut self, name: impl Into<String>, input: impl Into<Vec<u8>>) {
+        let (name, input) = (name.into(), input.into());
+        assert!(
+            matches!(classify(&input), Shape::Unhandled),
+            "fixture '{name}': not unhandled by the model: {:?}",
+            classify(&input)
+        );
+        self.pass(name, Prog::Ingress, input);
     }
 
     /// Passed byte for byte, on to the next program of the hook.
@@ -321,10 +444,10 @@ impl Table {
         self.add(name, Prog::Ingress, pkt.build(), TC_ACT_OK, expect);
     }
 
-    /// Egress: the source becomes the VIP, the destination stays.
+    /// Egress: the source becomes the VIP of the packet's protocol, the destination stays.
     fn snat(&mut self, name: impl Into<String>, pkt: Pkt) {
         let expect = Expect::Rewritten {
-            src: self.setup.vip(),
+            src: self.setup.vip_for(&pkt),
             dst: pkt.dst,
         };
         self.add(name, Prog::Egress, pkt.build(), TC_ACT_OK, expect);
@@ -440,7 +563,126 @@ fn v4_fixtures() -> Vec<Fixture> {
     // creating no flow or affinity entry.
     t.pass("IPv6 SYN to the IPv4-mapped form of the IPv4 VIP", Ingress, Pkt::syn(sa("[::ffff:198.51.100.77]:43000"), sa("[::ffff:192.0.2.10]:80")));
     t.pass("IPv6 SYN from an IPv4-mapped source", Ingress, Pkt::syn(sa("[::ffff:198.51.100.78]:43000"), sa("[2001:db8::1]:80")));
+    udp_fixtures(&mut t, &choice, a, a2);
     t.fixtures
+}
+
+/// UDP on a setup with remote backends: `a` and `a2` are clients that already have TCP
+/// connections (to `choice(a)`), `choice` the table's backend for a client.
+#[rustfmt::skip]
+fn udp_fixtures(t: &mut Table, choice: &dyn Fn(SocketAddr) -> SocketAddr, a: SocketAddr, a2: SocketAddr) {
+    use Prog::{Egress, Ingress};
+    let setup = t.setup;
+    let (vip, uv) = (setup.vip(), setup.udp_vip());
+    let v = if vip.is_ipv6() { "v6" } else { "v4" };
+    let ba = choice(a);
+    // Client addresses of this block: 198.51.100.100+ / fd00:c::100+.
+    let client = |i: u16, port: u16| -> SocketAddr {
+        if vip.is_ipv6() { sa(&format!("[fd00:c::{:x}]:{port}", 0x100 + i)) } else { sa(&format!("198.51.100.{}:{port}", 100 + i)) }
+    };
+
+    // A client with TCP connections: its datagrams go to the same backend, both ways.
+    let ua = SocketAddr::new(a.ip(), 5353);
+    t.dnat(format!("{v} UDP to the UDP VIP from a TCP client: its backend"), Pkt::datagram(ua, uv).payload(b"dns?"), ba);
+    t.dnat(format!("{v} UDP second datagram, same 5-tuple: same backend"), Pkt::datagram(ua, uv).payload(b"again"), ba);
+    t.snat(format!("{v} UDP reply from the backend: source back to the UDP VIP"), Pkt::datagram(ba, ua).payload(b"answer"));
+    t.snat(format!("{v} UDP reply with odd-length payload"), Pkt::datagram(ba, ua).payload(b"odd"));
+    // Same ports as a TCP connection, other protocol: not that connection's flow.
+    t.pass(format!("{v} UDP reply with a TCP flow's ports on egress (no UDP flow)"), Egress, Pkt::datagram(ba, a2).payload(b"x"));
+    t.pass(format!("{v} TCP reply with a UDP flow's ports on egress (no TCP flow)"), Egress, Pkt::tcp(ba, ua, ACK));
+
+    // Clients that start with UDP: the table's backend, the same one their TCP gets (one hash).
+    let mut seen = Vec::new();
+    for i in 0..24u16 {
+        let c = client(i, 6000 + i);
+        seen.push(choice(c));
+        t.dnat(format!("{v} UDP from client {c}"), Pkt::datagram(c, uv).payload(b"hello"), choice(c));
+        t.snat(format!("{v} UDP reply to client {c}"), Pkt::datagram(choice(c), c).payload(b"world"));
+        if i < 4 {
+            t.dnat(format!("{v} TCP SYN of UDP client {c}: the same backend"), Pkt::syn(SocketAddr::new(c.ip(), 7000), vip), choice(c));
+        }
+    }
+    assert!(seen.iter().collect::<std::collections::HashSet<_>>().len() == 3, "precondition: UDP clients reach every backend: {seen:?}");
+
+    // Checksums: none (IPv4) / zero (forbidden in IPv6) stays zero; a sum that comes out zero
+    // is written 0xffff.
+    let c = client(30, 6100);
+    let zero = if vip.is_ipv6() { "UDP checksum 0 (forbidden in IPv6): kept 0" } else { "UDP checksum 0 (none): kept 0" };
+    t.dnat(format!("{v} {zero}"), Pkt::datagram(c, uv).payload(b"no checksum").checksum(0), choice(c));
+    t.snat(format!("{v} reply with {zero}"), Pkt::datagram(choice(c), c).payload(b"none").checksum(0));
+    let c = client(31, 6100);
+    let dg = Pkt::datagram(c, uv).payload(b"zero sum").zero_sum_after(c, choice(c));
+    let csum = |p: &Pkt| be16(&p.build(), Layout::parse(&p.build()).unwrap().csum_off()).unwrap();
+    assert_eq!(csum(&Pkt { dst: choice(c), ..dg.clone() }), 0xffff, "precondition: the DNATed datagram's checksum computes to 0");
+    assert_ne!(csum(&dg), 0xffff, "precondition: the input's checksum is another");
+    t.dnat(format!("{v} UDP whose checksum comes out 0 after DNAT: written 0xffff"), dg, choice(c));
+    let reply = Pkt::datagram(choice(c), c).payload(b"zero sum").zero_sum_after(uv, c);
+    assert_eq!(csum(&Pkt { src: uv, ..reply.clone() }), 0xffff, "precondition: the reverse-NATed reply's checksum computes to 0");
+    t.snat(format!("{v} UDP reply whose checksum comes out 0 after reverse NAT: written 0xffff"), reply);
+
+    // Header shapes.
+    let c = client(32, 6100);
+    t.dnat(format!("{v} UDP without payload"), Pkt::datagram(c, uv), choice(c));
+    t.dnat(format!("{v} UDP padded to the 60-byte Ethernet minimum"), Pkt::datagram(c, uv).payload(b"pad").pad_to(60), choice(c));
+    t.dnat(format!("{v} UDP length 12 of a 20-byte IP payload (the rest is not the datagram's)"), Pkt::datagram(c, uv).payload(b"0123456789ab").udp_len(12), choice(c));
+    t.snat(format!("{v} UDP reply padded to the 60-byte Ethernet minimum"), Pkt::datagram(choice(c), c).pad_to(60));
+    let c = client(33, 6100);
+    if vip.is_ipv6() {
+        let hbh_do = |p: Pkt| p.ext(Ext::HopByHop).ext(Ext::DestOpts);
+        t.dnat(format!("{v} UDP with hop-by-hop + destination options"), hbh_do(Pkt::datagram(c, uv).payload(b"ext")), choice(c));
+        t.snat(format!("{v} UDP reply with hop-by-hop + destination options"), hbh_do(Pkt::datagram(choice(c), c)));
+        let four = |p: Pkt| p.ext(Ext::HopByHop).ext(Ext::DestOpts).ext(Ext::DestOpts).ext(Ext::DestOpts);
+        t.dnat(format!("{v} UDP behind 4 extension headers"), four(Pkt::datagram(c, uv)), choice(c));
+        t.dnat(format!("{v} UDP in jumbogram shape (payload length 0, UDP length set)"), Pkt::datagram(c, uv).ext(Ext::Jumbo).payload(b"jumbo"), choice(c));
+        t.unhandled(format!("{v} UDP behind 5 extension headers"), four(Pkt::datagram(c, uv)).ext(Ext::DestOpts));
+        t.unhandled(format!("{v} UDP with a fragment header"), Pkt::datagram(c, uv).payload(b"frag").ext(Ext::Fragment));
+        t.unhandled(format!("{v} UDP with a routing header"), Pkt::datagram(c, uv).ext(Ext::Routing));
+        t.malformed(format!("{v} UDP length 0 in jumbogram shape (under 64 KiB: no jumbogram)"), Pkt::datagram(c, uv).ext(Ext::Jumbo).payload(b"jumbo").udp_len(0));
+    } else {
+        t.dnat(format!("{v} UDP with IP options (IHL=7)"), Pkt::datagram(c, uv).payload(b"opts").ip_options(8), choice(c));
+        t.dnat(format!("{v} UDP with IP options (IHL=15)"), Pkt::datagram(c, uv).ip_options(40), choice(c));
+        t.snat(format!("{v} UDP reply with IP options (IHL=15)"), Pkt::datagram(choice(c), c).ip_options(40));
+        t.dnat(format!("{v} UDP with DF set (not a fragment)"), Pkt::datagram(c, uv).frag(IP_DF), choice(c));
+        t.unhandled(format!("{v} UDP fragment: MF set, offset 0"), Pkt::datagram(c, uv).payload(b"first part").frag(IP_MF));
+        t.unhandled(format!("{v} UDP fragment: offset 185, MF clear"), Pkt::datagram(c, uv).payload(b"last part").frag(185));
+        t.unhandled(format!("{v} UDP fragment: MF set, offset 185"), Pkt::datagram(c, uv).frag(IP_MF | 185));
+    }
+
+    // Not ours.
+    let c = client(40, 6200);
+    t.pass(format!("{v} UDP to the TCP VIP's port (a TCP-only port)"), Ingress, Pkt::datagram(c, vip).payload(b"x"));
+    t.pass(format!("{v} TCP SYN to the UDP VIP's port (a UDP-only port)"), Ingress, Pkt::syn(c, uv));
+    t.pass(format!("{v} UDP to the UDP VIP's port on another address"), Ingress, Pkt::datagram(c, SocketAddr::new(if vip.is_ipv6() { "fd00::101".parse().unwrap() } else { "192.0.2.11".parse().unwrap() }, uv.port())));
+    t.pass(format!("{v} UDP to the VIP address, another port"), Ingress, Pkt::datagram(c, SocketAddr::new(uv.ip(), 54)));
+    t.pass(format!("{v} UDP from the UDP VIP (VIP as source)"), Ingress, Pkt::datagram(uv, c));
+    t.pass(format!("{v} UDP reply of no flow on egress"), Egress, Pkt::datagram(ba, c));
+    t.pass(format!("{v} client->UDP VIP datagram on egress (forward entry, not a reply)"), Egress, Pkt::datagram(ua, uv));
+    t.pass(format!("{v} UDP backend reply seen on ingress"), Ingress, Pkt::datagram(ba, ua));
+
+    // Malformed, all to the UDP VIP: passed untouched, counted as parse errors.
+    let dg = Pkt::datagram(c, uv).payload(b"payload!");
+    let f = dg.build();
+    let l = Layout::parse(&f).unwrap();
+    let (l3, l4) = (l.l3, l.l4);
+    let ip_len_off = if vip.is_ipv6() { l3 + 4 } else { l3 + 2 };
+    let ip_len = be16(&f, ip_len_off).unwrap();
+    let cut = ip_len - u16::try_from(f.len() - l4).unwrap() + 4;
+    for (what, len) in [("7", 7u16), ("0", 0), ("1", 1), ("one past the IP packet", 17), ("0xffff", 0xffff)] {
+        t.malformed(format!("{v} UDP length {what}"), dg.clone().udp_len(len));
+    }
+    t.malformed(format!("{v} UDP length past the IP packet into Ethernet padding"), Pkt::datagram(c, uv).payload(b"ab").udp_len(20).pad_to(80));
+    t.malformed(format!("{v} IP length ends 4 bytes into the UDP header"), patched(&f, ip_len_off, &cut.to_be_bytes()));
+    t.malformed(format!("{v} IP length ends 2 bytes into the UDP header"), patched(&f, ip_len_off, &(cut - 2).to_be_bytes()));
+    if !vip.is_ipv6() {
+        // (An IPv6 payload length of 0 is a jumbogram's, running to the frame's end.)
+        t.malformed(format!("{v} IP length ends at the UDP header"), patched(&f, ip_len_off, &(cut - 4).to_be_bytes()));
+    }
+    t.malformed(format!("{v} IP packet one past the frame (UDP)"), patched(&f, ip_len_off, &(ip_len + 1).to_be_bytes()));
+    t.malformed(format!("{v} UDP header cut by the frame"), f[..l4 + 4].to_vec());
+    if !vip.is_ipv6() {
+        t.malformed(format!("{v} UDP behind IHL=15 beyond tot_len"), patched(&f, l3, &[0x4f]));
+    }
+    t.pass(format!("{v} UDP reply with UDP length 7 on egress"), Egress, Pkt::datagram(ba, ua).payload(b"reply").udp_len(7));
 }
 
 #[rustfmt::skip]
@@ -523,6 +765,7 @@ fn v6_fixtures() -> Vec<Fixture> {
             t.pass(format!("random bytes, IPv6 ethertype, seed {seed}, {len} bytes"), Ingress, garbage(seed, len, ETH_P_IPV6));
         }
     }
+    udp_fixtures(&mut t, &choice, a, a2);
     t.fixtures
 }
 
@@ -535,6 +778,11 @@ fn no_backend_fixtures() -> Vec<Fixture> {
     t.drop("no backend in service: mid-stream packet of an unknown flow dropped", Pkt::tcp(c, vip, ACK).payload(HTTP_GET));
     t.pass("no backend in service: other traffic passes", Prog::Ingress, Pkt::syn(c, sa("192.0.2.11:80")));
     t.pass("no backend in service: egress passes", Prog::Egress, Pkt::tcp(sa("10.1.0.2:8080"), c, ACK));
+    let uv = Setup::V4NoBackends.udp_vip();
+    t.drop("no backend in service: UDP datagram to the UDP VIP dropped", Pkt::datagram(c, uv).payload(b"dns?"));
+    t.drop("no backend in service: UDP datagram with checksum 0 dropped", Pkt::datagram(c, uv).checksum(0));
+    t.pass("no backend in service: UDP to the TCP VIP's port passes", Prog::Ingress, Pkt::datagram(c, vip));
+    t.pass("no backend in service: UDP reply passes", Prog::Egress, Pkt::datagram(sa("10.1.0.2:8080"), c));
     t.fixtures
 }
 
@@ -550,9 +798,47 @@ fn local_backend_fixtures() -> Vec<Fixture> {
         t.dnat(format!("{setup:?}: ACK with payload"), Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET), local);
         t.snat(format!("{setup:?}: reply gets the VIP port back"), Pkt::tcp(local, c, SYN | ACK));
         t.pass(format!("{setup:?}: reply of an unknown flow"), Prog::Egress, Pkt::tcp(local, SocketAddr::new(c.ip(), 47_001), ACK));
+        let (uv, uc) = (setup.udp_vip(), SocketAddr::new(c.ip(), 47_002));
+        t.dnat(format!("{setup:?}: UDP to the UDP VIP, port rewritten"), Pkt::datagram(uc, uv).payload(b"query"), local);
+        t.dnat(format!("{setup:?}: UDP second datagram"), Pkt::datagram(uc, uv).payload(b"query 2"), local);
+        t.snat(format!("{setup:?}: UDP reply gets the UDP VIP's port back"), Pkt::datagram(local, uc).payload(b"answer"));
+        let none = SocketAddr::new(c.ip(), 47_003);
+        t.dnat(format!("{setup:?}: UDP checksum 0, port rewritten, kept 0"), Pkt::datagram(none, uv).payload(b"none").checksum(0), local);
+        t.snat(format!("{setup:?}: UDP reply with checksum 0, kept 0"), Pkt::datagram(local, none).checksum(0));
+        let zero = SocketAddr::new(c.ip(), 47_004);
+        t.dnat(format!("{setup:?}: UDP whose checksum comes out 0 after the port rewrite"), Pkt::datagram(zero, uv).payload(b"zero sum").zero_sum_after(zero, local), local);
+        t.pass(format!("{setup:?}: UDP reply of an unknown flow"), Prog::Egress, Pkt::datagram(local, SocketAddr::new(c.ip(), 47_005)));
         fixtures.extend(t.fixtures);
     }
     fixtures
+}
+
+/// One address and port for both protocols: TCP and UDP each reach it, as flows of their own
+/// that go to the same backend (one hash per client), and replies of each get the VIP back.
+#[rustfmt::skip]
+fn same_port_fixtures() -> Vec<Fixture> {
+    use Prog::{Egress, Ingress};
+    let setup = Setup::V4SamePort;
+    let mut t = Table::new(setup);
+    let set = setup.plan();
+    let choice = |c: SocketAddr| table_choice(&set, c.ip()).unwrap();
+    let vip = setup.vip();
+    assert_eq!(vip, setup.udp_vip());
+    for i in 0..6u16 {
+        let c = sa(&format!("198.51.100.{}:40000", 120 + i));
+        let b = choice(c);
+        t.dnat(format!("one port: TCP SYN of {c}"), Pkt::syn(c, vip), b);
+        t.dnat(format!("one port: UDP of {c}, same address and port"), Pkt::datagram(c, vip).payload(b"u"), b);
+        t.snat(format!("one port: SYN-ACK to {c}"), Pkt::tcp(b, c, SYN | ACK));
+        t.snat(format!("one port: UDP reply to {c}"), Pkt::datagram(b, c).payload(b"r"));
+        t.dnat(format!("one port: handshake ACK of {c}"), Pkt::tcp(c, vip, ACK), b);
+        t.dnat(format!("one port: second datagram of {c}"), Pkt::datagram(c, vip).payload(b"u2"), b);
+    }
+    let c = sa("198.51.100.130:40000");
+    t.pass("one port: UDP to the VIP address, other port", Ingress, Pkt::datagram(c, sa("192.0.2.10:53")));
+    t.pass("one port: ICMP echo to the VIP", Ingress, Pkt::syn(c, vip).icmp());
+    t.pass("one port: UDP reply of no flow", Egress, Pkt::datagram(choice(c), c));
+    t.fixtures
 }
 
 /// The SYN cut at every length from 0 to one short of whole: each must come back untouched,
@@ -567,6 +853,10 @@ fn truncation_fixtures() -> Vec<Fixture> {
         ("v4 ACK with payload", Setup::V4, Pkt::tcp(c4, v4, ACK).payload(HTTP_GET)),
         ("v6 SYN", Setup::V6, Pkt::syn(c6, v6)),
         ("v6 SYN with hop-by-hop + destination options", Setup::V6, Pkt::syn(c6, v6).ext(Ext::HopByHop).ext(Ext::DestOpts)),
+        ("v4 UDP datagram", Setup::V4, Pkt::datagram(c4, Setup::V4.udp_vip()).payload(b"query")),
+        ("v4 UDP datagram with IHL=7", Setup::V4, Pkt::datagram(c4, Setup::V4.udp_vip()).ip_options(8)),
+        ("v6 UDP datagram", Setup::V6, Pkt::datagram(c6, Setup::V6.udp_vip()).payload(b"query")),
+        ("v6 UDP datagram with hop-by-hop", Setup::V6, Pkt::datagram(c6, Setup::V6.udp_vip()).ext(Ext::HopByHop)),
     ];
     let mut fixtures = Vec::new();
     for (what, setup, pkt) in bases {
@@ -649,7 +939,108 @@ fn checks_catch_missed_checksum_fixes() {
         swapped[p..p + 4].copy_from_slice(&[good[p + 2], good[p + 3], good[p], good[p + 1]]);
         let err = rewritten(&input, &swapped, client, backend).unwrap_err();
         assert!(err.contains("outside the NAT fields"), "{client}: {err}");
+
+        // UDP: the checksum at l4+6, stale or from scratch the same as TCP's; a zero field
+        // (none) stays zero; a zero sum is sent as 0xffff, never 0x0000.
+        let input = Pkt::datagram(client, vip).payload(HTTP_GET).build();
+        let good = Pkt::datagram(client, backend).payload(HTTP_GET).build();
+        assert_eq!(
+            rewritten(&input, &good, client, backend),
+            Ok(()),
+            "{client} UDP"
+        );
+        let l = Layout::parse(&input).unwrap();
+        assert_eq!(
+            (l.is_udp(), l.csum_off(), l.end),
+            (true, l.l4 + 6, input.len())
+        );
+        let udp_csum = l.csum_off()..l.csum_off() + 2;
+        let mut stale = good.clone();
+        stale[udp_csum.clone()].copy_from_slice(&input[udp_csum.clone()]);
+        let err = rewritten(&input, &stale, client, backend).unwrap_err();
+        assert!(err.contains("UDP checksum"), "{client}: {err}");
+        let mut swapped = good.clone();
+        let p = l.l4 + 8;
+        swapped[p..p + 4].copy_from_slice(&[good[p + 2], good[p + 3], good[p], good[p + 1]]);
+        let err = rewritten(&input, &swapped, client, backend).unwrap_err();
+        assert!(err.contains("outside the NAT fields"), "{client}: {err}");
+
+        let none_in = Pkt::datagram(client, vip)
+            .payload(HTTP_GET)
+            .checksum(0)
+            .build();
+        let none_out = Pkt::datagram(client, backend)
+            .payload(HTTP_GET)
+            .checksum(0)
+            .build();
+        assert_eq!(
+            rewritten(&none_in, &none_out, client, backend),
+            Ok(()),
+            "{client}"
+        );
+        let err = rewritten(&none_in, &good, client, backend).unwrap_err();
+        assert!(err.contains("must keep none"), "{client}: {err}");
+
+        let zero = Pkt::datagram(client, vip)
+            .payload(b"zero sum")
+            .zero_sum_after(client, backend);
+        let zero_in = zero.build();
+        let zero_out = Pkt {
+            dst: backend,
+            ..zero.clone()
+        }
+        .build();
+        assert_eq!(be16(&zero_out, l.csum_off()), Some(0xffff));
+        assert_eq!(
+            rewritten(&zero_in, &zero_out, client, backend),
+            Ok(()),
+            "{client}"
+        );
+        let as_none = patched(&zero_out, l.csum_off(), &[0, 0]);
+        let err = rewritten(&zero_in, &as_none, client, backend).unwrap_err();
+        assert!(err.contains("0xffff (RFC 768)"), "{client}: {err}");
     }
+}
+
+/// The model's UDP rules (no root): lengths, the header inside the IP packet, fragments.
+#[test]
+fn the_model_knows_udp() {
+    let (c, vip) = (sa("198.51.100.1:5000"), sa("192.0.2.10:53"));
+    let dg = Pkt::datagram(c, vip).payload(b"12345678");
+    let shape = |p: Pkt| match classify(&p.build()) {
+        Shape::Transport(l) => format!("{} {} bytes", l.l4_name(), l.end - l.l4),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(shape(dg.clone()), "UDP 16 bytes");
+    assert_eq!(shape(dg.clone().udp_len(8)), "UDP 8 bytes");
+    assert_eq!(shape(dg.clone().udp_len(7)), "Malformed");
+    assert_eq!(shape(dg.clone().udp_len(17)), "Malformed");
+    assert_eq!(shape(dg.clone().udp_len(0)), "Malformed");
+    assert_eq!(shape(dg.clone().frag(IP_MF)), "Unhandled");
+    assert_eq!(shape(dg.clone().pad_to(80)), "UDP 16 bytes");
+    assert_eq!(shape(dg.clone().udp_len(20).pad_to(80)), "Malformed");
+    assert_eq!(shape(Pkt::datagram(c, vip).icmp()), "Other");
+    let v6 = Pkt::datagram(sa("[fd00:c::1]:5000"), sa("[fd00::100]:53")).payload(b"1234");
+    assert_eq!(shape(v6.clone()), "UDP 12 bytes");
+    assert_eq!(shape(v6.clone().ext(Ext::Jumbo)), "UDP 12 bytes");
+    assert_eq!(shape(v6.clone().ext(Ext::Jumbo).udp_len(0)), "Malformed");
+    assert_eq!(shape(v6.clone().ext(Ext::Fragment)), "Unhandled");
+    assert!(
+        !Layout::parse(&dg.build()).unwrap().syn(),
+        "a datagram is never a SYN"
+    );
+    let v4_none = Pkt::datagram(c, vip).checksum(0).build();
+    assert_eq!(
+        Layout::parse(&v4_none).unwrap().verify_checksums(&v4_none),
+        Ok(())
+    );
+    let v6_none = v6.checksum(0).build();
+    assert!(
+        Layout::parse(&v6_none)
+            .unwrap()
+            .verify_checksums(&v6_none)
+            .is_err()
+    );
 }
 
 #[test]
@@ -706,6 +1097,14 @@ fn local_backends_get_port_only_rewrites() {
         return;
     }
     run_fixtures(&local_backend_fixtures());
+}
+
+#[test]
+fn one_port_for_tcp_and_udp() {
+    if !bpf_or_skip() {
+        return;
+    }
+    run_fixtures(&same_port_fixtures());
 }
 
 #[test]
@@ -1001,6 +1400,189 @@ fn handshake_ack_confirms_a_new_flow() {
     assert_eq!(lb.affinity(c).map(|a| a.backend_id), Some(lb.id_of(b)));
 }
 
+/// A UDP flow opens like a SYN and is confirmed by its client's next datagram: the first
+/// datagram leaves both directions among the new flows (keyed with protocol 17, not 6) and no
+/// affinity; the backend's reply finds its flow there; the second datagram moves both to the
+/// established flows and makes the client affine.
+#[test]
+fn second_udp_datagram_confirms_the_flow() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let uv = Setup::V4.udp_vip();
+    let mut lb = Lb::load(Setup::V4);
+    let c = sa("198.51.100.150:5000");
+    let b = lb.table_choice(c);
+    let id = lb.id_of(b);
+    lb.dnat("first datagram", Pkt::datagram(c, uv).payload(b"1"), b);
+    assert!(
+        lb.flows().get(&udp_key(c, uv), 0).is_err(),
+        "established after one datagram"
+    );
+    assert!(lb.affinity(c).is_none(), "affine after one datagram");
+    let new = lb.flow_map(names::NEW_FLOWS);
+    let pending = new
+        .get(&udp_key(c, uv), 0)
+        .expect("the datagram's flow among the new ones");
+    assert_eq!((pending.direction, pending.backend_id), (FLOW_FORWARD, id));
+    let rev = new
+        .get(&udp_key(b, c), 0)
+        .expect("its reply direction among the new ones");
+    assert_eq!(
+        (rev.direction, rev.nat_addr, rev.nat_port_be),
+        (FLOW_REVERSE, Addr16::from_ip(uv.ip()), uv.port().to_be())
+    );
+    assert!(
+        new.get(&flow_key(c, uv), 0).is_err(),
+        "the UDP flow keyed as TCP"
+    );
+    lb.snat(
+        "reply to the first datagram",
+        Pkt::datagram(b, c).payload(b"r1"),
+    );
+    lb.dnat("second datagram", Pkt::datagram(c, uv).payload(b"2"), b);
+    let fwd = lb
+        .flows()
+        .get(&udp_key(c, uv), 0)
+        .expect("established after the second datagram");
+    assert_eq!(
+        (fwd.direction, fwd.backend_id, fwd.nat_addr, fwd.nat_port_be),
+        (FLOW_FORWARD, id, Addr16::from_ip(b.ip()), b.port().to_be())
+    );
+    let rev = lb
+        .flows()
+        .get(&udp_key(b, c), 0)
+        .expect("reply direction established after the second datagram");
+    assert_eq!(rev.direction, FLOW_REVERSE);
+    assert_eq!(lb.affinity(c).map(|a| a.backend_id), Some(id));
+    lb.snat("reply of the established flow", Pkt::datagram(b, c));
+    // Each protocol's flow is its own: a TCP SYN from the same address and port to the TCP
+    // VIP opens a TCP flow and leaves the UDP one as it is.
+    lb.dnat("TCP SYN, same client port", Pkt::syn(c, Setup::V4.vip()), b);
+    assert!(lb.flows().get(&udp_key(c, uv), 0).is_ok());
+}
+
+/// A UDP flow idle for longer than `udp_timeout` is balanced afresh: while fresh, an
+/// established flow keeps its backend even once that backend is removed; after the timeout the
+/// next datagram removes both established entries and reopens the flow among the new ones to
+/// the table's backend, and the datagram after confirms that. An unconfirmed flow past the
+/// timeout is reopened (its time renewed), not confirmed. TCP flows have no idle timeout.
+#[test]
+fn idle_udp_flows_are_balanced_afresh() {
+    if !bpf_or_skip() {
+        return;
+    }
+    // Long enough that the steps before the wait surely take less on a busy machine.
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let (vip, uv) = (Setup::V4.vip(), Setup::V4.udp_vip());
+    let config = Config {
+        udp_timeout: TIMEOUT,
+        ..Setup::V4.config()
+    };
+    let mut lb = Lb::with_config(Setup::V4, &config, &Setup::V4.stages());
+    let settings: Array<&MapData, Settings> =
+        Array::try_from(lb.dp.map(names::SETTINGS).unwrap()).unwrap();
+    assert_eq!(
+        settings.get(&0, 0).unwrap().udp_timeout_ns,
+        TIMEOUT.as_nanos() as u64,
+        "the datapath's UDP timeout"
+    );
+    let c = sa("198.51.100.160:5000");
+    let b = lb.table_choice(c);
+    let tcp = SocketAddr::new(c.ip(), 5001);
+    lb.exchange(c, uv, b);
+    lb.connect(tcp, vip, b);
+    let established = lb.flows().get(&udp_key(c, uv), 0).expect("established");
+    // An unconfirmed flow of another client, on a backend that stays.
+    let rest: Vec<SocketAddr> = v4_backends(3).into_iter().filter(|&x| x != b).collect();
+    let c2 = (1..=250u8)
+        .map(|y| sa(&format!("198.51.101.{y}:5000")))
+        .find(|x| rest.contains(&lb.table_choice(*x)))
+        .expect("a client on another backend");
+    let b2 = lb.table_choice(c2);
+    lb.dnat(
+        "unconfirmed flow's first datagram",
+        Pkt::datagram(c2, uv),
+        b2,
+    );
+    let opened = lb
+        .flow_map(names::NEW_FLOWS)
+        .get(&udp_key(c2, uv), 0)
+        .unwrap();
+
+    lb.set_backends(&rest);
+    let want = lb.table_choice(c);
+    assert_ne!(
+        want, b,
+        "precondition: the table no longer names the backend"
+    );
+    lb.dnat(
+        "datagram within the timeout: its backend, although removed",
+        Pkt::datagram(c, uv).payload(b"fresh"),
+        b,
+    );
+    std::thread::sleep(TIMEOUT + Duration::from_millis(300));
+
+    lb.dnat(
+        "datagram after the idle timeout: balanced afresh",
+        Pkt::datagram(c, uv).payload(b"idle"),
+        want,
+    );
+    assert!(
+        lb.flows().get(&udp_key(c, uv), 0).is_err(),
+        "the idle flow's established entry stays"
+    );
+    assert!(
+        lb.flows().get(&udp_key(b, c), 0).is_err(),
+        "the idle flow's established reply entry stays"
+    );
+    let reopened = lb
+        .flow_map(names::NEW_FLOWS)
+        .get(&udp_key(c, uv), 0)
+        .expect("reopened among the new flows");
+    assert_eq!(reopened.backend_id, lb.id_of(want));
+    assert!(reopened.touched_ns > established.touched_ns);
+    lb.dnat(
+        "the next datagram confirms the reopened flow",
+        Pkt::datagram(c, uv).payload(b"again"),
+        want,
+    );
+    let fwd = lb
+        .flows()
+        .get(&udp_key(c, uv), 0)
+        .expect("established again");
+    assert_eq!(
+        (fwd.backend_id, fwd.nat_addr),
+        (lb.id_of(want), Addr16::from_ip(want.ip()))
+    );
+    lb.snat("reply of the new backend", Pkt::datagram(want, c));
+    assert_eq!(lb.affinity(c).map(|a| a.backend_id), Some(lb.id_of(want)));
+
+    lb.dnat(
+        "unconfirmed flow past the timeout: reopened",
+        Pkt::datagram(c2, uv),
+        b2,
+    );
+    assert!(
+        lb.flows().get(&udp_key(c2, uv), 0).is_err(),
+        "an expired new flow was confirmed"
+    );
+    let renewed = lb
+        .flow_map(names::NEW_FLOWS)
+        .get(&udp_key(c2, uv), 0)
+        .unwrap();
+    assert!(
+        renewed.touched_ns > opened.touched_ns,
+        "the expired new flow was not reopened"
+    );
+
+    lb.dnat(
+        "TCP connection of the same client past the UDP timeout: its backend",
+        Pkt::tcp(tcp, vip, ACK | PSH).payload(HTTP_GET),
+        b,
+    );
+}
+
 /// A backend resetting a connection in its handshake (nothing listening) is counted as a
 /// refusal, which health checking acts on at once; resets of established connections are not.
 #[test]
@@ -1172,6 +1754,35 @@ fn per_packet_cost() {
         bench(&mut lb, Prog::Ingress, request, true),
     ));
 
+    // The same for UDP: the client's flow to the UDP VIP, established by two datagrams, and
+    // the same ping-pong entries keyed as UDP (never idle: touched far in the future).
+    let uv = Setup::V4.udp_vip();
+    lb.exchange(c, uv, b);
+    {
+        let mut vips: HashMap<&mut MapData, VipKey, Vip> =
+            HashMap::try_from(lb.dp.map_mut(names::VIPS).unwrap()).unwrap();
+        let key = VipKey {
+            addr: Addr16::from_ip(b.ip()),
+            port_be: b.port().to_be(),
+            proto: PROTO_UDP,
+            _pad0: 0,
+        };
+        vips.insert(key, Vip { index: 2 }, 0).unwrap();
+    }
+    ping_pong(&mut lb, udp_key(uv, c), b, FLOW_REVERSE, id);
+    let reply = Pkt::datagram(b, c).payload(&payload).build();
+    rows.push((
+        "v4 egress, UDP reply of an established flow (rewrite)",
+        bench(&mut lb, Prog::Egress, reply, true),
+    ));
+    ping_pong(&mut lb, udp_key(c, b), uv, FLOW_FORWARD, id);
+    ping_pong(&mut lb, udp_key(c, uv), b, FLOW_FORWARD, id);
+    let datagram = Pkt::datagram(c, uv).payload(&payload).build();
+    rows.push((
+        "v4 ingress, UDP datagram of an established flow (rewrite)",
+        bench(&mut lb, Prog::Ingress, datagram, true),
+    ));
+
     // New flows cannot repeat: single runs over distinct clients, averaged. A single run
     // carries more harness overhead than a repeated one, so the same loop over a packet that
     // is not ours gives the baseline to compare with.
@@ -1317,6 +1928,7 @@ fn trace_reports_one_clients_decisions() {
         input: Pkt::syn(c3, vip).build(),
         expect_action: TC_ACT_SHOT,
         expect: Expect::Unchanged,
+        counter: Some(COUNTER_DROP_NO_BACKEND),
     });
     assert_eq!(
         traced(&mut tracer),

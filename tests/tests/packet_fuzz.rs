@@ -1,12 +1,15 @@
 //! Packet fuzzing through BPF_PROG_TEST_RUN: random and mutated frames through the real
 //! object's `sticky_ingress` and `sticky_egress`, every outcome checked against a model.
 //!
-//! Frames: valid client → VIP segments (SYN, ACK, data; IPv4 options, IPv6 extension
-//! headers), then the same with 1–8 bit flips, cut at every length, with bogus IHL / version,
-//! TCP data offset, IPv4 total length / IPv6 payload length, IPv6 extension-header chains
-//! (bogus lengths, routing, fragment, unknown, chains past the walk), IPv4 and IPv6
-//! fragments, other protocols (UDP, ICMP, ICMPv6, GRE, random) to the VIP, other ethertypes
-//! (802.1Q, ARP, unknown, the other family's), random bytes; on egress, backend replies whole,
+//! Every setup has a TCP VIP and a UDP VIP (on another port, or on the same one: then both
+//! protocols' traffic to it is ours). Frames: valid client → VIP segments (SYN, ACK, data;
+//! IPv4 options, IPv6 extension headers) and datagrams (`UDP_SHARE` percent of the valid
+//! packets, some with checksum 0), then the same with 1–8 bit flips, cut at every length, with
+//! bogus IHL / version, TCP data offset, UDP length, IPv4 total length / IPv6 payload length,
+//! IPv6 extension-header chains (bogus lengths, routing, fragment, unknown, chains past the
+//! walk), IPv4 and IPv6 fragments, other protocols (UDP at the TCP VIP's port, TCP at the UDP
+//! VIP's, ICMP, ICMPv6, GRE, random) to the VIPs, other ethertypes (802.1Q, ARP, unknown, the
+//! other family's), random bytes; on egress, backend replies (segments and datagrams) whole,
 //! flipped and cut.
 //!
 //! Invariants, for every frame (a violation panics with the seed, the frame's index, its
@@ -14,25 +17,35 @@
 //! - BPF_PROG_TEST_RUN refuses (EINVAL) exactly the frames shorter than Ethernet + the fixed
 //!   IP header of their ethertype; everything else runs.
 //! - `common::packets::classify` (the parsing rules, written out independently) says which
-//!   frames are TCP segments. A frame that is not one, or is one not addressed to the VIP
-//!   (ingress) or not a reply of a flow the model saw NATed (egress), comes back
-//!   byte-identical with `TCX_NEXT` (on to the next program of the hook).
-//! - A segment to the VIP comes back with `TC_ACT_OK`, rewritten: nothing changed but the
-//!   destination address and port and the checksums, and each checksum's error carried over
-//!   (`packets::nat_rewrite`: valid stays valid; the programs never verify checksums, so a
-//!   flipped checksum or header byte must stay wrong by exactly as much). The destination:
+//!   frames are TCP segments and UDP datagrams. A frame that is neither, or is one not
+//!   addressed to its protocol's VIP (ingress) or not a reply of a flow of its protocol the
+//!   model saw NATed (egress), comes back byte-identical with `TCX_NEXT` (on to the next
+//!   program of the hook).
+//! - A segment or datagram to its protocol's VIP comes back with `TC_ACT_OK`, rewritten:
+//!   nothing changed but the destination address and port and the checksums, and each
+//!   checksum's error carried over (`packets::nat_rewrite`: valid stays valid; the programs
+//!   never verify checksums, so a flipped checksum or header byte must stay wrong by exactly
+//!   as much; a UDP checksum of 0 stays 0, and none is written as 0). The destination:
 //!   - a non-SYN segment of a flow the model saw NATed: the same backend as before, whatever
 //!     that backend's state now (draining, down and removed backends keep their established
 //!     connections: that is the design, see `removed_backend_keeps_established_flows`);
-//!   - a SYN, or a segment of a flow never seen: a new flow, which goes to the table's choice
-//!     for the client (`sticky::table`, so a backend that is up) or to a backend this client
-//!     had a flow to that still honours affinity (up or draining, same generation as when
-//!     that flow last passed). Which of the two is not pinned down: that is where the affinity is
-//!     recorded, free for the data path to change. When neither exists (no backend in
-//!     service) the segment is dropped (`TC_ACT_SHOT`), unmodified.
-//! - A reply of a flow on egress comes back with only its source changed, to the VIP. A reply
-//!   from a backend the client port's flow has since left (a SYN reusing the ports was
-//!   balanced elsewhere) may be rewritten the same way or passed untouched.
+//!   - a datagram of a UDP flow the model saw NATed: the same backend while the flow is fresh,
+//!     a new flow (below) once it has been idle past the setup's UDP timeout. Idle since its last touch
+//!     as the data path makes them (when the flow opens; when a packet of the established flow
+//!     finds it over a second old), each known to within the bracket of `CLOCK_MONOTONIC`
+//!     readings around its run (the clock `bpf_ktime_get_ns` reads); a datagram the clock
+//!     cannot place on either side of the timeout may go either way;
+//!   - a SYN, or a segment or datagram of a flow never seen: a new flow, which goes to the
+//!     table's choice for the client (`sticky::table`, so a backend that is up) or to a
+//!     backend this client had a flow to that still honours affinity (up or draining, same
+//!     generation as when that flow last passed). Which of the two is not pinned down: that
+//!     is where the affinity is recorded, free for the data path to change. When neither
+//!     exists (no backend in service) the packet is dropped (`TC_ACT_SHOT`), unmodified (a
+//!     UDP flow past its timeout is then gone).
+//! - A reply of a flow on egress comes back with only its source changed, to the VIP of its
+//!   protocol. A reply from a backend the client port's flow has since left (a SYN reusing
+//!   the ports, or a datagram after the idle timeout, was balanced elsewhere) may be rewritten
+//!   the same way or passed untouched.
 //! - The counters: exactly the one counting that outcome (`COUNTER_PASS`, `_PARSE_ERROR` for
 //!   `Malformed`, `_UNHANDLED`, `_NAT`, `_DROP_NO_BACKEND`) goes up by one, the others of
 //!   these stay; a refused frame changes none.
@@ -41,11 +54,11 @@
 //! run in a namespace whose FIB routes the backends through a gateway, MTU 9000 so that no
 //! frame here is too big): the same frames and model on ingress, with DSR's outcomes — what
 //! is not ours untouched with `TCX_NEXT` (tc, counted) or `XDP_PASS` (XDP: not counted there,
-//! tc counts it after); a segment to the VIP redirected (`TC_ACT_REDIRECT` / `XDP_REDIRECT`)
-//! as the input frame behind an outer IPIP/IP6IP6 header from the node to an allowed backend
-//! (`dsr_net::encapsulated`: every outer field, the outer checksum from the bytes, the inner
-//! packet byte for byte — so checksum errors carry over untouched); no backend: dropped
-//! (`TC_ACT_SHOT` / `XDP_DROP`) unmodified, counted.
+//! tc counts it after); a segment or datagram to its VIP redirected (`TC_ACT_REDIRECT` /
+//! `XDP_REDIRECT`) as the input frame behind an outer IPIP/IP6IP6 header from the node to an
+//! allowed backend (`dsr_net::encapsulated`: every outer field, the outer checksum from the
+//! bytes, the inner packet byte for byte — so checksum errors carry over untouched); no
+//! backend: dropped (`TC_ACT_SHOT` / `XDP_DROP`) unmodified, counted.
 //!
 //! Setups, each one loaded datapath whose backends change between phases: IPv4 and IPv6 VIPs
 //! with 3 remote backends (all up; one draining; one more down; that one removed; all removed;
@@ -54,7 +67,9 @@
 //! which would make an established flow's backend unpredictable.
 //!
 //! `STICKY_FUZZ_SEED` (decimal, 0x-hex, or `random`) and `STICKY_FUZZ_FRAMES` override the
-//! defaults. Needs root (skips otherwise) and the real eBPF object.
+//! defaults. A seed replays the same frames; which UDP flows outlive their idle timeout also
+//! depends on how fast they run (the model follows the clock, so every run is checked as
+//! strictly). Needs root (skips otherwise) and the real eBPF object.
 
 mod common;
 
@@ -109,6 +124,18 @@ const COUNTERS: [(u32, &str); 9] = [
 ];
 /// DSR setups' interface MTU: no frame of this campaign (`MAX_FRAME`) is too big for it.
 const DSR_MTU: u32 = 9000;
+/// Percent of the valid packets generated to a VIP that are UDP datagrams.
+const UDP_SHARE: usize = 40;
+/// The setups' UDP idle timeouts (`Scenario::udp_timeout`): short, so that flows of a run
+/// outlive them and are balanced afresh, often across a change of backends; the long one over
+/// the second after which an established flow's touch is renewed, so renewals matter too.
+const UDP_TIMEOUT_SHORT: Duration = Duration::from_millis(300);
+const UDP_TIMEOUT_LONG: Duration = Duration::from_millis(1200);
+/// How often (at most) an established flow's packets renew its touch (`AFFINITY_REFRESH_NS`).
+const REFRESH_NS: u64 = sticky_common::maps::AFFINITY_REFRESH_NS;
+/// Widening of every clock bracket: `bpf_ktime_get_ns` and `clock_gettime` may disagree by a
+/// hair around a timekeeping update.
+const CLOCK_SLACK_NS: u64 = 2_000_000;
 
 #[test]
 fn packet_fuzz() {
@@ -122,6 +149,10 @@ fn packet_fuzz() {
     );
     let start = Instant::now();
     let mut stats = Stats::default();
+    println!(
+        "packet fuzz: {UDP_SHARE}% of the valid packets UDP, UDP idle timeouts \
+         {UDP_TIMEOUT_SHORT:?} / {UDP_TIMEOUT_LONG:?}"
+    );
     let mut rng = Rng::new(seed);
     let scenarios = scenarios();
     let shares: u64 = scenarios.iter().map(|s| s.share).sum();
@@ -139,6 +170,9 @@ fn packet_fuzz() {
                 }
             }
             stats.reloads += fuzz.reloads;
+            stats.reopened += fuzz.reopened;
+            stats.undecided += fuzz.undecided;
+            stats.renewed += fuzz.renewed;
         };
         if scenario.dsr {
             let ns = dsr_net::namespace(DSR_MTU);
@@ -159,17 +193,26 @@ fn checksum_errors_must_carry_over() {
         ("198.51.100.1:40000", "192.0.2.10:80", "10.1.0.2:8080"),
         ("[fd00:c::1]:40000", "[fd00::100]:80", "[fd00:1::2]:8080"),
     ];
-    for (client, vip, backend) in cases.map(|(a, b, c)| (sa(a), sa(b), sa(c))) {
-        let input = Pkt::tcp(client, vip, ACK).payload(HTTP_GET).build();
-        let output = Pkt::tcp(client, backend, ACK).payload(HTTP_GET).build();
-        let l = Layout::parse(&input).expect("a TCP segment");
+    let cases = cases
+        .map(|(a, b, c)| (sa(a), sa(b), sa(c)))
+        .into_iter()
+        .flat_map(|(client, vip, backend)| {
+            let tcp = |to| Pkt::tcp(client, to, ACK).payload(HTTP_GET);
+            let udp = |to| Pkt::datagram(client, to).payload(HTTP_GET);
+            [(tcp(vip), tcp(backend)), (udp(vip), udp(backend))]
+                .map(|(i, o)| (client, backend, i, o))
+        });
+    for (client, backend, input, output) in cases {
+        let (input, output) = (input.build(), output.build());
+        let l = Layout::parse(&input).expect("a TCP segment or UDP datagram");
         // One more in a checksum field: one more in that header's sum, on both sides.
         let off_by_one = |f: &[u8], off: usize| {
             let v = be16(f, off).expect("in the frame");
             assert!(v < 0xfffe, "precondition: no wrap in the test packet");
             patched(f, off, &(v + 1).to_be_bytes())
         };
-        let mut fields = vec![("TCP checksum", l.l4 + 16)];
+        let name = format!("{} checksum", l.l4_name());
+        let mut fields = vec![(name.as_str(), l.csum_off())];
         if !l.v6 {
             fields.push(("IPv4 header checksum", l.l3 + 10));
         }
@@ -186,6 +229,17 @@ fn checksum_errors_must_carry_over() {
             stale[off..off + 2].copy_from_slice(&bad_in[off..off + 2]);
             let err = nat_rewrite(&bad_in, &stale, &l).expect_err("checksum not updated");
             assert!(err.contains(name), "{client}: {err}");
+        }
+        if l.is_udp() {
+            // No checksum on input: none on output, whatever the error elsewhere.
+            let none_in = patched(&input, l.csum_off(), &[0, 0]);
+            let none_out = patched(&output, l.csum_off(), &[0, 0]);
+            assert_eq!(
+                nat_rewrite(&none_in, &none_out, &l).map(|a| a.dst),
+                Ok(backend)
+            );
+            let err = nat_rewrite(&none_in, &output, &l).expect_err("a checksum made up");
+            assert!(err.contains("must keep none"), "{client}: {err}");
         }
     }
 }
@@ -207,13 +261,18 @@ enum Step {
 
 struct Scenario {
     name: &'static str,
+    /// The TCP VIP.
     vip: SocketAddr,
+    /// The UDP VIP: the same address, another port or the same one.
+    udp_vip: SocketAddr,
     backends: Vec<SocketAddr>,
     steps: Vec<Step>,
     /// Relative share of the frames.
     share: u64,
     /// Forwarding by DSR (`Prog::Dsr` / `Prog::DsrXdp` on ingress, no egress).
     dsr: bool,
+    /// The UDP idle timeout.
+    udp_timeout: Duration,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -224,51 +283,64 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "v4",
             vip: sa("192.0.2.10:80"),
+            udp_vip: sa("192.0.2.10:53"),
             backends: v4_backends(3),
             steps: remote.clone(),
             share: 7,
             dsr: false,
+            udp_timeout: UDP_TIMEOUT_SHORT,
         },
         Scenario {
             name: "v6",
             vip: sa("[fd00::100]:80"),
+            udp_vip: sa("[fd00::100]:80"),
             backends: v6_backends(3),
             steps: remote.clone(),
             share: 7,
             dsr: false,
+            udp_timeout: UDP_TIMEOUT_LONG,
         },
         Scenario {
             name: "v4 local",
             vip: sa("192.0.2.10:80"),
+            udp_vip: sa("192.0.2.10:80"),
             backends: vec![sa("192.0.2.10:8080"), sa("192.0.2.10:8081")],
             steps: local.clone(),
             share: 3,
             dsr: false,
+            udp_timeout: UDP_TIMEOUT_SHORT,
         },
         Scenario {
             name: "v6 local",
             vip: sa("[fd00::100]:80"),
+            udp_vip: sa("[fd00::100]:53"),
             backends: vec![sa("[fd00::100]:8080"), sa("[fd00::100]:8081")],
             steps: local,
             share: 3,
             dsr: false,
+            udp_timeout: UDP_TIMEOUT_LONG,
         },
-        // DSR backends are other hosts on the VIP's port, routed through the gateway.
+        // DSR backends are other hosts on the TCP VIP's port, routed through the gateway (the
+        // UDP VIP's datagrams reach them on the VIP's port, as sent).
         Scenario {
             name: "v4 dsr",
             vip: sa("192.0.2.10:80"),
+            udp_vip: sa("192.0.2.10:53"),
             backends: (1..=3).map(|i| sa(&format!("10.{i}.0.2:80"))).collect(),
             steps: remote.clone(),
             share: 4,
             dsr: true,
+            udp_timeout: UDP_TIMEOUT_SHORT,
         },
         Scenario {
             name: "v6 dsr",
             vip: sa("[fd00::100]:80"),
+            udp_vip: sa("[fd00::100]:80"),
             backends: (1..=3).map(|i| sa(&format!("[fd00:{i}::2]:80"))).collect(),
             steps: remote,
             share: 4,
             dsr: true,
+            udp_timeout: UDP_TIMEOUT_LONG,
         },
     ]
 }
@@ -319,18 +391,117 @@ impl Rng {
 // The model: what the data path must have done so far
 // ---------------------------------------------------------------------------------------------
 
+/// A flow in the model: its protocol and client (a setup has one VIP per protocol).
+type FlowId = (u8, SocketAddr);
+
+/// A reply the model knows: protocol, backend, client.
+type ReplyId = (u8, SocketAddr, SocketAddr);
+
+/// `CLOCK_MONOTONIC` bounds (ns) of an instant: a run's, or a flow's last touch.
+type Bracket = (u64, u64);
+
 #[derive(Default)]
 struct Model {
-    /// Client address:port → the backend its flow to the VIP went to last.
-    flows: HashMap<SocketAddr, SocketAddr>,
-    /// The same clients, for picking one at random.
+    /// Each flow to a VIP → the backend it went to last (and, UDP, its clock).
+    flows: HashMap<FlowId, ModelFlow>,
+    /// Clients of those flows, for picking one at random.
     flow_clients: Vec<SocketAddr>,
-    /// (backend, client) of every flow NATed: the replies egress knows.
-    replies: HashSet<(SocketAddr, SocketAddr)>,
-    reply_list: Vec<(SocketAddr, SocketAddr)>,
+    /// Every flow NATed: the replies egress knows.
+    replies: HashSet<ReplyId>,
+    reply_list: Vec<ReplyId>,
     /// Client address → (backend id, generation) of the backends its new flows went to.
     affine: HashMap<IpAddr, HashSet<(u32, u32)>>,
+    /// Flows opened (or reopened) since the datapath was loaded.
     new_flows: usize,
+}
+
+struct ModelFlow {
+    backend: SocketAddr,
+    /// UDP only: where the data path holds the flow and when it last touched it.
+    udp: Option<UdpClock>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct UdpClock {
+    state: UdpState,
+    touched: Bracket,
+}
+
+/// Where a UDP flow lives: among the new flows (opened, not confirmed: its touch is never
+/// renewed), the established ones (a touch over a second old is renewed by the next datagram),
+/// or either (a datagram the clock could not place: confirmed or reopened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UdpState {
+    New,
+    Established,
+    Either,
+}
+
+/// Whether a UDP flow has outlived its idle timeout when a datagram of it is run.
+enum Idle {
+    Fresh,
+    Expired,
+    Undecided,
+}
+
+impl UdpClock {
+    /// Opened (or reopened) by a datagram run within `now`.
+    fn opened(now: Bracket) -> Self {
+        UdpClock {
+            state: UdpState::New,
+            touched: now,
+        }
+    }
+
+    fn idle(&self, now: Bracket, timeout: Duration) -> Idle {
+        let timeout = timeout.as_nanos() as u64;
+        let (least, most) = (
+            now.0.saturating_sub(self.touched.1),
+            now.1.saturating_sub(self.touched.0),
+        );
+        if most <= timeout {
+            Idle::Fresh
+        } else if least > timeout {
+            Idle::Expired
+        } else {
+            Idle::Undecided
+        }
+    }
+
+    /// After a datagram within `now` that found the flow fresh: confirmed if it was new (its
+    /// touch kept), its touch renewed if established and over a second old. Also whether it
+    /// surely was renewed.
+    fn kept(self, now: Bracket) -> (Self, bool) {
+        let (lo, hi) = self.touched;
+        let may_renew = self.state != UdpState::New && now.1.saturating_sub(lo) > REFRESH_NS;
+        let must_renew =
+            self.state == UdpState::Established && now.0.saturating_sub(hi) > REFRESH_NS;
+        let touched = if must_renew {
+            now
+        } else if may_renew {
+            (lo, now.1)
+        } else {
+            (lo, hi)
+        };
+        let clock = UdpClock {
+            state: UdpState::Established,
+            touched,
+        };
+        (clock, must_renew)
+    }
+}
+
+/// What became of a client packet's flow, as far as the model can tell before the run.
+#[derive(Clone, Copy, Debug)]
+enum Flowing {
+    /// A flow never seen, or a SYN: opened.
+    New,
+    /// A flow the model knows, kept.
+    Established,
+    /// A UDP flow past its idle timeout: reopened.
+    Reopened,
+    /// A UDP flow the clock cannot place: kept (to this backend) or reopened.
+    Undecided(SocketAddr),
 }
 
 /// What a frame must come back as.
@@ -339,14 +510,20 @@ enum Want {
     Refused,
     /// `TCX_NEXT`, byte-identical, this counter up.
     Unchanged { counter: u32, why: &'static str },
-    /// Ingress to the VIP: rewritten to one of `allowed`, or dropped when it is empty.
+    /// Ingress to its VIP: rewritten to one of `allowed`, or dropped when it is empty (or
+    /// when `may_drop`: a flow the clock cannot place, with nothing in service to reopen it).
     Dnat {
         layout: Layout,
         allowed: Vec<SocketAddr>,
-        established: bool,
+        flowing: Flowing,
+        may_drop: bool,
     },
-    /// Egress reply of a flow: source back to the VIP (`must`), or possibly untouched.
-    Snat { layout: Layout, must: bool },
+    /// Egress reply of a flow: source back to `vip` (`must`), or possibly untouched.
+    Snat {
+        layout: Layout,
+        must: bool,
+        vip: SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -355,10 +532,12 @@ enum Outcome {
     Passed,
     DnatNew,
     DnatEstablished,
+    DnatReopened,
     Snat,
     Dropped,
     DsrNew,
     DsrEstablished,
+    DsrReopened,
 }
 
 impl Outcome {
@@ -368,10 +547,12 @@ impl Outcome {
             Outcome::Passed => "TCX_NEXT / XDP_PASS, byte-identical",
             Outcome::DnatNew => "TC_ACT_OK, DNAT of a new flow",
             Outcome::DnatEstablished => "TC_ACT_OK, DNAT of an established flow",
+            Outcome::DnatReopened => "TC_ACT_OK, DNAT of a UDP flow reopened after idling",
             Outcome::Snat => "TC_ACT_OK, reverse NAT of a reply",
             Outcome::Dropped => "TC_ACT_SHOT / XDP_DROP (no backend in service)",
             Outcome::DsrNew => "redirected, encapsulated: a new flow",
             Outcome::DsrEstablished => "redirected, encapsulated: an established flow",
+            Outcome::DsrReopened => "redirected, encapsulated: a UDP flow reopened",
         }
     }
 }
@@ -387,10 +568,11 @@ enum Category {
     Truncated,
     IpHeader,
     DataOffset,
+    UdpLength,
     IpLength,
     ExtHeaders,
     Fragment,
-    NonTcp,
+    OtherProto,
     Ethertype,
     RandomBytes,
     Reply,
@@ -401,15 +583,16 @@ enum Category {
 impl Category {
     fn name(self) -> &'static str {
         match self {
-            Category::Valid => "valid segment to the VIP",
-            Category::BitFlip => "valid segment, 1-8 bits flipped",
-            Category::Truncated => "segment cut at every length",
+            Category::Valid => "valid segment/datagram to its VIP",
+            Category::BitFlip => "valid packet, 1-8 bits flipped",
+            Category::Truncated => "packet cut at every length",
             Category::IpHeader => "bogus IHL (v4) / version (v6)",
             Category::DataOffset => "TCP data offset 0-15",
+            Category::UdpLength => "bogus UDP length",
             Category::IpLength => "bogus total / payload length",
             Category::ExtHeaders => "IPv6 ext. chains / IPv4 options",
             Category::Fragment => "fragments",
-            Category::NonTcp => "UDP/ICMP/GRE/other to the VIP",
+            Category::OtherProto => "other protocol / other VIP port",
             Category::Ethertype => "VLAN/ARP/unknown/other family",
             Category::RandomBytes => "random bytes",
             Category::Reply => "egress: backend reply",
@@ -419,16 +602,17 @@ impl Category {
     }
 
     /// How often each is drawn (the truncation sweeps come from a queue, one frame a draw).
-    const WEIGHTS: [(Category, usize); 14] = [
+    const WEIGHTS: [(Category, usize); 15] = [
         (Category::Valid, 14),
         (Category::BitFlip, 22),
         (Category::Truncated, 8),
         (Category::IpHeader, 4),
         (Category::DataOffset, 4),
+        (Category::UdpLength, 4),
         (Category::IpLength, 5),
         (Category::ExtHeaders, 6),
         (Category::Fragment, 4),
-        (Category::NonTcp, 4),
+        (Category::OtherProto, 4),
         (Category::Ethertype, 3),
         (Category::RandomBytes, 4),
         (Category::Reply, 8),
@@ -454,16 +638,40 @@ struct Stats {
     frames: u64,
     /// Per category: frames, and how many of each outcome.
     categories: BTreeMap<Category, BTreeMap<Outcome, u64>>,
+    /// The same by what the model reads the input frame as.
+    transports: BTreeMap<&'static str, BTreeMap<Outcome, u64>>,
     actions: BTreeMap<String, u64>,
     reloads: u64,
+    /// UDP flows reopened after their idle timeout; datagrams the clock could not place;
+    /// datagrams that must have renewed their established flow's touch.
+    reopened: u64,
+    undecided: u64,
+    renewed: u64,
+}
+
+/// What the model reads a frame as, for the statistics.
+fn transport(frame: &[u8]) -> &'static str {
+    match classify(frame) {
+        Shape::Transport(l) if l.is_udp() => "UDP datagram",
+        Shape::Transport(_) => "TCP segment",
+        Shape::Other => "other protocol / ethertype",
+        Shape::Malformed => "malformed",
+        Shape::Unhandled => "unhandled (fragment, ext. headers)",
+    }
 }
 
 impl Stats {
-    fn record(&mut self, category: Category, outcome: Outcome, action: Option<i32>) {
+    fn record(&mut self, category: Category, outcome: Outcome, action: Option<i32>, frame: &[u8]) {
         self.frames += 1;
         *self
             .categories
             .entry(category)
+            .or_default()
+            .entry(outcome)
+            .or_default() += 1;
+        *self
+            .transports
+            .entry(transport(frame))
             .or_default()
             .entry(outcome)
             .or_default() += 1;
@@ -486,27 +694,41 @@ impl Stats {
             "category", "frames", "passed", "dnat/dsr", "snat", "dropped", "refused"
         );
         let mut totals: BTreeMap<Outcome, u64> = BTreeMap::new();
-        for (c, outcomes) in &self.categories {
+        let row = |name: &str, outcomes: &BTreeMap<Outcome, u64>| {
             let n = |o: &[Outcome]| -> u64 { o.iter().filter_map(|o| outcomes.get(o)).sum() };
-            for (o, k) in outcomes {
-                *totals.entry(*o).or_default() += k;
-            }
             println!(
                 "  {:<36} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                c.name(),
+                name,
                 outcomes.values().sum::<u64>(),
                 n(&[Outcome::Passed]),
                 n(&[
                     Outcome::DnatNew,
                     Outcome::DnatEstablished,
+                    Outcome::DnatReopened,
                     Outcome::DsrNew,
                     Outcome::DsrEstablished,
+                    Outcome::DsrReopened,
                 ]),
                 n(&[Outcome::Snat]),
                 n(&[Outcome::Dropped]),
                 n(&[Outcome::Refused]),
             );
+        };
+        for (c, outcomes) in &self.categories {
+            for (o, k) in outcomes {
+                *totals.entry(*o).or_default() += k;
+            }
+            row(c.name(), outcomes);
         }
+        println!("  by what the model reads the input as:");
+        for (t, outcomes) in &self.transports {
+            row(t, outcomes);
+        }
+        println!(
+            "  UDP flows balanced afresh after their idle timeout: {}; datagrams the clock \
+             could not place on either side of it: {}; touches renewed: {}",
+            self.reopened, self.undecided, self.renewed
+        );
         println!("  outcomes:");
         for (o, k) in totals {
             println!("    {:<44} {k:>8}", o.name());
@@ -537,6 +759,11 @@ struct Fuzz<'a> {
     queue: Vec<(Category, Prog, Vec<u8>)>,
     frame: u64,
     reloads: u64,
+    /// UDP flows balanced afresh after their idle timeout, datagrams the clock could not
+    /// place on either side of it, touches of established flows renewed.
+    reopened: u64,
+    undecided: u64,
+    renewed: u64,
     /// The outcome counters as last read.
     counters: [u64; COUNTERS.len()],
 }
@@ -555,15 +782,23 @@ impl<'a> Fuzz<'a> {
             queue: Vec::new(),
             frame: 0,
             reloads: 0,
+            reopened: 0,
+            undecided: 0,
+            renewed: 0,
             counters: [0; COUNTERS.len()],
         }
     }
 
     fn config(&self) -> Config {
+        let vips = [
+            sticky::addr::VipAddr::tcp(self.scenario.vip),
+            udp_vip(self.scenario.udp_vip),
+        ];
         let config = Config {
             max_flows: MAX_FLOWS,
             max_clients: MAX_FLOWS,
-            ..config("packet-fuzz", self.scenario.vip, &self.scenario.backends)
+            udp_timeout: self.scenario.udp_timeout,
+            ..config_with("packet-fuzz", &vips, &self.scenario.backends)
         };
         if !self.scenario.dsr {
             return config;
@@ -701,16 +936,26 @@ impl<'a> Fuzz<'a> {
         out
     }
 
-    fn want(&self, prog: Prog, frame: &[u8]) -> Want {
+    /// The VIP of a protocol.
+    fn vip_of(&self, proto: u8) -> SocketAddr {
+        if proto == PROTO_UDP {
+            self.scenario.udp_vip
+        } else {
+            self.scenario.vip
+        }
+    }
+
+    /// What `frame` must come back as, run on `prog` within `now`.
+    fn want(&self, prog: Prog, frame: &[u8], now: Bracket) -> Want {
         if refused(prog, frame) {
             return Want::Refused;
         }
         let layout = match classify(frame) {
-            Shape::Tcp(l) => l,
-            Shape::NotTcp => {
+            Shape::Transport(l) => l,
+            Shape::Other => {
                 return Want::Unchanged {
                     counter: COUNTER_PASS,
-                    why: "not TCP over IP",
+                    why: "neither TCP nor UDP over IP",
                 };
             }
             Shape::Malformed => {
@@ -726,36 +971,68 @@ impl<'a> Fuzz<'a> {
                 };
             }
         };
+        let vip = self.vip_of(layout.proto);
         match prog {
-            Prog::Ingress | Prog::Dsr | Prog::DsrXdp if layout.dst == self.scenario.vip => {
-                if !layout.syn()
-                    && let Some(&b) = self.model.flows.get(&layout.src)
-                {
-                    return Want::Dnat {
-                        layout,
-                        allowed: vec![b],
-                        established: true,
-                    };
-                }
-                Want::Dnat {
-                    allowed: self.new_flow_targets(layout.src.ip()),
-                    layout,
-                    established: false,
-                }
+            Prog::Ingress | Prog::Dsr | Prog::DsrXdp if layout.dst == vip => {
+                self.want_dnat(layout, now)
             }
             Prog::Ingress | Prog::Dsr | Prog::DsrXdp => Want::Unchanged {
                 counter: COUNTER_PASS,
-                why: "TCP, not to the VIP",
+                why: "TCP/UDP, not to the VIP of its protocol",
             },
             Prog::Egress => {
-                if self.model.replies.contains(&(layout.src, layout.dst)) {
-                    let must = self.model.flows.get(&layout.dst) == Some(&layout.src);
-                    Want::Snat { layout, must }
+                let (proto, backend, client) = (layout.proto, layout.src, layout.dst);
+                if self.model.replies.contains(&(proto, backend, client)) {
+                    let flow = self.model.flows.get(&(proto, client));
+                    let must = flow.map(|f| f.backend) == Some(backend);
+                    Want::Snat { layout, must, vip }
                 } else {
                     Want::Unchanged {
                         counter: COUNTER_PASS,
-                        why: "TCP, not a reply of a known flow",
+                        why: "TCP/UDP, not a reply of a known flow",
                     }
+                }
+            }
+        }
+    }
+
+    /// A client packet to its VIP (see the module doc).
+    fn want_dnat(&self, layout: Layout, now: Bracket) -> Want {
+        let flow = self.model.flows.get(&(layout.proto, layout.src));
+        let kept = |b: SocketAddr| Want::Dnat {
+            allowed: vec![b],
+            flowing: Flowing::Established,
+            may_drop: false,
+            layout: layout.clone(),
+        };
+        let opened = |flowing: Flowing| Want::Dnat {
+            allowed: self.new_flow_targets(layout.src.ip()),
+            flowing,
+            may_drop: false,
+            layout: layout.clone(),
+        };
+        let Some(flow) = flow else {
+            return opened(Flowing::New);
+        };
+        let Some(clock) = flow.udp else {
+            return if layout.syn() {
+                opened(Flowing::New)
+            } else {
+                kept(flow.backend)
+            };
+        };
+        match clock.idle(now, self.scenario.udp_timeout) {
+            Idle::Fresh => kept(flow.backend),
+            Idle::Expired => opened(Flowing::Reopened),
+            Idle::Undecided => {
+                let targets = self.new_flow_targets(layout.src.ip());
+                let mut allowed = vec![flow.backend];
+                allowed.extend(targets.iter().filter(|&&b| b != flow.backend));
+                Want::Dnat {
+                    allowed,
+                    flowing: Flowing::Undecided(flow.backend),
+                    may_drop: targets.is_empty(),
+                    layout,
                 }
             }
         }
@@ -778,16 +1055,23 @@ impl<'a> Fuzz<'a> {
                 break (category, prog, frame);
             }
         };
-        let want = self.want(prog, &frame);
         let index = self.frame;
         self.frame += 1;
+        // The run's time, for the UDP idle timeout: the model did not change meanwhile, so
+        // what it wants can be worked out after.
+        let before = monotonic_ns();
         let run = self.lb().run(prog, &frame);
+        let now = (
+            before.saturating_sub(CLOCK_SLACK_NS),
+            monotonic_ns() + CLOCK_SLACK_NS,
+        );
+        let want = self.want(prog, &frame, now);
         let (action, out) = match (run, &want) {
             (Err(ProgramError::SyscallError(e)), Want::Refused)
                 if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
             {
                 self.expect_counter(None, index, category, prog, &frame, &[]);
-                stats.record(category, Outcome::Refused, None);
+                stats.record(category, Outcome::Refused, None, &frame);
                 return;
             }
             (Err(e), _) => self.fail(
@@ -808,13 +1092,13 @@ impl<'a> Fuzz<'a> {
             ),
             (Ok(ran), _) => ran,
         };
-        let checked = self.verify(prog, &want, action, &frame, &out);
+        let checked = self.verify(prog, &want, action, &frame, &out, now);
         let (outcome, counter) = match checked {
             Ok(done) => done,
             Err(why) => self.fail(index, category, prog, &frame, &out, &why),
         };
         self.expect_counter(counter, index, category, prog, &frame, &out);
-        stats.record(category, outcome, Some(action));
+        stats.record(category, outcome, Some(action), &frame);
         if self.model.new_flows >= NEW_FLOW_BUDGET {
             self.reload();
         }
@@ -828,9 +1112,10 @@ impl<'a> Fuzz<'a> {
         action: i32,
         input: &[u8],
         out: &[u8],
+        now: Bracket,
     ) -> Result<(Outcome, Option<u32>), String> {
         if prog.is_dsr() {
-            return self.verify_dsr(prog == Prog::DsrXdp, want, action, input, out);
+            return self.verify_dsr(prog == Prog::DsrXdp, want, action, input, out, now);
         }
         let want_action = |want: i32| {
             if action == want {
@@ -850,21 +1135,24 @@ impl<'a> Fuzz<'a> {
                 unchanged(input, out).map_err(|e| format!("{why}, must pass untouched: {e}"))?;
                 Ok((Outcome::Passed, Some(*counter)))
             }
-            Want::Dnat { allowed, .. } if allowed.is_empty() => {
+            Want::Dnat {
+                layout,
+                allowed,
+                may_drop,
+                ..
+            } if allowed.is_empty() || (*may_drop && action == TC_ACT_SHOT) => {
                 want_action(TC_ACT_SHOT).map_err(|e| format!("new flow, no backend: {e}"))?;
                 unchanged(input, out).map_err(|e| format!("dropped frame modified: {e}"))?;
+                self.record_drop(layout);
                 Ok((Outcome::Dropped, Some(COUNTER_DROP_NO_BACKEND)))
             }
             Want::Dnat {
                 layout,
                 allowed,
-                established,
+                flowing,
+                ..
             } => {
-                let what = if *established {
-                    "established flow"
-                } else {
-                    "new flow"
-                };
+                let what = flowing.what();
                 want_action(TC_ACT_OK).map_err(|e| format!("{what}: {e}"))?;
                 let after = nat_rewrite(input, out, layout).map_err(|e| format!("{what}: {e}"))?;
                 if after.src != layout.src {
@@ -876,32 +1164,30 @@ impl<'a> Fuzz<'a> {
                 if !allowed.contains(&after.dst) {
                     return Err(format!(
                         "{what} from {} sent to {}, allowed: {allowed:?} (backends: {:?})",
-                        layout.src,
+                        layout.describe(),
                         after.dst,
                         self.set().iter().map(|(_, s)| s).collect::<Vec<_>>()
                     ));
                 }
-                self.record_dnat(layout.src, after.dst, !*established);
-                let outcome = if *established {
-                    Outcome::DnatEstablished
-                } else {
-                    Outcome::DnatNew
+                let outcome = match self.record_dnat(layout, after.dst, *flowing, now) {
+                    Flowing::New => Outcome::DnatNew,
+                    Flowing::Reopened => Outcome::DnatReopened,
+                    Flowing::Established | Flowing::Undecided(_) => Outcome::DnatEstablished,
                 };
                 Ok((outcome, Some(COUNTER_NAT)))
             }
-            Want::Snat { layout, must } => {
+            Want::Snat { layout, must, vip } => {
                 if !must && input == out {
                     want_action(TCX_NEXT).map_err(|e| format!("reply passed: {e}"))?;
                     return Ok((Outcome::Passed, Some(COUNTER_PASS)));
                 }
                 want_action(TC_ACT_OK).map_err(|e| format!("reply: {e}"))?;
                 let after = nat_rewrite(input, out, layout).map_err(|e| format!("reply: {e}"))?;
-                if after.dst != layout.dst || after.src != self.scenario.vip {
+                if after.dst != layout.dst || after.src != *vip {
                     return Err(format!(
-                        "reply {} became {}, want {} -> {}",
+                        "reply {} became {}, want {vip} -> {}",
                         layout.describe(),
                         after.describe(),
-                        self.scenario.vip,
                         layout.dst
                     ));
                 }
@@ -918,6 +1204,7 @@ impl<'a> Fuzz<'a> {
         action: i32,
         input: &[u8],
         out: &[u8],
+        now: Bracket,
     ) -> Result<(Outcome, Option<u32>), String> {
         let want_action = |want: i32, name: &str| {
             if action == want {
@@ -942,7 +1229,12 @@ impl<'a> Fuzz<'a> {
                 // XDP leaves counting what it passes on to the tc program behind it.
                 Ok((Outcome::Passed, (!xdp).then_some(*counter)))
             }
-            Want::Dnat { allowed, .. } if allowed.is_empty() => {
+            Want::Dnat {
+                layout,
+                allowed,
+                may_drop,
+                ..
+            } if allowed.is_empty() || (*may_drop && matches!(action, XDP_DROP | TC_ACT_SHOT)) => {
                 if xdp {
                     want_action(XDP_DROP, "XDP_DROP")
                 } else {
@@ -950,18 +1242,16 @@ impl<'a> Fuzz<'a> {
                 }
                 .map_err(|e| format!("{hook}, new flow, no backend: {e}"))?;
                 unchanged(input, out).map_err(|e| format!("dropped frame modified: {e}"))?;
+                self.record_drop(layout);
                 Ok((Outcome::Dropped, Some(COUNTER_DROP_NO_BACKEND)))
             }
             Want::Dnat {
                 layout,
                 allowed,
-                established,
+                flowing,
+                ..
             } => {
-                let what = if *established {
-                    "established flow"
-                } else {
-                    "new flow"
-                };
+                let what = flowing.what();
                 if xdp {
                     want_action(XDP_REDIRECT, "XDP_REDIRECT: out again, on veth")
                 } else {
@@ -971,36 +1261,77 @@ impl<'a> Fuzz<'a> {
                 let macs = Some((NODE_MAC, GATEWAY_MAC));
                 let to = dsr_net::encapsulated(input, out, self.node(), macs)
                     .map_err(|e| format!("{hook}, {what}: {e}"))?;
-                // The backend gets the client's packet as sent: on the VIP's port.
-                let backend = SocketAddr::new(to, layout.dst.port());
-                if !allowed.contains(&backend) {
+                // The backend gets the client's packet as sent (on the VIP's port): which one
+                // it is, its address says.
+                let Some(&backend) = allowed.iter().find(|b| b.ip() == to) else {
                     return Err(format!(
-                        "{hook}, {what} from {} sent to {backend}, allowed: {allowed:?}",
-                        layout.src
+                        "{hook}, {what} from {} sent to {to}, allowed: {allowed:?}",
+                        layout.describe()
                     ));
-                }
-                self.record_dnat(layout.src, backend, !*established);
-                let outcome = if *established {
-                    Outcome::DsrEstablished
-                } else {
-                    Outcome::DsrNew
+                };
+                let outcome = match self.record_dnat(layout, backend, *flowing, now) {
+                    Flowing::New => Outcome::DsrNew,
+                    Flowing::Reopened => Outcome::DsrReopened,
+                    Flowing::Established | Flowing::Undecided(_) => Outcome::DsrEstablished,
                 };
                 Ok((outcome, Some(COUNTER_DSR)))
             }
         }
     }
 
-    fn record_dnat(&mut self, client: SocketAddr, backend: SocketAddr, new: bool) {
+    /// A client packet of `layout`'s flow went to `backend` within `now`, its flow `flowing`
+    /// as the model foresaw; returns what the flow did, an undecided one resolved where the
+    /// backend tells.
+    fn record_dnat(
+        &mut self,
+        layout: &Layout,
+        backend: SocketAddr,
+        flowing: Flowing,
+        now: Bracket,
+    ) -> Flowing {
+        let (proto, client) = (layout.proto, layout.src);
         let m = &mut self.model;
-        if m.flows.insert(client, backend).is_none() {
+        let old = m.flows.get(&(proto, client));
+        let flowing = match flowing {
+            // Elsewhere than the flow went: it was reopened.
+            Flowing::Undecided(b) if b != backend => Flowing::Reopened,
+            f => f,
+        };
+        let udp = layout
+            .is_udp()
+            .then(|| match (flowing, old.and_then(|f| f.udp)) {
+                (Flowing::Established, Some(clock)) => {
+                    let (clock, renewed) = clock.kept(now);
+                    self.renewed += u64::from(renewed);
+                    clock
+                }
+                // Kept (confirmed, its touch maybe renewed) or reopened to the same backend.
+                (Flowing::Undecided(_), Some(clock)) => UdpClock {
+                    state: UdpState::Either,
+                    touched: (clock.touched.0.min(now.0), now.1),
+                },
+                _ => UdpClock::opened(now),
+            });
+        match flowing {
+            Flowing::Reopened => self.reopened += 1,
+            Flowing::Undecided(_) => self.undecided += 1,
+            _ => {}
+        }
+        if m.flows
+            .insert((proto, client), ModelFlow { backend, udp })
+            .is_none()
+        {
             m.flow_clients.push(client);
         }
-        if m.replies.insert((backend, client)) {
-            m.reply_list.push((backend, client));
+        if m.replies.insert((proto, backend, client)) {
+            m.reply_list.push((proto, backend, client));
         }
         let set = &self.lb.as_ref().expect("loaded").set;
-        if new {
+        if !matches!(flowing, Flowing::Established) {
+            // Opened or maybe reopened: two new-flow entries.
             m.new_flows += 1;
+        }
+        if matches!(flowing, Flowing::New | Flowing::Reopened) {
             assert!(
                 set.id_of(backend).is_some(),
                 "a new flow goes to a configured backend"
@@ -1015,6 +1346,17 @@ impl<'a> Fuzz<'a> {
                 .entry(client.ip())
                 .or_default()
                 .insert((id, generation));
+        }
+        flowing
+    }
+
+    /// A client packet of `layout`'s flow was dropped for want of a backend. A UDP datagram
+    /// is only dropped when its flow is new or past its timeout, whose established entries
+    /// the data path removed first: the flow is gone. (A TCP SYN's drop leaves the flow's
+    /// new-flow entry: its next non-SYN segment goes on to the old backend, as modelled.)
+    fn record_drop(&mut self, layout: &Layout) {
+        if layout.is_udp() {
+            self.model.flows.remove(&(layout.proto, layout.src));
         }
     }
 
@@ -1084,9 +1426,9 @@ impl<'a> Fuzz<'a> {
         let category = Category::draw(&mut self.rng);
         let ingress = |f: Vec<u8>| (category, Prog::Ingress, f);
         match category {
-            Category::Valid => ingress(self.segment().build()),
+            Category::Valid => ingress(self.packet().build()),
             Category::BitFlip => {
-                let f = self.segment().build();
+                let f = self.packet().build();
                 ingress(self.flip(f))
             }
             Category::Truncated | Category::ReplyTruncated => {
@@ -1094,7 +1436,7 @@ impl<'a> Fuzz<'a> {
                     return next;
                 }
                 // A new sweep: one base of each program, every length, drawn in order.
-                let base = self.segment().build();
+                let base = self.packet().build();
                 let reply = self.reply().build();
                 for len in (0..base.len()).rev() {
                     self.queue
@@ -1110,7 +1452,7 @@ impl<'a> Fuzz<'a> {
                 self.queue.pop().expect("a sweep has frames")
             }
             Category::IpHeader => {
-                let mut f = self.segment().build();
+                let mut f = self.packet().build();
                 let l3 = ETH_LEN;
                 let nibble = self.rng.range(0, 15) as u8;
                 if self.v6() {
@@ -1128,8 +1470,9 @@ impl<'a> Fuzz<'a> {
                 let words = self.rng.range(0, 15) as u8;
                 ingress(pkt.data_offset(words).build())
             }
+            Category::UdpLength => ingress(self.bogus_udp_length()),
             Category::IpLength => {
-                let f = self.segment().build();
+                let f = self.packet().build();
                 ingress(self.bogus_length(f))
             }
             Category::ExtHeaders => {
@@ -1159,11 +1502,11 @@ impl<'a> Fuzz<'a> {
                     } else {
                         field
                     };
-                    self.segment().frag(field).build()
+                    self.packet().frag(field).build()
                 };
                 ingress(f)
             }
-            Category::NonTcp => ingress(self.non_tcp()),
+            Category::OtherProto => ingress(self.other_proto()),
             Category::Ethertype => ingress(self.other_ethertype()),
             Category::RandomBytes => ingress(self.random_bytes()),
             Category::Reply => (category, Prog::Egress, self.reply().build()),
@@ -1208,7 +1551,16 @@ impl<'a> Fuzz<'a> {
         }
     }
 
-    /// A valid segment to the VIP: random client, flags, payload, header shape.
+    /// A valid packet to a VIP: a datagram `UDP_SHARE` percent of the time, else a segment.
+    fn packet(&mut self) -> Pkt {
+        if self.rng.percent(UDP_SHARE) {
+            self.datagram()
+        } else {
+            self.segment()
+        }
+    }
+
+    /// A valid segment to the TCP VIP: random client, flags, payload, header shape.
     fn segment(&mut self) -> Pkt {
         let client = self.client();
         let flags = self.flags();
@@ -1217,26 +1569,77 @@ impl<'a> Fuzz<'a> {
         p
     }
 
-    /// A backend's reply: mostly of a flow the model knows, else from a random backend.
+    /// A valid datagram to the UDP VIP: random client, payload, header shape, checksum.
+    fn datagram(&mut self) -> Pkt {
+        let client = self.client();
+        let mut p = Pkt::datagram(client, self.scenario.udp_vip);
+        self.shape(&mut p);
+        self.udp_checksum(&mut p);
+        p
+    }
+
+    /// Now and then no UDP checksum (IPv4: none; IPv6: the zero it forbids).
+    fn udp_checksum(&mut self, p: &mut Pkt) {
+        if self.rng.percent(10) {
+            p.l4_checksum = Some(0);
+        }
+    }
+
+    /// A backend's reply: mostly of a flow the model knows, else from a random backend, in
+    /// either protocol.
     fn reply(&mut self) -> Pkt {
         let known = !self.model.reply_list.is_empty() && self.rng.percent(80);
-        let (backend, client) = if known {
+        let (proto, backend, client) = if known {
             let i = self.rng.below(self.model.reply_list.len());
             self.model.reply_list[i]
         } else {
             let b = self.rng.pick(&self.scenario.backends);
-            (b, self.client())
+            let proto = if self.rng.percent(UDP_SHARE) {
+                PROTO_UDP
+            } else {
+                sticky_common::maps::PROTO_TCP
+            };
+            (proto, b, self.client())
         };
         // Now and then the client's side of the flow, seen on egress.
         let (src, dst) = if self.rng.percent(5) {
-            (client, self.scenario.vip)
+            (client, self.vip_of(proto))
         } else {
             (backend, client)
         };
-        let flags = self.flags();
-        let mut p = Pkt::tcp(src, dst, flags);
+        let mut p = if proto == PROTO_UDP {
+            let mut p = Pkt::datagram(src, dst);
+            self.udp_checksum(&mut p);
+            p
+        } else {
+            let flags = self.flags();
+            Pkt::tcp(src, dst, flags)
+        };
         self.shape(&mut p);
         p
+    }
+
+    /// A datagram to the UDP VIP whose length field is not its length: too short for the
+    /// header, short of the datagram (valid: the rest is not the datagram's), one past it, past
+    /// the IP packet into Ethernet padding, or anything.
+    fn bogus_udp_length(&mut self) -> Vec<u8> {
+        let mut p = self.datagram();
+        if self.rng.percent(30) {
+            p.pad_to = self.rng.range(60, 120);
+        }
+        let real = UDP_HLEN + p.payload.len();
+        let len = match self.rng.below(10) {
+            0 => 0,
+            1 => self.rng.range(1, UDP_HLEN - 1),
+            2 => UDP_HLEN,
+            3 => self.rng.range(UDP_HLEN, real),
+            4 => real + 1,
+            5 => real + self.rng.range(2, 64),
+            6 => 0xffff,
+            _ => self.rng.below(0x1_0000),
+        };
+        p.udp_len = Some(u16::try_from(len.min(0xffff)).expect("clamped"));
+        p.build()
     }
 
     /// Payload and header shape: IPv4 options or IPv6 hop-by-hop / destination options,
@@ -1310,7 +1713,7 @@ impl<'a> Fuzz<'a> {
 
     /// IPv4 options of random content (the IHL stays right): options are not ours to judge.
     fn ip_options(&mut self) -> Vec<u8> {
-        let mut p = self.segment();
+        let mut p = self.packet();
         p.ip_options = 4 * self.rng.range(1, 10);
         let mut f = p.build();
         let l3 = ETH_LEN;
@@ -1345,13 +1748,16 @@ impl<'a> Fuzz<'a> {
             let at = self.rng.below(kinds.len() + 1);
             kinds.insert(at, k);
         }
+        let mut base = self.packet();
+        base.ext.clear();
         let last = if self.rng.percent(85) {
-            sticky_common::maps::PROTO_TCP
+            match base.l4 {
+                L4::Udp => PROTO_UDP,
+                _ => sticky_common::maps::PROTO_TCP,
+            }
         } else {
             self.rng.byte()
         };
-        let mut base = self.segment();
-        base.ext.clear();
         let f = base.build();
         let l4 = ETH_LEN + 40;
         let mut chain = Vec::new();
@@ -1410,18 +1816,26 @@ impl<'a> Fuzz<'a> {
         out
     }
 
-    fn non_tcp(&mut self) -> Vec<u8> {
+    /// Each protocol at the other's VIP (ours only where the two share a port), and other
+    /// protocols to the VIPs.
+    fn other_proto(&mut self) -> Vec<u8> {
         let client = self.client();
         let vip = self.scenario.vip;
         let n = self.rng.range(0, 40);
         let payload = self.rng.bytes(n);
         let base = Pkt::syn(client, vip).payload(&payload);
-        let proto = match self.rng.below(6) {
+        let proto = match self.rng.below(7) {
             0 => return base.udp().build(),
-            1 => return base.icmp().build(),
-            2 => 47,  // GRE
-            3 => 132, // SCTP
-            4 => 0,
+            1 => {
+                let flags = self.flags();
+                let mut p = Pkt::tcp(client, self.scenario.udp_vip, flags).payload(&payload);
+                self.shape(&mut p);
+                return p.build();
+            }
+            2 => return base.icmp().build(),
+            3 => 47,  // GRE
+            4 => 132, // SCTP
+            5 => 0,
             _ => self.rng.byte(),
         };
         // UDP's layout (the VIP's port where TCP's would be) under another protocol number.
@@ -1436,7 +1850,7 @@ impl<'a> Fuzz<'a> {
     }
 
     fn other_ethertype(&mut self) -> Vec<u8> {
-        let valid = self.segment().build();
+        let valid = self.packet().build();
         match self.rng.below(5) {
             0 => vlan_tagged(valid),
             1 => arp_request(),
@@ -1475,6 +1889,29 @@ impl<'a> Fuzz<'a> {
         }
         f
     }
+}
+
+impl Flowing {
+    fn what(self) -> &'static str {
+        match self {
+            Flowing::New => "new flow",
+            Flowing::Established => "established flow",
+            Flowing::Reopened => "UDP flow past its idle timeout",
+            Flowing::Undecided(_) => "UDP flow at its idle timeout",
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// BPF_PROG_TEST_RUN (Linux 6.18) refuses frames shorter than an Ethernet header, and for skb

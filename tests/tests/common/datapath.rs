@@ -11,7 +11,7 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, TestRunResult},
 };
 use sticky::{
-    addr::BackendSpec,
+    addr::{BackendSpec, Transport, VipAddr},
     backends::BackendSet,
     config::{Config, Layer},
     datapath::{Counters, Datapath},
@@ -84,20 +84,25 @@ pub fn bpf_or_skip() -> bool {
     true
 }
 
-/// A configuration for `vip` whose first backends are `backends`, with the seed, table size
-/// and timeouts the predictions here assume.
+/// A configuration for the TCP VIP `vip` whose first backends are `backends`, with the seed,
+/// table size and timeouts the predictions here assume.
 pub fn config(instance: &str, vip: SocketAddr, backends: &[SocketAddr]) -> Config {
+    config_with(instance, &[VipAddr::tcp(vip)], backends)
+}
+
+/// [`config`] for any VIPs, TCP and UDP (`udp_vip`).
+pub fn config_with(instance: &str, vips: &[VipAddr], backends: &[SocketAddr]) -> Config {
     // Through `Layer::validate` so settings added later get their defaults; then the values
     // the tests depend on, set directly.
     let layer = Layer {
         iface: vec!["lo".into()],
-        vip: vec![vip.to_string()],
+        vip: vips.iter().map(ToString::to_string).collect(),
         backend: backends.iter().map(ToString::to_string).collect(),
         ..Layer::default()
     };
     let config = layer
         .validate()
-        .unwrap_or_else(|e| panic!("test config for {vip}: {e}"));
+        .unwrap_or_else(|e| panic!("test config for {vips:?}: {e}"));
     Config {
         seed: SEED,
         table_size: TABLE_SIZE,
@@ -106,6 +111,14 @@ pub fn config(instance: &str, vip: SocketAddr, backends: &[SocketAddr]) -> Confi
         max_clients: 65_536,
         instance: instance.into(),
         ..config
+    }
+}
+
+/// A UDP VIP (`udp:ADDR:PORT`).
+pub fn udp_vip(addr: SocketAddr) -> VipAddr {
+    VipAddr {
+        transport: Transport::Udp,
+        addr,
     }
 }
 

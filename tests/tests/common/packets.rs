@@ -1,6 +1,7 @@
 //! Packets for BPF_PROG_TEST_RUN: a builder for Ethernet + IPv4/IPv6 + TCP/UDP/ICMP frames,
 //! an independent parser that says what the data path must make of any frame, and the checks
-//! on what came back (byte-identical, or a NAT rewrite with its checksums carried over).
+//! on what came back (byte-identical, or a NAT rewrite with its checksums carried over: TCP's,
+//! and UDP's with RFC 768's zero rules).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -27,18 +28,23 @@ pub fn unchanged(input: &[u8], out: &[u8]) -> Result<(), String> {
             "output differs from input at byte {i} ({:#04x} -> {:#04x}); {}",
             input[i],
             out[i],
-            Layout::parse(out).map_or("not a TCP packet".into(), |l| l.describe())
+            Layout::parse(out).map_or("not a TCP segment or UDP datagram".into(), |l| l.describe())
         )),
     }
 }
 
 /// A rewrite of a valid packet: the ends are `src` and `dst`, the checksums valid, and only
-/// the NAT fields and checksums differ from the input.
+/// the NAT fields and checksums differ from the input. (A UDP checksum of zero is taken as
+/// input whatever the family: IPv4's "no checksum", or IPv6's forbidden zero, which
+/// `nat_rewrite` wants kept as it came.)
 pub fn rewritten(input: &[u8], out: &[u8], src: SocketAddr, dst: SocketAddr) -> Result<(), String> {
-    let before = Layout::parse(input).ok_or("input is not a TCP packet (bad fixture)")?;
-    before
-        .verify_checksums(input)
-        .map_err(|e| format!("bad fixture: input {e}"))?;
+    let before =
+        Layout::parse(input).ok_or("input is not a TCP segment or UDP datagram (bad fixture)")?;
+    if !before.no_udp_checksum(input) {
+        before
+            .verify_checksums(input)
+            .map_err(|e| format!("bad fixture: input {e}"))?;
+    }
     let after = nat_rewrite(input, out, &before)?;
     if after.src != src || after.dst != dst {
         return Err(format!(
@@ -57,6 +63,11 @@ pub fn rewritten(input: &[u8], out: &[u8], src: SocketAddr, dst: SocketAddr) -> 
 /// checksum included, exactly as it was: a valid checksum stays valid, and one that was wrong
 /// on input (the programs never verify checksums) stays wrong by the same amount. A missed or
 /// wrong fix, a pseudo-header update forgotten, a recomputation from scratch all change it.
+///
+/// UDP (RFC 768) adds two rules: a checksum field of zero on input (IPv4's "none"; in IPv6 a
+/// forbidden value) comes out exactly zero, whatever else changed; and a checksum field is
+/// never written as zero otherwise (a sum that comes out zero is sent as 0xffff, which the
+/// modulo-0xffff comparison of the sums accepts).
 pub fn nat_rewrite(input: &[u8], out: &[u8], before: &Layout) -> Result<Layout, String> {
     if out.len() != input.len() {
         return Err(format!(
@@ -90,16 +101,37 @@ pub fn nat_rewrite(input: &[u8], out: &[u8], before: &Layout) -> Result<Layout, 
             ));
         }
     }
-    let (was, now) = (before.tcp_sum(input), after.tcp_sum(out));
-    if !same_sum(was, now) {
-        let mut zeroed = out[after.l4..after.end].to_vec();
-        zeroed[16..18].fill(0);
-        let pseudo = after.pseudo_header();
+    let name = after.l4_name();
+    let field = be16(out, after.csum_off()).unwrap_or(0);
+    if before.no_udp_checksum(input) {
+        // RFC 768: zero is "no checksum" (IPv4); IPv6 forbids it, and a rewrite must not make
+        // such a datagram look checked either. Incremental updates leave it alone.
+        if field != 0 {
+            return Err(format!(
+                "UDP checksum: the input's was 0 (none), the output's is {field:#06x}: a \
+                 datagram without a checksum must keep none"
+            ));
+        }
+        return Ok(after);
+    }
+    if after.is_udp() && field == 0 {
         return Err(format!(
-            "TCP checksum {:#06x}: segment sums to {now:#06x}, the input's to {was:#06x} \
+            "UDP checksum written as 0x0000, which means \"no checksum\": a computed zero is \
+             sent as 0xffff (RFC 768); the input's was {:#06x}",
+            be16(input, before.csum_off()).unwrap_or(0)
+        ));
+    }
+    let (was, now) = (before.l4_sum(input), after.l4_sum(out));
+    if !same_sum(was, now) {
+        return Err(format!(
+            "{name} checksum {field:#06x}: {} sums to {now:#06x}, the input's to {was:#06x} \
              (0xffff is valid; recomputed from scratch {:#06x})",
-            be16(out, after.l4 + 16).unwrap_or(0),
-            checksum(&[&pseudo, &zeroed])
+            if after.is_udp() {
+                "datagram"
+            } else {
+                "segment"
+            },
+            after.recomputed(out)
         ));
     }
     Ok(after)
@@ -116,22 +148,27 @@ fn same_sum(a: u16, b: u16) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// What the programs must make of a frame. The rules are `sticky-ebpf/src/parse.rs`'s, stated
-/// here on their own so the fuzzer and the fixtures can tell which frames are TCP segments the
-/// data path may rewrite (everything else must come back byte-identical):
+/// here on their own so the fuzzer and the fixtures can tell which frames are TCP segments or
+/// UDP datagrams the data path may rewrite (everything else must come back byte-identical):
 /// - IPv4: version 4, IHL ≥ 5, IHL ≤ total length ≤ frame (Ethernet padding after it is
 ///   fine); total length 0 only as BIG TCP (frames over 64 KiB, which BPF_PROG_TEST_RUN
-///   cannot build); no MF flag or offset; protocol TCP; total length ≥ IHL + 20.
-/// - IPv6: version 6; payload length ≤ frame, or 0 (a jumbogram: the segment runs to the end
+///   cannot build); no MF flag or offset; protocol TCP or UDP.
+/// - IPv6: version 6; payload length ≤ frame, or 0 (a jumbogram: the packet runs to the end
 ///   of the frame, as BIG TCP on `lo`); neither address IPv4-mapped; up to 4 hop-by-hop or
-///   destination-options headers walked, then TCP (a routing or fragment header, or a longer
-///   chain: unhandled; any other next header: not TCP).
-/// - TCP: within the first 512 bytes, its 20-byte header and its data offset (≥ 5 words)
-///   inside the IP packet.
+///   destination-options headers walked, then TCP or UDP (a routing or fragment header, or a
+///   longer chain: unhandled; any other next header: other).
+/// - Either transport: its header starts within the first 512 bytes of the frame.
+/// - TCP: its 20-byte header and its data offset (≥ 5 words) inside the IP packet.
+/// - UDP: its 8-byte header inside the IP packet; its length field ≥ 8 and not past the IP
+///   packet's end (bytes between the two are not the datagram's). The one exception, an IPv6
+///   jumbogram's UDP length 0 over more than 65535 bytes, cannot be built here. A datagram
+///   has no flags: never a SYN.
 #[derive(Debug)]
 pub enum Shape {
-    Tcp(Layout),
+    /// A TCP segment or UDP datagram (`Layout::proto`).
+    Transport(Layout),
     /// Another ethertype or protocol: not ours.
-    NotTcp,
+    Other,
     /// Truncated or inconsistent headers.
     Malformed,
     /// Valid, but not rewritten: fragments, IPv6 routing and fragment headers, chains longer
@@ -141,14 +178,14 @@ pub enum Shape {
 
 /// IPv6 extension headers walked before giving up, as the program's bounded loop.
 pub const IPV6_MAX_EXT: usize = 4;
-/// The program parses no TCP header that starts later than this (a verifier bound).
+/// The program parses no TCP or UDP header that starts later than this (a verifier bound).
 pub const MAX_L4_OFF: usize = 512;
 
 pub fn classify(p: &[u8]) -> Shape {
     match be16(p, 12) {
         Some(ETH_P_IP) => classify_v4(p),
         Some(ETH_P_IPV6) => classify_v6(p),
-        Some(_) => Shape::NotTcp,
+        Some(_) => Shape::Other,
         None => Shape::Malformed,
     }
 }
@@ -171,15 +208,18 @@ fn classify_v4(p: &[u8]) -> Shape {
     if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
         return Shape::Unhandled;
     }
-    if h[9] != PROTO_TCP {
-        return Shape::NotTcp;
-    }
-    if !big_tcp && tot < ihl + 20 {
-        return Shape::Malformed;
+    if h[9] != PROTO_TCP && h[9] != PROTO_UDP {
+        return Shape::Other;
     }
     let src: [u8; 4] = h[12..16].try_into().expect("4 bytes");
     let dst: [u8; 4] = h[16..20].try_into().expect("4 bytes");
-    classify_tcp(p, false, l3, l3 + ihl, end, src.into(), dst.into())
+    let ends = Ends {
+        v6: false,
+        l3,
+        src: src.into(),
+        dst: dst.into(),
+    };
+    classify_l4(p, h[9], &ends, l3 + ihl, end)
 }
 
 fn classify_v6(p: &[u8]) -> Shape {
@@ -205,12 +245,17 @@ fn classify_v6(p: &[u8]) -> Shape {
     if mapped(&src) || mapped(&dst) {
         return Shape::Malformed;
     }
-    let (src, dst) = (IpAddr::from(src), IpAddr::from(dst));
+    let ends = Ends {
+        v6: true,
+        l3,
+        src: src.into(),
+        dst: dst.into(),
+    };
     let mut next = h[6];
     let mut off = l3 + 40;
     for _ in 0..IPV6_MAX_EXT {
         match next {
-            PROTO_TCP => return classify_tcp(p, true, l3, off, end, src, dst),
+            PROTO_TCP | PROTO_UDP => return classify_l4(p, next, &ends, off, end),
             EXT_HOP_BY_HOP | EXT_DEST_OPTS => {
                 let Some(ext) = p.get(off..off + 2) else {
                     return Shape::Malformed;
@@ -219,67 +264,122 @@ fn classify_v6(p: &[u8]) -> Shape {
                 off += (usize::from(ext[1]) + 1) * 8;
             }
             EXT_ROUTING | EXT_FRAGMENT => return Shape::Unhandled,
-            _ => return Shape::NotTcp,
+            _ => return Shape::Other,
         }
     }
-    if next == PROTO_TCP {
-        return classify_tcp(p, true, l3, off, end, src, dst);
+    if next == PROTO_TCP || next == PROTO_UDP {
+        return classify_l4(p, next, &ends, off, end);
     }
     Shape::Unhandled
 }
 
-fn classify_tcp(
-    p: &[u8],
+/// The IP header's part of a layout.
+struct Ends {
     v6: bool,
     l3: usize,
-    l4: usize,
-    end: usize,
     src: IpAddr,
     dst: IpAddr,
-) -> Shape {
-    if l4 > MAX_L4_OFF || l4 + 20 > end {
+}
+
+/// `end`: where the IP packet ends.
+fn classify_l4(p: &[u8], proto: u8, ip: &Ends, l4: usize, end: usize) -> Shape {
+    if l4 > MAX_L4_OFF {
+        return Shape::Malformed;
+    }
+    if proto == PROTO_UDP {
+        classify_udp(p, ip, l4, end)
+    } else {
+        classify_tcp(p, ip, l4, end)
+    }
+}
+
+fn classify_tcp(p: &[u8], ip: &Ends, l4: usize, end: usize) -> Shape {
+    if l4 + 20 > end {
         return Shape::Malformed;
     }
     let data_offset = usize::from(p[l4 + 12] >> 4) * 4;
     if data_offset < 20 || l4 + data_offset > end {
         return Shape::Malformed;
     }
-    Shape::Tcp(Layout {
-        v6,
-        l3,
-        l4,
-        end,
-        src: SocketAddr::new(src, u16::from_be_bytes([p[l4], p[l4 + 1]])),
-        dst: SocketAddr::new(dst, u16::from_be_bytes([p[l4 + 2], p[l4 + 3]])),
-        flags: p[l4 + 13],
-    })
+    Shape::Transport(Layout::at(p, PROTO_TCP, ip, l4, end))
 }
 
-/// Where a TCP segment's fields sit (see `classify`).
+fn classify_udp(p: &[u8], ip: &Ends, l4: usize, end: usize) -> Shape {
+    if l4 + UDP_HLEN > end {
+        return Shape::Malformed;
+    }
+    let len = usize::from(u16::from_be_bytes([p[l4 + 4], p[l4 + 5]]));
+    let jumbo = ip.v6 && len == 0 && end - l4 > usize::from(u16::MAX);
+    if jumbo {
+        return Shape::Transport(Layout::at(p, PROTO_UDP, ip, l4, end));
+    }
+    if len < UDP_HLEN || l4 + len > end {
+        return Shape::Malformed;
+    }
+    Shape::Transport(Layout::at(p, PROTO_UDP, ip, l4, l4 + len))
+}
+
+/// Where a TCP segment's or UDP datagram's fields sit (see `classify`).
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
     pub v6: bool,
     pub l3: usize,
     pub l4: usize,
     /// End of the TCP segment (IPv4 total length / IPv6 payload length; trailing Ethernet
-    /// padding excluded).
+    /// padding excluded), or of the UDP datagram (its length field: what its checksum covers).
     pub end: usize,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// TCP flags; 0 for UDP.
     pub flags: u8,
 }
 
 impl Layout {
     pub fn parse(p: &[u8]) -> Option<Self> {
         match classify(p) {
-            Shape::Tcp(l) => Some(l),
+            Shape::Transport(l) => Some(l),
             _ => None,
         }
     }
 
-    /// SYN without ACK: a connection attempt.
+    fn at(p: &[u8], proto: u8, ip: &Ends, l4: usize, end: usize) -> Self {
+        let port = |off: usize| u16::from_be_bytes([p[off], p[off + 1]]);
+        Layout {
+            proto,
+            v6: ip.v6,
+            l3: ip.l3,
+            l4,
+            end,
+            src: SocketAddr::new(ip.src, port(l4)),
+            dst: SocketAddr::new(ip.dst, port(l4 + 2)),
+            flags: if proto == PROTO_TCP { p[l4 + 13] } else { 0 },
+        }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        self.proto == PROTO_UDP
+    }
+
+    /// "TCP" or "UDP".
+    pub fn l4_name(&self) -> &'static str {
+        if self.is_udp() { "UDP" } else { "TCP" }
+    }
+
+    /// TCP SYN without ACK: a connection attempt. A UDP datagram never is one.
     pub fn syn(&self) -> bool {
-        self.flags & (SYN | ACK) == SYN
+        self.proto == PROTO_TCP && self.flags & (SYN | ACK) == SYN
+    }
+
+    /// Where the transport checksum sits: TCP at 16, UDP at 6.
+    pub fn csum_off(&self) -> usize {
+        self.l4 + if self.is_udp() { 6 } else { 16 }
+    }
+
+    /// A UDP datagram whose checksum field is zero: none (IPv4), or IPv6's forbidden zero.
+    pub fn no_udp_checksum(&self, p: &[u8]) -> bool {
+        self.is_udp() && be16(p, self.csum_off()) == Some(0)
     }
 
     /// The same layout with the addresses and ports `p` holds at its offsets.
@@ -295,13 +395,13 @@ impl Layout {
         Layout {
             src: SocketAddr::new(ip(self.src_addr_range()), port(self.l4)),
             dst: SocketAddr::new(ip(self.dst_addr_range()), port(self.l4 + 2)),
-            flags: p[self.l4 + 13],
+            flags: if self.is_udp() { 0 } else { p[self.l4 + 13] },
             ..self.clone()
         }
     }
 
     pub fn describe(&self) -> String {
-        format!("{} -> {}", self.src, self.dst)
+        format!("{} {} -> {}", self.l4_name(), self.src, self.dst)
     }
 
     pub fn src_addr_range(&self) -> Range<usize> {
@@ -321,16 +421,16 @@ impl Layout {
     }
 
     pub fn checksum_ranges(&self) -> Vec<Range<usize>> {
-        let tcp = self.l4 + 16..self.l4 + 18;
+        let l4 = self.csum_off()..self.csum_off() + 2;
         if self.v6 {
-            Vec::from([tcp])
+            Vec::from([l4])
         } else {
-            Vec::from([tcp, self.l3 + 10..self.l3 + 12])
+            Vec::from([l4, self.l3 + 10..self.l3 + 12])
         }
     }
 
     fn pseudo_header(&self) -> Vec<u8> {
-        pseudo_header(self.src.ip(), self.dst.ip(), PROTO_TCP, self.end - self.l4)
+        pseudo_header(self.src.ip(), self.dst.ip(), self.proto, self.end - self.l4)
     }
 
     /// The IPv4 header's ones'-complement sum, checksum included (0xffff when valid).
@@ -338,13 +438,26 @@ impl Layout {
         ones_sum(&[&p[self.l3..self.l4]])
     }
 
-    /// The TCP segment's sum over the pseudo-header, checksum included (0xffff when valid).
-    fn tcp_sum(&self, p: &[u8]) -> u16 {
+    /// The segment's or datagram's sum over the pseudo-header, checksum included (0xffff
+    /// when valid).
+    fn l4_sum(&self, p: &[u8]) -> u16 {
         ones_sum(&[&self.pseudo_header(), &p[self.l4..self.end]])
     }
 
+    /// The transport checksum `p` should carry, computed from scratch (a UDP zero as 0xffff).
+    pub fn recomputed(&self, p: &[u8]) -> u16 {
+        let mut zeroed = p[self.l4..self.end].to_vec();
+        let off = self.csum_off() - self.l4;
+        zeroed[off..off + 2].fill(0);
+        match checksum(&[&self.pseudo_header(), &zeroed]) {
+            0 if self.is_udp() => 0xffff,
+            sum => sum,
+        }
+    }
+
     /// A header verifies when its ones'-complement sum, checksum field included, is all ones
-    /// (either representation of zero in the field passes, as RFC 1624 allows).
+    /// (either representation of zero in the field passes, as RFC 1624 allows). A UDP checksum
+    /// of zero is "none" in IPv4 and passes; IPv6 forbids it.
     pub fn verify_checksums(&self, p: &[u8]) -> Result<(), String> {
         if !self.v6 && self.ip_sum(p) != 0xffff {
             let mut zeroed = p[self.l3..self.l4].to_vec();
@@ -355,13 +468,18 @@ impl Layout {
                 checksum(&[&zeroed])
             ));
         }
-        if self.tcp_sum(p) != 0xffff {
-            let mut zeroed = p[self.l4..self.end].to_vec();
-            zeroed[16..18].fill(0);
+        if self.no_udp_checksum(p) {
+            if self.v6 {
+                return Err("IPv6 UDP checksum 0, which IPv6 forbids".into());
+            }
+            return Ok(());
+        }
+        if self.l4_sum(p) != 0xffff {
             return Err(format!(
-                "TCP checksum {:#06x}, recomputed {:#06x}",
-                be16(p, self.l4 + 16).unwrap_or(0),
-                checksum(&[&self.pseudo_header(), &zeroed])
+                "{} checksum {:#06x}, recomputed {:#06x}",
+                self.l4_name(),
+                be16(p, self.csum_off()).unwrap_or(0),
+                self.recomputed(p)
             ));
         }
         Ok(())
@@ -423,6 +541,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_UDP: u8 = 17;
+/// The UDP header: ports, length, checksum.
+pub const UDP_HLEN: usize = 8;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const EXT_HOP_BY_HOP: u8 = 0;
 pub const EXT_ROUTING: u8 = 43;
@@ -502,6 +622,11 @@ pub struct Pkt {
     pub data_offset: Option<u8>,
     /// Minimum frame length: zero bytes after the IP packet, as Ethernet padding.
     pub pad_to: usize,
+    /// UDP length field, when not the true datagram length (the checksum covers what it
+    /// claims, as far as there are bytes).
+    pub udp_len: Option<u16>,
+    /// Transport checksum field as given instead of computed (UDP 0: no checksum).
+    pub l4_checksum: Option<u16>,
 }
 
 impl Pkt {
@@ -516,7 +641,14 @@ impl Pkt {
             ext: Vec::new(),
             data_offset: None,
             pad_to: 0,
+            udp_len: None,
+            l4_checksum: None,
         }
+    }
+
+    /// A UDP datagram, no payload.
+    pub fn datagram(src: SocketAddr, dst: SocketAddr) -> Self {
+        Self::tcp(src, dst, 0).udp()
     }
 
     pub fn syn(src: SocketAddr, dst: SocketAddr) -> Self {
@@ -567,6 +699,42 @@ impl Pkt {
         self
     }
 
+    /// A UDP length field that is not the datagram's length.
+    pub fn udp_len(mut self, len: u16) -> Self {
+        self.udp_len = Some(len);
+        self
+    }
+
+    /// The transport checksum field as given (`0` on UDP: no checksum).
+    pub fn checksum(mut self, field: u16) -> Self {
+        self.l4_checksum = Some(field);
+        self
+    }
+
+    /// Two payload bytes chosen so that the checksum of this packet with its ends replaced by
+    /// `src` and `dst` computes to zero (a UDP datagram sends it as 0xffff, RFC 768): what a
+    /// NAT rewrite to those ends must produce from an incremental update without ever writing
+    /// 0x0000. Needs an even-length payload of at least 2 bytes; the last two are replaced.
+    pub fn zero_sum_after(mut self, src: SocketAddr, dst: SocketAddr) -> Self {
+        let n = self.payload.len();
+        assert!(
+            n >= 2 && n.is_multiple_of(2),
+            "needs an even payload to adjust"
+        );
+        self.payload[n - 2..].fill(0);
+        let after = Pkt {
+            src,
+            dst,
+            l4_checksum: Some(0),
+            ..self.clone()
+        };
+        let (proto, seg) = after.l4_bytes();
+        let pseudo = pseudo_header(src.ip(), dst.ip(), proto, seg.len());
+        let word = !ones_sum(&[&pseudo, &seg]);
+        self.payload[n - 2..].copy_from_slice(&word.to_be_bytes());
+        self
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let v6 = self.src.is_ipv6();
         assert_eq!(v6, self.dst.is_ipv6(), "one family per packet");
@@ -608,7 +776,9 @@ impl Pkt {
                 (PROTO_TCP, 16, h)
             }
             L4::Udp => {
-                let len = u16::try_from(8 + self.payload.len()).unwrap();
+                let len = self
+                    .udp_len
+                    .unwrap_or_else(|| u16::try_from(UDP_HLEN + self.payload.len()).unwrap());
                 let mut h = Vec::new();
                 h.extend(self.src.port().to_be_bytes());
                 h.extend(self.dst.port().to_be_bytes());
@@ -621,11 +791,18 @@ impl Pkt {
             L4::Icmp => (PROTO_ICMP, 2, vec![8, 0, 0, 0, 1, 1, 0, 1]),
         };
         seg.extend(&self.payload);
-        let sum = if proto == PROTO_ICMP {
+        // What the checksum covers: a UDP datagram as long as its length field says.
+        let covered = match self.l4 {
+            L4::Udp => usize::from(u16::from_be_bytes([seg[4], seg[5]])),
+            _ => seg.len(),
+        };
+        let sum = if let Some(field) = self.l4_checksum {
+            field
+        } else if proto == PROTO_ICMP {
             checksum(&[&seg])
         } else {
-            let pseudo = pseudo_header(self.src.ip(), self.dst.ip(), proto, seg.len());
-            match checksum(&[&pseudo, &seg]) {
+            let pseudo = pseudo_header(self.src.ip(), self.dst.ip(), proto, covered);
+            match checksum(&[&pseudo, &seg[..covered.min(seg.len())]]) {
                 0 if proto == PROTO_UDP => 0xffff,
                 sum => sum,
             }
