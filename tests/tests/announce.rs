@@ -491,3 +491,132 @@ fn frr_readiness_drain_and_stop() {
     drop(frr);
     let _ = std::fs::remove_dir_all(scratch(""));
 }
+
+/// A node dies (nothing it sends reaches the router any more, then its daemons are killed
+/// with SIGKILL, so nothing says goodbye): new connections fail only until the router notices, by BFD (a
+/// few hundred ms) or, without it, by the BGP hold timer (9 s here). Prints the window.
+fn crash(bfd: bool) {
+    let tag = if bfd { "anxb" } else { "anxh" };
+    let topo =
+        DsrTopology::build_nodes(tag, NODES, BACKENDS, CLIENTS, &sticky_bin()).expect("topology");
+    let _servers = topo.start_servers().expect("backend servers");
+    let no_bfd = |conf: String| {
+        if bfd {
+            conf
+        } else {
+            conf.replace("bfd on;", "bfd off;")
+        }
+    };
+    let _router = router_bird(&topo);
+    // The nodes' BIRD with or without BFD (the router's asks for it; a peer without answers
+    // nothing and BIRD then keeps the session on the hold timer alone).
+    let mut birds: Vec<Daemon> = (0..NODES)
+        .map(|k| {
+            let (node, gw) = dsr::node_addr(k, false);
+            let conf = no_bfd(
+                deploy("bird/sticky-node.conf")
+                    .replace("192.0.2.2", &node.to_string())
+                    .replace("192.0.2.1", &gw.to_string()),
+            );
+            bird(topo.node(k), &conf, &format!("{tag}-node{k}"))
+        })
+        .collect();
+    let n0 = sticky_node(&topo, 0, &[]);
+    let n1 = sticky_node(&topo, 1, &[]);
+    wait_for_hops(&topo, &[0, 1], "both nodes ready");
+    let vip = topo.vip(false, dsr::VIP_PORT);
+    // Attempts every 20 ms for 16 s: a connection and one request within 500 ms, or failed.
+    let crash_at = Duration::from_secs(3);
+    let attempts = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            topo.client
+                .run(move || {
+                    let start = Instant::now();
+                    let mut out = Vec::new();
+                    let mut i = 0;
+                    while start.elapsed() < Duration::from_secs(16) {
+                        let src = plan::client(i % CLIENTS, false);
+                        i += 1;
+                        let at = start.elapsed();
+                        let ok = HttpConn::open(src, vip, Duration::from_millis(500))
+                            .and_then(|mut c| c.get(true))
+                            .is_ok();
+                        out.push((at, ok));
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    out
+                })
+                .expect("client namespace")
+        });
+        std::thread::sleep(crash_at);
+        // Node 1 goes silent (nothing it sends reaches the router any more), then its
+        // daemons die without a word.
+        topo.router
+            .exec(
+                "nft",
+                &[
+                    "add table netdev crash; add chain netdev crash in { type filter hook \
+                     ingress device lb1 priority 0; policy drop; }",
+                ],
+            )
+            .expect("silence node 1");
+        // SAFETY: our own children's PIDs.
+        unsafe {
+            libc::kill(n1.pid(), libc::SIGKILL);
+            libc::kill(birds[1].child.id() as i32, libc::SIGKILL);
+        }
+        load.join().expect("load thread")
+    });
+    let failed: Vec<Duration> = attempts
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(at, _)| *at)
+        .collect();
+    let before = failed.iter().filter(|at| **at < crash_at).count();
+    assert_eq!(before, 0, "connections failed before the crash: {failed:?}");
+    let window = failed
+        .last()
+        .map_or(Duration::ZERO, |last| *last - crash_at);
+    eprintln!(
+        "crash of 1 of {NODES} nodes, {}: {} of {} new connections failed, the last {window:.1?} \
+         after the crash",
+        if bfd {
+            "BFD 100 ms x 3"
+        } else {
+            "no BFD, hold time 9 s"
+        },
+        failed.len(),
+        attempts.len()
+    );
+    let bound = if bfd {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(9 + 3)
+    };
+    assert!(
+        window <= bound,
+        "failures went on {window:?} after the crash (detection bound {bound:?}): {failed:?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .any(|(at, ok)| *at > crash_at + bound && *ok),
+        "nothing succeeded after the detection window"
+    );
+    drop(n0);
+    birds.truncate(1);
+}
+
+#[test]
+fn crash_with_bfd_fails_only_until_detection() {
+    if root_or_skip("crash_with_bfd_fails_only_until_detection") {
+        crash(true);
+    }
+}
+
+#[test]
+fn crash_without_bfd_fails_until_the_hold_timer() {
+    if root_or_skip("crash_without_bfd_fails_until_the_hold_timer") {
+        crash(false);
+    }
+}

@@ -113,7 +113,14 @@ fn replies_through_another_node() {
     let _server = HttpBackend::start(&r.backend, bind, "be0").expect("backend");
     let client: IpAddr = CLIENT.parse().expect("address");
     let vip: SocketAddr = VIP.parse().expect("address");
-    let _n1 = node(&r.n1, true);
+    let n1 = node(&r.n1, true);
+    // Nothing announced, nothing to drain: refused, said so.
+    let out = n1.ctl(&sticky_bin(), &["node", "drain"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("announces nothing to drain"),
+        "node drain without --announce-table: {out:?}"
+    );
     // Node 2 as it would be without the option: the replies leave with the backend's address
     // and the client never completes a connection.
     {

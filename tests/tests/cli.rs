@@ -398,6 +398,34 @@ fn bad_command_lines_are_refused_clearly() {
             ],
             "replies-any-node: a DSR node never sees replies",
         ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--announce-table",
+                "254",
+            ],
+            "announce-table 254: give a table of sticky's own",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--withdraw-grace",
+                "5s",
+            ],
+            "withdraw-grace applies with --announce-table",
+        ),
     ];
     for (args, expect) in cases {
         assert_refused(&ns, args, expect);
