@@ -21,7 +21,7 @@ use std::{
 
 use common::sticky_bin;
 use sticky_tests::{
-    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
+    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip, unique_name,
 };
 
 const TABLE: &str = "100";
@@ -619,4 +619,130 @@ fn crash_without_bfd_fails_until_the_hold_timer() {
     if root_or_skip("crash_without_bfd_fails_until_the_hold_timer") {
         crash(false);
     }
+}
+
+/// Which of 3 next hops each of 3000 flows (5-tuples from 200 clients) takes, before and after
+/// one next hop leaves, with the kernel's L4 multipath hash: a plain multipath route (what
+/// BIRD and FRR install) against a resilient nexthop group (`ip nexthop … type resilient`).
+/// Flows of the leaving node must move; the others move only with the plain route. Prints
+/// the shares.
+#[test]
+fn flows_that_move_when_one_of_three_nodes_leaves() {
+    if !root_or_skip("flows_that_move_when_one_of_three_nodes_leaves") {
+        return;
+    }
+    let ns = Netns::create(&unique_name("annm")).expect("namespace");
+    for (key, value) in [
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        ns.sysctl(key, value).expect("sysctl");
+    }
+    ns.ip_batch(
+        "link add nh0 type veth peer name nh1\nlink set nh0 up\nlink set nh1 up\naddr add 10.84.0.1/24 dev nh0\n\
+         neigh add 10.84.0.2 lladdr 02:00:00:00:00:02 dev nh0 nud permanent\n\
+         neigh add 10.84.0.3 lladdr 02:00:00:00:00:03 dev nh0 nud permanent\n\
+         neigh add 10.84.0.4 lladdr 02:00:00:00:00:04 dev nh0 nud permanent\n\
+         nexthop add id 2 via 10.84.0.2 dev nh0\n\
+         nexthop add id 3 via 10.84.0.3 dev nh0\n\
+         nexthop add id 4 via 10.84.0.4 dev nh0\n",
+    )
+    .expect("next hops");
+    let flows: Vec<(String, u16)> = (0..3000)
+        .map(|i| {
+            let c = plan::client(i % CLIENTS, false).to_string();
+            (c, 20_000 + (i / CLIENTS) as u16 * 7 + 1)
+        })
+        .collect();
+    // Each flow's next hop for VIP 198.19.255.100:80.
+    let hops = |ns: &Netns| -> Vec<String> {
+        let batch: String = flows
+            .iter()
+            .map(|(c, sport)| {
+                format!(
+                    "route get 198.19.255.100 from {c} iif nh0 ipproto tcp sport {sport} dport \
+                     80\n"
+                )
+            })
+            .collect();
+        // From a file: 3000 answers fill a pipe long before 3000 questions are written.
+        let file = scratch("route-get.batch");
+        std::fs::write(&file, batch).expect("batch file");
+        let out = Command::new("ip")
+            .args(["-n", &ns.name, "-batch"])
+            .arg(&file)
+            .output()
+            .expect("ip -batch");
+        assert!(
+            out.status.success(),
+            "route get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.contains(" via "))
+            .map(|l| {
+                l.split(" via ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    };
+    let moved = |before: &[String], after: &[String]| -> (f64, f64) {
+        assert_eq!(before.len(), flows.len(), "one answer per flow");
+        assert_eq!(after.len(), flows.len(), "one answer per flow");
+        let (mut left, mut others, mut others_moved) = (0, 0, 0);
+        for (b, a) in before.iter().zip(after) {
+            if b == "10.84.0.4" {
+                left += 1;
+                assert_ne!(a, b, "a flow still uses the next hop that left");
+            } else {
+                others += 1;
+                others_moved += usize::from(a != b);
+            }
+        }
+        let total = flows.len() as f64;
+        (
+            (left + others_moved) as f64 / total,
+            others_moved as f64 / others as f64,
+        )
+    };
+    // Plain multipath: three next hops, then two.
+    ns.ip_batch("route replace 198.19.255.100/32 nexthop via 10.84.0.2 dev nh0 nexthop via 10.84.0.3 dev nh0 nexthop via 10.84.0.4 dev nh0\n")
+        .expect("plain multipath");
+    let before = hops(&ns);
+    ns.ip_batch("route replace 198.19.255.100/32 nexthop via 10.84.0.2 dev nh0 nexthop via 10.84.0.3 dev nh0\n")
+        .expect("plain multipath, one gone");
+    let (plain_all, plain_others) = moved(&before, &hops(&ns));
+    // Resilient group: the leaving member's buckets go to the others, nothing else moves.
+    ns.ip_batch(
+        "nexthop add id 10 group 2/3/4 type resilient buckets 512 idle_timer 0\n\
+         route replace 198.19.255.100/32 nhid 10\n",
+    )
+    .expect("resilient group");
+    let before = hops(&ns);
+    ns.ip_batch("nexthop replace id 10 group 2/3 type resilient buckets 512 idle_timer 0\n")
+        .expect("resilient group, one gone");
+    let (res_all, res_others) = moved(&before, &hops(&ns));
+    eprintln!(
+        "one of 3 next hops leaves, 3000 flows: plain multipath moves {:.1}% of all flows \
+         ({:.1}% of those on the staying nodes); resilient group {:.1}% ({:.1}%)",
+        plain_all * 100.0,
+        plain_others * 100.0,
+        res_all * 100.0,
+        res_others * 100.0
+    );
+    assert_eq!(
+        res_others, 0.0,
+        "a resilient group moved flows of staying nodes"
+    );
+    assert!(
+        plain_others > 0.0,
+        "plain multipath moved no flow of the staying nodes: the measurement sees nothing"
+    );
+    let _ = std::fs::remove_dir_all(scratch(""));
 }
