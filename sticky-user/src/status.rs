@@ -142,6 +142,9 @@ pub struct Status {
     /// Each DNS source of backends: its last good answer, and its error while it fails.
     #[serde(default)]
     pub dns: Vec<DnsStatus>,
+    /// The affinity exchange with other nodes (`--peers`), when on.
+    #[serde(default)]
+    pub peers: Option<crate::peers::PeersStatus>,
 }
 
 /// A `--backend-dns` or `--backend-srv` source.

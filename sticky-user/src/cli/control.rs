@@ -216,6 +216,30 @@ pub fn render_status(s: &Status) -> String {
             )),
         }
     }
+    if let Some(p) = &s.peers {
+        let peers: Vec<String> = p.peers.iter().map(ToString::to_string).collect();
+        let rejected: Vec<String> = (p.rejected.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        out.push_str(&format!(
+            "peers {} from {}: sent {} records in {} datagrams ({} send errors), accepted {} \
+             datagrams, applied {} records, ignored {}, rejected {}\n",
+            peers.join(","),
+            p.listen,
+            p.records_sent,
+            p.datagrams_sent,
+            p.send_errors,
+            p.datagrams_accepted,
+            p.records_applied,
+            p.records_ignored,
+            if rejected.is_empty() {
+                "none".to_string()
+            } else {
+                rejected.join(" ")
+            }
+        ));
+    }
     for c in &s.closing {
         out.push_str(&format!(
             "{:<24} closing: {} flows ended, {} left at {}/s\n",

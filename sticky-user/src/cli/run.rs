@@ -145,6 +145,9 @@ mod tests {
             "--pool-max-idle 3 ",
             "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
             "--forward dsr --xdp native --dsr-source 10.0.0.9 --dsr-source fd00::9 ",
+            "--udp-timeout 30s --replies-any-node ",
+            "--peers 10.0.0.2:7946,10.0.0.3:7946 --peers 10.0.0.4:7946 ",
+            "--peer-listen 10.0.0.1:7946 --peer-key-file /etc/sticky/peer.key ",
         )
         .split_whitespace()
         .collect();
@@ -170,6 +173,11 @@ mod tests {
             metrics = "127.0.0.1:9100"
             netns = "lb"
             log-format = "json"
+            udp-timeout = "30s"
+            replies-any-node = true
+            peers = ["10.0.0.2:7946,10.0.0.3:7946", "10.0.0.4:7946"]
+            peer-listen = "10.0.0.1:7946"
+            peer-key-file = "/etc/sticky/peer.key"
             [health]
             check = "tcp"
             interval = "3s"

@@ -16,7 +16,7 @@ use sticky_common::BackendState;
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tracing::warn;
@@ -47,6 +47,7 @@ use crate::{
     logging::say,
     metrics,
     namespaces::PinScope,
+    peers::{PeerStats, sync::SyncInputs},
     proxy::routing::SharedRouting,
 };
 
@@ -106,6 +107,15 @@ struct Daemon {
     control: Control,
     report: Reporting,
     dns: Discovery,
+    /// The affinity exchange (`--peers`), when on.
+    peers: Option<Peers>,
+}
+
+/// The daemon's side of the affinity exchange: the backends it publishes to the task, and the
+/// task's counters for status.
+struct Peers {
+    backends: watch::Sender<BackendSet>,
+    stats: Arc<PeerStats>,
 }
 
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
@@ -195,7 +205,9 @@ impl Daemon {
             None => None,
         };
         let dns = Discovery::start(&config)?;
+        let peers = start_peers(&config, &dp, &set).await?;
         let mut daemon = Self {
+            peers,
             dns,
             config,
             flags,
@@ -422,6 +434,36 @@ impl Daemon {
         }
         self.publishing.closing.retain(|c| !c.done());
     }
+}
+
+/// Starts the affinity exchange when `--peers` asks for it.
+async fn start_peers(
+    config: &Config,
+    dp: &Datapath,
+    set: &BackendSet,
+) -> anyhow::Result<Option<Peers>> {
+    let Some(peers) = &config.peers else {
+        return Ok(None);
+    };
+    let events =
+        aya::maps::RingBuf::try_from(dp.map_handle(sticky_common::sync::AFFINITY_EVENTS)?)?;
+    let (backends, receiver) = watch::channel(set.clone());
+    let stats = Arc::new(PeerStats::default());
+    crate::peers::sync::start(SyncInputs {
+        config: peers.clone(),
+        events,
+        affinity: dp.affinity_map()?,
+        backends: receiver,
+        settings: sticky_common::maps::Settings {
+            affinity_prefix_v4: config.affinity_prefix.v4,
+            affinity_prefix_v6: config.affinity_prefix.v6,
+            ..Default::default()
+        },
+        affinity_timeout: config.affinity_timeout,
+        stats: Arc::clone(&stats),
+    })
+    .await?;
+    Ok(Some(Peers { backends, stats }))
 }
 
 /// Hands the kernel programs' log records to `tracing` as they come (rare: error paths only).

@@ -24,6 +24,7 @@ use crate::{
     control::Response,
     datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
+    peers::{PeerStats, PeersConfig},
     status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status},
 };
 
@@ -51,6 +52,8 @@ pub(super) struct ReportInput {
     /// New flows per second by backend id.
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
+    /// The affinity exchange's settings and counters, when on.
+    peers: Option<(PeersConfig, Arc<PeerStats>)>,
 }
 
 /// The loop's side of reporting.
@@ -247,6 +250,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         pins: p.pins.name().to_string(),
         closing: p.closing.clone(),
         dns: p.dns.clone(),
+        peers: p.peers.as_ref().map(|(config, stats)| stats.status(config)),
     }
 }
 
@@ -300,7 +304,12 @@ impl Daemon {
             dns: self.dns.status(),
             rates: self.report.rates.iter().map(|(&id, r)| (id, r.2)).collect(),
             pins: self.pin_scope,
+            peers: (self.config.peers.clone())
+                .zip(self.peers.as_ref().map(|p| Arc::clone(&p.stats))),
         }));
+        if let Some(peers) = &self.peers {
+            peers.backends.send_replace(self.publishing.set.clone());
+        }
     }
 
     /// Answers a status request from a blocking task: the loop goes on while the maps are
