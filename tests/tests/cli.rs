@@ -495,6 +495,29 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
             run(&["--peer-listen", "127.0.0.1:7946"]),
             "peer-listen without --peers",
         ),
+        (
+            run(&[
+                "--peers",
+                "[::1]:7946",
+                "--peer-listen",
+                "127.0.0.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "different IP families",
+        ),
+        (
+            // Not an address of this host: the daemon stops before serving, pins removed.
+            run(&[
+                "--peers",
+                "192.0.2.2:7946",
+                "--peer-listen",
+                "192.0.2.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "bind the peer socket on 192.0.2.1:7946 (--peer-listen)",
+        ),
     ];
     for (args, expect) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

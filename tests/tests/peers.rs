@@ -46,6 +46,9 @@ const BACKENDS: [&str; 4] = [
 const ADDED: usize = 3;
 const N1_PEER: &str = "10.82.50.1:7946";
 const N2_PEER: &str = "10.82.50.2:7946";
+/// The same link over IPv6 (the late-node test exchanges over it).
+const N1_PEER_V6: &str = "[fd00:82:50::1]:7946";
+const N2_PEER_V6: &str = "[fd00:82:50::2]:7946";
 
 struct Rig {
     // Dropped last: processes first.
@@ -122,6 +125,7 @@ fn rig() -> Rig {
              addr add 10.82.100.1/32 dev cli0\n\
              addr add 10.82.{k}0.1/24 dev be0\n\
              addr add 10.82.50.{k}/24 dev peer0\n\
+             addr add fd00:82:50::{k}/64 dev peer0 nodad\n\
              route add 10.82.200.0/24 via 10.82.{k}.2 dev cli0\n"
         ))
         .expect("node addresses");
@@ -301,7 +305,8 @@ fn clients_keep_their_backend_across_nodes() {
 }
 
 /// Loss tolerance: node 2 starts only after the clients became affine on node 1 (every live
-/// datagram lost); node 1's periodic resync brings it every affinity.
+/// datagram lost); node 1's periodic resync brings it every affinity. The exchange runs over
+/// IPv6 here (the clients and backends are IPv4: the two are independent).
 #[test]
 fn a_node_that_missed_the_records_gets_them_by_resync() {
     if !root_or_skip("a_node_that_missed_the_records_gets_them_by_resync") {
@@ -316,9 +321,9 @@ fn a_node_that_missed_the_records_gets_them_by_resync() {
                 .expect("backend")
         })
         .collect();
-    let _n1 = node(&r, &r.n1, N1_PEER, N2_PEER, true);
+    let _n1 = node(&r, &r.n1, N1_PEER_V6, N2_PEER_V6, true);
     connect_all(&r);
-    let n2 = node(&r, &r.n2, N2_PEER, N1_PEER, true);
+    let n2 = node(&r, &r.n2, N2_PEER_V6, N1_PEER_V6, true);
     let started = Instant::now();
     let deadline = started + RESYNC_PERIOD * 2 + Duration::from_secs(3);
     loop {
