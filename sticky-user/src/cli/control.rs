@@ -315,6 +315,9 @@ mod tests {
             "10.0.0.9:80              closing: 40 flows ended, 960 left at 20/s",
             "dns tasks.web:3000: resolver failing, keeping the last good set (10.0.0.7:3000): \
              timed out",
+            "peers 10.0.0.2:7946 from 10.0.0.1:7946: sent 200 records in 10 datagrams (1 send \
+             errors), accepted 9 datagrams, applied 150 records, ignored 3, rejected bad_mac=2 \
+             replay=1",
         ] {
             assert!(text.contains(want), "no '{want}' in\n{text}");
         }

@@ -147,10 +147,15 @@ pub fn encode(key: &Key, header: Header, records: &[Record]) -> Vec<u8> {
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&r.age_ms.to_be_bytes());
     }
+    sign(key, out)
+}
+
+/// `body` with its tag appended.
+pub fn sign(key: &Key, mut body: Vec<u8>) -> Vec<u8> {
     let mut mac = key.mac();
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
-    out
+    mac.update(&body);
+    body.extend_from_slice(&mac.finalize().into_bytes());
+    body
 }
 
 /// Checks a datagram's size, layout and tag; the replay window is the caller's
@@ -182,8 +187,11 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<(Header, Vec<Record>), Rejec
         boot_id: word(8),
         seq: word(16),
     };
-    let records = body[HEADER..]
-        .chunks_exact(RECORD)
+    let records = body[HEADER..].chunks_exact(RECORD);
+    if records.clone().any(|r| r[34..36] != [0, 0]) {
+        return Err(Reject::Malformed);
+    }
+    let records = records
         .map(|r| {
             let addr = |at: usize| ip_of(r[at..at + 16].try_into().expect("16 bytes"));
             Record {
@@ -375,13 +383,21 @@ mod tests {
 
     #[test]
     fn authenticated_garbage_is_malformed() {
-        let mut d = encode(&key(1), H, &[]);
-        d[4] = 2;
-        d.truncate(HEADER);
-        let mut mac = key(1).mac();
-        mac.update(&d);
-        d.extend_from_slice(&mac.finalize().into_bytes());
-        assert_eq!(decode(&key(1), &d), Err(Reject::Malformed));
+        let resign = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut d = encode(&key(1), H, &records(1));
+            d.truncate(d.len() - TAG);
+            edit(&mut d);
+            decode(&key(1), &sign(&key(1), d))
+        };
+        assert!(resign(&|_| ()).is_ok());
+        assert_eq!(resign(&|d| d[4] = 2), Err(Reject::Malformed), "version");
+        assert_eq!(resign(&|d| d[0] = b'X'), Err(Reject::Malformed), "magic");
+        assert_eq!(resign(&|d| d[5] = 9), Err(Reject::Malformed), "kind");
+        assert_eq!(
+            resign(&|d| d[HEADER + 35] = 1),
+            Err(Reject::Malformed),
+            "reserved"
+        );
     }
 
     #[test]
