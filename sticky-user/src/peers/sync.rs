@@ -1,11 +1,13 @@
 //! The exchange's task: sends the affinities the kernel reports (within ~20 ms, batched) and,
 //! every `RESYNC_PERIOD`, every affinity it sent that still holds (datagrams lost on the way
-//! are carried by the next round); receives its peers' datagrams, checks each (peer address,
+//! are carried by the next round). A starting task greets its peers with an empty datagram;
+//! a peer seen starting (a new boot id) starts a new round at once, so a node that was down or
+//! started late has every affinity within one period. It receives its peers' datagrams, checks each (peer address,
 //! rate, size, tag, replay) before reading a record, and writes what passes into the local
 //! affinity map. Never on the packet path: the kernel only fills a ring buffer.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd, RawFd},
     sync::{Arc, atomic::Ordering},
@@ -36,8 +38,10 @@ use crate::{backends::BackendSet, clock::monotonic_ns};
 
 /// Every affinity sent is sent again this often while it holds.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(5);
-/// The resync is spread over the period in this many steps (no burst of the whole cache).
+/// The resync is spread over the period in this many steps (no burst of the whole cache)...
 const RESYNC_STEPS: u32 = 20;
+/// ... of at least this many clients (4 datagrams), so a small cache goes out at once.
+const RESYNC_STEP_MIN: usize = 4 * MAX_RECORDS;
 /// New affinities wait at most this long for others to share their datagram.
 const BATCH_DELAY: Duration = Duration::from_millis(20);
 /// Most clients remembered for resync; past it new clients are sent once, live only.
@@ -88,7 +92,8 @@ pub async fn start(inputs: SyncInputs) -> anyhow::Result<()> {
         settings: inputs.settings,
         timeout_ns: u64::try_from(inputs.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
         stats: inputs.stats,
-        cache: HashMap::new(),
+        cache: HashSet::new(),
+        new_round: false,
         pending: Vec::new(),
         resync: Vec::new(),
         config: inputs.config,
@@ -133,7 +138,9 @@ struct Task {
     timeout_ns: u64,
     stats: Arc<PeerStats>,
     /// Clients whose affinity this node recorded (and so sends again while it holds).
-    cache: HashMap<Addr16, ()>,
+    cache: HashSet<Addr16>,
+    /// A peer started: the next resync step begins a new round.
+    new_round: bool,
     /// New affinities not yet sent.
     pending: Vec<Record>,
     /// This round's clients still to resend.
@@ -146,6 +153,7 @@ impl Task {
         let mut batch = tokio::time::interval(BATCH_DELAY);
         let mut resync = tokio::time::interval(RESYNC_PERIOD / RESYNC_STEPS);
         let mut step = 0u32;
+        self.greet().await;
         loop {
             tokio::select! {
                 ready = events.readable_mut() => match ready {
@@ -174,8 +182,11 @@ impl Task {
                 },
                 _ = batch.tick(), if !self.pending.is_empty() => self.flush().await,
                 _ = resync.tick() => {
+                    if std::mem::take(&mut self.new_round) {
+                        step = 0;
+                    }
                     if step == 0 {
-                        self.resync = self.cache.keys().copied().collect();
+                        self.resync = self.cache.iter().copied().collect();
                     }
                     self.resync_step(RESYNC_STEPS - step).await;
                     step = (step + 1) % RESYNC_STEPS;
@@ -201,8 +212,8 @@ impl Task {
                 backend,
                 age_ms: age_ms(now, e.time_ns),
             });
-            if self.cache.len() < MAX_CACHED || self.cache.contains_key(&e.client) {
-                self.cache.insert(e.client, ());
+            if self.cache.len() < MAX_CACHED {
+                self.cache.insert(e.client);
             }
         }
     }
@@ -216,7 +227,9 @@ impl Task {
     /// Resends the affinities of `1 / steps_left` of the round's clients that still hold;
     /// forgets the others.
     async fn resync_step(&mut self, steps_left: u32) {
-        let take = self.resync.len().div_ceil(steps_left.max(1) as usize);
+        let take = (self.resync.len().div_ceil(steps_left.max(1) as usize))
+            .max(RESYNC_STEP_MIN)
+            .min(self.resync.len());
         let clients: Vec<Addr16> = self.resync.drain(..take).collect();
         if clients.is_empty() {
             return;
@@ -249,26 +262,36 @@ impl Task {
         self.send(&records).await;
     }
 
+    /// An empty datagram: peers see this boot start and resend what they hold.
+    async fn greet(&mut self) {
+        self.send_one(&[]).await;
+    }
+
     async fn send(&mut self, records: &[Record]) {
         for chunk in records.chunks(MAX_RECORDS) {
-            self.seq += 1;
-            let header = Header {
-                boot_id: self.boot_id,
-                seq: self.seq,
-            };
-            let datagram = wire::encode(&self.config.key, header, chunk);
-            for peer in &self.config.peers {
-                match self.socket.send_to(&datagram, peer).await {
-                    Ok(_) => {
-                        self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
-                        let n = chunk.len() as u64;
-                        self.stats.records_sent.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        // An unreachable peer: this node goes on alone; resync retries.
-                        self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        debug!("send to peer {peer}: {e}");
-                    }
+            self.send_one(chunk).await;
+        }
+    }
+
+    /// One datagram to every peer.
+    async fn send_one(&mut self, chunk: &[Record]) {
+        self.seq += 1;
+        let header = Header {
+            boot_id: self.boot_id,
+            seq: self.seq,
+        };
+        let datagram = wire::encode(&self.config.key, header, chunk);
+        for peer in &self.config.peers {
+            match self.socket.send_to(&datagram, peer).await {
+                Ok(_) => {
+                    self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+                    let n = chunk.len() as u64;
+                    self.stats.records_sent.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // An unreachable peer: this node goes on alone; resync retries.
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!("send to peer {peer}: {e}");
                 }
             }
         }
@@ -284,7 +307,7 @@ impl Task {
             return Err(Reject::RateLimited);
         }
         let (header, records) = wire::decode(&self.config.key, datagram)?;
-        peer.window.accept(header)?;
+        self.new_round |= peer.window.accept(header)?;
         self.stats
             .datagrams_accepted
             .fetch_add(1, Ordering::Relaxed);

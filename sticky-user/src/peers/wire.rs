@@ -229,15 +229,16 @@ pub struct ReplayWindow {
 }
 
 impl ReplayWindow {
-    /// Accepts `h` (and remembers it) unless it repeats or precedes an accepted datagram.
-    /// Call only for authenticated datagrams: the window must not learn forged boots.
-    pub fn accept(&mut self, h: Header) -> Result<(), Reject> {
+    /// Accepts `h` (and remembers it) unless it repeats or precedes an accepted datagram;
+    /// `Ok(true)` when it is the first of its boot (the peer started). Call only for
+    /// authenticated datagrams: the window must not learn forged boots.
+    pub fn accept(&mut self, h: Header) -> Result<bool, Reject> {
         if let Some((highest, _)) = self.boots.get_mut(&h.boot_id) {
             if h.seq <= *highest {
                 return Err(Reject::Replay);
             }
             *highest = h.seq;
-            return Ok(());
+            return Ok(false);
         }
         self.seen += 1;
         self.boots.insert(h.boot_id, (h.seq, self.seen));
@@ -250,7 +251,7 @@ impl ReplayWindow {
         {
             self.boots.remove(&oldest);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -404,17 +405,17 @@ mod tests {
     fn replays_and_old_sequence_numbers_are_refused() {
         let mut w = ReplayWindow::default();
         let at = |boot_id, seq| Header { boot_id, seq };
-        assert_eq!(w.accept(at(1, 5)), Ok(()));
+        assert_eq!(w.accept(at(1, 5)), Ok(true));
         assert_eq!(w.accept(at(1, 5)), Err(Reject::Replay));
         assert_eq!(w.accept(at(1, 4)), Err(Reject::Replay));
-        assert_eq!(w.accept(at(1, 6)), Ok(()));
+        assert_eq!(w.accept(at(1, 6)), Ok(false));
         // The peer restarted: a new boot starts its own numbers; the old boot stays closed.
-        assert_eq!(w.accept(at(2, 1)), Ok(()));
+        assert_eq!(w.accept(at(2, 1)), Ok(true));
         assert_eq!(w.accept(at(1, 6)), Err(Reject::Replay));
-        assert_eq!(w.accept(at(1, 7)), Ok(()));
+        assert_eq!(w.accept(at(1, 7)), Ok(false));
         // Only so many boots are remembered: the oldest is forgotten first.
         for boot in 3..3 + REMEMBERED_BOOTS as u64 {
-            assert_eq!(w.accept(at(boot, 1)), Ok(()));
+            assert_eq!(w.accept(at(boot, 1)), Ok(true));
         }
         assert_eq!(w.boots.len(), REMEMBERED_BOOTS);
         assert!(!w.boots.contains_key(&1));
