@@ -6,9 +6,11 @@ use crate::Addr16;
 
 /// Ring buffer of [`AffinityEvent`]s, written only while `Settings::sync_events` is 1.
 pub const AFFINITY_EVENTS: &str = "STICKY_AFFINITY_EVENTS";
-/// Ring buffer size: a power-of-two multiple of the page size; 5,400 events of room (a burst
-/// of new clients while the daemon is busy; what does not fit goes out with the next resync).
-pub const AFFINITY_EVENTS_BYTES: u32 = 256 * 1024;
+/// Ring buffer size: a power-of-two multiple of the page size; 1,170 events of room (56 bytes
+/// each with its header): the daemon reads it at once, so about 50,000 new clients a second
+/// fit even when it is 20 ms late. What does not fit is lost until the client's next connection
+/// reports it again.
+pub const AFFINITY_EVENTS_BYTES: u32 = 64 * 1024;
 
 /// A client became (or stayed) affine to a backend: its flow was confirmed.
 #[repr(C)]

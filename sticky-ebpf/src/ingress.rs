@@ -391,7 +391,8 @@ fn remember_client(client: &Addr16, flow: &Flow, now: u64) {
 /// of left; kept out of line so that stack frame is its own.
 #[inline(never)]
 fn report_affinity(client: &Addr16, backend: &Backend, id: u32, now: u64) {
-    // Full ring (the daemon is behind): this one is lost, the next resync carries it.
+    // Full ring (the daemon is behind): this one is lost; the client's next confirmed
+    // connection reports it again.
     let Some(mut entry) = AFFINITY_EVENTS.reserve::<AffinityEvent>(0) else {
         return;
     };
