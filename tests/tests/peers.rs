@@ -199,6 +199,41 @@ fn connect_all(r: &Rig) -> BTreeMap<u8, String> {
         .collect()
 }
 
+/// HTTP servers for `backends` in the backend namespace.
+fn servers(r: &Rig, backends: &[&str]) -> Vec<HttpBackend> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(k, b)| {
+            HttpBackend::start(&r.backend, b.parse().expect("address"), &format!("be{k}"))
+                .expect("backend")
+        })
+        .collect()
+}
+
+/// Polls `value` every `every` until `done` says yes, for at most `limit`; panics with `what`
+/// and the last value then. Returns how long it took.
+fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut value: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let v = value();
+        if done(&v) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: still {v:?} after {limit:?}"
+        );
+        std::thread::sleep(every);
+    }
+}
+
 fn nat_count(p: &StickyProcess) -> u64 {
     status(p).counters.get("nat").copied().unwrap_or(0)
 }
@@ -207,14 +242,7 @@ fn nat_count(p: &StickyProcess) -> u64 {
 /// the rig and nodes for more.
 fn scenario(exchange: bool) -> (usize, Rig, StickyProcess, StickyProcess) {
     let r = rig();
-    let servers: Vec<HttpBackend> = BACKENDS
-        .iter()
-        .enumerate()
-        .map(|(k, b)| {
-            HttpBackend::start(&r.backend, b.parse().expect("address"), &format!("be{k}"))
-                .expect("backend")
-        })
-        .collect();
+    let servers = servers(&r, &BACKENDS);
     let n1 = node(&r, &r.n1, N1_PEER, N2_PEER, exchange);
     let n2 = node(&r, &r.n2, N2_PEER, N1_PEER, exchange);
     if exchange {
@@ -224,15 +252,16 @@ fn scenario(exchange: bool) -> (usize, Rig, StickyProcess, StickyProcess) {
             .run(move || get_once(c, vip))
             .expect("client namespace")
             .expect("first connection");
-        let done = Instant::now();
-        let deadline = done + Duration::from_secs(10);
-        while status(&n2).peers.expect("peers status").records_applied == 0 {
-            assert!(Instant::now() < deadline, "no record reached node 2");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let took = wait_until(
+            "records node 2 applied",
+            Duration::from_secs(10),
+            Duration::from_millis(2),
+            || status(&n2).peers.expect("peers status").records_applied,
+            |&n| n > 0,
+        );
         println!(
             "one record applied by node 2 {:.1} ms after its connection ended (status polled)",
-            done.elapsed().as_secs_f64() * 1000.0
+            took.as_secs_f64() * 1000.0
         );
     }
     let sent = Instant::now();
@@ -247,23 +276,18 @@ fn scenario(exchange: bool) -> (usize, Rig, StickyProcess, StickyProcess) {
     );
     if exchange {
         // Every client's affinity reaches node 2 (bounded wait).
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let entries = status(&n2).affinity_entries;
-            if entries >= u64::from(CLIENTS) {
-                println!(
-                    "node 2 held all {CLIENTS} affinities {:.0} ms after the first of 100 \
-                     sequential connections started",
-                    sent.elapsed().as_secs_f64() * 1000.0
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node 2 holds only {entries} affinities"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            "affinities node 2 holds",
+            Duration::from_secs(15),
+            Duration::from_millis(20),
+            || status(&n2).affinity_entries,
+            |&n| n >= u64::from(CLIENTS),
+        );
+        println!(
+            "node 2 held all {CLIENTS} affinities {:.0} ms after the first of 100 sequential \
+             connections started",
+            sent.elapsed().as_secs_f64() * 1000.0
+        );
     }
     for n in [&n1, &n2] {
         ok(
@@ -314,36 +338,21 @@ fn a_node_that_missed_the_records_gets_them_by_resync() {
         return;
     }
     let r = rig();
-    let _servers: Vec<HttpBackend> = BACKENDS[..ADDED]
-        .iter()
-        .enumerate()
-        .map(|(k, b)| {
-            HttpBackend::start(&r.backend, b.parse().expect("address"), &format!("be{k}"))
-                .expect("backend")
-        })
-        .collect();
+    let _servers = servers(&r, &BACKENDS[..ADDED]);
     let _n1 = node(&r, &r.n1, N1_PEER_V6, N2_PEER_V6, true);
     connect_all(&r);
     let n2 = node(&r, &r.n2, N2_PEER_V6, N1_PEER_V6, true);
-    let started = Instant::now();
-    let deadline = started + RESYNC_PERIOD + Duration::from_secs(2);
-    loop {
-        let entries = status(&n2).affinity_entries;
-        if entries >= u64::from(CLIENTS) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {:?} node 2 holds {entries} affinities",
-            started.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let took = wait_until(
+        "affinities the late node holds",
+        RESYNC_PERIOD + Duration::from_secs(2),
+        Duration::from_millis(50),
+        || status(&n2).affinity_entries,
+        |&n| n >= u64::from(CLIENTS),
+    );
     println!(
         "a late node held all {CLIENTS} affinities {:.1} s after it started (a round spreads \
-         over {:?})",
-        started.elapsed().as_secs_f64(),
-        RESYNC_PERIOD
+         over {RESYNC_PERIOD:?})",
+        took.as_secs_f64()
     );
 }
 
@@ -378,15 +387,13 @@ fn rejected(p: &StickyProcess, reason: &str) -> u64 {
 
 /// Waits (bounded) until node `p` counts `want` rejections for `reason`.
 fn wait_rejected(p: &StickyProcess, reason: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rejected(p, reason) < want {
-        assert!(
-            Instant::now() < deadline,
-            "{reason}: {} counted, want {want}",
-            rejected(p, reason)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        reason,
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || rejected(p, reason),
+        |&n| n >= want,
+    );
 }
 
 #[test]
