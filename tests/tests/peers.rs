@@ -463,6 +463,46 @@ fn forged_replayed_and_flooded_datagrams_change_nothing() {
         wait_rejected(&n2, reason, was + want);
         assert_eq!(lookup(&n2, victim), before, "after {reason}");
     }
+    // Authentic but of another version: malformed.
+    let was = rejected(&n2, "malformed");
+    let mut other_version = wire::encode(&key, Header { seq: 10, ..boot }, &hostile);
+    other_version.truncate(other_version.len() - 32);
+    other_version[4] = 2;
+    send_all(&r.n1, vec![wire::sign(&key, other_version)]);
+    wait_rejected(&n2, "malformed", was + 1);
+    // Authentic records that must not win: a backend node 2 does not have, one past the
+    // affinity timeout, and one older than node 2's own sighting of the client.
+    let ignored = status(&n2).peers.expect("peers status").records_ignored;
+    let losing = [
+        Record {
+            backend: "10.82.99.99:8080".parse().expect("address"),
+            ..hostile[0]
+        },
+        Record {
+            age_ms: 31 * 60 * 1000,
+            ..hostile[0]
+        },
+        Record {
+            age_ms: 60 * 1000,
+            ..hostile[0]
+        },
+    ];
+    send_all(
+        &r.n1,
+        vec![wire::encode(&key, Header { seq: 11, ..boot }, &losing)],
+    );
+    wait_until(
+        "records node 2 ignored",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || status(&n2).peers.expect("peers status").records_ignored,
+        |&n| n >= ignored + 3,
+    );
+    assert_eq!(
+        lookup(&n2, victim),
+        before,
+        "after records that must not win"
+    );
     // From an address that is no peer (node 2's own): refused before anything else.
     let was = rejected(&n2, "unknown_peer");
     send_all(
@@ -512,6 +552,28 @@ fn forged_replayed_and_flooded_datagrams_change_nothing() {
     let p = status(&n2).peers.expect("peers status");
     println!("rejections after the attacks: {:?}", p.rejected);
     assert_eq!(lookup(&n2, victim), before, "after the flood");
+    // The control: the same hostile record, authentic and fresh, does move a client (once
+    // the flood's tokens are back), so every "unchanged" above could have failed.
+    std::thread::sleep(Duration::from_secs(2));
+    send_all(
+        &r.n1,
+        vec![wire::encode(
+            &key,
+            Header {
+                seq: 50_000,
+                ..boot
+            },
+            &hostile,
+        )],
+    );
+    let want = format!("\"{elsewhere}\"");
+    wait_until(
+        "the victim's backend on node 2 after an authentic record",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || lookup(&n2, victim).0,
+        |b| *b == want,
+    );
 }
 
 /// Most datagrams a peer's bucket lets through in `secs` (burst plus rate), with slack for
