@@ -507,7 +507,7 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
             "different IP families",
         ),
         (
-            // Not an address of this host: the daemon stops before serving, pins removed.
+            // Not an address of this host: refused before anything is loaded.
             run(&[
                 "--peers",
                 "192.0.2.2:7946",

@@ -69,12 +69,15 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
     let lock = InstanceLock::acquire(&config.instance)?;
     ensure_bpffs()?;
     raise_fd_limit(config.proxy.as_ref());
+    let peer_socket = (config.peers.as_ref())
+        .map(|p| crate::peers::sync::bind(p.listen))
+        .transpose()?;
     let pins = Pins::for_instance(&config.instance);
     let dp = Datapath::load_with(&config, Some(pins.clone()))?;
     let adopted = dp.adopted();
     // Before anything says "ready": a SIGTERM from then on must detach, not kill.
     let signals = Signals::install()?;
-    let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope).await {
+    let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope, peer_socket).await {
         Ok(d) => d,
         Err(e) => {
             // A fresh instance that failed half way leaves nothing behind; adopted state
@@ -170,6 +173,7 @@ impl Daemon {
         file: Option<PathBuf>,
         mut dp: Datapath,
         pin_scope: PinScope,
+        peer_socket: Option<std::net::UdpSocket>,
     ) -> anyhow::Result<Self> {
         let mut set = BackendSet::default();
         if dp.adopted() {
@@ -205,7 +209,10 @@ impl Daemon {
             None => None,
         };
         let dns = Discovery::start(&config)?;
-        let peers = start_peers(&config, &dp, &set).await?;
+        let peers = match peer_socket {
+            Some(socket) => Some(start_peers(&config, &dp, &set, socket)?),
+            None => None,
+        };
         let mut daemon = Self {
             peers,
             dns,
@@ -436,21 +443,24 @@ impl Daemon {
     }
 }
 
-/// Starts the affinity exchange when `--peers` asks for it.
-async fn start_peers(
+/// Starts the affinity exchange (`--peers`) on its bound socket.
+fn start_peers(
     config: &Config,
     dp: &Datapath,
     set: &BackendSet,
-) -> anyhow::Result<Option<Peers>> {
-    let Some(peers) = &config.peers else {
-        return Ok(None);
-    };
+    socket: std::net::UdpSocket,
+) -> anyhow::Result<Peers> {
+    let peers = config
+        .peers
+        .as_ref()
+        .context("peers socket without --peers")?;
     let events =
         aya::maps::RingBuf::try_from(dp.map_handle(sticky_common::sync::AFFINITY_EVENTS)?)?;
     let (backends, receiver) = watch::channel(set.clone());
     let stats = Arc::new(PeerStats::default());
     crate::peers::sync::start(SyncInputs {
         config: peers.clone(),
+        socket,
         events,
         affinity: dp.affinity_map()?,
         backends: receiver,
@@ -461,9 +471,8 @@ async fn start_peers(
         },
         affinity_timeout: config.affinity_timeout,
         stats: Arc::clone(&stats),
-    })
-    .await?;
-    Ok(Some(Peers { backends, stats }))
+    })?;
+    Ok(Peers { backends, stats })
 }
 
 /// Hands the kernel programs' log records to `tracing` as they come (rare: error paths only).

@@ -51,9 +51,20 @@ pub const MAX_CACHED: usize = 65_536;
 pub const PEER_RATE: f64 = 1000.0;
 pub const PEER_BURST: f64 = 1000.0;
 
+/// Binds the peer socket (errors name the address): before anything is loaded, so a wrong
+/// `--peer-listen` leaves no trace.
+pub fn bind(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(listen)
+        .with_context(|| format!("bind the peer socket on {listen} (--peer-listen)"))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 /// What the task needs from the daemon.
 pub struct SyncInputs {
     pub config: PeersConfig,
+    /// From [`bind`].
+    pub socket: std::net::UdpSocket,
     /// The kernel's reports (`sticky_common::sync::AFFINITY_EVENTS`).
     pub events: RingBuf<MapData>,
     pub affinity: BpfHashMap<MapData, Addr16, Affinity>,
@@ -65,12 +76,9 @@ pub struct SyncInputs {
     pub stats: Arc<PeerStats>,
 }
 
-/// Binds the peer socket (errors name the address) and starts the task.
-pub async fn start(inputs: SyncInputs) -> anyhow::Result<()> {
-    let listen = inputs.config.listen;
-    let socket = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("bind the peer socket on {listen} (--peer-listen)"))?;
+/// Starts the task (on the daemon's runtime).
+pub fn start(inputs: SyncInputs) -> anyhow::Result<()> {
+    let socket = UdpSocket::from_std(inputs.socket).context("register the peer socket")?;
     // SAFETY: `Events` owns the ring buffer's descriptor for as long as it lives, and its
     // `as_raw_fd` always names that one.
     let events =
