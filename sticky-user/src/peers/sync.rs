@@ -1,10 +1,11 @@
 //! The exchange's task: sends the affinities the kernel reports (within ~20 ms, batched) and,
 //! every `RESYNC_PERIOD`, every affinity it sent that still holds (datagrams lost on the way
 //! are carried by the next round). A starting task greets its peers with an empty datagram;
-//! a peer seen starting (a new boot id) starts a new round at once, so a node that was down or
-//! started late has every affinity within one period. It receives its peers' datagrams, checks each (peer address,
-//! rate, size, tag, replay) before reading a record, and writes what passes into the local
-//! affinity map. Never on the packet path: the kernel only fills a ring buffer.
+//! a peer seen starting (a new boot id) starts a new round at once, so a node that was down
+//! or started late has every affinity within one period. It receives its peers' datagrams,
+//! checks each (peer address, rate, size, tag, replay) before reading a record, and writes
+//! what passes into the local affinity map. Never on the packet path: the kernel only fills a
+//! ring buffer.
 
 use std::{
     collections::{HashMap, HashSet},
