@@ -13,6 +13,7 @@ use sticky::{
     control,
     http::{self, HeadError, RequestHead, request as head},
     metrics,
+    peers::wire::{self, Key, MAX_DATAGRAM, MAX_RECORDS, ReplayWindow},
     proxy::{
         cidr::{Cidr, CidrList},
         client_ip::{ClientIpError, MAX_EXCERPT, Source, client_ip},
@@ -36,6 +37,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("cidr_list", cidr_list),
     ("metrics_request", metrics_request),
     ("request_framing", request_framing),
+    ("peer_datagram", peer_datagram),
 ];
 
 /// The proxies the forwarding-header targets trust.
@@ -479,6 +481,30 @@ pub fn metrics_request(data: &[u8]) {
         assert!(head.len <= data.len());
         let _ = head.origin_path();
     }
+}
+
+/// A datagram on the affinity exchange's socket (`--peers`): `[mode, bytes...]`, the bytes as
+/// received (mode even), or signed with the key first (mode odd), so the fuzzer also reaches
+/// the layout checks behind the tag.
+pub fn peer_datagram(data: &[u8]) {
+    let key = Key::new(vec![7; 32]).expect("a long enough key");
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let datagram = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        wire::sign(&key, rest.to_vec())
+    };
+    let Ok((header, records)) = wire::decode(&key, &datagram) else {
+        return;
+    };
+    assert!(datagram.len() <= MAX_DATAGRAM && records.len() <= MAX_RECORDS);
+    // What was accepted says exactly what was sent: it encodes to the same bytes.
+    assert_eq!(wire::encode(&key, header, &records), datagram);
+    let mut window = ReplayWindow::default();
+    assert_eq!(window.accept(header), Ok(true), "the first of its boot");
+    assert!(window.accept(header).is_err(), "a second time is a replay");
 }
 
 /// `GET / HTTP/1.1` with these header lines, as the head parser would have built it.

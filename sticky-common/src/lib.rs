@@ -8,6 +8,7 @@ pub mod choice;
 pub mod defaults;
 pub mod hash;
 pub mod maps;
+pub mod sync;
 pub mod trace;
 
 pub use addr::Addr16;

@@ -33,7 +33,7 @@ pub const BACKEND_STATS: &str = "STICKY_BACKEND_STATS";
 pub const REPLY_VIPS: &str = "STICKY_REPLY_VIPS";
 
 /// Every map name, for checks that each one resolves in the loaded object.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     VIPS,
     BACKENDS,
     TABLE,
@@ -46,6 +46,7 @@ pub const ALL_MAPS: [&str; 12] = [
     REPLY_VIPS,
     crate::trace::TRACE,
     crate::trace::TRACE_EVENTS,
+    crate::sync::AFFINITY_EVENTS,
 ];
 
 // The splice maps are per process, never pinned: sockets die with the proxy.
@@ -140,7 +141,9 @@ pub struct Settings {
     /// XDP_REDIRECT instead of XDP_TX. A veth only wakes its peer for XDP_TX when the peer
     /// runs XDP itself; otherwise the frames wait there for unrelated traffic.
     pub xdp_tx_by_redirect: u8,
-    pub _pad0: u8,
+    /// 1: each affinity the kernel records is reported in `sync::AFFINITY_EVENTS` for the
+    /// daemon to send to its peers (`--peers`); 0: nothing is written.
+    pub sync_events: u8,
     /// A client's affinity lapses after this long without traffic.
     pub affinity_timeout_ns: u64,
     /// Direct server return: the outer source of IPv4-in-IPv4 packets (the node's address).
@@ -164,7 +167,7 @@ impl Default for Settings {
             affinity_prefix_v4: crate::defaults::DEFAULT_AFFINITY_PREFIX_V4,
             affinity_prefix_v6: crate::defaults::DEFAULT_AFFINITY_PREFIX_V6,
             xdp_tx_by_redirect: 0,
-            _pad0: 0,
+            sync_events: 0,
             affinity_timeout_ns: 0,
             dsr_source_v4: Addr16 { words: [0; 4] },
             dsr_source_v6: Addr16 { words: [0; 4] },

@@ -21,6 +21,7 @@ use sticky_common::{
         AFFINITY_REFRESH_NS, Affinity, Backend, COUNTER_DROP_NO_BACKEND, COUNTER_NAT, COUNTER_PASS,
         FLOW_FORWARD, FLOW_REVERSE, Flow, FlowKey, NO_BACKEND, Settings, VipKey,
     },
+    sync::AffinityEvent,
     trace::{
         TRACE_CONFIRMED, TRACE_ESTABLISHED, TRACE_NEW_FLOW, TRACE_REASON_AFFINITY,
         TRACE_REASON_NAT_ERROR, TRACE_REASON_NO_BACKEND, TRACE_REASON_TABLE,
@@ -28,7 +29,10 @@ use sticky_common::{
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, FLOWS, NEW_FLOWS, SETTINGS, TABLE, VIPS, count, count_backend},
+    maps::{
+        AFFINITY, AFFINITY_EVENTS, BACKENDS, FLOWS, NEW_FLOWS, SETTINGS, TABLE, VIPS, count,
+        count_backend,
+    },
     nat::{End, rewrite},
     parse::{Packet, same_addr},
     trace::{self, Decision},
@@ -376,5 +380,32 @@ fn remember_client(client: &Addr16, flow: &Flow, now: u64) {
             last_seen_ns: now,
         };
         let _ = AFFINITY.insert(client, &affinity, 0);
+        if SETTINGS.get(0).is_some_and(|s| s.sync_events != 0) {
+            report_affinity(client, &backend, flow.backend_id, now);
+        }
     }
+}
+
+/// Tells the daemon (and through it the peers) that `client` is affine to `backend`. The
+/// record is written in place in the ring buffer, never on the stack, which ingress has little
+/// of left; kept out of line so that stack frame is its own.
+#[inline(never)]
+fn report_affinity(client: &Addr16, backend: &Backend, id: u32, now: u64) {
+    // Full ring (the daemon is behind): this one is lost; the client's next confirmed
+    // connection reports it again.
+    let Some(mut entry) = AFFINITY_EVENTS.reserve::<AffinityEvent>(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record, sized for an `AffinityEvent`; plain data, written
+    // field by field.
+    unsafe {
+        (*e).client = *client;
+        (*e).backend = backend.addr;
+        (*e).backend_port_be = backend.port_be;
+        (*e)._pad0 = 0;
+        (*e).backend_id = id;
+        (*e).time_ns = now;
+    }
+    entry.submit(0);
 }

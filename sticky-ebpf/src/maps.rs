@@ -15,6 +15,7 @@ use sticky_common::{
         Affinity, Backend, BackendStats, COUNTER_COUNT, Flow, FlowKey, MAX_BACKENDS, MAX_SPLICED,
         Settings, Vip, VipKey,
     },
+    sync::AFFINITY_EVENTS_BYTES,
     trace::{TRACE_EVENTS_BYTES, TraceTarget},
 };
 
@@ -129,3 +130,8 @@ pub static TRACE: Array<TraceTarget> = Array::with_max_entries(1, 0);
 /// What happened to the traced client's packets, for `sticky trace` to print.
 #[map(name = "STICKY_TRACE_EVENTS")]
 pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(TRACE_EVENTS_BYTES, 0);
+
+/// Affinities the kernel recorded, for the daemon to send to its peers (`--peers`); written
+/// only while `Settings::sync_events` is set.
+#[map(name = "STICKY_AFFINITY_EVENTS")]
+pub static AFFINITY_EVENTS: RingBuf = RingBuf::with_byte_size(AFFINITY_EVENTS_BYTES, 0);

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod metrics;
 pub mod namespaces;
 pub mod object;
+pub mod peers;
 pub mod proxy;
 pub mod status;
 pub mod table;

@@ -145,6 +145,9 @@ pub struct Status {
     /// The VIPs' announcement, with `--announce-table`.
     #[serde(default)]
     pub announce: Option<AnnounceStatus>,
+    /// The affinity exchange with other nodes (`--peers`), when on.
+    #[serde(default)]
+    pub peers: Option<crate::peers::PeersStatus>,
 }
 
 /// The VIPs' announcement through the routing daemon (`--announce-table`).

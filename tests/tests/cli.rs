@@ -430,6 +430,128 @@ fn bad_command_lines_are_refused_clearly() {
     for (args, expect) in cases {
         assert_refused(&ns, args, expect);
     }
+    peer_settings_are_refused_clearly(&ns);
+}
+
+/// The affinity exchange's flags and keys (`--peers`): each mistake one line, nothing loaded.
+fn peer_settings_are_refused_clearly(ns: &Netns) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(unique_name("peerkeys"));
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let key = |name: &str, text: &[u8], mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path.display().to_string()
+    };
+    let good = key("good", &[b'k'; 40], 0o600);
+    let open = key("open", &[b'k'; 40], 0o644);
+    let empty = key("empty", b"", 0o600);
+    let short = key("short", b"secret\n", 0o600);
+    let missing = dir.join("missing").display().to_string();
+    let config = dir.join("peers.toml");
+    std::fs::write(
+        &config,
+        "iface = [\"lo\"]\nvip = [\"127.0.0.1:80\"]\nbackend = [\"127.0.0.2:80\"]\n\
+         peers = [\"127.0.0.3:7946\"]\npeer-listen = \"127.0.0.1:7946\"\n",
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    let run = |extra: &[&str]| -> Vec<String> {
+        let base = [
+            "run",
+            "--iface",
+            "lo",
+            "--vip",
+            "127.0.0.1:80",
+            "--backend",
+            "127.0.0.2:80",
+        ];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let peers = [
+        "--peers",
+        "127.0.0.3:7946",
+        "--peer-listen",
+        "127.0.0.1:7946",
+    ];
+    let with_key = |k: &str| -> Vec<String> {
+        let mut a = run(&peers);
+        a.extend(["--peer-key-file".to_string(), k.to_string()]);
+        a
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            run(&peers),
+            "peers without a key: give --peer-key-file PATH",
+        ),
+        (
+            vec!["run".into(), "--config".into(), config.clone()],
+            "peers without a key",
+        ),
+        (with_key(&missing), "cannot read it"),
+        (with_key(&open), "is readable by every user (mode 644)"),
+        (with_key(&empty), "is empty"),
+        (with_key(&short), "holds 6 bytes: at least 32 are needed"),
+        (
+            run(&[
+                "--peers",
+                "127.0.0.3",
+                "--peer-listen",
+                "127.0.0.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "peers '127.0.0.3' has no port",
+        ),
+        (
+            run(&[
+                "--peers",
+                "nowhere:x",
+                "--peer-listen",
+                "127.0.0.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "peers 'nowhere:x' is not an address",
+        ),
+        (
+            run(&["--peers", "127.0.0.3:7946", "--peer-key-file", &good]),
+            "--peers needs --peer-listen",
+        ),
+        (
+            run(&["--peer-listen", "127.0.0.1:7946"]),
+            "peer-listen without --peers",
+        ),
+        (
+            run(&[
+                "--peers",
+                "[::1]:7946",
+                "--peer-listen",
+                "127.0.0.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "different IP families",
+        ),
+        (
+            // Not an address of this host: refused before anything is loaded.
+            run(&[
+                "--peers",
+                "192.0.2.2:7946",
+                "--peer-listen",
+                "192.0.2.1:7946",
+                "--peer-key-file",
+                &good,
+            ]),
+            "bind the peer socket on 192.0.2.1:7946 (--peer-listen)",
+        ),
+    ];
+    for (args, expect) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(ns, &args, expect);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

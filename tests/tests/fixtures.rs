@@ -18,7 +18,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, MapData, RingBuf},
     programs::ProgramError,
 };
 use common::{datapath::*, packets::*};
@@ -37,6 +37,7 @@ use sticky_common::{
         COUNTER_NAT, COUNTER_PARSE_ERROR, COUNTER_PASS, COUNTER_UNHANDLED, FLOW_FORWARD,
         FLOW_REVERSE, Flow, FlowKey, PROTO_TCP, Settings, Vip, VipKey,
     },
+    sync::{AFFINITY_EVENTS, AffinityEvent},
     trace::{TRACE, TRACE_EVENTS, TraceTarget},
 };
 
@@ -2027,4 +2028,58 @@ fn trace_reports_ipv6_clients() {
         Decision::of(&tracer.next_event().expect("an established event")).describe()
     };
     assert_eq!(line, format!("{c} -> {vip} established -> {backend}"));
+}
+
+/// The affinity exchange's kernel half: a confirmed flow reports its client's affinity (the
+/// backend by address, for peers whose ids differ) only while `sync_events` is set; a SYN
+/// alone (a spoofed source) reports nothing.
+#[test]
+fn confirmed_flows_report_their_affinity_only_while_sync_is_on() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V4.vip();
+    let mut lb = Lb::load(Setup::V4);
+    let mut events = RingBuf::try_from(lb.dp.map_handle(AFFINITY_EVENTS).unwrap()).unwrap();
+    let mut next = move || {
+        events.next().map(|item| {
+            assert!(item.len() >= size_of::<AffinityEvent>());
+            // SAFETY: the record holds an `AffinityEvent` written by the program.
+            unsafe { item.as_ptr().cast::<AffinityEvent>().read_unaligned() }
+        })
+    };
+    let set_sync = |lb: &mut Lb, on: bool| {
+        let mut map: Array<&mut MapData, Settings> =
+            Array::try_from(lb.dp.map_mut(names::SETTINGS).unwrap()).unwrap();
+        let mut s = map.get(&0, 0).unwrap();
+        s.sync_events = u8::from(on);
+        map.set(0, s, 0).unwrap();
+    };
+
+    let off = sa("198.51.100.70:54000");
+    lb.connect(off, vip, lb.table_choice(off));
+    assert!(lb.affinity(off).is_some());
+    assert_eq!(next(), None, "sync off: nothing reported");
+
+    set_sync(&mut lb, true);
+    let c = sa("198.51.100.71:54000");
+    let b = lb.table_choice(c);
+    lb.dnat("SYN", Pkt::syn(c, vip), b);
+    assert_eq!(next(), None, "a SYN alone makes no affinity");
+    lb.dnat("handshake ACK", Pkt::tcp(c, vip, ACK), b);
+    let e = next().expect("an event for the confirmed flow");
+    assert_eq!(e.client, Addr16::from_ip(c.ip()));
+    assert_eq!(
+        SocketAddr::new(e.backend.to_ip(), u16::from_be(e.backend_port_be)),
+        b
+    );
+    assert_eq!(e.backend_id, lb.id_of(b));
+    assert_eq!(next(), None, "one event per confirmed flow");
+    lb.dnat("request", Pkt::tcp(c, vip, ACK | PSH).payload(HTTP_GET), b);
+    assert_eq!(next(), None, "established packets report nothing");
+
+    set_sync(&mut lb, false);
+    let c2 = SocketAddr::new(c.ip(), 54_001);
+    lb.connect(c2, vip, b);
+    assert_eq!(next(), None, "sync off again: nothing reported");
 }

@@ -228,6 +228,30 @@ pub fn render_status(s: &Status) -> String {
             a.table
         ));
     }
+    if let Some(p) = &s.peers {
+        let peers: Vec<String> = p.peers.iter().map(ToString::to_string).collect();
+        let rejected: Vec<String> = (p.rejected.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        out.push_str(&format!(
+            "peers {} from {}: sent {} records in {} datagrams ({} send errors), accepted {} \
+             datagrams, applied {} records, ignored {}, rejected {}\n",
+            peers.join(","),
+            p.listen,
+            p.records_sent,
+            p.datagrams_sent,
+            p.send_errors,
+            p.datagrams_accepted,
+            p.records_applied,
+            p.records_ignored,
+            if rejected.is_empty() {
+                "none".to_string()
+            } else {
+                rejected.join(" ")
+            }
+        ));
+    }
     for c in &s.closing {
         out.push_str(&format!(
             "{:<24} closing: {} flows ended, {} left at {}/s\n",
@@ -303,6 +327,9 @@ mod tests {
             "10.0.0.9:80              closing: 40 flows ended, 960 left at 20/s",
             "dns tasks.web:3000: resolver failing, keeping the last good set (10.0.0.7:3000): \
              timed out",
+            "peers 10.0.0.2:7946 from 10.0.0.1:7946: sent 200 records in 10 datagrams (1 send \
+             errors), accepted 9 datagrams, applied 150 records, ignored 3, rejected bad_mac=2 \
+             replay=1",
         ] {
             assert!(text.contains(want), "no '{want}' in\n{text}");
         }

@@ -146,6 +146,8 @@ mod tests {
             "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
             "--forward dsr --xdp native --dsr-source 10.0.0.9 --dsr-source fd00::9 ",
             "--udp-timeout 30s --replies-any-node --announce-table 100 --withdraw-grace 2s ",
+            "--peers 10.0.0.2:7946,10.0.0.3:7946 --peers 10.0.0.4:7946 ",
+            "--peer-listen 10.0.0.1:7946 --peer-key-file /etc/sticky/peer.key ",
         )
         .split_whitespace()
         .collect();
@@ -175,6 +177,9 @@ mod tests {
             metrics = "127.0.0.1:9100"
             netns = "lb"
             log-format = "json"
+            peers = ["10.0.0.2:7946,10.0.0.3:7946", "10.0.0.4:7946"]
+            peer-listen = "10.0.0.1:7946"
+            peer-key-file = "/etc/sticky/peer.key"
             [health]
             check = "tcp"
             interval = "3s"

@@ -106,6 +106,18 @@ pub struct Layer {
     pub max_new_flows: Option<u32>,
     #[arg(long, help = with_default("Client-affinity entries", DEFAULT_MAX_CLIENTS))]
     pub max_clients: Option<u32>,
+    /// Other sticky nodes of the same configuration to share client affinity with, over UDP
+    /// (repeatable or a comma list): a client's new connections then reach the same backend
+    /// whichever node they hit. Needs --peer-listen and --peer-key-file [default: off].
+    #[arg(long, value_name = "ADDR:PORT,...")]
+    pub peers: Vec<String>,
+    /// Where this node receives its peers' affinity datagrams (and sends its own from).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_listen: Option<String>,
+    /// The secret every node shares (at least 32 bytes, not readable by every user): each
+    /// datagram carries an HMAC-SHA256 tag made with it.
+    #[arg(long, value_name = "PATH")]
+    pub peer_key_file: Option<String>,
     /// From the global `--instance` flag or the file's `instance` key.
     #[arg(skip)]
     pub instance: Option<String>,
@@ -148,6 +160,9 @@ merge_fields!(Layer {
     max_flows,
     max_new_flows,
     max_clients,
+    peers,
+    peer_listen,
+    peer_key_file,
     instance,
     metrics,
     netns,

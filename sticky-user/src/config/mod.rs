@@ -25,6 +25,7 @@ use crate::{
     duration,
     health::{HealthConfig, HealthError},
     logging::LogFormat,
+    peers::{PeersConfig, PeersError},
     proxy::config::{ProxyConfig, ProxyConfigError},
 };
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
+    /// The affinity exchange with other nodes (`--peers`), when on.
+    pub peers: Option<PeersConfig>,
     pub instance: String,
     pub health: HealthConfig,
     pub metrics: Option<SocketAddr>,
@@ -185,6 +188,10 @@ pub enum ConfigError {
     Metrics(AddrError),
     #[error("{0}")]
     Proxy(ProxyConfigError),
+    #[error("{0}")]
+    Peers(PeersError),
+    #[error("peers: proxy mode keeps affinity in userspace; the exchange serves the kernel path")]
+    PeersWithProxy,
     #[error(
         "proxy address {0} is also a --vip: the kernel would DNAT its packets before the proxy \
          sees them; give the proxy its own address or port"
@@ -349,7 +356,17 @@ impl Layer {
             Some(m) => Some(parse_endpoint(m).map_err(ConfigError::Metrics)?),
             None => None,
         };
+        let peers = crate::peers::validate(
+            &self.peers,
+            self.peer_listen.as_deref(),
+            self.peer_key_file.as_deref(),
+        )
+        .map_err(ConfigError::Peers)?;
+        if peers.is_some() && proxy.is_some() {
+            return Err(ConfigError::PeersWithProxy);
+        }
         Ok(Config {
+            peers,
             proxy,
             health,
             metrics,
@@ -416,6 +433,7 @@ impl Config {
             max_flows,
             max_new_flows,
             max_clients,
+            peers,
             instance,
             health: _,
             metrics,
@@ -447,6 +465,8 @@ impl Config {
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),
+            // The socket is bound and the key read at start.
+            ("peers/peer-listen/peer-key-file", *peers != new.peers),
             ("instance", *instance != new.instance),
             ("metrics", *metrics != new.metrics),
             ("netns", *netns != new.netns),

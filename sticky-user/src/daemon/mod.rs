@@ -16,7 +16,7 @@ use sticky_common::BackendState;
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tracing::warn;
@@ -49,6 +49,7 @@ use crate::{
     logging::say,
     metrics,
     namespaces::PinScope,
+    peers::{PeerStats, sync::SyncInputs},
     proxy::routing::SharedRouting,
 };
 
@@ -70,12 +71,15 @@ pub async fn run(flags: Layer, file: Option<PathBuf>, pin_scope: PinScope) -> an
     let lock = InstanceLock::acquire(&config.instance)?;
     ensure_bpffs()?;
     raise_fd_limit(config.proxy.as_ref());
+    let peer_socket = (config.peers.as_ref())
+        .map(|p| crate::peers::sync::bind(p.listen))
+        .transpose()?;
     let pins = Pins::for_instance(&config.instance);
     let dp = Datapath::load_with(&config, Some(pins.clone()))?;
     let adopted = dp.adopted();
     // Before anything says "ready": a SIGTERM from then on must detach, not kill.
     let signals = Signals::install()?;
-    let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope).await {
+    let mut daemon = match Daemon::start(config, flags, file, dp, pin_scope, peer_socket).await {
         Ok(d) => d,
         Err(e) => {
             // A fresh instance that failed half way leaves nothing behind; adopted state
@@ -111,6 +115,15 @@ struct Daemon {
     dns: Discovery,
     /// `--announce-table`: the VIPs' host routes for the routing daemon.
     announce: Option<Announcer>,
+    /// The affinity exchange (`--peers`), when on.
+    peers: Option<Peers>,
+}
+
+/// The daemon's side of the affinity exchange: the backends it publishes to the task, and the
+/// task's counters for status.
+struct Peers {
+    backends: watch::Sender<BackendSet>,
+    stats: Arc<PeerStats>,
 }
 
 /// What the daemon publishes to the data path and proxy mode, and the drains behind it.
@@ -165,6 +178,7 @@ impl Daemon {
         file: Option<PathBuf>,
         mut dp: Datapath,
         pin_scope: PinScope,
+        peer_socket: Option<std::net::UdpSocket>,
     ) -> anyhow::Result<Self> {
         let mut set = BackendSet::default();
         if dp.adopted() {
@@ -203,7 +217,12 @@ impl Daemon {
         let announce = config
             .announce_table
             .map(|t| Announcer::new(t, config.vips.iter().map(|v| v.addr.ip())));
+        let peers = match peer_socket {
+            Some(socket) => Some(start_peers(&config, &dp, &set, socket)?),
+            None => None,
+        };
         let mut daemon = Self {
+            peers,
             announce,
             dns,
             config,
@@ -501,6 +520,38 @@ impl Daemon {
         }
         self.publishing.closing.retain(|c| !c.done());
     }
+}
+
+/// Starts the affinity exchange (`--peers`) on its bound socket.
+fn start_peers(
+    config: &Config,
+    dp: &Datapath,
+    set: &BackendSet,
+    socket: std::net::UdpSocket,
+) -> anyhow::Result<Peers> {
+    let peers = config
+        .peers
+        .as_ref()
+        .context("peers socket without --peers")?;
+    let events =
+        aya::maps::RingBuf::try_from(dp.map_handle(sticky_common::sync::AFFINITY_EVENTS)?)?;
+    let (backends, receiver) = watch::channel(set.clone());
+    let stats = Arc::new(PeerStats::default());
+    crate::peers::sync::start(SyncInputs {
+        config: peers.clone(),
+        socket,
+        events,
+        affinity: dp.affinity_map()?,
+        backends: receiver,
+        settings: sticky_common::maps::Settings {
+            affinity_prefix_v4: config.affinity_prefix.v4,
+            affinity_prefix_v6: config.affinity_prefix.v6,
+            ..Default::default()
+        },
+        affinity_timeout: config.affinity_timeout,
+        stats: Arc::clone(&stats),
+    })?;
+    Ok(Peers { backends, stats })
 }
 
 /// Hands the kernel programs' log records to `tracing` as they come (rare: error paths only).

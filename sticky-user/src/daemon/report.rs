@@ -24,6 +24,7 @@ use crate::{
     control::Response,
     datapath::{Counters, Datapath, MapMemory, MapReader},
     namespaces::PinScope,
+    peers::{PeerStats, PeersConfig},
     status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status},
 };
 
@@ -52,6 +53,8 @@ pub(super) struct ReportInput {
     rates: BTreeMap<u32, f64>,
     pins: PinScope,
     announce: Option<crate::status::AnnounceStatus>,
+    /// The affinity exchange's settings and counters, when on.
+    peers: Option<(PeersConfig, Arc<PeerStats>)>,
 }
 
 /// The loop's side of reporting.
@@ -249,6 +252,7 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
         pins: p.pins.name().to_string(),
         closing: p.closing.clone(),
         dns: p.dns.clone(),
+        peers: p.peers.as_ref().map(|(config, stats)| stats.status(config)),
     }
 }
 
@@ -306,7 +310,12 @@ impl Daemon {
                 .announce
                 .as_ref()
                 .map(super::announce::Announcer::status),
+            peers: (self.config.peers.clone())
+                .zip(self.peers.as_ref().map(|p| Arc::clone(&p.stats))),
         }));
+        if let Some(peers) = &self.peers {
+            peers.backends.send_replace(self.publishing.set.clone());
+        }
     }
 
     /// Answers a status request from a blocking task: the loop goes on while the maps are

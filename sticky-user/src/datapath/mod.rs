@@ -155,7 +155,7 @@ impl Datapath {
             affinity_prefix_v4: config.affinity_prefix.v4,
             affinity_prefix_v6: config.affinity_prefix.v6,
             xdp_tx_by_redirect: u8::from(xdp_tx_by_redirect(config)),
-            _pad0: 0,
+            sync_events: u8::from(config.peers.is_some()),
             affinity_timeout_ns: u64::try_from(config.affinity_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
             dsr_source_v4,

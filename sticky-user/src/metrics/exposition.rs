@@ -16,7 +16,10 @@ use prometheus_client::{
 };
 use sticky_common::BackendState;
 
-use crate::status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status};
+use crate::{
+    peers::PeersStatus,
+    status::{BackendStatus, ClosingStatus, DnsStatus, Health, MapFill, Status},
+};
 
 /// `Content-Type` of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -155,6 +158,7 @@ impl Collector for StatusCollector {
         paced_drain(&mut out, s)?;
         dns_sources(&mut out, s)?;
         announcement(&mut out, s)?;
+        peer_exchange(&mut out, s)?;
 
         let packets = Family(
             "packets",
@@ -336,6 +340,61 @@ fn dns_sources(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
     Ok(())
 }
 
+/// The affinity exchange (`--peers`): the families without samples when it is off.
+fn peer_exchange(out: &mut DescriptorEncoder, s: &Status) -> fmt::Result {
+    type Field = fn(&PeersStatus) -> u64;
+    let families: [(&str, &str, Field); 6] = [
+        (
+            "peer_datagrams_sent",
+            "Affinity datagrams sent to peers.",
+            |p| p.datagrams_sent,
+        ),
+        (
+            "peer_records_sent",
+            "Affinity records sent to peers.",
+            |p| p.records_sent,
+        ),
+        (
+            "peer_send_errors",
+            "Datagrams that could not be sent to a peer.",
+            |p| p.send_errors,
+        ),
+        (
+            "peer_datagrams_accepted",
+            "Peer datagrams that passed every check.",
+            |p| p.datagrams_accepted,
+        ),
+        (
+            "peer_records_applied",
+            "Peer affinity records written into this node's affinity map.",
+            |p| p.records_applied,
+        ),
+        (
+            "peer_records_ignored",
+            "Authentic peer records not applied (backend unknown here or not taking affine \
+             clients, stale, or a fresher local affinity).",
+            |p| p.records_ignored,
+        ),
+    ];
+    for (name, help, value) in families {
+        let family = Family(name, Counter, help);
+        let mut metric = family.describe(out)?;
+        if let Some(p) = &s.peers {
+            family.sample(&mut metric, &[], Value::Int(value(p)))?;
+        }
+    }
+    let family = Family(
+        "peer_rejected",
+        Counter,
+        "Peer datagrams refused, by reason; a refused datagram changes nothing.",
+    );
+    let mut metric = family.describe(out)?;
+    for (reason, &n) in s.peers.iter().flat_map(|p| &p.rejected) {
+        family.sample(&mut metric, &[("reason", reason)], Value::Int(n))?;
+    }
+    Ok(())
+}
+
 /// A family with one sample per backend, labelled `backend`.
 fn per_backend(
     out: &mut DescriptorEncoder,
@@ -477,11 +536,22 @@ pub(super) mod tests {
                 backends: vec!["10.0.0.7:3000".parse().unwrap()],
                 error: Some("timed out".into()),
             }],
+            peers: Some(PeersStatus {
+                listen: "10.0.0.1:7946".parse().unwrap(),
+                peers: vec!["10.0.0.2:7946".parse().unwrap()],
+                datagrams_sent: 10,
+                records_sent: 200,
+                send_errors: 1,
+                datagrams_accepted: 9,
+                records_applied: 150,
+                records_ignored: 3,
+                rejected: [("bad_mac".to_string(), 2), ("replay".to_string(), 1)].into(),
+            }),
         }
     }
 
     /// Every family as scraped (counters with `_total`).
-    const FAMILIES: [&str; 30] = [
+    const FAMILIES: [&str; 37] = [
         "sticky_backend_up",
         "sticky_backend_state",
         "sticky_backend_healthy",
@@ -501,6 +571,13 @@ pub(super) mod tests {
         "sticky_drain_flows_left",
         "sticky_dns_backends",
         "sticky_dns_failing",
+        "sticky_peer_datagrams_sent_total",
+        "sticky_peer_records_sent_total",
+        "sticky_peer_send_errors_total",
+        "sticky_peer_datagrams_accepted_total",
+        "sticky_peer_records_applied_total",
+        "sticky_peer_records_ignored_total",
+        "sticky_peer_rejected_total",
         "sticky_packets_total",
         "sticky_encap_errors_total",
         "sticky_too_big_total",
@@ -570,6 +647,8 @@ pub(super) mod tests {
             r#"sticky_drain_flows_left{backend="10.0.0.9:80"} 960"#,
             r#"sticky_dns_backends{source="dns tasks.web:3000"} 1"#,
             r#"sticky_dns_failing{source="dns tasks.web:3000"} 1"#,
+            "sticky_peer_records_applied_total 150",
+            r#"sticky_peer_rejected_total{reason="bad_mac"} 2"#,
             "# TYPE sticky_map_max_entries gauge",
             // Backslash, double quote and line feed escaped.
             r#"sticky_info{instance="lab\"1\\x\ny"} 1"#,
