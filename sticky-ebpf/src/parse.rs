@@ -191,6 +191,15 @@ fn parse_v6<F: Frame>(ctx: &F, l3: usize) -> Parsed {
     Parsed::Unhandled
 }
 
+/// What a transport header says beyond the addresses: ports (network order) and, for TCP,
+/// the flags the data path acts on.
+struct Ports {
+    sport_be: u16,
+    dport_be: u16,
+    syn: bool,
+    rst: bool,
+}
+
 /// `end`: where the IP packet ends (its length field; the skb's end for BIG TCP).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -209,45 +218,45 @@ fn parse_l4<F: Frame>(
     if l4_off > 512 {
         return Parsed::Malformed;
     }
-    if proto == PROTO_UDP {
-        parse_udp(ctx, is_v6, l3_off, l4_off, end, src, dst)
+    let ports = if proto == PROTO_UDP {
+        udp_ports(ctx, is_v6, l4_off, end)
     } else {
-        parse_tcp(ctx, is_v6, l3_off, l4_off, end, src, dst)
-    }
+        tcp_ports(ctx, l4_off, end)
+    };
+    let Some(ports) = ports else {
+        return Parsed::Malformed;
+    };
+    Parsed::Transport(Packet {
+        is_v6,
+        proto,
+        l3_off,
+        l4_off,
+        src,
+        dst,
+        sport_be: ports.sport_be,
+        dport_be: ports.dport_be,
+        syn: ports.syn,
+        rst: ports.rst,
+    })
 }
 
 /// The UDP length must cover the header and lie inside the IP packet (a datagram claiming
 /// more than it carries is one no receiver accepts). Zero is an IPv6 jumbogram's length.
+/// `None`: malformed.
 #[inline(always)]
-fn parse_udp<F: Frame>(
-    ctx: &F,
-    is_v6: bool,
-    l3_off: usize,
-    l4_off: usize,
-    end: usize,
-    src: Addr16,
-    dst: Addr16,
-) -> Parsed {
+fn udp_ports<F: Frame>(ctx: &F, is_v6: bool, l4_off: usize, end: usize) -> Option<Ports> {
     if l4_off + UdpHdr::LEN > end {
-        return Parsed::Malformed;
+        return None;
     }
-    let Some(udp) = header::<UdpHdr, F>(ctx, l4_off) else {
-        return Parsed::Malformed;
-    };
+    let udp = header::<UdpHdr, F>(ctx, l4_off)?;
     // SAFETY: `UdpHdr` is plain bytes: source, destination, length, checksum.
     let raw: [u8; UdpHdr::LEN] = unsafe { core::mem::transmute(udp) };
     let len = usize::from(u16::from_be_bytes([raw[4], raw[5]]));
     let jumbo = is_v6 && len == 0 && end - l4_off > usize::from(u16::MAX);
     if !jumbo && (len < UdpHdr::LEN || l4_off + len > end) {
-        return Parsed::Malformed;
+        return None;
     }
-    Parsed::Transport(Packet {
-        is_v6,
-        proto: PROTO_UDP,
-        l3_off,
-        l4_off,
-        src,
-        dst,
+    Some(Ports {
         sport_be: u16::from_ne_bytes([raw[0], raw[1]]),
         dport_be: u16::from_ne_bytes([raw[2], raw[3]]),
         syn: false,
@@ -257,47 +266,27 @@ fn parse_udp<F: Frame>(
 
 /// The TCP header, options included, must lie inside the IP packet: bytes past it are
 /// Ethernet padding or garbage, and a segment whose data offset overruns it is one no
-/// receiver accepts.
+/// receiver accepts. `None`: malformed.
 #[inline(always)]
-fn parse_tcp<F: Frame>(
-    ctx: &F,
-    is_v6: bool,
-    l3_off: usize,
-    l4_off: usize,
-    end: usize,
-    src: Addr16,
-    dst: Addr16,
-) -> Parsed {
+fn tcp_ports<F: Frame>(ctx: &F, l4_off: usize, end: usize) -> Option<Ports> {
     if l4_off + TcpHdr::LEN > end {
-        return Parsed::Malformed;
+        return None;
     }
-    let Some(tcp) = header::<TcpHdr, F>(ctx, l4_off) else {
-        return Parsed::Malformed;
-    };
+    let tcp = header::<TcpHdr, F>(ctx, l4_off)?;
     // SAFETY: `TcpHdr` is plain bytes; the data offset is the high nibble of byte 12.
     let raw: [u8; TcpHdr::LEN] = unsafe { core::mem::transmute(tcp) };
     let data_offset = usize::from(raw[12] >> 4) * 4;
     if data_offset < TcpHdr::LEN || l4_off + data_offset > end {
-        return Parsed::Malformed;
+        return None;
     }
     const RST: u8 = 0x04;
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    let syn = raw[13] & (SYN | ACK) == SYN;
-    let rst = raw[13] & RST != 0;
-    let sport_be = u16::from_ne_bytes(tcp.source);
-    let dport_be = u16::from_ne_bytes(tcp.dest);
-    Parsed::Transport(Packet {
-        is_v6,
-        proto: PROTO_TCP,
-        l3_off,
-        l4_off,
-        src,
-        dst,
-        sport_be,
-        dport_be,
-        syn,
-        rst,
+    Some(Ports {
+        sport_be: u16::from_ne_bytes(tcp.source),
+        dport_be: u16::from_ne_bytes(tcp.dest),
+        syn: raw[13] & (SYN | ACK) == SYN,
+        rst: raw[13] & RST != 0,
     })
 }
 

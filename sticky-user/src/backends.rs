@@ -158,6 +158,13 @@ impl BackendSet {
         }
     }
 
+    /// How many backends take new clients (without building [`BackendSet::members`]).
+    pub fn in_service(&self) -> usize {
+        self.iter()
+            .filter(|(_, s)| s.state.takes_new_clients())
+            .count()
+    }
+
     /// Backends that take new clients, for the table.
     pub fn members(&self) -> Vec<Member> {
         self.iter()

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use common::{assert_socketio_clean, assign_via, run_load, socketio_example, spread, sticky_bin};
+use common::{
+    DsrHook as Hook, assert_socketio_clean, assign_via, run_load, socketio_example, spread,
+    sticky_bin,
+};
 use socket2::{Domain, Socket, Type};
 use sticky_tests::{
     DsrTopology, Netns, StickyProcess, dsr, plan, root_or_skip, servers::download_byte,
@@ -24,22 +27,6 @@ const CLIENTS: usize = 200;
 const CONNS: usize = 3;
 const BACKENDS: usize = 3;
 const BULK: usize = 10 * 1024 * 1024;
-
-/// Where the balancer's program runs.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Tc,
-    Xdp,
-}
-
-impl Hook {
-    fn xdp(self) -> &'static str {
-        match self {
-            Hook::Tc => "off",
-            Hook::Xdp => "native",
-        }
-    }
-}
 
 fn topology(tag: &str) -> DsrTopology {
     DsrTopology::build(tag, BACKENDS, CLIENTS, &sticky_bin()).expect("DSR topology")

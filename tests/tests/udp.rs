@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assign_via, spread, sticky_bin};
+use common::{DsrHook as Hook, assign_via, spread, sticky_bin};
 use socket2::{Domain, Socket, Type};
 use sticky_tests::{
     DsrTopology, Netns, StickyProcess, Topology, dsr, plan, root_or_skip, servers::UdpBackend,
@@ -246,13 +246,6 @@ fn udp_flow_ends_after_its_idle_timeout() {
     assert_eq!(send(n + 1), after, "the new flow stays on its backend");
 }
 
-/// Where the DSR balancer's program runs.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Tc,
-    Xdp,
-}
-
 /// DSR: backends (set up by `sticky backend-setup`) serve UDP on the VIP itself and answer
 /// clients directly; HTTP on the same port is the health check.
 fn dsr(hook: Hook, v6: bool) {
@@ -275,11 +268,17 @@ fn dsr(hook: Hook, v6: bool) {
         args.push("--backend".into());
         args.push(SocketAddr::new(plan::backend(k, v6).0, port).to_string());
     }
-    let xdp = match hook {
-        Hook::Tc => "off",
-        Hook::Xdp => "native",
-    };
-    args.extend(["--forward", "dsr", "--xdp", xdp, "--health-check", "tcp"].map(String::from));
+    args.extend(
+        [
+            "--forward",
+            "dsr",
+            "--xdp",
+            hook.xdp(),
+            "--health-check",
+            "tcp",
+        ]
+        .map(String::from),
+    );
     let _lb = StickyProcess::start(&sticky_bin(), &topo.lb, &args)
         .unwrap_or_else(|e| panic!("sticky run --forward dsr ({hook:?}, v6 {v6}): {e:#}"));
     let udp = udp_assign(&topo.client, vip, v6);

@@ -318,7 +318,7 @@ impl Daemon {
 
     /// Announces while a backend is in service (and not drained), withdraws otherwise.
     fn update_announcement(&mut self) {
-        let in_service = self.publishing.set.members().len();
+        let in_service = self.publishing.set.in_service();
         if let Some(a) = &mut self.announce {
             a.update(in_service);
         }
@@ -362,7 +362,7 @@ impl Daemon {
     }
 
     fn node_undrain(&mut self) -> anyhow::Result<Response> {
-        let in_service = self.publishing.set.members().len();
+        let in_service = self.publishing.set.in_service();
         let a = self
             .announce
             .as_mut()

@@ -293,3 +293,20 @@ pub fn assert_socketio_clean(report: &serde_json::Value, clients: usize, what: &
     let workers = report["workers"].as_object().map_or(0, |w| w.len());
     assert_eq!(workers, 3, "{what}: every worker used: {report}");
 }
+
+/// Where a DSR balancer's program runs.
+#[derive(Clone, Copy, Debug)]
+pub enum DsrHook {
+    Tc,
+    Xdp,
+}
+
+impl DsrHook {
+    /// The `--xdp` value for it.
+    pub fn xdp(self) -> &'static str {
+        match self {
+            DsrHook::Tc => "off",
+            DsrHook::Xdp => "native",
+        }
+    }
+}
