@@ -6,6 +6,7 @@
 //                [--local-address-base 198.18.1.1 [--expect-xff] | --header-xff [--xff-base A]]
 //                [--broadcast] [--timeout-ms 60000] [--batch 50]
 //                [--reconnect [--interval-ms 200]] [--pause-ms 0]
+//                [--parallel N] [--ready-file PATH]
 //
 // Opens N socket.io-client connections (forceNew, no reconnection unless
 // --reconnect), connecting them in batches, then every client does R rounds
@@ -23,6 +24,11 @@
 //                         the bound address there (not as the TCP peer).
 // --pause-ms P            pause P ms between the rounds of a client (not with
 //                         --reconnect), so its session lasts a while.
+// --parallel N            clients doing their rounds at once (default: --batch);
+//                         --parallel N=clients keeps every session busy together.
+// --ready-file PATH       once every client connected (or failed to), write the
+//                         number connected to PATH, so a caller can change the
+//                         balancer while all sessions are open.
 // --header-xff            do not bind; send X-Forwarded-For: <that address>
 //                         instead (for a proxy in front of the workers). The
 //                         addresses count from --xff-base, else from
@@ -56,7 +62,7 @@ function usage(msg) {
     'usage: node load.js --url URL [--urls U1,U2] --clients N --rounds R ' +
       '[--transport polling|default|websocket] [--local-address-base IPV4] ' +
       '[--expect-xff] [--pause-ms MS] [--header-xff [--xff-base IPV4]] [--broadcast] [--timeout-ms MS] [--batch N] ' +
-      '[--connect-timeout-ms MS] [--reconnect [--interval-ms MS]]\n'
+      '[--connect-timeout-ms MS] [--reconnect [--interval-ms MS]] [--parallel N] [--ready-file PATH]\n'
   );
   process.exit(2);
 }
@@ -78,6 +84,8 @@ function parseArgs(argv) {
     connectTimeoutMs: 20000,
     reconnect: false,
     intervalMs: 200,
+    parallel: 0,
+    readyFile: null,
   };
   const num = (name, v) => {
     const n = Number(v);
@@ -116,6 +124,8 @@ function parseArgs(argv) {
       case '--connect-timeout-ms': o.connectTimeoutMs = num(a, val()); break;
       case '--reconnect': o.reconnect = true; break;
       case '--interval-ms': o.intervalMs = num(a, val()); break;
+      case '--parallel': o.parallel = Math.max(1, num(a, val())); break;
+      case '--ready-file': o.readyFile = val(); break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${a}`);
     }
@@ -699,8 +709,11 @@ async function main() {
     }
     await Promise.all(batch);
   }
+  if (opts.readyFile) {
+    require('node:fs').writeFileSync(opts.readyFile, `${clients.filter((c) => c.everConnected).length}\n`);
+  }
   if (opts.reconnect) await Promise.all(working);
-  else await pool(clients, opts.batch, work);
+  else await pool(clients, opts.parallel || opts.batch, work);
   if (opts.broadcast) await doBroadcast();
   clearTimeout(overall);
   finish(0);

@@ -161,6 +161,11 @@ pub struct AnnounceStatus {
     pub withdrawn_because: Option<String>,
     /// `sticky node drain` holds it withdrawn.
     pub drained: bool,
+    /// `--announce-return`: the clients' networks announced for the backends' replies.
+    #[serde(default)]
+    pub return_prefixes: Vec<String>,
+    #[serde(default)]
+    pub return_announced: bool,
 }
 
 /// A `--backend-dns` or `--backend-srv` source.

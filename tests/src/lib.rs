@@ -10,6 +10,7 @@ pub mod plan;
 pub mod process;
 pub mod rng;
 pub mod root;
+pub mod routing;
 pub mod servers;
 pub mod topology;
 

@@ -7,210 +7,58 @@
 //! - readiness: no route before sticky runs; a node's next hop appears once it is attached
 //!   with a backend in service, goes when its backends fail health checks, returns when one
 //!   rises;
-//! - drain: 200 long-lived keep-alive connections and new ones; `sticky node drain` on one
-//!   node, then SIGTERM: not one long-lived connection reset, not one new connection failed.
+//! - drain: 200 long-lived keep-alive connections and new ones over three nodes; `sticky node
+//!   drain` on one node, then SIGTERM: not one long-lived connection reset, not one new
+//!   connection failed. In DSR mode, and in NAT mode with replies through any node: the
+//!   backends' replies to clients take the router's table 200, where the nodes announce the
+//!   return path (`--announce-return 0.0.0.0/0`) while attached, so a stopping node leaves
+//!   both directions before it detaches.
 
 mod common;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use common::sticky_bin;
 use sticky_tests::{
-    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip, unique_name,
+    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
+    routing::{
+        Daemon, bird, deploy, next_hops, node_bird, node_bird_conf, remove_scratch, router_bird,
+        scratch, wait_for_hops,
+    },
+    unique_name,
 };
 
 const TABLE: &str = "100";
-const NODES: usize = 2;
+const NODES: usize = 3;
 const BACKENDS: usize = 3;
 const CLIENTS: usize = 200;
-/// How long a route change may take to reach the router's kernel (BGP update + BIRD).
-const CONVERGE: Duration = Duration::from_secs(20);
-
-/// A routing daemon started in a namespace; SIGTERM (then SIGKILL) on drop.
-struct Daemon {
-    child: Child,
-    what: String,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, program: &str, args: &[&str], what: &str) -> Self {
-        let log = std::fs::File::create(scratch(&format!("{what}.log"))).expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {what} ({program}): {e}"));
-        Self {
-            child,
-            what: what.to_string(),
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        eprintln!("{} needed SIGKILL", self.what);
-    }
-}
-
-/// A file in this test process's scratch directory (removed when the process exits cleanly).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sticky-announce-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    dir.join(name)
-}
-
-fn deploy(path: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
-}
-
-/// BIRD with `config`, its control socket and log in the scratch directory.
-fn bird(ns: &Netns, config: &str, name: &str) -> Daemon {
-    let conf = scratch(&format!("{name}.conf"));
-    std::fs::write(&conf, config).expect("bird config");
-    let sock = scratch(&format!("{name}.ctl"));
-    let check = Command::new("bird")
-        .args(["-p", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("bird -p");
-    assert!(
-        check.status.success(),
-        "{name}: bird rejects the config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let (conf, sock) = (conf.display().to_string(), sock.display().to_string());
-    Daemon::start(ns, "bird", &["-f", "-c", &conf, "-s", &sock], name)
-}
-
-/// The router: one eBGP session (with BFD) per node, multipath into the kernel, L4 hashing.
-fn router_bird(topo: &DsrTopology) -> Daemon {
-    router_bird_for(topo, NODES)
-}
-
-fn router_bird_for(topo: &DsrTopology, nodes: usize) -> Daemon {
-    topo.router
-        .sysctl("net.ipv4.fib_multipath_hash_policy", "1")
-        .expect("L4 multipath hash");
-    let template = deploy("bird/router.conf");
-    let cut = template
-        .find("protocol bgp node1")
-        .expect("router.conf has a node1 example");
-    let (gw0, _) = (dsr::node_addr(0, false).1, ());
-    let mut conf = template[..cut].replace("192.0.2.1", &gw0.to_string());
-    // Into its log file (stderr), for a failing run's reader.
-    conf.push_str("log stderr all;\n");
-    for k in 0..nodes {
-        let (node, _) = dsr::node_addr(k, false);
-        conf.push_str(&format!(
-            "protocol bgp node{k} from sticky_node {{\n\tneighbor {node} as 65001;\n}}\n"
-        ));
-    }
-    bird(&topo.router, &conf, "router")
-}
-
-/// BIRD on node `k` with `deploy/bird/sticky-node.conf`, its addresses filled in.
-fn node_bird(topo: &DsrTopology, k: usize) -> Daemon {
-    let (node, gw) = dsr::node_addr(k, false);
-    let conf = deploy("bird/sticky-node.conf")
-        .replace("192.0.2.2", &node.to_string())
-        .replace("192.0.2.1", &gw.to_string());
-    bird(topo.node(k), &conf, &format!("node{k}"))
-}
-
-/// The router's next hops for the IPv4 VIP (none: no route).
-fn next_hops(topo: &DsrTopology) -> Vec<IpAddr> {
-    let vip = dsr::vip(false).to_string();
-    let text = topo
-        .router
-        .ip(&["-j", "-4", "route", "show", &format!("{vip}/32")])
-        .expect("ip route show");
-    let routes: serde_json::Value = serde_json::from_str(&text).expect("ip -j route");
-    let mut hops = Vec::new();
-    for r in routes.as_array().into_iter().flatten() {
-        if let Some(gw) = r["gateway"].as_str() {
-            hops.push(gw.parse().expect("gateway"));
-        }
-        for h in r["nexthops"].as_array().into_iter().flatten() {
-            if let Some(gw) = h["gateway"].as_str() {
-                hops.push(gw.parse().expect("gateway"));
-            }
-        }
-    }
-    hops.sort();
-    hops
-}
-
-/// Waits until the router's next hops for the VIP are those of `nodes`.
-fn wait_for_hops(topo: &DsrTopology, nodes: &[usize], why: &str) -> Duration {
-    let mut want: Vec<IpAddr> = nodes.iter().map(|&k| dsr::node_addr(k, false).0).collect();
-    want.sort();
-    let start = Instant::now();
-    loop {
-        let have = next_hops(topo);
-        if have == want {
-            return start.elapsed();
-        }
-        if start.elapsed() > CONVERGE {
-            let birdc = Command::new("birdc")
-                .arg("-s")
-                .arg(scratch("router.ctl"))
-                .args(["show", "protocols", "all"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let bfd = Command::new("birdc")
-                .arg("-s")
-                .arg(scratch("router.ctl"))
-                .args(["show", "bfd", "sessions"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let birdc = format!("{birdc}{bfd}");
-            panic!(
-                "{why}: the router's next hops for the VIP are {have:?}, want {want:?} (logs in \
-                 {}); the router's BIRD says:\n{birdc}",
-                scratch("").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// How the nodes forward.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Dsr,
+    /// NAT, `--replies-any-node --announce-return 0.0.0.0/0`.
+    NatAnyNode,
 }
 
 /// `sticky run --forward dsr --announce-table 100` on node `k`.
 fn sticky_node(topo: &DsrTopology, k: usize, extra: &[&str]) -> StickyProcess {
+    sticky_node_in(topo, k, Mode::Dsr, extra)
+}
+
+fn sticky_node_in(topo: &DsrTopology, k: usize, mode: Mode, extra: &[&str]) -> StickyProcess {
     let mut args = topo.sticky_args(false, dsr::VIP_PORT);
+    let forward: &[&str] = match mode {
+        Mode::Dsr => &["--forward", "dsr", "--xdp", "off"],
+        Mode::NatAnyNode => &["--replies-any-node", "--announce-return", "0.0.0.0/0"],
+    };
+    args.extend(forward.iter().map(|s| s.to_string()));
     args.extend(
         [
-            "--forward",
-            "dsr",
-            "--xdp",
-            "off",
             "--announce-table",
             TABLE,
             "--withdraw-grace",
@@ -237,16 +85,50 @@ fn status(p: &StickyProcess) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
 
-/// Readiness and drain with BIRD on every node.
+/// Readiness and drain with BIRD on every node, DSR.
 #[test]
 fn bird_readiness_and_drain() {
-    if !root_or_skip("bird_readiness_and_drain") {
-        return;
+    if root_or_skip("bird_readiness_and_drain") {
+        drain(Mode::Dsr);
     }
-    let topo = DsrTopology::build_nodes("annb", NODES, BACKENDS, CLIENTS, &sticky_bin())
-        .expect("topology");
+}
+
+/// Drain with NAT nodes whose replies come back through any node.
+#[test]
+fn bird_drain_nat_replies_through_any_node() {
+    if root_or_skip("bird_drain_nat_replies_through_any_node") {
+        drain(Mode::NatAnyNode);
+    }
+}
+
+fn drain(mode: Mode) {
+    let tag = match mode {
+        Mode::Dsr => "annb",
+        Mode::NatAnyNode => "annn",
+    };
+    let topo =
+        DsrTopology::build_nodes(tag, NODES, BACKENDS, CLIENTS, &sticky_bin()).expect("topology");
     let servers = topo.start_servers().expect("backend servers");
-    let _router = router_bird(&topo);
+    let _router = router_bird(&topo, NODES);
+    if mode == Mode::NatAnyNode {
+        // What the backends send to the clients takes the nodes' return path (table 200);
+        // the rest (health-check answers to a node's own address) the main table.
+        let clients = format!("{}/16", plan::lb_client_side(false));
+        for k in 0..BACKENDS {
+            topo.router
+                .ip(&[
+                    "rule",
+                    "add",
+                    "iif",
+                    &format!("be{k}"),
+                    "to",
+                    &clients,
+                    "lookup",
+                    "200",
+                ])
+                .expect("rule for the backends' replies");
+        }
+    }
     let mut birds: Vec<Daemon> = (0..NODES).map(|k| node_bird(&topo, k)).collect();
     // BIRD runs, sticky does not: nothing is announced.
     std::thread::sleep(Duration::from_secs(3));
@@ -255,15 +137,20 @@ fn bird_readiness_and_drain() {
         next_hops(&topo).is_empty(),
         "a route before any sticky runs"
     );
-    let n0 = sticky_node(&topo, 0, &[]);
+    let mut nodes = vec![sticky_node_in(&topo, 0, mode, &[])];
     let t0 = wait_for_hops(&topo, &[0], "node 0 attached with backends in service");
-    let n1 = sticky_node(&topo, 1, &[]);
-    wait_for_hops(&topo, &[0, 1], "both nodes ready");
-    let announce = &status(&n0)["announce"];
+    nodes.extend((1..NODES).map(|k| sticky_node_in(&topo, k, mode, &[])));
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_for_hops(&topo, &all, "every node ready");
+    let announce = &status(&nodes[0])["announce"];
     assert_eq!(announce["announced"], true, "status: {announce}");
     eprintln!("node 0's route reached the router {t0:?} after its ready line");
+    if mode == Mode::NatAnyNode {
+        assert_eq!(announce["return_announced"], true, "status: {announce}");
+        wait_for_return_hops(&topo, &all, "every node carries replies");
+    }
 
-    // 200 long-lived keep-alive connections, spread over both nodes by the router's L4 hash.
+    // 200 long-lived keep-alive connections, spread over the nodes by the router's L4 hash.
     let vip = topo.vip(false, dsr::VIP_PORT);
     let mut conns: Vec<(IpAddr, HttpConn, String)> = topo
         .client
@@ -282,12 +169,17 @@ fn bird_readiness_and_drain() {
                 .collect()
         })
         .expect("client namespace");
-    let dsr_packets = |p: &StickyProcess| status(p)["counters"]["dsr"].as_u64().unwrap_or(0);
+    let counter = match mode {
+        Mode::Dsr => "dsr",
+        Mode::NatAnyNode => "nat",
+    };
+    let carried: Vec<u64> = nodes
+        .iter()
+        .map(|p| status(p)["counters"][counter].as_u64().unwrap_or(0))
+        .collect();
     assert!(
-        dsr_packets(&n0) > 0 && dsr_packets(&n1) > 0,
-        "ECMP sent every flow to one node: {} / {}",
-        dsr_packets(&n0),
-        dsr_packets(&n1)
+        carried.iter().all(|&n| n > 0),
+        "ECMP left a node without flows: {counter} packets {carried:?}"
     );
     let probe_all = |conns: &mut Vec<(IpAddr, HttpConn, String)>, when: &str| {
         let taken = std::mem::take(conns);
@@ -332,32 +224,51 @@ fn bird_readiness_and_drain() {
         );
     };
 
-    // Drain node 0: its next hop goes; its flows move to node 1, which picks the same backend.
+    // Drain node 0: its next hop goes; its flows move to the others, which pick the same
+    // backends.
+    let n0 = nodes.remove(0);
     let out = n0.ctl(&sticky_bin(), &["node", "drain"]);
     assert!(out.status.success(), "node drain: {out:?}");
-    let moved = wait_for_hops(&topo, &[1], "node 0 drained");
+    let moved = wait_for_hops(&topo, &all[1..], "node 0 drained");
     eprintln!("node 0's withdrawal reached the router in {moved:?}");
-    assert_eq!(status(&n0)["announce"]["withdrawn_because"], "node drained");
+    let announce = &status(&n0)["announce"];
+    assert_eq!(announce["withdrawn_because"], "node drained");
+    if mode == Mode::NatAnyNode {
+        // Drained, still attached: it still carries replies.
+        assert_eq!(announce["return_announced"], true, "status: {announce}");
+        assert_eq!(
+            return_hops(&topo).len(),
+            NODES,
+            "the return path lost node 0"
+        );
+    }
     new_ones(0, "after the drain");
     probe_all(&mut conns, "after the drain");
-    // Then stopped: withdrawn already, detached after the grace period.
+    // Then stopped: withdrawn already (NAT: the return path goes, a grace period later it
+    // detaches).
     let code = n0.stop().expect("stop node 0");
     assert!(code.success(), "node 0 exit status {code}");
+    if mode == Mode::NatAnyNode {
+        wait_for_return_hops(&topo, &all[1..], "node 0 stopped");
+    }
     new_ones(50, "after node 0 stopped");
     probe_all(&mut conns, "after node 0 stopped");
     assert_eq!(conns.len(), CLIENTS);
+    if mode == Mode::NatAnyNode {
+        drop(conns);
+        drop(nodes);
+        drop(birds);
+        remove_scratch();
+        return;
+    }
 
-    // Readiness follows health: node 1's backends all fail, its route goes; one rises, back.
+    // Readiness follows health: every backend fails, the routes go; one rises, back.
     let (http, echo) = servers;
     drop(http);
-    let gone = wait_for_hops(
-        &topo,
-        &[],
-        "every backend of node 1 failed its health checks",
-    );
+    let gone = wait_for_hops(&topo, &[], "every backend failed its health checks");
     eprintln!("withdrawn {gone:?} after the backends stopped");
     assert_eq!(
-        status(&n1)["announce"]["withdrawn_because"],
+        status(&nodes[0])["announce"]["withdrawn_because"],
         "no backend in service"
     );
     let _http = sticky_tests::servers::HttpBackend::start(
@@ -366,10 +277,51 @@ fn bird_readiness_and_drain() {
         "be0",
     )
     .expect("backend 0 again");
-    wait_for_hops(&topo, &[1], "backend 0 rose again");
+    wait_for_hops(&topo, &all[1..], "backend 0 rose again");
     drop(echo);
-    drop(n1);
-    let _ = std::fs::remove_dir_all(scratch(""));
+    drop(nodes);
+    remove_scratch();
+}
+
+/// The router's next hops in table 200 (the nodes' return path).
+fn return_hops(topo: &DsrTopology) -> Vec<IpAddr> {
+    let text = topo
+        .router
+        .ip(&["-j", "-4", "route", "show", "table", "200"])
+        .expect("ip route show table 200");
+    let routes: serde_json::Value = serde_json::from_str(&text).expect("ip -j route");
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for r in routes.as_array().into_iter().flatten() {
+        let one = r["gateway"].as_str().into_iter();
+        let many = r["nexthops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["gateway"].as_str());
+        hops.extend(
+            one.chain(many)
+                .map(|g| g.parse::<IpAddr>().expect("gateway")),
+        );
+    }
+    hops.sort();
+    hops
+}
+
+fn wait_for_return_hops(topo: &DsrTopology, nodes: &[usize], why: &str) {
+    let mut want: Vec<IpAddr> = nodes.iter().map(|&k| dsr::node_addr(k, false).0).collect();
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let have = return_hops(topo);
+        if have == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < sticky_tests::routing::CONVERGE,
+            "{why}: the router's return path is {have:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// FRR (zebra, bgpd, bfdd) on node `k` with `deploy/frr/frr.conf`, its addresses filled in;
@@ -446,7 +398,7 @@ fn frr_readiness_drain_and_stop() {
     }
     let topo = DsrTopology::build_nodes("annf", 1, BACKENDS, 4, &sticky_bin()).expect("topology");
     let _servers = topo.start_servers().expect("backend servers");
-    let _router = router_bird_for(&topo, 1);
+    let _router = router_bird(&topo, 1);
     let mut frr = node_frr(&topo, 0);
     std::thread::sleep(Duration::from_secs(3));
     assert!(frr.iter_mut().all(Daemon::alive), "an FRR daemon exited");
@@ -489,7 +441,7 @@ fn frr_readiness_drain_and_stop() {
     let code = n0.stop().expect("node 0 exits");
     assert!(code.success(), "exit status {code}");
     drop(frr);
-    let _ = std::fs::remove_dir_all(scratch(""));
+    remove_scratch();
 }
 
 /// A node dies (nothing it sends reaches the router any more, then its daemons are killed
@@ -500,30 +452,18 @@ fn crash(bfd: bool) {
     let topo =
         DsrTopology::build_nodes(tag, NODES, BACKENDS, CLIENTS, &sticky_bin()).expect("topology");
     let _servers = topo.start_servers().expect("backend servers");
-    let no_bfd = |conf: String| {
-        if bfd {
-            conf
-        } else {
-            conf.replace("bfd on;", "bfd off;")
-        }
-    };
-    let _router = router_bird(&topo);
+    let _router = router_bird(&topo, NODES);
     // The nodes' BIRD with or without BFD (the router's asks for it; a peer without answers
     // nothing and BIRD then keeps the session on the hold timer alone).
     let mut birds: Vec<Daemon> = (0..NODES)
         .map(|k| {
-            let (node, gw) = dsr::node_addr(k, false);
-            let conf = no_bfd(
-                deploy("bird/sticky-node.conf")
-                    .replace("192.0.2.2", &node.to_string())
-                    .replace("192.0.2.1", &gw.to_string()),
-            );
+            let conf = node_bird_conf(k, bfd);
             bird(topo.node(k), &conf, &format!("{tag}-node{k}"))
         })
         .collect();
-    let n0 = sticky_node(&topo, 0, &[]);
-    let n1 = sticky_node(&topo, 1, &[]);
-    wait_for_hops(&topo, &[0, 1], "both nodes ready");
+    let nodes: Vec<StickyProcess> = (0..NODES).map(|k| sticky_node(&topo, k, &[])).collect();
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_for_hops(&topo, &all, "every node ready");
     let vip = topo.vip(false, dsr::VIP_PORT);
     // Attempts every 20 ms for 16 s: a connection and one request within 500 ms, or failed.
     let crash_at = Duration::from_secs(3);
@@ -562,8 +502,8 @@ fn crash(bfd: bool) {
             .expect("silence node 1");
         // SAFETY: our own children's PIDs.
         unsafe {
-            libc::kill(n1.pid(), libc::SIGKILL);
-            libc::kill(birds[1].child.id() as i32, libc::SIGKILL);
+            libc::kill(nodes[1].pid(), libc::SIGKILL);
+            libc::kill(birds[1].pid(), libc::SIGKILL);
         }
         load.join().expect("load thread")
     });
@@ -603,8 +543,8 @@ fn crash(bfd: bool) {
             .any(|(at, ok)| *at > crash_at + bound && *ok),
         "nothing succeeded after the detection window"
     );
-    drop(n0);
-    birds.truncate(1);
+    drop(nodes);
+    birds.clear();
 }
 
 #[test]
@@ -744,5 +684,5 @@ fn flows_that_move_when_one_of_three_nodes_leaves() {
         plain_others > 0.0,
         "plain multipath moved no flow of the staying nodes: the measurement sees nothing"
     );
-    let _ = std::fs::remove_dir_all(scratch(""));
+    remove_scratch();
 }

@@ -426,6 +426,39 @@ fn bad_command_lines_are_refused_clearly() {
             ],
             "withdraw-grace applies with --announce-table",
         ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--replies-any-node",
+                "--announce-table",
+                "100",
+                "--announce-return",
+                "0.0.0.0/0,10.1.2.3/8",
+            ],
+            "announce-return '10.1.2.3/8' must be a network ADDR/LEN with no host bits set",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--announce-table",
+                "100",
+                "--announce-return",
+                "0.0.0.0/0",
+            ],
+            "announce-return: replies come through a node only in NAT mode with --replies-any-node",
+        ),
     ];
     for (args, expect) in cases {
         assert_refused(&ns, args, expect);

@@ -227,6 +227,17 @@ pub fn render_status(s: &Status) -> String {
             a.prefixes.join(","),
             a.table
         ));
+        if !a.return_prefixes.is_empty() {
+            out.push_str(&format!(
+                "announce return path {}: {}\n",
+                a.return_prefixes.join(","),
+                if a.return_announced {
+                    "announced"
+                } else {
+                    "withdrawn"
+                }
+            ));
+        }
     }
     if let Some(p) = &s.peers {
         let peers: Vec<String> = p.peers.iter().map(ToString::to_string).collect();

@@ -146,6 +146,7 @@ mod tests {
             "--backend-dns tasks.web:3000 --backend-srv _http._tcp.web --dns-server 127.0.0.1:53 ",
             "--forward dsr --xdp native --dsr-source 10.0.0.9 --dsr-source fd00::9 ",
             "--udp-timeout 30s --replies-any-node --announce-table 100 --withdraw-grace 2s ",
+            "--announce-return 0.0.0.0/0,::/0 ",
             "--peers 10.0.0.2:7946,10.0.0.3:7946 --peers 10.0.0.4:7946 ",
             "--peer-listen 10.0.0.1:7946 --peer-key-file /etc/sticky/peer.key ",
         )
@@ -171,6 +172,7 @@ mod tests {
             replies-any-node = true
             announce-table = 100
             withdraw-grace = "2s"
+            announce-return = ["0.0.0.0/0,::/0"]
             max-flows = 100
             max-new-flows = 101
             max-clients = 102

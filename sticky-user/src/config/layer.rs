@@ -85,6 +85,13 @@ pub struct Layer {
         duration::format(DEFAULT_WITHDRAW_GRACE),
     ))]
     pub withdraw_grace: Option<String>,
+    /// NAT with --replies-any-node: also keep these networks (the clients', usually 0.0.0.0/0
+    /// and ::/0; repeatable or a comma list) in the announce table while the programs are
+    /// attached, drained or not, for routers to send backends' replies through this node;
+    /// withdrawn on stop one grace period after the VIPs, then another before detaching
+    /// [default: none].
+    #[arg(long, value_name = "PREFIX,...")]
+    pub announce_return: Vec<String>,
     /// DSR on XDP: auto (native where the driver has it, else tc), native, generic or off
     /// [default: auto].
     #[arg(long, value_name = "MODE")]
@@ -155,6 +162,7 @@ merge_fields!(Layer {
     replies_any_node,
     announce_table,
     withdraw_grace,
+    announce_return,
     xdp,
     dsr_source,
     max_flows,

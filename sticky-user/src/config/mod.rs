@@ -5,6 +5,7 @@ mod forward;
 mod layer;
 mod merge;
 mod prefix;
+mod route_prefix;
 
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
@@ -13,6 +14,7 @@ pub use layer::Layer;
 pub use merge::Merge;
 pub(crate) use merge::merge_fields;
 pub use prefix::{AffinityPrefix, PrefixError};
+pub use route_prefix::{RoutePrefix, RoutePrefixError};
 pub use sticky_common::defaults::{
     DEFAULT_MAX_CLIENTS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_TABLE_SIZE,
     MAX_TABLE_SIZE, MAX_VIPS, MIN_MAP_ENTRIES,
@@ -73,6 +75,8 @@ pub struct Config {
     pub announce_table: Option<u32>,
     /// Wait after withdrawing before detaching (`--withdraw-grace`).
     pub withdraw_grace: Duration,
+    /// Networks announced for the backends' replies while attached (`--announce-return`).
+    pub announce_return: Vec<RoutePrefix>,
     pub max_flows: u32,
     pub max_new_flows: u32,
     pub max_clients: u32,
@@ -172,6 +176,12 @@ pub enum ConfigError {
     WithdrawGrace(duration::DurationError),
     #[error("withdraw-grace applies with --announce-table")]
     GraceWithoutAnnounce,
+    #[error("{0}")]
+    AnnounceReturn(RoutePrefixError),
+    #[error(
+        "announce-return: replies come through a node only in NAT mode with --replies-any-node          (and --announce-table to announce them in)"
+    )]
+    ReturnWithoutAnyNode,
     #[error("slow-start: {0}")]
     SlowStart(duration::DurationError),
     #[error("{0}")]
@@ -343,6 +353,16 @@ impl Layer {
         if self.withdraw_grace.is_some() && self.announce_table.is_none() {
             return Err(ConfigError::GraceWithoutAnnounce);
         }
+        let announce_return = self
+            .announce_return
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(|p| p.parse().map_err(ConfigError::AnnounceReturn))
+            .collect::<Result<Vec<RoutePrefix>, _>>()?;
+        let carries_replies = replies_any_node && self.announce_table.is_some();
+        if !announce_return.is_empty() && !carries_replies {
+            return Err(ConfigError::ReturnWithoutAnyNode);
+        }
         let withdraw_grace = match &self.withdraw_grace {
             Some(t) => duration::parse(t).map_err(ConfigError::WithdrawGrace)?,
             None => DEFAULT_WITHDRAW_GRACE,
@@ -385,6 +405,7 @@ impl Layer {
             replies_any_node,
             announce_table: self.announce_table,
             withdraw_grace,
+            announce_return,
             max_flows,
             max_new_flows,
             max_clients,
@@ -430,6 +451,7 @@ impl Config {
             replies_any_node,
             announce_table,
             withdraw_grace: _,
+            announce_return,
             max_flows,
             max_new_flows,
             max_clients,
@@ -462,6 +484,7 @@ impl Config {
                 *replies_any_node != new.replies_any_node,
             ),
             ("announce-table", *announce_table != new.announce_table),
+            ("announce-return", *announce_return != new.announce_return),
             ("max-flows", *max_flows != new.max_flows),
             ("max-new-flows", *max_new_flows != new.max_new_flows),
             ("max-clients", *max_clients != new.max_clients),

@@ -4,6 +4,11 @@
 //! and a routing daemon (BIRD, FRR, GoBGP; configs under `deploy/`) exports that table's routes
 //! to the routers. sticky speaks no BGP itself. The table is never used for forwarding (no
 //! rule points at it): its routes only say "announce this".
+//!
+//! With `--announce-return` (NAT, `--replies-any-node`) the table also holds the clients'
+//! networks from attach to stop, drained or not: routers send the backends' replies through
+//! any attached node, which rewrites them. They go one grace period after the VIPs, so a
+//! stopping node is out of both directions before it detaches.
 
 use std::{
     net::IpAddr,
@@ -12,7 +17,7 @@ use std::{
 
 use tracing::warn;
 
-use crate::{backend_setup::net, logging::say, status::AnnounceStatus};
+use crate::{backend_setup::net, config::RoutePrefix, logging::say, status::AnnounceStatus};
 
 /// Why the VIPs are not announced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,11 +37,18 @@ pub struct Announcer {
     /// `sticky node drain`: withdrawn until undrained; with a deadline, the daemon stops then.
     drained: bool,
     deadline: Option<Instant>,
+    /// `--announce-return`: kept from attach to stop.
+    returns: Vec<RoutePrefix>,
+    returns_announced: bool,
 }
 
 impl Announcer {
     /// The VIPs' addresses (each once, whatever its ports and protocols).
-    pub fn new(table: u32, vips: impl IntoIterator<Item = IpAddr>) -> Self {
+    pub fn new(
+        table: u32,
+        vips: impl IntoIterator<Item = IpAddr>,
+        returns: &[RoutePrefix],
+    ) -> Self {
         let mut addrs: Vec<IpAddr> = Vec::new();
         for ip in vips {
             if !addrs.contains(&ip) {
@@ -50,14 +62,17 @@ impl Announcer {
             why: Some(Withdrawn::NoBackend),
             drained: false,
             deadline: None,
+            returns: returns.to_vec(),
+            returns_announced: false,
         }
     }
 
     /// Announces or withdraws to match: `in_service` backends (≥ 1) and not drained.
     pub fn update(&mut self, in_service: usize) {
+        self.update_returns();
         let want = in_service > 0 && !self.drained && self.why != Some(Withdrawn::Stopping);
         if want && !self.announced {
-            match self.routes("replace") {
+            match self.routes("replace", &self.vip_prefixes()) {
                 Ok(()) => {
                     self.announced = true;
                     self.why = None;
@@ -66,7 +81,7 @@ impl Announcer {
                 Err(e) => {
                     warn!("announce {} in table {}: {e:#}", self.list(), self.table);
                     // Half added: take back what went in, so nothing is half announced.
-                    let _ = self.routes("del");
+                    let _ = self.routes("del", &self.vip_prefixes());
                     self.why = Some(Withdrawn::Failed);
                 }
             }
@@ -84,7 +99,7 @@ impl Announcer {
 
     fn withdraw(&mut self, why: Withdrawn) {
         if self.announced {
-            if let Err(e) = self.routes("del") {
+            if let Err(e) = self.routes("del", &self.vip_prefixes()) {
                 warn!("withdraw {} from table {}: {e:#}", self.list(), self.table);
             }
             self.announced = false;
@@ -114,6 +129,59 @@ impl Announcer {
         self.update(in_service);
     }
 
+    /// The return networks, from the first update (attached) until [`Announcer::stop_returns`];
+    /// a failed add is tried again on the next update.
+    fn update_returns(&mut self) {
+        if self.returns_announced
+            || self.returns.is_empty()
+            || self.why == Some(Withdrawn::Stopping)
+        {
+            return;
+        }
+        let list = self.return_prefixes();
+        match self.routes("replace", &list) {
+            Ok(()) => {
+                self.returns_announced = true;
+                say(&format!(
+                    "announced the return path {} (table {})",
+                    list.join(","),
+                    self.table
+                ));
+            }
+            Err(e) => {
+                warn!(
+                    "announce the return path {} in table {}: {e:#}",
+                    list.join(","),
+                    self.table
+                );
+                let _ = self.routes("del", &list);
+            }
+        }
+    }
+
+    /// Stopping, after the VIPs' grace period: withdraws the return networks; returns whether
+    /// they were announced (the caller then waits another grace period).
+    pub fn stop_returns(&mut self) -> bool {
+        let was = self.returns_announced;
+        if was {
+            let list = self.return_prefixes();
+            if let Err(e) = self.routes("del", &list) {
+                warn!(
+                    "withdraw the return path {} from table {}: {e:#}",
+                    list.join(","),
+                    self.table
+                );
+            }
+            self.returns_announced = false;
+            say(&format!(
+                "withdrew the return path {} (table {}): stopping",
+                list.join(","),
+                self.table
+            ));
+        }
+        was
+    }
+
     pub fn deadline_passed(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
@@ -133,22 +201,30 @@ impl Announcer {
             announced: self.announced,
             withdrawn_because: self.why.map(|w| w.describe().to_string()),
             drained: self.drained,
+            return_prefixes: self.return_prefixes(),
+            return_announced: self.returns_announced,
         }
     }
 
     fn list(&self) -> String {
-        let all: Vec<String> = self.vips.iter().map(|ip| prefix(*ip)).collect();
-        all.join(",")
+        self.vip_prefixes().join(",")
     }
 
-    /// `ip route OP VIP/len dev lo table T` for every VIP; `del` of a route already gone is
+    fn vip_prefixes(&self) -> Vec<String> {
+        self.vips.iter().map(|ip| prefix(*ip)).collect()
+    }
+
+    fn return_prefixes(&self) -> Vec<String> {
+        self.returns.iter().map(ToString::to_string).collect()
+    }
+
+    /// `ip route OP PREFIX dev lo table T` for every prefix; `del` of a route already gone is
     /// no error.
-    fn routes(&self, op: &str) -> anyhow::Result<()> {
+    fn routes(&self, op: &str, prefixes: &[String]) -> anyhow::Result<()> {
         let table = self.table.to_string();
-        for ip in &self.vips {
-            let family = if ip.is_ipv4() { "-4" } else { "-6" };
-            let dst = prefix(*ip);
-            let mut args = vec![family, "route", op, &dst, "dev", "lo", "table", &table];
+        for dst in prefixes {
+            let family = if dst.contains(':') { "-6" } else { "-4" };
+            let mut args = vec![family, "route", op, dst, "dev", "lo", "table", &table];
             if op != "del" {
                 args.extend(["proto", "static"]);
             }

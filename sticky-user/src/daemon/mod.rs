@@ -214,9 +214,13 @@ impl Daemon {
             None => None,
         };
         let dns = Discovery::start(&config)?;
-        let announce = config
-            .announce_table
-            .map(|t| Announcer::new(t, config.vips.iter().map(|v| v.addr.ip())));
+        let announce = config.announce_table.map(|t| {
+            Announcer::new(
+                t,
+                config.vips.iter().map(|v| v.addr.ip()),
+                &config.announce_return,
+            )
+        });
         let peers = match peer_socket {
             Some(socket) => Some(start_peers(&config, &dp, &set, socket)?),
             None => None,
@@ -334,6 +338,13 @@ impl Daemon {
         if self.announce.as_mut().is_some_and(Announcer::stop) {
             say(&format!(
                 "waiting {} for routers to move traffic away",
+                crate::duration::format(grace)
+            ));
+            tokio::time::sleep(grace).await;
+        }
+        if self.announce.as_mut().is_some_and(Announcer::stop_returns) {
+            say(&format!(
+                "waiting {} for routers to move replies to the other nodes",
                 crate::duration::format(grace)
             ));
             tokio::time::sleep(grace).await;
