@@ -582,3 +582,127 @@ fn wire_budget(secs: f64) -> f64 {
     use sticky::peers::sync::{PEER_BURST, PEER_RATE};
     PEER_BURST + PEER_RATE * (secs + 1.0)
 }
+
+/// The exchange's figures under load (a campaign: it prints them, timing is asserted by no
+/// one): new clients at [`LOAD_RATE`] a second through node 1 for [`LOAD_SECS`] s, every
+/// [`SAMPLE_EVERY`]th one timed from its connection's end until node 2 answers its affinity
+/// (`sticky lookup`, polled); node 1's bytes on the exchange link during the load and over
+/// one resync period after it. Every sampled client must reach node 2.
+#[test]
+fn sync_convergence_and_bandwidth_under_new_clients() {
+    const LOAD_RATE: u64 = 1000;
+    const LOAD_SECS: u64 = 3;
+    const SAMPLE_EVERY: u64 = 10;
+    if !root_or_skip("sync_convergence_and_bandwidth_under_new_clients") {
+        return;
+    }
+    let r = rig();
+    // New clients from 10.83.0.0/16 (a local route: any address of it can be bound).
+    r.client
+        .ip_batch("route add local 10.83.0.0/16 dev lo\n")
+        .expect("client range");
+    for (n, k) in [(&r.n1, 1), (&r.n2, 2)] {
+        n.ip_batch(&format!(
+            "route add 10.83.0.0/16 via 10.82.{k}.2 dev cli0\n"
+        ))
+        .expect("route to the client range");
+    }
+    let _servers = servers(&r, &BACKENDS[..ADDED]);
+    let n1 = node(&r, &r.n1, N1_PEER, N2_PEER, true);
+    let n2 = node(&r, &r.n2, N2_PEER, N1_PEER, true);
+    let instance = n2.instance.clone();
+    let vip: SocketAddr = VIP.parse().expect("address");
+    let link = |ns: &Netns| sticky_tests::dsr::counters(ns, "peer0").expect("peer0 bytes");
+    let before = link(&r.n1);
+    let sent_before = status(&n1).peers.expect("peers").records_sent;
+    let total = LOAD_RATE * LOAD_SECS;
+    let (tx, rx) = std::sync::mpsc::channel::<(IpAddr, Instant)>();
+    // The poller: each sampled client's affinity on node 2, in the order they connected.
+    let poller = std::thread::spawn(move || {
+        use sticky::control::Request;
+        let mut took = Vec::new();
+        let mut missing = Vec::new();
+        for (ip, connected) in rx {
+            loop {
+                let data = sticky::cli::control::call(&instance, &Request::Lookup { ip })
+                    .expect("lookup on node 2");
+                if data["reason"].to_string().contains("affinity") {
+                    took.push(connected.elapsed());
+                    break;
+                }
+                if connected.elapsed() > Duration::from_secs(10) {
+                    missing.push(ip);
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        (took, missing)
+    });
+    let load_started = Instant::now();
+    let failed = r
+        .client
+        .run(move || {
+            let start = Instant::now();
+            let mut failed = 0u64;
+            for i in 0..total {
+                let due = start + Duration::from_micros(i * 1_000_000 / LOAD_RATE);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let ip = IpAddr::from([10, 83, (i / 250) as u8, (i % 250) as u8 + 1]);
+                match sticky_tests::HttpConn::open(ip, vip, Duration::from_secs(2)) {
+                    Ok(c) => {
+                        drop(c);
+                        if i % SAMPLE_EVERY == 0 {
+                            let _ = tx.send((ip, Instant::now()));
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        })
+        .expect("client namespace");
+    let load_secs = load_started.elapsed().as_secs_f64();
+    let during = link(&r.n1);
+    let sent_during = status(&n1).peers.expect("peers").records_sent;
+    let (mut took, missing) = poller.join().expect("poller");
+    // One whole resync period after the load: what the steady state adds.
+    std::thread::sleep(RESYNC_PERIOD);
+    let after = link(&r.n1);
+    let sent_after = status(&n1).peers.expect("peers").records_sent;
+    assert_eq!(failed, 0, "new connections failed under the load");
+    assert!(
+        missing.is_empty(),
+        "{} sampled clients never reached node 2: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 - 1.0) * p).round() as usize];
+    let per_thousand = |bytes: u64, secs: f64| bytes as f64 / secs / (LOAD_RATE as f64 / 1000.0);
+    let rate = total as f64 / load_secs;
+    println!(
+        "sync campaign: {total} new clients in {load_secs:.2} s ({rate:.0}/s) through node 1; \
+         {} sampled: affinity on node 2 after p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+         (connection end to `sticky lookup` answering affinity; polled every 0.5 ms)",
+        took.len(),
+        pct(0.5).as_secs_f64() * 1000.0,
+        pct(0.99).as_secs_f64() * 1000.0,
+        took.last().expect("samples").as_secs_f64() * 1000.0,
+    );
+    println!(
+        "sync campaign: node 1 sent {} records, {} bytes on the wire during the load: {:.1} kB/s \
+         per 1000 new clients/s; over the next resync period ({RESYNC_PERIOD:?}, resending \
+         every affinity it holds) {} records, {} bytes: {:.1} kB/s",
+        sent_during - sent_before,
+        during.tx - before.tx,
+        per_thousand(during.tx - before.tx, load_secs) / 1000.0,
+        sent_after - sent_during,
+        after.tx - during.tx,
+        (after.tx - during.tx) as f64 / RESYNC_PERIOD.as_secs_f64() / 1000.0,
+    );
+    drop(n2);
+    drop(n1);
+}
