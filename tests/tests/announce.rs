@@ -224,35 +224,68 @@ fn drain(mode: Mode) {
         );
     };
 
-    // Drain node 0: its next hop goes; its flows move to the others, which pick the same
-    // backends.
-    let n0 = nodes.remove(0);
-    let out = n0.ctl(&sticky_bin(), &["node", "drain"]);
-    assert!(out.status.success(), "node drain: {out:?}");
-    let moved = wait_for_hops(&topo, &all[1..], "node 0 drained");
-    eprintln!("node 0's withdrawal reached the router in {moved:?}");
-    let announce = &status(&n0)["announce"];
-    assert_eq!(announce["withdrawn_because"], "node drained");
-    if mode == Mode::NatAnyNode {
-        // Drained, still attached: it still carries replies.
-        assert_eq!(announce["return_announced"], true, "status: {announce}");
-        assert_eq!(
-            return_hops(&topo).len(),
-            NODES,
-            "the return path lost node 0"
-        );
-    }
-    new_ones(0, "after the drain");
-    probe_all(&mut conns, "after the drain");
-    // Then stopped: withdrawn already (NAT: the return path goes, a grace period later it
-    // detaches).
-    let code = n0.stop().expect("stop node 0");
-    assert!(code.success(), "node 0 exit status {code}");
-    if mode == Mode::NatAnyNode {
-        wait_for_return_hops(&topo, &all[1..], "node 0 stopped");
-    }
-    new_ones(50, "after node 0 stopped");
-    probe_all(&mut conns, "after node 0 stopped");
+    // A stream of new connections (one every 20 ms, each a request) from before the drain
+    // until node 0 has stopped.
+    let streaming = std::sync::atomic::AtomicBool::new(true);
+    let (stream, conns_left) = std::thread::scope(|s| {
+        let stream = s.spawn(|| {
+            topo.client
+                .run(|| {
+                    let (mut made, mut failed) = (0usize, Vec::new());
+                    while streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                        let src = plan::client(made % CLIENTS, false);
+                        if let Err(e) = get_once(src, vip) {
+                            failed.push(format!("{src}: {e:#}"));
+                        }
+                        made += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (made, failed)
+                })
+                .expect("client namespace")
+        });
+        // Drain node 0: its next hop goes; its flows move to the others, which pick the same
+        // backends.
+        let n0 = nodes.remove(0);
+        let out = n0.ctl(&sticky_bin(), &["node", "drain"]);
+        assert!(out.status.success(), "node drain: {out:?}");
+        let moved = wait_for_hops(&topo, &all[1..], "node 0 drained");
+        eprintln!("node 0's withdrawal reached the router in {moved:?}");
+        let announce = &status(&n0)["announce"];
+        assert_eq!(announce["withdrawn_because"], "node drained");
+        if mode == Mode::NatAnyNode {
+            // Drained, still attached: it still carries replies.
+            assert_eq!(announce["return_announced"], true, "status: {announce}");
+            assert_eq!(
+                return_hops(&topo).len(),
+                NODES,
+                "the return path lost node 0"
+            );
+        }
+        new_ones(0, "after the drain");
+        probe_all(&mut conns, "after the drain");
+        // Then stopped: withdrawn already (NAT: the return path goes, a grace period later it
+        // detaches).
+        let code = n0.stop().expect("stop node 0");
+        assert!(code.success(), "node 0 exit status {code}");
+        if mode == Mode::NatAnyNode {
+            wait_for_return_hops(&topo, &all[1..], "node 0 stopped");
+        }
+        new_ones(50, "after node 0 stopped");
+        probe_all(&mut conns, "after node 0 stopped");
+        streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+        (stream.join().expect("stream thread"), conns)
+    });
+    let conns = conns_left;
+    let (made, failed) = stream;
+    eprintln!(
+        "{made} new connections while node 0 drained and stopped, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "new connections failed while node 0 drained and stopped: {failed:?}"
+    );
     assert_eq!(conns.len(), CLIENTS);
     if mode == Mode::NatAnyNode {
         drop(conns);
