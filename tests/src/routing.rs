@@ -79,9 +79,12 @@ impl Drop for Daemon {
     }
 }
 
-/// A file in this test process's scratch directory; [`remove_scratch`] removes it.
+/// A file in this test's scratch directory (one per process and test thread, so tests that
+/// run side by side keep their configs and logs apart); [`remove_scratch`] removes it.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sticky-routing-{}", std::process::id()));
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("main").replace("::", "-");
+    let dir = std::env::temp_dir().join(format!("sticky-routing-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir.join(name)
 }
@@ -161,34 +164,42 @@ pub fn node_bird(topo: &DsrTopology, k: usize) -> Daemon {
 
 /// The router's next hops for the IPv4 VIP (none: no route).
 pub fn next_hops(topo: &DsrTopology) -> Vec<IpAddr> {
-    let vip = dsr::vip(false).to_string();
+    hops_in(topo, &format!("{}/32", dsr::vip(false)), "main")
+}
+
+/// The router's next hops for `prefix` in routing table `table`, sorted.
+pub fn hops_in(topo: &DsrTopology, prefix: &str, table: &str) -> Vec<IpAddr> {
     let text = topo
         .router
-        .ip(&["-j", "-4", "route", "show", &format!("{vip}/32")])
+        .ip(&["-j", "-4", "route", "show", prefix, "table", table])
         .expect("ip route show");
     let routes: serde_json::Value = serde_json::from_str(&text).expect("ip -j route");
     let mut hops = Vec::new();
     for r in routes.as_array().into_iter().flatten() {
-        if let Some(gw) = r["gateway"].as_str() {
-            hops.push(gw.parse().expect("gateway"));
-        }
-        for h in r["nexthops"].as_array().into_iter().flatten() {
-            if let Some(gw) = h["gateway"].as_str() {
-                hops.push(gw.parse().expect("gateway"));
-            }
-        }
+        let one = r["gateway"].as_str().into_iter();
+        let many =
+            (r["nexthops"].as_array().into_iter().flatten()).filter_map(|h| h["gateway"].as_str());
+        hops.extend(
+            one.chain(many)
+                .map(|g| g.parse::<IpAddr>().expect("gateway")),
+        );
     }
     hops.sort();
     hops
 }
 
-/// Waits until the router's next hops for the VIP are those of `nodes`; how long it took.
-pub fn wait_for_hops(topo: &DsrTopology, nodes: &[usize], why: &str) -> Duration {
+/// Waits until `hops` gives the addresses of `nodes`; how long it took.
+pub fn wait_for(
+    topo: &DsrTopology,
+    hops: impl Fn(&DsrTopology) -> Vec<IpAddr>,
+    nodes: &[usize],
+    why: &str,
+) -> Duration {
     let mut want: Vec<IpAddr> = nodes.iter().map(|&k| dsr::node_addr(k, false).0).collect();
     want.sort();
     let start = Instant::now();
     loop {
-        let have = next_hops(topo);
+        let have = hops(topo);
         if have == want {
             return start.elapsed();
         }
@@ -208,11 +219,16 @@ pub fn wait_for_hops(topo: &DsrTopology, nodes: &[usize], why: &str) -> Duration
                 birdc(&["show", "bfd", "sessions"])
             );
             panic!(
-                "{why}: the router's next hops for the VIP are {have:?}, want {want:?} (logs in \
-                 {}); the router's BIRD says:\n{says}",
+                "{why}: the router's next hops are {have:?}, want {want:?} (logs in {}); the \
+                 router's BIRD says:\n{says}",
                 scratch("").display()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the router's next hops for the VIP are those of `nodes`; how long it took.
+pub fn wait_for_hops(topo: &DsrTopology, nodes: &[usize], why: &str) -> Duration {
+    wait_for(topo, next_hops, nodes, why)
 }

@@ -25,10 +25,10 @@ use std::{
 
 use common::sticky_bin;
 use sticky_tests::{
-    DsrTopology, HttpConn, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
+    DsrTopology, HttpConn, Launch, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
     routing::{
-        Daemon, bird, deploy, next_hops, node_bird, node_bird_conf, remove_scratch, router_bird,
-        scratch, wait_for_hops,
+        Daemon, bird, deploy, hops_in, next_hops, node_bird, node_bird_conf, remove_scratch,
+        router_bird, scratch, wait_for, wait_for_hops,
     },
     unique_name,
 };
@@ -75,7 +75,15 @@ fn sticky_node_in(topo: &DsrTopology, k: usize, mode: Mode, extra: &[&str]) -> S
         .map(String::from),
     );
     args.extend(extra.iter().map(|s| s.to_string()));
-    StickyProcess::start(&sticky_bin(), topo.node(k), &args)
+    // Node 1 runs as many operators start a daemon in a namespace, under `ip netns exec` (a
+    // mount namespace of its own); the others under `nsenter`.
+    let launch = if k == 1 {
+        Launch::IpNetnsExec
+    } else {
+        Launch::Nsenter
+    };
+    args.insert(0, "run".into());
+    StickyProcess::launch(launch, &sticky_bin(), topo.node(k), &args, "sticky ready")
         .unwrap_or_else(|e| panic!("sticky on node {k}: {e:#}"))
 }
 
@@ -228,11 +236,23 @@ fn drain(mode: Mode) {
     // until node 0 has stopped.
     let streaming = std::sync::atomic::AtomicBool::new(true);
     let (stream, conns_left) = std::thread::scope(|s| {
+        // Ends the stream however this scope ends (a failed assertion too), so the scope's
+        // join never waits on it.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&streaming);
         let stream = s.spawn(|| {
             topo.client
                 .run(|| {
                     let (mut made, mut failed) = (0usize, Vec::new());
-                    while streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                    let start = Instant::now();
+                    while streaming.load(std::sync::atomic::Ordering::Relaxed)
+                        && start.elapsed() < Duration::from_secs(120)
+                    {
                         let src = plan::client(made % CLIENTS, false);
                         if let Err(e) = get_once(src, vip) {
                             failed.push(format!("{src}: {e:#}"));
@@ -264,16 +284,21 @@ fn drain(mode: Mode) {
         }
         new_ones(0, "after the drain");
         probe_all(&mut conns, "after the drain");
-        // Then stopped: withdrawn already (NAT: the return path goes, a grace period later it
-        // detaches).
+        // Then stopped: withdrawn already. NAT: the return path leaves the router while the
+        // programs still rewrite, a grace period before they detach.
+        if mode == Mode::NatAnyNode {
+            n0.signal(libc::SIGTERM).expect("SIGTERM");
+            wait_for_return_hops(&topo, &all[1..], "node 0 stopping");
+            assert!(
+                still_running(&n0),
+                "node 0 detached before its return path left the router"
+            );
+        }
         let code = n0.stop().expect("stop node 0");
         assert!(code.success(), "node 0 exit status {code}");
-        if mode == Mode::NatAnyNode {
-            wait_for_return_hops(&topo, &all[1..], "node 0 stopped");
-        }
         new_ones(50, "after node 0 stopped");
         probe_all(&mut conns, "after node 0 stopped");
-        streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+        drop(stop);
         (stream.join().expect("stream thread"), conns)
     });
     let conns = conns_left;
@@ -316,45 +341,21 @@ fn drain(mode: Mode) {
     remove_scratch();
 }
 
+/// Whether `p` runs still (not exited, not a zombie waiting to be reaped).
+fn still_running(p: &StickyProcess) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap_or_default();
+    state
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+}
+
 /// The router's next hops in table 200 (the nodes' return path).
 fn return_hops(topo: &DsrTopology) -> Vec<IpAddr> {
-    let text = topo
-        .router
-        .ip(&["-j", "-4", "route", "show", "table", "200"])
-        .expect("ip route show table 200");
-    let routes: serde_json::Value = serde_json::from_str(&text).expect("ip -j route");
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for r in routes.as_array().into_iter().flatten() {
-        let one = r["gateway"].as_str().into_iter();
-        let many = r["nexthops"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| h["gateway"].as_str());
-        hops.extend(
-            one.chain(many)
-                .map(|g| g.parse::<IpAddr>().expect("gateway")),
-        );
-    }
-    hops.sort();
-    hops
+    hops_in(topo, "default", "200")
 }
 
 fn wait_for_return_hops(topo: &DsrTopology, nodes: &[usize], why: &str) {
-    let mut want: Vec<IpAddr> = nodes.iter().map(|&k| dsr::node_addr(k, false).0).collect();
-    want.sort();
-    let start = Instant::now();
-    loop {
-        let have = return_hops(topo);
-        if have == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < sticky_tests::routing::CONVERGE,
-            "{why}: the router's return path is {have:?}, want {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(topo, return_hops, nodes, why);
 }
 
 /// FRR (zebra, bgpd, bfdd) on node `k` with `deploy/frr/frr.conf`, its addresses filled in;
@@ -463,13 +464,9 @@ fn frr_readiness_drain_and_stop() {
         gone < Duration::from_secs(2),
         "withdrawn only {gone:?} after SIGTERM, after the grace period"
     );
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", n0.pid())).unwrap_or_default();
-    let running = state
-        .rsplit_once(") ")
-        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
     assert!(
-        running,
-        "sticky had exited before its route was withdrawn: {state}"
+        still_running(&n0),
+        "sticky had exited before its route was withdrawn"
     );
     let code = n0.stop().expect("node 0 exits");
     assert!(code.success(), "exit status {code}");

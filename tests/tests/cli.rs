@@ -459,6 +459,38 @@ fn bad_command_lines_are_refused_clearly() {
             ],
             "announce-return: replies come through a node only in NAT mode with --replies-any-node",
         ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--replies-any-node",
+                "--announce-return",
+                "0.0.0.0/0",
+            ],
+            "announce-return: replies come through a node only in NAT mode with --replies-any-node",
+        ),
+        (
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--vip",
+                "127.0.0.1:80",
+                "--backend",
+                "127.0.0.2:80",
+                "--replies-any-node",
+                "--announce-table",
+                "100",
+                "--announce-return",
+                "127.0.0.1/32",
+            ],
+            "announce-return 127.0.0.1/32: a VIP's own host route",
+        ),
     ];
     for (args, expect) in cases {
         assert_refused(&ns, args, expect);

@@ -179,9 +179,12 @@ pub enum ConfigError {
     #[error("{0}")]
     AnnounceReturn(RoutePrefixError),
     #[error(
-        "announce-return: replies come through a node only in NAT mode with --replies-any-node          (and --announce-table to announce them in)"
+        "announce-return: replies come through a node only in NAT mode with --replies-any-node \
+         (and --announce-table to announce them in)"
     )]
     ReturnWithoutAnyNode,
+    #[error("announce-return {0}: a VIP's own host route; give the clients' networks")]
+    ReturnIsVip(RoutePrefix),
     #[error("slow-start: {0}")]
     SlowStart(duration::DurationError),
     #[error("{0}")]
@@ -359,6 +362,15 @@ impl Layer {
             .flat_map(|list| list.split(','))
             .map(|p| p.parse().map_err(ConfigError::AnnounceReturn))
             .collect::<Result<Vec<RoutePrefix>, _>>()?;
+        // One list whatever the order written: a reload that only reorders changes nothing.
+        let mut announce_return = announce_return;
+        announce_return.sort();
+        announce_return.dedup();
+        if let Some(p) = (announce_return.iter())
+            .find(|p| vips.iter().any(|v| RoutePrefix::host(v.addr.ip()) == **p))
+        {
+            return Err(ConfigError::ReturnIsVip(*p));
+        }
         let carries_replies = replies_any_node && self.announce_table.is_some();
         if !announce_return.is_empty() && !carries_replies {
             return Err(ConfigError::ReturnWithoutAnyNode);

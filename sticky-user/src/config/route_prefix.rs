@@ -1,12 +1,23 @@
 //! `--announce-return PREFIX`: a network as `ip route` writes it (`0.0.0.0/0`, `198.18.0.0/15`,
-//! `::/0`): no host bits set, so the route the kernel keeps is the one given.
+//! `::/0`), parsed as every network in a configuration is (`Cidr`), and refused when host bits
+//! are set, so the route the kernel keeps is the one written.
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::proxy::cidr::Cidr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoutePrefix {
     pub addr: IpAddr,
     pub len: u8,
+}
+
+impl RoutePrefix {
+    /// The host route of `addr` (`/32`, `/128`).
+    pub fn host(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, len }
+    }
 }
 
 impl fmt::Display for RoutePrefix {
@@ -27,22 +38,17 @@ impl FromStr for RoutePrefix {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || RoutePrefixError(s.to_string());
-        let (addr, len) = s.trim().split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
-        let host_bits_clear = match addr {
-            IpAddr::V4(a) if len <= 32 => {
-                u32::from(a).checked_shl(u32::from(len)).unwrap_or(0) == 0
-            }
-            IpAddr::V6(a) if len <= 128 => {
-                u128::from(a).checked_shl(u32::from(len)).unwrap_or(0) == 0
-            }
-            _ => false,
-        };
-        if !host_bits_clear {
+        let (written, _) = s.trim().split_once('/').ok_or_else(bad)?;
+        let written: IpAddr = written.parse().map_err(|_| bad())?;
+        let net: Cidr = s.parse().map_err(|_| bad())?;
+        // Cidr clears host bits (and unmaps IPv4-mapped networks): a route must be as written.
+        if net.addr() != written {
             return Err(bad());
         }
-        Ok(Self { addr, len })
+        Ok(Self {
+            addr: net.addr(),
+            len: net.prefix(),
+        })
     }
 }
 
@@ -67,13 +73,19 @@ mod tests {
             "0.0.0.0",
             "10.1.2.3/24",
             "10.0.0.0/33",
+            "10.0.0.0/+8",
             "::1/64",
             "::/129",
+            "::ffff:10.0.0.0/104",
             "x/0",
             "10.0.0.0/-1",
             "10.0.0.0/",
         ] {
             assert!(bad.parse::<RoutePrefix>().is_err(), "{bad}");
         }
+        assert_eq!(
+            RoutePrefix::host("fd00::1".parse().unwrap()).to_string(),
+            "fd00::1/128"
+        );
     }
 }

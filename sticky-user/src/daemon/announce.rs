@@ -29,64 +29,86 @@ enum Withdrawn {
     Failed,
 }
 
+/// After a failed `ip route` add, the next try waits this long (the loop runs on every event:
+/// without a pause a failing route would be added and taken back many times a second).
+const RETRY: Duration = Duration::from_secs(1);
+
 pub struct Announcer {
     table: u32,
-    vips: Vec<IpAddr>,
+    /// The VIPs' host routes, each once whatever its ports and protocols.
+    vips: Vec<RoutePrefix>,
     announced: bool,
     why: Option<Withdrawn>,
     /// `sticky node drain`: withdrawn until undrained; with a deadline, the daemon stops then.
     drained: bool,
     deadline: Option<Instant>,
-    /// `--announce-return`: kept from attach to stop.
-    returns: Vec<RoutePrefix>,
-    returns_announced: bool,
+    /// `--announce-return`, each with whether it is in the table: kept from attach to stop.
+    returns: Vec<(RoutePrefix, bool)>,
+    /// No add is tried before this (after a failure).
+    retry_at: Option<Instant>,
 }
 
 impl Announcer {
-    /// The VIPs' addresses (each once, whatever its ports and protocols).
     pub fn new(
         table: u32,
         vips: impl IntoIterator<Item = IpAddr>,
         returns: &[RoutePrefix],
     ) -> Self {
-        let mut addrs: Vec<IpAddr> = Vec::new();
+        let mut hosts: Vec<RoutePrefix> = Vec::new();
         for ip in vips {
-            if !addrs.contains(&ip) {
-                addrs.push(ip);
+            let p = RoutePrefix::host(ip);
+            if !hosts.contains(&p) {
+                hosts.push(p);
             }
         }
         Self {
             table,
-            vips: addrs,
+            vips: hosts,
             announced: false,
             why: Some(Withdrawn::NoBackend),
             drained: false,
             deadline: None,
-            returns: returns.to_vec(),
-            returns_announced: false,
+            returns: returns.iter().map(|p| (*p, false)).collect(),
+            retry_at: None,
         }
     }
 
     /// Announces or withdraws to match: `in_service` backends (≥ 1) and not drained.
     pub fn update(&mut self, in_service: usize) {
-        self.update_returns();
-        let want = in_service > 0 && !self.drained && self.why != Some(Withdrawn::Stopping);
+        let stopping = self.why == Some(Withdrawn::Stopping);
+        let may_add = self.retry_at.is_none_or(|t| Instant::now() >= t);
+        if may_add && !stopping {
+            self.update_returns();
+        }
+        let want = in_service > 0 && !self.drained && !stopping;
         if want && !self.announced {
-            match self.routes("replace", &self.vip_prefixes()) {
+            if !may_add {
+                return;
+            }
+            match self.add(&self.vips) {
                 Ok(()) => {
                     self.announced = true;
                     self.why = None;
-                    say(&format!("announced {} (table {})", self.list(), self.table));
+                    say(&format!(
+                        "announced {} (table {})",
+                        list(&self.vips),
+                        self.table
+                    ));
                 }
                 Err(e) => {
-                    warn!("announce {} in table {}: {e:#}", self.list(), self.table);
+                    warn!(
+                        "announce {} in table {}: {e:#}",
+                        list(&self.vips),
+                        self.table
+                    );
                     // Half added: take back what went in, so nothing is half announced.
-                    let _ = self.routes("del", &self.vip_prefixes());
+                    let _ = self.del(&self.vips);
                     self.why = Some(Withdrawn::Failed);
+                    self.retry_at = Some(Instant::now() + RETRY);
                 }
             }
         } else if !want {
-            let why = if self.why == Some(Withdrawn::Stopping) {
+            let why = if stopping {
                 Withdrawn::Stopping
             } else if self.drained {
                 Withdrawn::Drained
@@ -97,15 +119,50 @@ impl Announcer {
         }
     }
 
+    /// Adds each return network not yet in the table; one that fails is tried again after
+    /// [`RETRY`], the others stay (a return path is per network: nothing to roll back).
+    fn update_returns(&mut self) {
+        let mut failed = false;
+        for i in 0..self.returns.len() {
+            let (p, added) = self.returns[i];
+            if added {
+                continue;
+            }
+            match self.add(&[p]) {
+                Ok(()) => {
+                    self.returns[i].1 = true;
+                    say(&format!(
+                        "announced the return path {p} (table {})",
+                        self.table
+                    ));
+                }
+                Err(e) => {
+                    warn!(
+                        "announce the return path {p} in table {}: {e:#}",
+                        self.table
+                    );
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.retry_at = Some(Instant::now() + RETRY);
+        }
+    }
+
     fn withdraw(&mut self, why: Withdrawn) {
         if self.announced {
-            if let Err(e) = self.routes("del", &self.vip_prefixes()) {
-                warn!("withdraw {} from table {}: {e:#}", self.list(), self.table);
+            if let Err(e) = self.del(&self.vips) {
+                warn!(
+                    "withdraw {} from table {}: {e:#}",
+                    list(&self.vips),
+                    self.table
+                );
             }
             self.announced = false;
             say(&format!(
                 "withdrew {} (table {}): {}",
-                self.list(),
+                list(&self.vips),
                 self.table,
                 why.describe()
             ));
@@ -126,116 +183,105 @@ impl Announcer {
         self.drained = false;
         self.deadline = None;
         self.why = Some(Withdrawn::NoBackend);
+        self.retry_at = None;
         self.update(in_service);
-    }
-
-    /// The return networks, from the first update (attached) until [`Announcer::stop_returns`];
-    /// a failed add is tried again on the next update.
-    fn update_returns(&mut self) {
-        if self.returns_announced
-            || self.returns.is_empty()
-            || self.why == Some(Withdrawn::Stopping)
-        {
-            return;
-        }
-        let list = self.return_prefixes();
-        match self.routes("replace", &list) {
-            Ok(()) => {
-                self.returns_announced = true;
-                say(&format!(
-                    "announced the return path {} (table {})",
-                    list.join(","),
-                    self.table
-                ));
-            }
-            Err(e) => {
-                warn!(
-                    "announce the return path {} in table {}: {e:#}",
-                    list.join(","),
-                    self.table
-                );
-                let _ = self.routes("del", &list);
-            }
-        }
-    }
-
-    /// Stopping, after the VIPs' grace period: withdraws the return networks; returns whether
-    /// they were announced (the caller then waits another grace period).
-    pub fn stop_returns(&mut self) -> bool {
-        let was = self.returns_announced;
-        if was {
-            let list = self.return_prefixes();
-            if let Err(e) = self.routes("del", &list) {
-                warn!(
-                    "withdraw the return path {} from table {}: {e:#}",
-                    list.join(","),
-                    self.table
-                );
-            }
-            self.returns_announced = false;
-            say(&format!(
-                "withdrew the return path {} (table {}): stopping",
-                list.join(","),
-                self.table
-            ));
-        }
-        was
     }
 
     pub fn deadline_passed(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
 
-    /// Stopping: withdraws; returns whether routes were announced until now (the caller then
-    /// waits the grace period for routers to move traffic away before detaching).
+    /// Stopping: withdraws the VIPs; returns whether they were announced until now (the caller
+    /// then waits the grace period for routers to move traffic away before detaching).
     pub fn stop(&mut self) -> bool {
         let was = self.announced;
         self.withdraw(Withdrawn::Stopping);
         was
     }
 
+    /// Stopping, after the VIPs' grace period: withdraws the return networks; returns whether
+    /// any was announced (the caller then waits another grace period).
+    pub fn stop_returns(&mut self) -> bool {
+        self.why = Some(Withdrawn::Stopping);
+        let added: Vec<RoutePrefix> = (self.returns.iter())
+            .filter(|(_, added)| *added)
+            .map(|(p, _)| *p)
+            .collect();
+        if added.is_empty() {
+            return false;
+        }
+        if let Err(e) = self.del(&added) {
+            warn!(
+                "withdraw the return path {} from table {}: {e:#}",
+                list(&added),
+                self.table
+            );
+        }
+        for r in &mut self.returns {
+            r.1 = false;
+        }
+        say(&format!(
+            "withdrew the return path {} (table {}): stopping",
+            list(&added),
+            self.table
+        ));
+        true
+    }
+
     pub fn status(&self) -> AnnounceStatus {
         AnnounceStatus {
             table: self.table,
-            prefixes: self.vips.iter().map(|ip| prefix(*ip)).collect(),
+            prefixes: strings(&self.vips),
             announced: self.announced,
             withdrawn_because: self.why.map(|w| w.describe().to_string()),
             drained: self.drained,
-            return_prefixes: self.return_prefixes(),
-            return_announced: self.returns_announced,
+            return_prefixes: self.returns.iter().map(|(p, _)| p.to_string()).collect(),
+            return_announced: !self.returns.is_empty() && self.returns.iter().all(|(_, a)| *a),
         }
     }
 
-    fn list(&self) -> String {
-        self.vip_prefixes().join(",")
-    }
-
-    fn vip_prefixes(&self) -> Vec<String> {
-        self.vips.iter().map(|ip| prefix(*ip)).collect()
-    }
-
-    fn return_prefixes(&self) -> Vec<String> {
-        self.returns.iter().map(ToString::to_string).collect()
-    }
-
-    /// `ip route OP PREFIX dev lo table T` for every prefix; `del` of a route already gone is
-    /// no error.
-    fn routes(&self, op: &str, prefixes: &[String]) -> anyhow::Result<()> {
-        let table = self.table.to_string();
-        for dst in prefixes {
-            let family = if dst.contains(':') { "-6" } else { "-4" };
-            let mut args = vec![family, "route", op, dst, "dev", "lo", "table", &table];
-            if op != "del" {
-                args.extend(["proto", "static"]);
-            }
-            match net::run("ip", &args) {
-                Ok(_) => {}
-                Err(e) if op == "del" && e.to_string().contains("No such process") => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// `ip route replace PREFIX dev lo table T proto static` for each, stopping at the first
+    /// failure.
+    fn add(&self, prefixes: &[RoutePrefix]) -> anyhow::Result<()> {
+        for p in prefixes {
+            self.route("replace", p)?;
         }
         Ok(())
     }
+
+    /// `ip route del` for each, every one tried whatever failed before (a route already gone
+    /// is no error); the first failure is returned.
+    fn del(&self, prefixes: &[RoutePrefix]) -> anyhow::Result<()> {
+        let mut first = Ok(());
+        for p in prefixes {
+            match self.route("del", p) {
+                Err(e) if !e.to_string().contains("No such process") && first.is_ok() => {
+                    first = Err(e);
+                }
+                _ => {}
+            }
+        }
+        first
+    }
+
+    fn route(&self, op: &str, p: &RoutePrefix) -> anyhow::Result<()> {
+        let table = self.table.to_string();
+        let family = if p.addr.is_ipv4() { "-4" } else { "-6" };
+        let dst = p.to_string();
+        let mut args = vec![family, "route", op, &dst, "dev", "lo", "table", &table];
+        if op != "del" {
+            args.extend(["proto", "static"]);
+        }
+        net::run("ip", &args).map(drop).map_err(Into::into)
+    }
+}
+
+fn strings(prefixes: &[RoutePrefix]) -> Vec<String> {
+    prefixes.iter().map(ToString::to_string).collect()
+}
+
+fn list(prefixes: &[RoutePrefix]) -> String {
+    strings(prefixes).join(",")
 }
 
 impl Withdrawn {
@@ -246,12 +292,5 @@ impl Withdrawn {
             Withdrawn::Stopping => "stopping",
             Withdrawn::Failed => "adding the routes failed",
         }
-    }
-}
-
-fn prefix(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(_) => format!("{ip}/32"),
-        IpAddr::V6(_) => format!("{ip}/128"),
     }
 }
