@@ -1,4 +1,7 @@
 //! The PNG chart: per metric, one bar per case with its median's ratio to the routed path.
+//! Latency gets a panel of its own on a log axis (a path that queues is thousands of times
+//! the routed one, and p50 and p99 differ by orders of magnitude), so no bar runs off it; the
+//! other metrics share a linear panel.
 
 use std::path::Path;
 
@@ -17,8 +20,16 @@ const SIZE: (u32, u32) = (1800, 760);
 /// Legend entries per row, and each entry's width in pixels.
 const LEGEND_ROW: usize = 4;
 const LEGEND_WIDTH: i32 = 300;
-/// Bars above this are cut (their label still shows the value).
-const MAX_RATIO: f64 = 3.0;
+/// Bars of the linear panel above this are cut (their label still shows the value): only a
+/// case far off the others (CPU per request of a path that queues) gets there.
+const MAX_RATIO: f64 = 6.0;
+/// The latency panel's share of the width.
+const LATENCY_WIDTH: f64 = 0.2;
+
+/// Whether `m` goes to the latency panel (log axis).
+fn on_log_panel(m: Metric) -> bool {
+    matches!(m, Metric::P50 | Metric::P99)
+}
 
 /// One color per case, the same in every chart; the baselines in grays.
 fn color(case: Case) -> RGBColor {
@@ -72,14 +83,6 @@ fn draw_with_font(
         .into_iter()
         .filter(|c| results.samples.contains_key(c))
         .collect();
-    let metrics = Metric::ALL;
-    let top = metrics
-        .iter()
-        .flat_map(|&m| cases.iter().filter_map(move |&c| results.ratio(c, m)))
-        .fold(1.2f64, f64::max)
-        .min(MAX_RATIO);
-    let top = (top * 1.1 * 4.0).ceil() / 4.0;
-
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let rows = cases.len().div_ceil(LEGEND_ROW).max(1);
@@ -102,11 +105,82 @@ fn draw_with_font(
         ))?;
         head.draw(&Text::new(case.label(), (x + 22, y), label.clone()))?;
     }
-    let mut chart = ChartBuilder::on(&body)
+    let split = (f64::from(SIZE.0) * LATENCY_WIDTH) as u32;
+    let (left, right) = body.split_horizontally(split);
+    let latency: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| on_log_panel(*m))
+        .collect();
+    let linear: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| !on_log_panel(*m))
+        .collect();
+    let ratios = |ms: &[Metric]| -> Vec<f64> {
+        ms.iter()
+            .flat_map(|&m| cases.iter().filter_map(move |&c| results.ratio(c, m)))
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .collect()
+    };
+
+    // Latency, log axis: from a bit under the smallest ratio (and 1) to a bit over the largest.
+    let lat = ratios(&latency);
+    let lo = lat.iter().copied().fold(1.0f64, f64::min) / 2.0;
+    let hi = lat.iter().copied().fold(1.0f64, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&left)
         .margin(16)
         .x_label_area_size(56)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..metrics.len() as f64, 0f64..top)?;
+        .build_cartesian_2d(0f64..latency.len() as f64, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|_| String::new())
+        .y_label_formatter(&|v| compact(*v))
+        .y_desc("median ÷ routed median (log)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    let slot = 0.84 / cases.len().max(1) as f64;
+    for (j, &case) in cases.iter().enumerate() {
+        let color = color(case);
+        for (i, &m) in latency.iter().enumerate() {
+            let Some(r) = results.ratio(case, m).filter(|r| r.is_finite() && *r > 0.0) else {
+                continue;
+            };
+            let x0 = i as f64 + 0.08 + j as f64 * slot;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x0, lo), (x0 + slot * 0.9, r)],
+                color.filled(),
+            )))?;
+        }
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (latency.len() as f64, 1.0)],
+        BLACK.stroke_width(2),
+    )))?;
+    let names: Vec<(f64, &str)> = (latency.iter().enumerate())
+        .map(|(i, m)| (i as f64 + 0.5, m.short()))
+        .collect();
+    for (x, name) in names {
+        let (px, py) = chart.backend_coord(&(x, lo));
+        root.draw(&Text::new(
+            name,
+            (px, py + 10),
+            TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))?;
+    }
+
+    // Everything else, linear, cut at MAX_RATIO.
+    let top = ratios(&linear)
+        .into_iter()
+        .fold(1.2f64, f64::max)
+        .min(MAX_RATIO);
+    let top = (top * 1.1 * 4.0).ceil() / 4.0;
+    let mut chart = ChartBuilder::on(&right)
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..linear.len() as f64, 0f64..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -115,8 +189,6 @@ fn draw_with_font(
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
         .draw()?;
-
-    let slot = 0.84 / cases.len().max(1) as f64;
     // Clipped bars carry their ratio, written down the bar so it fits its width.
     let clipped = TextStyle::from(
         ("sans-serif", 13)
@@ -127,7 +199,7 @@ fn draw_with_font(
     .pos(Pos::new(HPos::Left, VPos::Center));
     for (j, &case) in cases.iter().enumerate() {
         let color = color(case);
-        for (i, &m) in metrics.iter().enumerate() {
+        for (i, &m) in linear.iter().enumerate() {
             let Some(r) = results.ratio(case, m) else {
                 continue;
             };
@@ -146,7 +218,7 @@ fn draw_with_font(
         }
     }
     chart.draw_series(std::iter::once(PathElement::new(
-        vec![(0.0, 1.0), (metrics.len() as f64, 1.0)],
+        vec![(0.0, 1.0), (linear.len() as f64, 1.0)],
         BLACK.stroke_width(2),
     )))?;
 
@@ -154,7 +226,7 @@ fn draw_with_font(
     // the plotting area.
     let style =
         TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
-    for (i, m) in metrics.iter().enumerate() {
+    for (i, m) in linear.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
         root.draw(&Text::new(m.short(), (x, y + 10), style.clone()))?;
         if i > 0 {
@@ -193,6 +265,9 @@ mod tests {
             (Case::Haproxy, 9.0),
             (Case::StickyProxy, 1.6),
             (Case::StickyProxyCopy, 1.4),
+            // A path that queues: thousands of times the routed latency (log panel), and cut
+            // in the linear one.
+            (Case::Nginx, 2500.0),
         ] {
             for m in Metric::ALL {
                 // Proxy mode has no raw echo or iperf3 figures: the chart leaves gaps.

@@ -39,9 +39,6 @@ pub struct Ctx<'a> {
     pub secs: u64,
     /// Requests per second of the latency runs.
     pub rate: f64,
-    /// `--quick`: bulk only through our own tool and one iperf3 download (no iperf3 uploads),
-    /// to stay short.
-    pub quick: bool,
 }
 
 /// The routed path's keep-alive capacity; latency is measured at a share of it.
@@ -101,12 +98,7 @@ pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<
             Service::Bulk => {
                 let backends = ctx.bench.backends_of(case.dsr());
                 let target = *route.targets.first().context("no target")?;
-                let uploads: &[_] = if ctx.quick {
-                    &[]
-                } else {
-                    &[(Metric::Bulk1, 1), (Metric::Bulk4, 4)]
-                };
-                for &(metric, streams) in uploads {
+                for (metric, streams) in [(Metric::Bulk1, 1), (Metric::Bulk4, 4)] {
                     measure(results, case, metric, || {
                         let _servers = tools::iperf3_servers(backends)?;
                         Ok(tools::iperf3(client, target, streams, ctx.secs, false)?.gbit_per_sec)

@@ -478,7 +478,7 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
          (queueing is not hidden).\n\
          - CPU µs per request: CPU time of the whole machine (all CPUs, softirqs included, \
          from /proc/stat) during the fixed-rate run, divided by its requests.\n\
-         - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate (not with `--quick`).\n\
+         - bulk Gbit/s: `iperf3 -P1` and `-P4`, received rate.\n\
          - download Gbit/s: `iperf3 -R -P1`, backend to client, received rate; balancer tx \
          bytes per byte downloaded: what every interface of the balancer namespace sent during \
          it over the bytes the client received (about 1 when replies pass the balancer).\n\

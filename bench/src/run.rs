@@ -159,7 +159,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         exe,
         secs,
         rate: 0.0,
-        quick: args.quick,
     };
     ctx.rate = match args.rate {
         Some(r) if r > 0.0 => r,
