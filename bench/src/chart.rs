@@ -158,17 +158,7 @@ fn draw_with_font(
         vec![(0.0, 1.0), (latency.len() as f64, 1.0)],
         BLACK.stroke_width(2),
     )))?;
-    let names: Vec<(f64, &str)> = (latency.iter().enumerate())
-        .map(|(i, m)| (i as f64 + 0.5, m.short()))
-        .collect();
-    for (x, name) in names {
-        let (px, py) = chart.backend_coord(&(x, lo));
-        root.draw(&Text::new(
-            name,
-            (px, py + 10),
-            TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
-        ))?;
-    }
+    label_groups(&root, &latency, |x| chart.backend_coord(&(x, lo)))?;
 
     // Everything else, linear, cut at MAX_RATIO.
     let top = ratios(&linear)
@@ -222,22 +212,31 @@ fn draw_with_font(
         BLACK.stroke_width(2),
     )))?;
 
-    // Metric names under each group, in absolute pixels (what backend_coord returns) below
-    // the plotting area.
+    label_groups(&root, &linear, |x| chart.backend_coord(&(x, 0.0)))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Metric names under each group of bars, and a tick between groups, in absolute pixels below
+/// a panel's plotting area: `at(x)` is the pixel of `x` on the panel's bottom axis.
+fn label_groups(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    metrics: &[Metric],
+    at: impl Fn(f64) -> (i32, i32),
+) -> Result<(), Box<dyn std::error::Error>> {
     let style =
         TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
-    for (i, m) in linear.iter().enumerate() {
-        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+    for (i, m) in metrics.iter().enumerate() {
+        let (x, y) = at(i as f64 + 0.5);
         root.draw(&Text::new(m.short(), (x, y + 10), style.clone()))?;
         if i > 0 {
-            let (gx, _) = chart.backend_coord(&(i as f64, 0.0));
+            let (gx, _) = at(i as f64);
             root.draw(&PathElement::new(
                 vec![(gx, y), (gx, y + 8)],
                 BLACK.stroke_width(1),
             ))?;
         }
     }
-    root.present()?;
     Ok(())
 }
 

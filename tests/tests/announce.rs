@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::sticky_bin;
+use common::{status, sticky_bin};
 use sticky_tests::{
     DsrTopology, HttpConn, Launch, Netns, StickyProcess, dsr, get_once, plan, root_or_skip,
     routing::{
@@ -87,10 +87,9 @@ fn sticky_node_in(topo: &DsrTopology, k: usize, mode: Mode, extra: &[&str]) -> S
         .unwrap_or_else(|e| panic!("sticky on node {k}: {e:#}"))
 }
 
-fn status(p: &StickyProcess) -> serde_json::Value {
-    let out = p.ctl(&sticky_bin(), &["status", "--json"]);
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+/// `sticky status` of a node's announcement.
+fn announce(p: &StickyProcess) -> sticky::status::AnnounceStatus {
+    status(p).announce.expect("an announcement in status")
 }
 
 /// Readiness and drain with BIRD on every node, DSR.
@@ -150,11 +149,11 @@ fn drain(mode: Mode) {
     nodes.extend((1..NODES).map(|k| sticky_node_in(&topo, k, mode, &[])));
     let all: Vec<usize> = (0..NODES).collect();
     wait_for_hops(&topo, &all, "every node ready");
-    let announce = &status(&nodes[0])["announce"];
-    assert_eq!(announce["announced"], true, "status: {announce}");
+    let a = announce(&nodes[0]);
+    assert!(a.announced, "status: {a:?}");
     eprintln!("node 0's route reached the router {t0:?} after its ready line");
     if mode == Mode::NatAnyNode {
-        assert_eq!(announce["return_announced"], true, "status: {announce}");
+        assert!(a.return_announced, "status: {a:?}");
         wait_for_return_hops(&topo, &all, "every node carries replies");
     }
 
@@ -183,7 +182,7 @@ fn drain(mode: Mode) {
     };
     let carried: Vec<u64> = nodes
         .iter()
-        .map(|p| status(p)["counters"][counter].as_u64().unwrap_or(0))
+        .map(|p| status(p).counters.get(counter).copied().unwrap_or(0))
         .collect();
     assert!(
         carried.iter().all(|&n| n > 0),
@@ -271,11 +270,11 @@ fn drain(mode: Mode) {
         assert!(out.status.success(), "node drain: {out:?}");
         let moved = wait_for_hops(&topo, &all[1..], "node 0 drained");
         eprintln!("node 0's withdrawal reached the router in {moved:?}");
-        let announce = &status(&n0)["announce"];
-        assert_eq!(announce["withdrawn_because"], "node drained");
+        let a = announce(&n0);
+        assert_eq!(a.withdrawn_because.as_deref(), Some("node drained"));
         if mode == Mode::NatAnyNode {
             // Drained, still attached: it still carries replies.
-            assert_eq!(announce["return_announced"], true, "status: {announce}");
+            assert!(a.return_announced, "status: {a:?}");
             assert_eq!(
                 return_hops(&topo).len(),
                 NODES,
@@ -326,8 +325,8 @@ fn drain(mode: Mode) {
     let gone = wait_for_hops(&topo, &[], "every backend failed its health checks");
     eprintln!("withdrawn {gone:?} after the backends stopped");
     assert_eq!(
-        status(&nodes[0])["announce"]["withdrawn_because"],
-        "no backend in service"
+        announce(&nodes[0]).withdrawn_because.as_deref(),
+        Some("no backend in service")
     );
     let _http = sticky_tests::servers::HttpBackend::start(
         &topo.backends[0],

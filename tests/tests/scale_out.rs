@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{run_load, socketio_example, sticky_bin};
+use common::{run_load, socketio_example, status, sticky_bin};
 use serde_json::Value;
 use sticky_tests::{
     DsrTopology, StickyProcess, dsr, plan, root_or_skip,
@@ -126,12 +126,6 @@ fn node(topo: &DsrTopology, k: usize, exchange: bool) -> StickyProcess {
         .unwrap_or_else(|e| panic!("sticky on node {k}: {e:#}"))
 }
 
-fn status(p: &StickyProcess) -> Value {
-    let out = p.ctl(&sticky_bin(), &["status", "--json"]);
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
 /// A number in a JSON report; a missing one fails the test (not a silent pass or fail).
 fn count(v: &Value, key: &str) -> u64 {
     v[key]
@@ -199,7 +193,7 @@ fn scenario(tag: &str, exchange: bool) -> Outcome {
             for (k, n) in nodes.iter().enumerate() {
                 let start = Instant::now();
                 loop {
-                    let held = count(&status(n), "affinity_entries");
+                    let held = status(n).affinity_entries;
                     if held >= CLIENTS as u64 {
                         break;
                     }
@@ -237,7 +231,7 @@ fn scenario(tag: &str, exchange: bool) -> Outcome {
         (polling, late, added_at.elapsed())
     });
     for (k, n) in nodes.iter().enumerate() {
-        let dsr = status(n)["counters"]["dsr"].as_u64().unwrap_or(0);
+        let dsr = status(n).counters.get("dsr").copied().unwrap_or(0);
         assert!(dsr > 0, "node {k} carried no traffic: ECMP did not spread");
     }
     eprintln!("exchange {exchange}: polling {polling}\nlate {late}");

@@ -356,14 +356,13 @@ impl Layer {
         if self.withdraw_grace.is_some() && self.announce_table.is_none() {
             return Err(ConfigError::GraceWithoutAnnounce);
         }
-        let announce_return = self
+        let mut announce_return = self
             .announce_return
             .iter()
             .flat_map(|list| list.split(','))
             .map(|p| p.parse().map_err(ConfigError::AnnounceReturn))
             .collect::<Result<Vec<RoutePrefix>, _>>()?;
         // One list whatever the order written: a reload that only reorders changes nothing.
-        let mut announce_return = announce_return;
         announce_return.sort();
         announce_return.dedup();
         if let Some(p) = (announce_return.iter())
