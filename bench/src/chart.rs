@@ -5,14 +5,13 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use plotters::prelude::*;
 use plotters::style::{
     FontStyle, FontTransform, register_font,
     text_anchor::{HPos, Pos, VPos},
 };
 
-use crate::{metrics::Metric, metrics::Results, peers::Case};
+use crate::{metrics::Metric, metrics::Results, peers::Case, scale::Point};
 
 /// Debian's `fonts-dejavu-core`; `cargo xtask bench` installs it.
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -61,17 +60,132 @@ fn compact(r: f64) -> String {
 }
 
 pub fn draw(results: &Results, path: &Path, title: &str) -> anyhow::Result<()> {
-    let font = std::fs::read(FONT)
-        .with_context(|| format!("read {FONT} (apt-get install fonts-dejavu-core)"))?;
-    // plotters keeps fonts for the life of the process; the bench draws once.
-    register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    register()?;
     draw_with_font(results, path, title)
         .map_err(|e| anyhow::anyhow!("draw {}: {e}", path.display()))
+}
+
+/// plotters keeps fonts for the life of the process: read and registered once.
+fn register() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let font = std::fs::read(FONT)
+            .map_err(|e| format!("read {FONT} (apt-get install fonts-dejavu-core): {e}"))?;
+        register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            Box::leak(font.into_boxed_slice()),
+        )
+        .map_err(|_| format!("{FONT} is not a usable font"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// The scale curve: per figure a panel, live flows on a log axis.
+pub fn draw_scale(points: &[Point], path: &Path) -> anyhow::Result<()> {
+    register()?;
+    draw_scale_with_font(points, path).map_err(|e| anyhow::anyhow!("draw {}: {e}", path.display()))
+}
+
+type Series = (&'static str, fn(&Point) -> f64);
+
+fn draw_scale_with_font(points: &[Point], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let panels: [(&str, &[Series]); 4] = [
+        ("eBPF ns per established packet", &[("ns", |p| p.ebpf_ns)]),
+        (
+            "daemon CPU %, metrics scraped every second",
+            &[("CPU %", |p| p.daemon_cpu * 100.0)],
+        ),
+        (
+            "memory MiB",
+            &[
+                ("daemon RSS", |p| p.rss_mib),
+                ("maps (kernel)", |p| p.map_mib),
+            ],
+        ),
+        (
+            "ms",
+            &[
+                ("sticky status", |p| p.status_ms),
+                ("one scrape", |p| p.scrape_ms),
+            ],
+        ),
+    ];
+    let root = BitMapBackend::new(path, (1800, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (head, body) = root.split_vertically(50);
+    head.draw(&Text::new(
+        "sticky kernel path as live flows (and clients) grow",
+        (900, 10),
+        TextStyle::from(("sans-serif", 24).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+    ))?;
+    let lo = points
+        .iter()
+        .map(|p| f64::from(p.flows))
+        .fold(f64::MAX, f64::min)
+        / 2.0;
+    let hi = points
+        .iter()
+        .map(|p| f64::from(p.flows))
+        .fold(1.0, f64::max)
+        * 2.0;
+    let colors = [RGBColor(0xc8, 0x1e, 0x5a), RGBColor(0x1e, 0x78, 0xd2)];
+    for (area, (title, series)) in body.split_evenly((1, panels.len())).iter().zip(panels) {
+        let top = points
+            .iter()
+            .flat_map(|p| series.iter().map(move |(_, f)| f(p)))
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.2;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 17))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("live flows (log)")
+            .x_label_formatter(&|v| compact_count(*v))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()?;
+        for (k, (name, f)) in series.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let line: Vec<(f64, f64)> = points.iter().map(|p| (f64::from(p.flows), f(p))).collect();
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(3)))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+            chart.draw_series(
+                line.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 5, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// 1000 → "1k", 1000000 → "1M".
+fn compact_count(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.0}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 fn draw_with_font(

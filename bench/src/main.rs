@@ -15,6 +15,7 @@ mod metrics;
 mod peers;
 mod report;
 mod run;
+mod scale;
 mod serve;
 mod testrun;
 mod tools;

@@ -193,6 +193,8 @@ pub struct Results {
     pub ebpf_dsr: BTreeMap<Case, EbpfCost>,
     /// The DSR programs through BPF_PROG_TEST_RUN (`crate::testrun`).
     pub testrun: Vec<crate::testrun::Cost>,
+    /// The kernel path's cost with 1k, 100k and 1M live flows (`crate::scale`).
+    pub scale: Vec<crate::scale::Point>,
     /// Share of the CPUs other processes kept busy in the second before the run.
     pub background_cpu: f64,
     /// The same, in the pause before each case.

@@ -29,6 +29,9 @@ const DSR_NEW_CONN: f64 = 1.0;
 /// Below this share of the fixed rate, a path's latency is its queue's.
 const OVERLOAD: f64 = 0.95;
 
+/// The scale curve's chart, beside `latest.png`.
+const SCALE_PNG: &str = "scale.png";
+
 /// Writes the three files into `dir` and returns the markdown.
 pub fn write(dir: &Path, results: &Results) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -41,6 +44,14 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<String> {
         &drawn,
         "sticky and the alternatives, relative to the routed path (1.0)",
     )?;
+    if !results.scale.is_empty() {
+        let drawn = scratch.path.join(SCALE_PNG);
+        chart::draw_scale(&results.scale, &drawn)?;
+        let tmp = dir.join("scale.png.tmp");
+        std::fs::copy(&drawn, &tmp).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(SCALE_PNG))
+            .with_context(|| format!("write {}", dir.join(SCALE_PNG).display()))?;
+    }
     let png = dir.join("latest.png");
     let tmp = dir.join("latest.png.tmp");
     std::fs::copy(&drawn, &tmp).with_context(|| format!("write {}", tmp.display()))?;
@@ -175,6 +186,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     ebpf_paragraph(&mut md, results);
     dsr_ebpf_paragraph(&mut md, results);
     targets(&mut md, results);
+    scale_section(&mut md, results, &chart.replace("latest.png", SCALE_PNG));
     if let Some(hash) = &results.hash {
         let _ = writeln!(md, "### Hash and table\n\n{hash}");
     }
@@ -231,6 +243,46 @@ fn dsr_ebpf_paragraph(md: &mut String, results: &Results) {
         let _ = writeln!(md, "| {} | {:.0} |", c.what, c.ns);
     }
     md.push('\n');
+}
+
+/// How the kernel path's cost grows with live flows (`crate::scale`): a table, the curve
+/// and a sentence.
+fn scale_section(md: &mut String, results: &Results, png: &str) {
+    let points = &results.scale;
+    if points.is_empty() {
+        return;
+    }
+    md.push_str(
+        "### Cost as work grows\n\n\
+         A `sticky run` daemon holding that many live flows, each its own client (so as many \
+         affinity entries), maps sized to fit; the flows set up by the ingress program itself \
+         (a SYN and an ACK per client through BPF_PROG_TEST_RUN, on the daemon's maps). eBPF: \
+         an established packet of a random held flow, single runs averaged less the harness's \
+         timer overhead. Daemon: CPU over 10 s while `/metrics` is fetched every second, then \
+         its RSS; `sticky status`: median of 3.\n\n\
+         | live flows | held flows / clients | eBPF ns per packet | daemon CPU | daemon RSS MiB \
+         | maps MiB (kernel) | one scrape ms | `sticky status` ms |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for p in points {
+        let _ = writeln!(
+            md,
+            "| {} | {} / {} | {:.0} | {:.1}% | {:.1} | {:.0} | {:.1} | {:.0} |",
+            p.flows,
+            p.held_flows,
+            p.held_clients,
+            p.ebpf_ns,
+            p.daemon_cpu * 100.0,
+            p.rss_mib,
+            p.map_mib,
+            p.scrape_ms,
+            p.status_ms
+        );
+    }
+    if let Some(s) = crate::scale::sentence(points) {
+        let _ = writeln!(md, "\n{s}");
+    }
+    let _ = writeln!(md, "\n![scale]({png})\n");
 }
 
 /// Per program and per service: new flows (HTTP runs) cost more than established ones.

@@ -16,7 +16,7 @@ use crate::{
     measure::{self, Ctx, RATE_SHARE},
     metrics::Results,
     peers::Case,
-    report, testrun,
+    report, scale, testrun,
     topology::{Bench, LOAD_CPU, SERVER_CPU},
 };
 
@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// capacity, measured first].
     #[arg(long)]
     rate: Option<f64>,
+    /// Skip the scale section (the kernel path with 1k, 100k and 1M live flows).
+    #[arg(long)]
+    no_scale: bool,
     /// Run only these cases (repeatable) [default: all].
     #[arg(long = "case", value_enum)]
     cases: Vec<Case>,
@@ -137,6 +140,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             results.testrun = costs;
         }
         Err(e) => results.note(format!("DSR programs through BPF_PROG_TEST_RUN: {e:#}")),
+    }
+    if !args.no_scale {
+        println!("bench: the kernel path with more live flows (scale)");
+        match scale::curve(&args.sticky, &scale::SIZES) {
+            Ok(points) => results.scale = points,
+            Err(e) => results.note(format!("scale: {e:#}")),
+        }
     }
     println!(
         "bench: building namespaces (client /20, balancer, {} backends; the same one-arm for DSR)",

@@ -49,10 +49,10 @@ const TCX_NEXT: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 /// The frames' TCP payload; the too-big one's fills a 1500-byte packet, which the outer
 /// header then pushes over the MTU.
-const PAYLOAD: usize = 64;
+pub const PAYLOAD: usize = 64;
 const FULL_PAYLOAD: usize = 1500 - 40;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// One figure: what was run and its ns per packet, harness overhead taken off.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -252,7 +252,7 @@ fn average(
 
 /// Ethernet + IPv4 (checksummed) + TCP with `payload` zero bytes; the programs never check
 /// the TCP checksum.
-fn frame(src: SocketAddr, dst: SocketAddr, flags: u8, payload: usize) -> Vec<u8> {
+pub fn frame(src: SocketAddr, dst: SocketAddr, flags: u8, payload: usize) -> Vec<u8> {
     let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
         return Vec::new();
     };

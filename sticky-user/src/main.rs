@@ -9,6 +9,11 @@ use sticky::{
 };
 use tracing::Level;
 
+/// Proxy mode allocates per request (hyper's heads, header maps, body frames): glibc's
+/// malloc and free took 8.5% of its CPU under keep-alive load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Chosen before anything logs: from `sticky run`'s flag or its config file's key.

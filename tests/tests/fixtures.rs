@@ -1675,6 +1675,62 @@ fn syn_flood_cannot_evict_established_flows() {
     assert_eq!(affine, clients.len(), "spoofed sources became affine");
 }
 
+/// Status and metrics read the flow, new-flow and affinity tables whole, a few thousand
+/// entries per system call (`BPF_MAP_LOOKUP_BATCH`): with several batches' worth of entries
+/// they return exactly what the maps hold, as a key-by-key walk reads it.
+#[test]
+fn whole_table_reads_return_every_entry() {
+    if !bpf_or_skip() {
+        return;
+    }
+    const CLIENTS: u32 = 10_000;
+    let vip = Setup::V4.vip();
+    let mut lb = Lb::load(Setup::V4);
+    let clients: Vec<SocketAddr> = (0..CLIENTS)
+        .map(|i| {
+            let [_, x, y, z] = i.to_be_bytes();
+            SocketAddr::new(std::net::IpAddr::from([10, x | 0x40, y, z]), 40_000)
+        })
+        .collect();
+    for &c in &clients {
+        let b = lb.table_choice(c);
+        lb.connect(c, vip, b);
+    }
+    let batched: Vec<(FlowKey, Flow)> = lb.dp.flow_entries().unwrap();
+    let walked: Vec<(FlowKey, Flow)> = lb.flows().iter().map(Result::unwrap).collect();
+    // Both directions of every connection.
+    assert_eq!(
+        batched.len(),
+        2 * CLIENTS as usize,
+        "flow entries read in batches"
+    );
+    assert_eq!(
+        walked.len(),
+        batched.len(),
+        "flow entries walked key by key"
+    );
+    let walked: std::collections::HashMap<FlowKey, Flow> = walked.into_iter().collect();
+    for (k, f) in &batched {
+        let w = walked
+            .get(k)
+            .unwrap_or_else(|| panic!("{k:?} read in a batch only"));
+        assert_eq!(w, f, "{k:?}: the batched read differs from the map");
+    }
+    let affinity = lb.dp.affinity_entries().unwrap();
+    assert_eq!(
+        affinity.len(),
+        clients.len(),
+        "affinity entries read in batches"
+    );
+    let affinity: std::collections::HashMap<Addr16, Affinity> = affinity.into_iter().collect();
+    for &c in &clients {
+        let a = affinity
+            .get(&Addr16::from_ip(c.ip()))
+            .unwrap_or_else(|| panic!("{c}'s affinity missing from the batched read"));
+        assert_eq!(a.backend_id, lb.id_of(lb.table_choice(c)), "{c}");
+    }
+}
+
 /// Per-packet cost, printed (never asserted: the numbers are noisy). With `repeat` the kernel
 /// re-runs the same skb, so rewrites accumulate: the established paths are measured on a
 /// ping-pong pair of flow entries that maps each rewrite back, so every run takes the rewrite

@@ -202,7 +202,7 @@ impl Daemon {
         if let Some(addr) = config.metrics {
             let listener = metrics::bind(addr).await?;
             let snapshots = report.snapshots();
-            let snapshot: metrics::Snapshot = Arc::new(move || snapshots.take());
+            let snapshot: metrics::Snapshot = Arc::new(move || snapshots.take_recent());
             tokio::spawn(async move {
                 if let Err(e) = metrics::serve(listener, snapshot).await {
                     warn!("metrics endpoint stopped: {e:#}");

@@ -6,11 +6,10 @@ use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use sticky_common::{
-    Addr16,
     choice::affinity_holds,
     maps::{self as names, Affinity, BackendStats, COUNTER_NAMES, FLOW_FORWARD, Flow, FlowKey},
 };
@@ -105,9 +104,15 @@ impl Reporting {
 pub(super) struct Snapshots {
     maps: Arc<MapReader>,
     published: watch::Receiver<Arc<ReportInput>>,
-    /// The last snapshot and when its walk started.
-    last: Mutex<Option<(Instant, Status)>>,
+    /// The last snapshot, when its walk started and how long it took.
+    last: Mutex<Option<(Instant, Duration, Status)>>,
 }
+
+/// A metrics scrape reuses the last snapshot while it is younger than this many times its
+/// walk took. Walking 1M flows and clients takes over a second (mostly the kernel's bucket
+/// walk); scraped every second that was a whole CPU, now about a tenth of one, with figures
+/// at most ten walks old. Small tables walk in milliseconds: their figures stay fresh.
+const SCRAPE_DUTY: u32 = 10;
 
 impl Snapshots {
     /// A snapshot whose walk started after this call: callers that arrive while a walk runs
@@ -115,29 +120,74 @@ impl Snapshots {
     pub(super) fn take(&self) -> anyhow::Result<Status> {
         let asked = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, status)) = last.as_ref()
+        if let Some((at, _, status)) = last.as_ref()
             && *at >= asked
         {
             return Ok(status.clone());
         }
+        self.walk(&mut last)
+    }
+
+    /// For metrics scrapes: the last snapshot while it is younger than [`SCRAPE_DUTY`] times
+    /// its walk took, else a fresh one.
+    pub(super) fn take_recent(&self) -> anyhow::Result<Status> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, took, status)) = last.as_ref()
+            && at.elapsed() < *took * SCRAPE_DUTY
+        {
+            return Ok(status.clone());
+        }
+        self.walk(&mut last)
+    }
+
+    fn walk(&self, last: &mut Option<(Instant, Duration, Status)>) -> anyhow::Result<Status> {
         let started = Instant::now();
         let published = Arc::clone(&self.published.borrow());
         let status = build(&published, &self.maps)?;
-        *last = Some((started, status.clone()));
+        *last = Some((started, started.elapsed(), status.clone()));
         Ok(status)
     }
 }
 
-/// What one pass over the maps read: each map walked once.
+/// What one pass over the maps counted: each map read once, its entries counted as they
+/// stream by and none kept (at 1M flows and clients the entries were 150 MB, and putting
+/// every flow key in a set a third of the walk's CPU).
+#[derive(Default)]
 struct Walk {
-    affinity: Vec<(Addr16, Affinity)>,
-    flows: Vec<(FlowKey, Flow)>,
-    new_flow_keys: Vec<FlowKey>,
+    affinity_entries: u64,
+    /// Clients whose affinity holds, by backend id.
+    affine: BTreeMap<u32, u64>,
+    flow_entries: u64,
+    /// Forward flows, by backend id.
+    active: BTreeMap<u32, u64>,
+    /// Keys in the new-flow table, and how many of them are established flows (confirmed
+    /// flows stay in the new-flow table until they age out).
+    new_flow_keys: u64,
+    new_flows_established: u64,
     counters: Counters,
     /// By backend id, for the backends status reports.
     stats: BTreeMap<u32, BackendStats>,
     /// Size and memory of every per-instance map.
     memory: Vec<MapMemory>,
+}
+
+impl Walk {
+    fn count_affinity(&mut self, p: &ReportInput, a: &Affinity, now_ns: u64) {
+        self.affinity_entries += 1;
+        if affinity_holds(a, &p.set.entry(a.backend_id), now_ns, p.affinity_timeout_ns) {
+            *self.affine.entry(a.backend_id).or_default() += 1;
+        }
+    }
+
+    fn count_flow(&mut self, key: &FlowKey, f: &Flow, new_flow_keys: &HashSet<FlowKey>) {
+        self.flow_entries += 1;
+        if f.direction == FLOW_FORWARD {
+            *self.active.entry(f.backend_id).or_default() += 1;
+        }
+        if new_flow_keys.contains(key) {
+            self.new_flows_established += 1;
+        }
+    }
 }
 
 fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
@@ -147,40 +197,25 @@ fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
             stats.insert(id, maps.backend_stats(id)?);
         }
     }
-    let walk = Walk {
-        affinity: maps.affinity_entries(),
-        flows: maps.flow_entries(),
-        new_flow_keys: maps.new_flow_keys(),
+    let now_ns = monotonic_ns();
+    // The new-flow table is the small one (flows in their handshake): its keys are kept.
+    let new_flow_keys: HashSet<FlowKey> = maps.new_flow_keys().into_iter().collect();
+    let mut walk = Walk {
+        new_flow_keys: new_flow_keys.len() as u64,
         counters: maps.counters()?,
         stats,
         memory: maps.map_memory()?,
+        ..Walk::default()
     };
-    Ok(assemble(p, &walk, monotonic_ns(), Instant::now()))
+    maps.each_affinity(|_, a| walk.count_affinity(p, a, now_ns));
+    maps.each_flow(|k, f| walk.count_flow(k, f, &new_flow_keys));
+    Ok(assemble(p, &walk, Instant::now()))
 }
 
-/// The snapshot of what a walk read, counted by backend id in one pass over each map.
-fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
-    let mut affine: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, a) in &walk.affinity {
-        if affinity_holds(a, &p.set.entry(a.backend_id), now_ns, p.affinity_timeout_ns) {
-            *affine.entry(a.backend_id).or_default() += 1;
-        }
-    }
-    let mut active: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, f) in walk
-        .flows
-        .iter()
-        .filter(|(_, f)| f.direction == FLOW_FORWARD)
-    {
-        *active.entry(f.backend_id).or_default() += 1;
-    }
-    // Confirmed flows stay in the new-flow table until they age out: count the rest.
-    let established: HashSet<_> = walk.flows.iter().map(|(k, _)| k).collect();
-    let new_flow_entries = walk
-        .new_flow_keys
-        .iter()
-        .filter(|k| !established.contains(k))
-        .count() as u64;
+/// The snapshot of what a walk counted.
+fn assemble(p: &ReportInput, walk: &Walk, now: Instant) -> Status {
+    let (affine, active) = (&walk.affine, &walk.active);
+    let new_flow_entries = walk.new_flow_keys - walk.new_flows_established.min(walk.new_flow_keys);
     let mut slots: BTreeMap<u32, u64> = BTreeMap::new();
     for &id in p.table.iter() {
         *slots.entry(id).or_default() += 1;
@@ -244,8 +279,8 @@ fn assemble(p: &ReportInput, walk: &Walk, now_ns: u64, now: Instant) -> Status {
             .map(|n| n.to_string())
             .zip(walk.counters.values)
             .collect(),
-        affinity_entries: walk.affinity.len() as u64,
-        flow_entries: walk.flows.len() as u64,
+        affinity_entries: walk.affinity_entries,
+        flow_entries: walk.flow_entries,
         new_flow_entries,
         map_bytes: walk.memory.iter().map(|m| m.bytes).sum(),
         maps: map_fill(walk),
@@ -265,14 +300,14 @@ fn map_fill(walk: &Walk) -> Vec<MapFill> {
             .map_or(0, |m| m.max_entries)
     };
     [
-        ("flows", names::FLOWS, walk.flows.len()),
-        ("new_flows", names::NEW_FLOWS, walk.new_flow_keys.len()),
-        ("affinity", names::AFFINITY, walk.affinity.len()),
+        ("flows", names::FLOWS, walk.flow_entries),
+        ("new_flows", names::NEW_FLOWS, walk.new_flow_keys),
+        ("affinity", names::AFFINITY, walk.affinity_entries),
     ]
     .into_iter()
     .map(|(map, name, entries)| MapFill {
         map: map.to_string(),
-        entries: entries as u64,
+        entries,
         max_entries: max_entries(name),
     })
     .collect()
@@ -338,7 +373,7 @@ impl Daemon {
 mod tests {
     use std::{net::SocketAddr, time::Duration};
 
-    use sticky_common::{BackendState, maps::FLOW_REVERSE};
+    use sticky_common::{Addr16, BackendState, maps::FLOW_REVERSE};
 
     use super::*;
 
@@ -401,15 +436,15 @@ mod tests {
             flow(2, one, FLOW_REVERSE),
             flow(3, two, FLOW_FORWARD),
         ];
-        let walk = Walk {
-            // Fresh on both (draining honours affinity), one lapsed.
-            affinity: vec![
-                affinity(1, one, 950),
-                affinity(2, two, 900),
-                affinity(3, one, 10),
-            ],
-            new_flow_keys: vec![flows[0].0, flow(9, two, FLOW_FORWARD).0],
-            flows,
+        // Fresh on both (draining honours affinity), one lapsed.
+        let affinities = [
+            affinity(1, one, 950),
+            affinity(2, two, 900),
+            affinity(3, one, 10),
+        ];
+        let new_flow_keys: HashSet<FlowKey> = [flows[0].0, flow(9, two, FLOW_FORWARD).0].into();
+        let mut walk = Walk {
+            new_flow_keys: new_flow_keys.len() as u64,
             counters: Counters::default(),
             stats: [(
                 one,
@@ -427,8 +462,15 @@ mod tests {
                     bytes: 21,
                 })
                 .collect(),
+            ..Walk::default()
         };
-        let s = assemble(&p, &walk, 1000, now);
+        for (_, a) in &affinities {
+            walk.count_affinity(&p, a, 1000);
+        }
+        for (k, f) in &flows {
+            walk.count_flow(k, f, &new_flow_keys);
+        }
+        let s = assemble(&p, &walk, now);
         assert_eq!(
             (
                 s.affinity_entries,

@@ -3,10 +3,11 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
+use super::batch;
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    Ebpf, Pod,
+    maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use sticky_common::{
     Addr16,
@@ -44,6 +45,24 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
     }
 }
 
+/// Every entry of `map`.
+fn whole<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    let mut out = Vec::new();
+    each(map, |k, v| out.push((*k, *v)));
+    out
+}
+
+/// Hands every entry of `map` to `f`: in batches, or entry by entry where the kernel has no
+/// batch reads. A batch walk that fails half-way ends there (the next walk reads anew).
+fn each<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, mut f: impl FnMut(&K, &V)) {
+    if let Err((e, 0)) = batch::for_each(map.map(), &mut f) {
+        tracing::debug!("batch read refused ({e}): reading entry by entry");
+        for (k, v) in map.iter().filter_map(Result::ok) {
+            f(&k, &v);
+        }
+    }
+}
+
 /// Read-only handles on the maps status reads; `Send + Sync`, each walk a map read once.
 pub struct MapReader {
     affinity: HashMap<MapData, Addr16, Affinity>,
@@ -76,7 +95,7 @@ impl MapReader {
 
     /// Every client-affinity entry (a map walk: for status and previews, not hot paths).
     pub fn affinity_entries(&self) -> Vec<(Addr16, Affinity)> {
-        self.affinity.iter().filter_map(Result::ok).collect()
+        whole(&self.affinity)
     }
 
     pub fn affinity_of(&self, client: &Addr16) -> anyhow::Result<Option<Affinity>> {
@@ -87,15 +106,25 @@ impl MapReader {
         }
     }
 
+    /// Hands every client-affinity entry to `f`, keeping none.
+    pub fn each_affinity(&self, f: impl FnMut(&Addr16, &Affinity)) {
+        each(&self.affinity, f);
+    }
+
+    /// Hands every established flow-table entry (both directions) to `f`, keeping none.
+    pub fn each_flow(&self, f: impl FnMut(&FlowKey, &Flow)) {
+        each(&self.flows, f);
+    }
+
     /// Every established flow-table entry (both directions).
     pub fn flow_entries(&self) -> Vec<(FlowKey, Flow)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+        whole(&self.flows)
     }
 
     /// The keys of the new-flow table (flows in their handshake, and confirmed ones not yet
-    /// aged out): a key walk, half the syscalls of reading the values too.
+    /// aged out).
     pub fn new_flow_keys(&self) -> Vec<FlowKey> {
-        self.new_flows.keys().filter_map(Result::ok).collect()
+        whole(&self.new_flows).into_iter().map(|(k, _)| k).collect()
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {

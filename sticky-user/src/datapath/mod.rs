@@ -1,6 +1,7 @@
 //! The loaded eBPF object: attaching the tc programs and writing the maps. The object stays
 //! inside [`Datapath`]; callers get typed handles on its maps and programs.
 
+mod batch;
 mod maps;
 mod node_addr;
 mod pins;

@@ -1,0 +1,347 @@
+//! How the kernel path's cost grows with the work it holds: for 1k, 100k and 1M live flows
+//! (each its own client, so as many affinity entries), the eBPF cost of an established
+//! packet, the daemon's CPU and memory while its metrics are scraped every second, and the
+//! time `sticky status` takes.
+//!
+//! A real daemon (`sticky run`, maps sized to fit) runs in a namespace of its own. The bench
+//! loads the same programs on the daemon's pinned maps (as a restarted daemon adopts them)
+//! and fills them by running the ingress program itself through BPF_PROG_TEST_RUN: a SYN and
+//! then an ACK per client, as a connection's first packets set up its flow and its client's
+//! affinity. An established packet's cost is then the mean of single runs, each an ACK of a
+//! flow picked at random among those held (a NAT rewrite makes a packet no longer ours, so it
+//! cannot be repeated), less the harness's timer overhead (as `crate::testrun` does).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::programs::{TestRun as _, TestRunOptions};
+use serde::{Deserialize, Serialize};
+use sticky::{
+    config::{Config, Layer},
+    datapath::{Datapath, Pins},
+};
+use sticky_common::maps::PROG_INGRESS;
+use sticky_tests::{HttpBackend, Netns, SplitMix64, StickyProcess, unique_name, veth};
+
+use crate::testrun;
+
+/// Live flows (and clients) at each point of the curve.
+pub const SIZES: [u32; 3] = [1_000, 100_000, 1_000_000];
+const IF: &str = "scl0";
+const PEER: &str = "scl1";
+const VIP: &str = "198.19.255.100:80";
+const BACKENDS: [&str; 2] = ["10.78.0.2:80", "10.78.0.3:80"];
+const METRICS: &str = "127.0.0.1:9464";
+/// The clients: one address each, from 100.64.0.0/10 (room for 4M).
+const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+/// Single runs averaged for a figure, and repeated runs of the overhead baseline.
+const SINGLE: u32 = 5_000;
+const REPEAT: u32 = 100_000;
+/// `TC_ACT_OK`: the rewritten packet goes on up the stack.
+const TC_ACT_OK: i32 = 0;
+/// How long the daemon's CPU is watched while its metrics are scraped once a second.
+const WATCH: Duration = Duration::from_secs(10);
+const STATUS_RUNS: usize = 3;
+
+/// One point of the curve.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Point {
+    /// Flows (and clients) asked for.
+    pub flows: u32,
+    /// Flows and affinity entries the maps held once filled.
+    pub held_flows: usize,
+    pub held_clients: usize,
+    /// Seconds the program took to set them up (two test runs per client).
+    pub fill_secs: f64,
+    /// ns per established packet of a random held flow.
+    pub ebpf_ns: f64,
+    /// The daemon's CPU, share of one CPU, while scraped every second.
+    pub daemon_cpu: f64,
+    /// Its resident memory, MiB (the maps are the kernel's: `map_mib`).
+    pub rss_mib: f64,
+    /// The kernel memory of its maps, MiB.
+    pub map_mib: f64,
+    /// Mean time of one metrics scrape, ms.
+    pub scrape_ms: f64,
+    /// Median time of `sticky status`, ms.
+    pub status_ms: f64,
+}
+
+/// Every point of the curve, in `SIZES` order.
+pub fn curve(sticky: &Path, sizes: &[u32]) -> anyhow::Result<Vec<Point>> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let p = point(sticky, n).with_context(|| format!("{n} live flows"))?;
+            println!(
+                "  {:>9} flows: {:.0} ns/packet, daemon {:.1}% CPU, {:.1} MiB RSS, maps {:.0} \
+                 MiB, scrape {:.1} ms, status {:.0} ms (filled in {:.1} s)",
+                p.flows,
+                p.ebpf_ns,
+                p.daemon_cpu * 100.0,
+                p.rss_mib,
+                p.map_mib,
+                p.scrape_ms,
+                p.status_ms,
+                p.fill_secs
+            );
+            Ok(p)
+        })
+        .collect()
+}
+
+fn point(sticky: &Path, n: u32) -> anyhow::Result<Point> {
+    let ns = Netns::create(&unique_name("bench-scale")).context("scale namespace")?;
+    veth(&ns, IF, &ns, PEER)?;
+    ns.ip_batch(&format!(
+        "addr add 10.78.0.1/24 dev {IF}\naddr add 10.78.0.2/24 dev {PEER}\n\
+         addr add 10.78.0.3/24 dev {PEER}\n"
+    ))?;
+    let _backends = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| HttpBackend::start(&ns, b.parse()?, &format!("be{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Room for every flow and client with the LRU's slack.
+    let room = (n.saturating_mul(2)).max(4096);
+    let mut args: Vec<String> = [
+        "--iface",
+        IF,
+        "--vip",
+        VIP,
+        "--seed",
+        "1",
+        "--metrics",
+        METRICS,
+    ]
+    .map(String::from)
+    .to_vec();
+    for b in BACKENDS {
+        args.extend(["--backend".to_string(), b.to_string()]);
+    }
+    args.extend(
+        ["--max-flows", "--max-clients"]
+            .into_iter()
+            .flat_map(|k| [k.to_string(), room.to_string()]),
+    );
+    let daemon = StickyProcess::start(sticky, &ns, &args).context("start sticky")?;
+    let layer = Layer {
+        iface: vec![IF.into()],
+        vip: vec![VIP.into()],
+        backend: BACKENDS.iter().map(|b| b.to_string()).collect(),
+        seed: Some(1),
+        max_flows: Some(room),
+        max_clients: Some(room),
+        instance: Some(daemon.instance.clone()),
+        ..Layer::default()
+    };
+    let config: Config = layer.validate().context("the daemon's configuration")?;
+    let pins = Pins::for_instance(&daemon.instance);
+    let (mut point, dp) = ns.run(|| fill_and_time(&config, pins, n))??;
+    let map_bytes: u64 = dp.map_memory()?.iter().map(|m| m.bytes).sum();
+    point.map_mib = map_bytes as f64 / (1024.0 * 1024.0);
+    point.held_flows = dp.flow_entries()?.len();
+    point.held_clients = dp.affinity_entries()?.len();
+    drop(dp);
+    watch_daemon(&ns, daemon.pid(), &mut point)?;
+    let mut status = Vec::new();
+    for _ in 0..STATUS_RUNS {
+        let t = Instant::now();
+        let out = daemon.ctl(sticky, &["status"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "sticky status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        status.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    status.sort_by(f64::total_cmp);
+    point.status_ms = status.get(STATUS_RUNS / 2).copied().unwrap_or(0.0);
+    daemon.stop().context("stop sticky")?;
+    Ok(point)
+}
+
+/// Loads the programs on the daemon's maps, sets up `n` flows through the ingress program
+/// and times established packets of random ones.
+fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, Datapath)> {
+    let mut dp = Datapath::load_with(config, Some(pins)).context("load on the daemon's maps")?;
+    anyhow::ensure!(dp.adopted(), "the daemon's maps were not there to adopt");
+    let vip: SocketAddr = VIP.parse()?;
+    let client =
+        |i: u32| SocketAddr::new(Ipv4Addr::from(u32::from(FIRST_CLIENT) + i).into(), 40000);
+    let started = Instant::now();
+    for i in 0..n {
+        for flags in [testrun::TCP_SYN, testrun::TCP_ACK] {
+            let f = testrun::frame(client(i), vip, flags, testrun::PAYLOAD);
+            let (action, _) = run(&mut dp, &f, 1)?;
+            anyhow::ensure!(action == TC_ACT_OK, "client {i}: the program gave {action}");
+        }
+    }
+    let fill_secs = started.elapsed().as_secs_f64();
+    // The harness's own time around one run: a packet that is not ours, once and repeated.
+    let other = testrun::frame(
+        client(0),
+        SocketAddr::new(vip.ip(), 81),
+        testrun::TCP_ACK,
+        64,
+    );
+    let (_, repeated) = run(&mut dp, &other, REPEAT)?;
+    let mut single = Duration::ZERO;
+    for _ in 0..SINGLE {
+        single += run(&mut dp, &other, 1)?.1;
+    }
+    let overhead =
+        (single.as_nanos() as f64 / f64::from(SINGLE) - repeated.as_nanos() as f64).max(0.0);
+    // A fixed pseudo-random walk over the held flows, the same in every run.
+    let mut rng = SplitMix64(0x5eed);
+    let mut total = Duration::ZERO;
+    for _ in 0..SINGLE {
+        let i = u32::try_from(rng.next_u64() % u64::from(n)).unwrap_or(0);
+        let f = testrun::frame(client(i), vip, testrun::TCP_ACK, testrun::PAYLOAD);
+        let (action, d) = run(&mut dp, &f, 1)?;
+        anyhow::ensure!(action == TC_ACT_OK, "flow {i}: the program gave {action}");
+        total += d;
+    }
+    let point = Point {
+        flows: n,
+        fill_secs,
+        ebpf_ns: (total.as_nanos() as f64 / f64::from(SINGLE) - overhead).max(0.0),
+        ..Point::default()
+    };
+    Ok((point, dp))
+}
+
+/// The ingress program on `frame` as received on the namespace's interface.
+fn run(dp: &mut Datapath, frame: &[u8], repeat: u32) -> anyhow::Result<(i32, Duration)> {
+    let mut out = vec![0u8; frame.len() + 64];
+    let res = dp
+        .classifier(PROG_INGRESS)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((res.return_value as i32, res.duration))
+}
+
+/// The daemon's CPU over `WATCH` while its metrics are fetched once a second, its RSS after.
+fn watch_daemon(ns: &Netns, pid: i32, point: &mut Point) -> anyhow::Result<()> {
+    let before = cpu_ticks(pid)?;
+    let started = Instant::now();
+    let mut scrapes = Vec::new();
+    while started.elapsed() < WATCH {
+        let t = Instant::now();
+        let body = ns.run(scrape)??;
+        anyhow::ensure!(
+            body.contains("sticky_"),
+            "the metrics endpoint answered without sticky's metrics"
+        );
+        scrapes.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    }
+    let ticks = cpu_ticks(pid)? - before;
+    // SAFETY: no arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    point.daemon_cpu = ticks as f64 / hz / started.elapsed().as_secs_f64();
+    point.scrape_ms = scrapes.iter().sum::<f64>() / scrapes.len().max(1) as f64;
+    point.rss_mib = rss_kib(pid)? as f64 / 1024.0;
+    Ok(())
+}
+
+fn scrape() -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(5))
+        .context("connect to the metrics endpoint")?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: sticky\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).context("read the metrics")?;
+    Ok(body)
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command's closing parenthesis: state is 3rd, utime 14th, stime 15th.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |k: usize| -> anyhow::Result<u64> {
+        Ok(f.get(k - 3).context("/proc stat field")?.parse()?)
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn rss_kib(pid: i32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS missing")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// The curve in a sentence: what grew, and by how much, from the smallest to the largest.
+pub fn sentence(points: &[Point]) -> Option<String> {
+    let (a, b) = (points.first()?, points.last()?);
+    if a.flows == b.flows {
+        return None;
+    }
+    let times = |x: f64, y: f64| {
+        if x > 0.0 {
+            format!("{:.2}×", y / x)
+        } else {
+            "–".into()
+        }
+    };
+    Some(format!(
+        "From {} to {} live flows the established packet's eBPF cost went from {:.0} to {:.0} ns \
+         ({}), the daemon's CPU while scraped every second from {:.1}% to {:.1}% of a CPU, its \
+         RSS from {:.1} to {:.1} MiB (the maps, kernel memory, from {:.0} to {:.0} MiB), a \
+         scrape from {:.1} to {:.1} ms and `sticky status` from {:.0} to {:.0} ms.",
+        a.flows,
+        b.flows,
+        a.ebpf_ns,
+        b.ebpf_ns,
+        times(a.ebpf_ns, b.ebpf_ns),
+        a.daemon_cpu * 100.0,
+        b.daemon_cpu * 100.0,
+        a.rss_mib,
+        b.rss_mib,
+        a.map_mib,
+        b.map_mib,
+        a.scrape_ms,
+        b.scrape_ms,
+        a.status_ms,
+        b.status_ms
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentence_compares_the_ends() {
+        let p = |flows, ns| Point {
+            flows,
+            ebpf_ns: ns,
+            ..Point::default()
+        };
+        let s = sentence(&[p(1_000, 100.0), p(1_000_000, 150.0)]).unwrap();
+        assert!(
+            s.contains("From 1000 to 1000000") && s.contains("(1.50×)"),
+            "{s}"
+        );
+        assert!(sentence(&[p(1_000, 100.0)]).is_none());
+    }
+}
