@@ -257,8 +257,8 @@ fn scale_section(md: &mut String, results: &Results, png: &str) {
          A `sticky run` daemon holding that many live flows, each its own client (so as many \
          affinity entries), maps sized to fit; the flows set up by the ingress program itself \
          (a SYN and an ACK per client through BPF_PROG_TEST_RUN, on the daemon's maps). eBPF: \
-         an established packet of a random held flow, single runs averaged less the harness's \
-         timer overhead. Daemon: CPU over 10 s while `/metrics` is fetched every second, then \
+         an established packet of a random held flow, single runs (the median of ten blocks' \
+         means) less the harness's timer overhead. Daemon: CPU over 10 s while `/metrics` is fetched every second, then \
          its RSS; `sticky status`: median of 3.\n\n\
          | live flows | held flows / clients | eBPF ns per packet | daemon CPU | daemon RSS MiB \
          | maps MiB (kernel) | one scrape ms | `sticky status` ms |\n\
