@@ -350,6 +350,20 @@ pub fn start<'a>(
                 "off"
             };
             args.extend(["--forward", "dsr", "--xdp", xdp].map(String::from));
+            // A native XDP program's transmitted frames carry no checksum state, so for the
+            // XDP case the client's packets must leave with their checksums complete (and
+            // so without TSO: 1500-byte packets); the tc case keeps the stack's offloads, as
+            // the routed path does.
+            let tx = if case == Case::StickyDsrXdp {
+                "off"
+            } else {
+                "on"
+            };
+            cmd::output(
+                cmd::in_ns(&bench.dsr.client, None, "ethtool").args(["-K", "eth0", "tx", tx]),
+                Duration::from_secs(10),
+            )
+            .with_context(|| format!("transmit checksum offload {tx} on the DSR client"))?;
             Middlebox::Sticky(start_sticky(sticky_bin, &bench.dsr.lb, &args)?)
         }
         Case::StickyProxy | Case::StickyProxyCopy => {

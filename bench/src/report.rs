@@ -537,8 +537,9 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
          - DSR cases: a one-arm topology of their own (client → router → balancer, whose one \
          interface sends each request back to the router encapsulated; backends set up by \
          `sticky backend-setup`, answering the client through the router), the same client \
-         /20 and servers; transmit checksum offload off on the client's interface only (what a \
-         native XDP program transmits carries no checksum state).\n\
+         /20 and servers; for the XDP case transmit checksum offload (and so TSO) off on the \
+         client's interface (what a native XDP program transmits carries no checksum state), \
+         for the tc case on, as on the routed path.\n\
          - bulk via upgrade Gbit/s: `sticky-bench load bulk --head`, 1 and 4 streams: each \
          sends `GET /sink` with `Connection: Upgrade`, gets 101 from the backend, then writes \
          256 KiB blocks from its own thread and half-closes; the backend answers the bytes it \

@@ -96,8 +96,9 @@ impl Bench {
     }
 
     /// The client /20 in the DSR topology as in the other; offloads at their defaults except
-    /// transmit checksumming on the client's `eth0`: a native XDP program's transmitted frames
-    /// carry no checksum state, so the client's packets must leave complete (as in the rig).
+    /// transmit checksumming on the client's `eth0`, which each DSR case sets
+    /// (`peers::start`): off for XDP, whose transmitted frames carry no checksum state, on
+    /// for tc.
     fn wire_dsr(&self) -> anyhow::Result<()> {
         let d = &self.dsr;
         d.client.ip(&[
