@@ -176,6 +176,10 @@ impl Proc {
         )
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Fails with its output if it exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -255,4 +259,14 @@ pub fn wait_listening(ns: &Netns, port: u16, timeout: Duration) -> anyhow::Resul
         }
         sleep(Duration::from_millis(20))?;
     }
+}
+
+/// Every thread of process `pid` on `cpu` (`taskset -a`).
+pub fn pin_process(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    output(
+        Command::new("taskset").args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()]),
+        Duration::from_secs(5),
+    )
+    .map(drop)
+    .with_context(|| format!("pin process {pid} to CPU {cpu}"))
 }

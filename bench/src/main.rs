@@ -16,6 +16,7 @@ mod peers;
 mod report;
 mod run;
 mod scale;
+mod seeds;
 mod serve;
 mod testrun;
 mod tools;

@@ -195,6 +195,8 @@ pub struct Results {
     pub testrun: Vec<crate::testrun::Cost>,
     /// The kernel path's cost with 1k, 100k and 1M live flows (`crate::scale`).
     pub scale: Vec<crate::scale::Point>,
+    /// `sticky cluster` against the Node balancers, every round (`crate::seeds`).
+    pub seeds: Vec<crate::seeds::SeedRun>,
     /// Share of the CPUs other processes kept busy in the second before the run.
     pub background_cpu: f64,
     /// The same, in the pause before each case.

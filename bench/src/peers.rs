@@ -394,17 +394,7 @@ pub fn start<'a>(
 fn start_sticky(bin: &Path, lb: &Netns, args: &[String]) -> anyhow::Result<StickyProcess> {
     let daemon =
         StickyProcess::start(bin, lb, args).context("start sticky in the balancer namespace")?;
-    cmd::output(
-        std::process::Command::new("taskset").args([
-            "-a",
-            "-p",
-            "-c",
-            &SERVER_CPU.to_string(),
-            &daemon.pid().to_string(),
-        ]),
-        Duration::from_secs(5),
-    )
-    .context("pin the sticky daemon")?;
+    cmd::pin_process(daemon.pid(), SERVER_CPU).context("pin the sticky daemon")?;
     Ok(daemon)
 }
 

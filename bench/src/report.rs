@@ -187,6 +187,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     dsr_ebpf_paragraph(&mut md, results);
     targets(&mut md, results);
     scale_section(&mut md, results, &chart.replace("latest.png", SCALE_PNG));
+    seeds_section(&mut md, results);
     if let Some(hash) = &results.hash {
         let _ = writeln!(md, "### Hash and table\n\n{hash}");
     }
@@ -283,6 +284,92 @@ fn scale_section(md: &mut String, results: &Results, png: &str) {
         let _ = writeln!(md, "\n{s}");
     }
     let _ = writeln!(md, "\n![scale]({png})\n");
+}
+
+/// `sticky cluster` against the Node balancers (`crate::seeds`), with #17's targets.
+fn seeds_section(md: &mut String, results: &Results) {
+    let medians = crate::seeds::medians(&results.seeds);
+    if medians.is_empty() {
+        return;
+    }
+    md.push_str(
+        "### sticky cluster and the Node balancers\n\n\
+         The same socket.io app (`bench/cluster/seeds.js`, 3 workers) behind each, alone in a \
+         namespace, pinned to the server CPU. Load: `sticky-bench load eio`, 64 sessions in \
+         flight, each a handshake, the socket.io connect, 2 echo round trips with \
+         acknowledgements and the disconnect over HTTP long-polling, every request a new \
+         connection from the session's own address (4096 loopback addresses). CPU: the \
+         balancer's whole process tree (master and workers; for `sticky cluster` its daemon \
+         and workers) per completed session; softirq time (where sticky's eBPF runs) is \
+         counted for none. Medians over the rounds; lost sessions (a \
+         request answered 400, `Session ID unknown`) summed.\n\n\
+         | balancer | sessions (handshakes)/s | messages/s | CPU ms per session | p99 session ms | lost \
+         sessions | errors |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let base = medians
+        .iter()
+        .find(|(s, _)| *s == crate::seeds::Seed::StickySession)
+        .map(|(_, r)| r.clone());
+    for (seed, r) in &medians {
+        let vs = |x: f64, b: Option<f64>| match b {
+            Some(b) if b > 0.0 && *seed != crate::seeds::Seed::StickySession => {
+                format!(" **{:.2}×**", x / b)
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0}{} | {:.0} | {:.2}{} | {:.0} | {} | {} |",
+            seed.label(),
+            r.sessions_per_sec,
+            vs(
+                r.sessions_per_sec,
+                base.as_ref().map(|b| b.sessions_per_sec)
+            ),
+            r.messages_per_sec,
+            r.cpu_ms_per_session,
+            vs(
+                r.cpu_ms_per_session,
+                base.as_ref().map(|b| b.cpu_ms_per_session)
+            ),
+            r.p99_ms,
+            r.lost,
+            r.errors
+        );
+    }
+    for seed in crate::seeds::Seed::ALL {
+        if !medians.iter().any(|(s, _)| *s == seed) {
+            let _ = writeln!(
+                md,
+                "| {} | did not serve (see the notes) | | | | | |",
+                seed.label()
+            );
+        }
+    }
+    let ours = medians
+        .iter()
+        .find(|(s, _)| *s == crate::seeds::Seed::StickyCluster)
+        .map(|(_, r)| r);
+    if let (Some(ours), Some(base)) = (ours, &base) {
+        let rate = ours.sessions_per_sec / base.sessions_per_sec.max(f64::MIN_POSITIVE);
+        let cpu = ours.cpu_ms_per_session / base.cpu_ms_per_session.max(f64::MIN_POSITIVE);
+        let _ = writeln!(
+            md,
+            "\nAgainst the targets (`sticky cluster` ≥ 2× sticky-session's sessions/s at ≤ 0.5× \
+             its CPU per session, 0 sessions lost): sessions/s {rate:.2}× ({}), CPU per \
+             session {cpu:.2}× ({}), {} lost ({}).",
+            if rate >= 2.0 { "meets" } else { "below" },
+            if cpu <= 0.5 { "meets" } else { "above" },
+            ours.lost,
+            if ours.lost == 0 { "meets" } else { "misses" }
+        );
+    }
+    for (seed, r) in &medians {
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(md, "\n{}: first error: {e}", seed.label());
+        }
+    }
+    md.push('\n');
 }
 
 /// Per program and per service: new flows (HTTP runs) cost more than established ones.

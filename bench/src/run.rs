@@ -16,7 +16,7 @@ use crate::{
     measure::{self, Ctx, RATE_SHARE},
     metrics::Results,
     peers::Case,
-    report, scale, testrun,
+    report, scale, seeds, testrun,
     topology::{Bench, LOAD_CPU, SERVER_CPU},
 };
 
@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Skip the scale section (the kernel path with 1k, 100k and 1M live flows).
     #[arg(long)]
     no_scale: bool,
+    /// Skip the comparison of `sticky cluster` with the Node balancers.
+    #[arg(long)]
+    no_seeds: bool,
     /// Run only these cases (repeatable) [default: all].
     #[arg(long = "case", value_enum)]
     cases: Vec<Case>,
@@ -146,6 +149,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         match scale::curve(&args.sticky, &scale::SIZES) {
             Ok(points) => results.scale = points,
             Err(e) => results.note(format!("scale: {e:#}")),
+        }
+    }
+    if !args.no_seeds {
+        println!(
+            "bench: sticky cluster and the Node balancers (socket.io over long-polling, 3 \
+             workers)"
+        );
+        let exe = std::env::current_exe().context("locate sticky-bench")?;
+        let mut notes = Vec::new();
+        results.seeds = seeds::compare(&args.sticky, &exe, secs, rounds, &mut |n| notes.push(n));
+        for n in notes {
+            results.note(n);
         }
     }
     println!(

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Result;
 
-use crate::{build_cmd, run_cmd, setup, sh};
+use crate::{build_cmd, run_cmd, setup, sh, test_cmd};
 
 /// Debian packages only the benchmark uses (`cargo xtask test` does not install them): the
 /// load and bulk tools, the balancers sticky is compared with, conntrack to flush between
@@ -24,6 +24,8 @@ pub const BENCH_PACKAGES: &[&str] = &[
 pub fn run(quick: bool, extra: &[String]) -> Result<ExitCode> {
     setup::run()?;
     setup::deb_packages(BENCH_PACKAGES)?;
+    // The Node balancers `sticky cluster` is compared with, at their locked versions.
+    test_cmd::npm_ci("bench/cluster")?;
     build_cmd::build_packages(true, &["sticky-user", "sticky-bench"])?;
     let sticky = sh::target_bin("sticky", true)?;
     let bench = sh::target_bin("sticky-bench", true)?;

@@ -63,14 +63,20 @@ fn run_tests(release: bool, extra: &[String]) -> Result<()> {
 
 /// The socket.io tests run the example with its locked dependencies: install them once.
 fn npm_ci_example() -> Result<()> {
-    let dir = sh::workspace_root()?.join("examples/socketio");
-    if dir.join("node_modules/socket.io").exists() {
-        println!("ok: examples/socketio dependencies installed");
+    npm_ci("examples/socketio")
+}
+
+/// `npm ci` in `dir` (relative to the workspace) unless its packages are installed: the
+/// locked versions, once.
+pub fn npm_ci(dir: &str) -> Result<()> {
+    let path = sh::workspace_root()?.join(dir);
+    if path.join("node_modules/socket.io").exists() {
+        println!("ok: {dir} dependencies installed");
         return Ok(());
     }
-    println!("installing: examples/socketio dependencies (npm ci)");
+    println!("installing: {dir} dependencies (npm ci)");
     let mut npm = sh::cmd("npm")?;
-    npm.current_dir(&dir)
+    npm.current_dir(&path)
         .args(["ci", "--no-audit", "--no-fund"]);
-    sh::run(&mut npm).context("npm ci in examples/socketio (is node/npm installed?)")
+    sh::run(&mut npm).with_context(|| format!("npm ci in {dir} (is node/npm installed?)"))
 }

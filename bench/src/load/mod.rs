@@ -7,6 +7,7 @@
 mod bulk;
 mod closed;
 mod echo;
+mod eio;
 mod http;
 mod poll;
 mod rate;
@@ -62,6 +63,19 @@ enum Mode {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// socket.io sessions over engine.io long-polling (handshake, connect, MESSAGES echo
+    /// round trips with acknowledgements, disconnect), every request a new connection from
+    /// the session's source address; closed loop. Counts sessions answered `400` as lost.
+    Eio {
+        #[command(flatten)]
+        common: Common,
+        /// Sessions in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Message round trips per session.
+        #[arg(long, default_value_t = 2)]
+        messages: u32,
+    },
     /// Keep-alive requests at a fixed rate: latency percentiles and CPU per request.
     Rate {
         #[command(flatten)]
@@ -103,6 +117,7 @@ impl Mode {
         match self {
             Self::Connect { common, .. }
             | Self::Handshake { common, .. }
+            | Self::Eio { common, .. }
             | Self::Rate { common, .. }
             | Self::Echo { common, .. }
             | Self::Bulk { common, .. } => common,
@@ -153,6 +168,12 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     /// Bytes the sinks counted (bulk).
     pub bytes: u64,
+    /// Message round trips (socket.io sessions).
+    #[serde(default)]
+    pub messages: u64,
+    /// Sessions a request of which was answered `400`: the worker did not know them.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 impl LoadResult {
@@ -191,6 +212,16 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         }
         Mode::Handshake { concurrency, .. } => {
             closed::Closed::run(targets, *sources, concurrency, duration, true, *xff)?
+        }
+        Mode::Eio {
+            concurrency,
+            messages,
+            ..
+        } => {
+            let dst = *targets
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no target"))?;
+            eio::run(dst, *sources, concurrency, messages, duration)?
         }
         Mode::Rate {
             rate, connections, ..
