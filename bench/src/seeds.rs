@@ -31,7 +31,7 @@ const WORKERS: &str = "3";
 const SOURCES: &str = "127.16.0.0/20";
 const CONCURRENCY: &str = "64";
 const MESSAGES: &str = "2";
-const READY: Duration = Duration::from_secs(30);
+const READY: Duration = Duration::from_secs(15);
 
 /// The balancers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -114,6 +114,11 @@ pub(super) struct Snapshots {
 /// at most ten walks old. Small tables walk in milliseconds: their figures stay fresh.
 const SCRAPE_DUTY: u32 = 10;
 
+/// Whether a snapshot whose walk started `at` and took `took` may still answer a scrape.
+fn reusable(at: Instant, took: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(at) < took * SCRAPE_DUTY
+}
+
 impl Snapshots {
     /// A snapshot whose walk started after this call: callers that arrive while a walk runs
     /// wait for the next one, and callers queued behind the same walk share its result.
@@ -133,7 +138,7 @@ impl Snapshots {
     pub(super) fn take_recent(&self) -> anyhow::Result<Status> {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, took, status)) = last.as_ref()
-            && at.elapsed() < *took * SCRAPE_DUTY
+            && reusable(*at, *took, Instant::now())
         {
             return Ok(status.clone());
         }
@@ -376,6 +381,18 @@ mod tests {
     use sticky_common::{Addr16, BackendState, maps::FLOW_REVERSE};
 
     use super::*;
+
+    #[test]
+    fn a_scrape_reuses_a_snapshot_for_ten_walks() {
+        let at = Instant::now();
+        let ms = Duration::from_millis;
+        // A walk of a second: reused for ten.
+        assert!(reusable(at, ms(1000), at + ms(9_900)));
+        assert!(!reusable(at, ms(1000), at + ms(10_000)));
+        // Small tables walk in a millisecond: a scrape 20 ms later walks anew.
+        assert!(!reusable(at, ms(1), at + ms(20)));
+        assert!(reusable(at, ms(1), at + ms(5)));
+    }
 
     fn addr(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 80))
