@@ -8,7 +8,7 @@
 //! and fills them by running the ingress program itself through BPF_PROG_TEST_RUN: a SYN and
 //! then an ACK per client, as a connection's first packets set up its flow and its client's
 //! affinity. An established packet's cost is then taken over single runs, each an ACK of a
-//! flow picked at random among those held (a NAT rewrite makes a packet no longer ours, so it
+//! distinct held flow, its first packet more than a second after the fill (a NAT rewrite makes a packet no longer ours, so it
 //! cannot be repeated): the median of ten blocks' means, less the harness's timer overhead
 //! (as `crate::testrun` does).
 
@@ -27,7 +27,7 @@ use sticky::{
     datapath::{Datapath, Pins},
 };
 use sticky_common::maps::PROG_INGRESS;
-use sticky_tests::{HttpBackend, Netns, SplitMix64, StickyProcess, unique_name, veth};
+use sticky_tests::{HttpBackend, Netns, StickyProcess, unique_name, veth};
 
 use crate::testrun;
 
@@ -48,7 +48,8 @@ const REPEAT: u32 = 100_000;
 /// `TC_ACT_OK`: the rewritten packet goes on up the stack.
 const TC_ACT_OK: i32 = 0;
 /// How long the daemon's CPU is watched while its metrics are scraped once a second.
-const WATCH: Duration = Duration::from_secs(10);
+/// Longer than the daemon's longest reuse of a walk's counts (15 s), so walks recur in it.
+const WATCH: Duration = Duration::from_secs(20);
 const STATUS_RUNS: usize = 3;
 
 /// One point of the curve.
@@ -69,7 +70,9 @@ pub struct Point {
     pub rss_mib: f64,
     /// The kernel memory of its maps, MiB.
     pub map_mib: f64,
-    /// Mean time of one metrics scrape, ms.
+    /// The first scrape (a walk of the maps), ms.
+    pub walk_ms: f64,
+    /// Median time of one metrics scrape over the watch (most reuse the walk's counts), ms.
     pub scrape_ms: f64,
     /// Median time of `sticky status`, ms.
     pub status_ms: f64,
@@ -83,12 +86,13 @@ pub fn curve(sticky: &Path, sizes: &[u32]) -> anyhow::Result<Vec<Point>> {
             let p = point(sticky, n).with_context(|| format!("{n} live flows"))?;
             println!(
                 "  {:>9} flows: {:.0} ns/packet, daemon {:.1}% CPU, {:.1} MiB RSS, maps {:.0} \
-                 MiB, scrape {:.1} ms, status {:.0} ms (filled in {:.1} s)",
+                 MiB, walk {:.0} ms, scrape {:.1} ms, status {:.0} ms (filled in {:.1} s)",
                 p.flows,
                 p.ebpf_ns,
                 p.daemon_cpu * 100.0,
                 p.rss_mib,
                 p.map_mib,
+                p.walk_ms,
                 p.scrape_ms,
                 p.status_ms,
                 p.fill_secs
@@ -110,8 +114,10 @@ fn point(sticky: &Path, n: u32) -> anyhow::Result<Point> {
         .enumerate()
         .map(|(i, b)| HttpBackend::start(&ns, b.parse()?, &format!("be{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // Room for every flow and client with the LRU's slack.
-    let room = (n.saturating_mul(2)).max(4096);
+    // Room for both entries of every flow and for every client, with the LRU's slack (it
+    // evicts before it is full): the fill is checked to be held whole.
+    let flow_room = n.saturating_mul(3).max(4096);
+    let client_room = n.saturating_mul(2).max(4096);
     let mut args: Vec<String> = [
         "--iface",
         IF,
@@ -127,19 +133,20 @@ fn point(sticky: &Path, n: u32) -> anyhow::Result<Point> {
     for b in BACKENDS {
         args.extend(["--backend".to_string(), b.to_string()]);
     }
-    args.extend(
-        ["--max-flows", "--max-clients"]
-            .into_iter()
-            .flat_map(|k| [k.to_string(), room.to_string()]),
-    );
+    args.extend([
+        "--max-flows".to_string(),
+        flow_room.to_string(),
+        "--max-clients".to_string(),
+        client_room.to_string(),
+    ]);
     let daemon = StickyProcess::start(sticky, &ns, &args).context("start sticky")?;
     let layer = Layer {
         iface: vec![IF.into()],
         vip: vec![VIP.into()],
         backend: BACKENDS.iter().map(|b| b.to_string()).collect(),
         seed: Some(1),
-        max_flows: Some(room),
-        max_clients: Some(room),
+        max_flows: Some(flow_room),
+        max_clients: Some(client_room),
         instance: Some(daemon.instance.clone()),
         ..Layer::default()
     };
@@ -148,8 +155,6 @@ fn point(sticky: &Path, n: u32) -> anyhow::Result<Point> {
     let (mut point, dp) = ns.run(|| fill_and_time(&config, pins, n))??;
     let map_bytes: u64 = dp.map_memory()?.iter().map(|m| m.bytes).sum();
     point.map_mib = map_bytes as f64 / (1024.0 * 1024.0);
-    point.held_flows = dp.flow_entries()?.len();
-    point.held_clients = dp.affinity_entries()?.len();
     drop(dp);
     watch_daemon(&ns, daemon.pid(), &mut point)?;
     let mut status = Vec::new();
@@ -186,6 +191,13 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         }
     }
     let fill_secs = started.elapsed().as_secs_f64();
+    let (held_flows, held_clients) = (dp.flow_entries()?.len(), dp.affinity_entries()?.len());
+    anyhow::ensure!(
+        held_flows == 2 * n as usize && held_clients == n as usize,
+        "the maps hold {held_flows} flow entries and {held_clients} clients after {n} \
+         connections (want {} and {n}): an evicted flow would be timed as a new one",
+        2 * n
+    );
     // The harness's own time around one run: a packet that is not ours, once and repeated.
     let other = testrun::frame(
         client(0),
@@ -194,12 +206,16 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         64,
     );
     let (_, repeated) = run(&mut dp, &other, REPEAT)?;
-    let single = median_of_blocks(|_| Ok(run(&mut dp, &other, 1)?.1))?;
+    let single = median_of_blocks(SINGLE, |_| Ok(run(&mut dp, &other, 1)?.1))?;
     let overhead = (single - repeated.as_nanos() as f64).max(0.0);
-    // A fixed pseudo-random walk over the held flows, the same in every run.
-    let mut rng = SplitMix64(0x5eed);
-    let established = median_of_blocks(|_| {
-        let i = u32::try_from(rng.next_u64() % u64::from(n)).unwrap_or(0);
+    // Every timed packet takes the same path at every size: the first packet of its flow
+    // more than a second after the last (so it also refreshes its client's affinity, as a
+    // connection's first packet after a pause does). Distinct flows, spread over the table.
+    std::thread::sleep(Duration::from_millis(1100));
+    let timed = n.min(SINGLE);
+    let step = n / timed;
+    let established = median_of_blocks(timed, |k| {
+        let i = k * step;
         let f = testrun::frame(client(i), vip, testrun::TCP_ACK, testrun::PAYLOAD);
         let (action, d) = run(&mut dp, &f, 1)?;
         anyhow::ensure!(action == TC_ACT_OK, "flow {i}: the program gave {action}");
@@ -207,6 +223,8 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
     })?;
     let point = Point {
         flows: n,
+        held_flows,
+        held_clients,
         fill_secs,
         ebpf_ns: (established - overhead).max(0.0),
         ..Point::default()
@@ -214,10 +232,13 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
     Ok((point, dp))
 }
 
-/// The median over `BLOCKS` blocks of the mean ns of `SINGLE / BLOCKS` runs each: a block
+/// The median over `BLOCKS` blocks of the mean ns of `runs / BLOCKS` runs each: a block
 /// that a hypervisor's steal or an interrupt lands in does not move the figure.
-fn median_of_blocks(mut one: impl FnMut(u32) -> anyhow::Result<Duration>) -> anyhow::Result<f64> {
-    let per_block = SINGLE / BLOCKS;
+fn median_of_blocks(
+    runs: u32,
+    mut one: impl FnMut(u32) -> anyhow::Result<Duration>,
+) -> anyhow::Result<f64> {
+    let per_block = (runs / BLOCKS).max(1);
     let mut means = Vec::new();
     for b in 0..BLOCKS {
         let mut total = Duration::ZERO;
@@ -264,7 +285,9 @@ fn watch_daemon(ns: &Netns, pid: i32, point: &mut Point) -> anyhow::Result<()> {
     // SAFETY: no arguments.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     point.daemon_cpu = ticks as f64 / hz / started.elapsed().as_secs_f64();
-    point.scrape_ms = scrapes.iter().sum::<f64>() / scrapes.len().max(1) as f64;
+    point.walk_ms = scrapes.first().copied().unwrap_or(0.0);
+    scrapes.sort_by(f64::total_cmp);
+    point.scrape_ms = scrapes.get(scrapes.len() / 2).copied().unwrap_or(0.0);
     point.rss_mib = rss_kib(pid)? as f64 / 1024.0;
     Ok(())
 }
@@ -321,7 +344,8 @@ pub fn sentence(points: &[Point]) -> Option<String> {
         "From {} to {} live flows the established packet's eBPF cost went from {:.0} to {:.0} ns \
          ({}), the daemon's CPU while scraped every second from {:.1}% to {:.1}% of a CPU, its \
          RSS from {:.1} to {:.1} MiB (the maps, kernel memory, from {:.0} to {:.0} MiB), a \
-         scrape from {:.1} to {:.1} ms and `sticky status` from {:.0} to {:.0} ms.",
+         scrape that walks the maps from {:.0} to {:.0} ms and `sticky status` from {:.0} to \
+         {:.0} ms.",
         a.flows,
         b.flows,
         a.ebpf_ns,
@@ -333,8 +357,8 @@ pub fn sentence(points: &[Point]) -> Option<String> {
         b.rss_mib,
         a.map_mib,
         b.map_mib,
-        a.scrape_ms,
-        b.scrape_ms,
+        a.walk_ms,
+        b.walk_ms,
         a.status_ms,
         b.status_ms
     ))

@@ -143,7 +143,7 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
     let app = dir.join("seeds.js");
     let app = app.to_string_lossy();
     // Kept alive until the run is measured; dropping stops them.
-    let (root, sticky_proc, node_proc) = if seed == Seed::StickyCluster {
+    let tree = if seed == Seed::StickyCluster {
         let args: Vec<String> = [
             "cluster",
             "--workers",
@@ -159,7 +159,7 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
         .to_vec();
         let p = StickyProcess::start_with(sticky, &ns, &args, "sticky cluster:")
             .context("start sticky cluster")?;
-        (p.pid(), Some(p), None)
+        Tree(Some(Root::Sticky(p)))
     } else {
         let mut c = cmd::in_ns(&ns, Some(SERVER_CPU), "node");
         c.arg(&*app)
@@ -167,14 +167,15 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
             .env("PORT", PORT.to_string())
             .env("WORKERS", WORKERS)
             .current_dir(dir);
-        let mut p = Proc::spawn(seed.label(), &mut c)?;
-        // seeds.js prints it once a handshake through the master is answered.
-        p.wait_line("seeds ready", READY)
-            .context("no socket.io handshake answered through it")?;
-        (p.pid(), None, Some(p))
+        let mut tree = Tree(Some(Root::Node(Proc::spawn(seed.label(), &mut c)?)));
+        if let Some(Root::Node(p)) = &mut tree.0 {
+            // seeds.js prints it once a handshake through the master is answered.
+            p.wait_line("seeds ready", READY)
+                .context("no socket.io handshake answered through it")?;
+        }
+        tree
     };
-    let tree = descendants(root);
-    for &pid in &tree {
+    for pid in descendants(tree.pid()) {
         cmd::pin_process(pid, SERVER_CPU)?;
     }
     // Every process of the tree, its workers included, is up: one session must go through.
@@ -184,9 +185,14 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
         "no session completed through it: {}",
         probe.first_error.unwrap_or_default()
     );
-    let before = tree_cpu(&tree);
+    let before = tree_cpu(tree.pid());
     let r = load(&ns, exe, CONCURRENCY, &secs.to_string())?;
-    let cpu = tree_cpu(&tree).saturating_sub(before) as f64 / clock_ticks();
+    // Over the processes of the tree at the end (a worker forked meanwhile counts from 0).
+    let cpu = tree_cpu(tree.pid())
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        / clock_ticks();
     let run = SeedRun {
         seed,
         sessions_per_sec: r.rate(),
@@ -205,14 +211,6 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
         errors: r.errors,
         first_error: r.first_error,
     };
-    drop((sticky_proc, node_proc));
-    // Workers a master left behind (ours: we started their parent).
-    for pid in tree.into_iter().filter(|&p| p != root) {
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            // SAFETY: a PID of a process we started (a descendant of our child).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
     Ok(run)
 }
 
@@ -265,8 +263,69 @@ fn stat(pid: i32) -> Option<(i32, u64)> {
     Some((i32::try_from(field(4)?).ok()?, field(14)? + field(15)?))
 }
 
-fn tree_cpu(tree: &[i32]) -> u64 {
-    tree.iter().filter_map(|&p| stat(p)).map(|(_, t)| t).sum()
+/// CPU ticks of every process of `root`'s tree, by PID.
+fn tree_cpu(root: i32) -> std::collections::BTreeMap<i32, u64> {
+    descendants(root)
+        .into_iter()
+        .filter_map(|p| Some((p, stat(p)?.1)))
+        .collect()
+}
+
+/// The start time of `pid` (stat field 22): tells a process from a later one with its PID.
+fn started(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
+/// The process a balancer runs from: our child.
+enum Root {
+    Sticky(StickyProcess),
+    Node(Proc),
+}
+
+/// A balancer's processes: the root we started and whatever it forked. On drop (whatever
+/// path the run took) the descendants are listed, the root stopped, and every listed process
+/// still running (the same one: its start time unchanged) killed.
+struct Tree(Option<Root>);
+
+impl Tree {
+    fn pid(&self) -> i32 {
+        match &self.0 {
+            Some(Root::Sticky(p)) => p.pid(),
+            Some(Root::Node(p)) => p.pid(),
+            None => 0,
+        }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let root = self.pid();
+        if root <= 1 {
+            return;
+        }
+        let listed: Vec<(i32, u64)> = descendants(root)
+            .into_iter()
+            .filter(|&p| p != root)
+            .filter_map(|p| Some((p, started(p)?)))
+            .collect();
+        match self.0.take() {
+            Some(Root::Sticky(p)) => drop(p),
+            Some(Root::Node(mut p)) => p.stop(),
+            None => {}
+        }
+        for (pid, at) in listed {
+            if started(pid) == Some(at) {
+                // SAFETY: a descendant of our own child, checked to be the same process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
 fn clock_ticks() -> f64 {

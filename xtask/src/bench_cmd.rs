@@ -25,7 +25,9 @@ pub fn run(quick: bool, extra: &[String]) -> Result<ExitCode> {
     setup::run()?;
     setup::deb_packages(BENCH_PACKAGES)?;
     // The Node balancers `sticky cluster` is compared with, at their locked versions.
-    test_cmd::npm_ci("bench/cluster")?;
+    if !extra.iter().any(|a| a == "--no-seeds") {
+        test_cmd::npm_ci("bench/cluster")?;
+    }
     build_cmd::build_packages(true, &["sticky-user", "sticky-bench"])?;
     let sticky = sh::target_bin("sticky", true)?;
     let bench = sh::target_bin("sticky-bench", true)?;

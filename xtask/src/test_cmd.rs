@@ -66,11 +66,14 @@ fn npm_ci_example() -> Result<()> {
     npm_ci("examples/socketio")
 }
 
-/// `npm ci` in `dir` (relative to the workspace) unless its packages are installed: the
-/// locked versions, once.
+/// `npm ci` in `dir` (relative to the workspace) unless its locked packages are installed
+/// already (npm's own record of them is newer than the lockfile).
 pub fn npm_ci(dir: &str) -> Result<()> {
     let path = sh::workspace_root()?.join(dir);
-    if path.join("node_modules/socket.io").exists() {
+    // npm's record of what it installed, newer than the lockfile: nothing changed since.
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(&path.join("node_modules/.package-lock.json"));
+    if installed.is_some() && installed >= modified(&path.join("package-lock.json")) {
         println!("ok: {dir} dependencies installed");
         return Ok(());
     }

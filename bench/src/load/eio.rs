@@ -22,11 +22,15 @@ use super::{LoadResult, Percentiles};
 use crate::{cpu, topology::Net};
 
 const PATH: &str = "/socket.io/?EIO=4&transport=polling";
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's connect and read limit: a session in flight when the window ends takes at
+/// most this long to notice.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How one session ended.
 enum Outcome {
     Done,
+    /// The window ended before the session did: not counted.
+    Stopped,
     /// A request of the session was answered 400: its worker did not know it.
     Lost,
     Failed(String),
@@ -58,6 +62,7 @@ pub fn run(
     let next_source = Arc::new(AtomicU32::new(0));
     let cpu_before = cpu::times()?;
     let started = Instant::now();
+    let deadline = started + duration;
     let threads: Vec<_> = (0..concurrency)
         .map(|_| {
             let (totals, stop, next) = (totals.clone(), stop.clone(), next_source.clone());
@@ -65,7 +70,10 @@ pub fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let src = sources.addr(next.fetch_add(1, Ordering::Relaxed));
                     let t = Instant::now();
-                    match session(src, target, messages) {
+                    match session(src, target, messages, deadline) {
+                        Outcome::Stopped => {}
+                        // Only sessions that ended within the window count.
+                        Outcome::Done if Instant::now() > deadline => {}
                         Outcome::Done => {
                             totals.sessions.fetch_add(1, Ordering::Relaxed);
                             totals
@@ -111,15 +119,17 @@ pub fn run(
     })
 }
 
-fn session(src: Ipv4Addr, target: SocketAddr, messages: u32) -> Outcome {
-    match try_session(src, target, messages) {
+fn session(src: Ipv4Addr, target: SocketAddr, messages: u32, deadline: Instant) -> Outcome {
+    match try_session(src, target, messages, deadline) {
         Ok(()) => Outcome::Done,
+        Err(Error::Stopped) => Outcome::Stopped,
         Err(Error::Lost) => Outcome::Lost,
         Err(Error::Other(e)) => Outcome::Failed(format!("{src}: {e}")),
     }
 }
 
 enum Error {
+    Stopped,
     Lost,
     Other(String),
 }
@@ -130,39 +140,36 @@ impl From<io::Error> for Error {
     }
 }
 
-fn try_session(src: Ipv4Addr, target: SocketAddr, messages: u32) -> Result<(), Error> {
-    let open = request(src, target, "GET", PATH, "")?;
+fn try_session(
+    src: Ipv4Addr,
+    target: SocketAddr,
+    messages: u32,
+    deadline: Instant,
+) -> Result<(), Error> {
+    // Every request first checks the window: a session left unfinished when it ends stops
+    // there (the run's time stays bounded).
+    let request = |method: &str, path: &str, body: &str| {
+        if Instant::now() > deadline {
+            return Err(Error::Stopped);
+        }
+        request(src, target, method, path, body)
+    };
+    let open = request("GET", PATH, "")?;
     let sid = open
         .strip_prefix("0{\"sid\":\"")
         .and_then(|rest| rest.split('"').next())
         .ok_or_else(|| Error::Other(format!("handshake answered {open:?}")))?
         .to_string();
     let path = format!("{PATH}&sid={sid}");
-    expect(&request(src, target, "POST", &path, "40")?, "ok", "connect")?;
-    expect_packet(
-        &request(src, target, "GET", &path, "")?,
-        "40",
-        "connect answer",
-    )?;
+    expect(&request("POST", &path, "40")?, "ok", "connect")?;
+    expect_packet(&request("GET", &path, "")?, "40", "connect answer")?;
     for m in 1..=messages {
         let body = format!("42{m}[\"echo\",\"m{m}\"]");
-        expect(
-            &request(src, target, "POST", &path, &body)?,
-            "ok",
-            "message",
-        )?;
+        expect(&request("POST", &path, &body)?, "ok", "message")?;
         let want = format!("43{m}[\"m{m}\"]");
-        expect_packet(
-            &request(src, target, "GET", &path, "")?,
-            &want,
-            "acknowledgement",
-        )?;
+        expect_packet(&request("GET", &path, "")?, &want, "acknowledgement")?;
     }
-    expect(
-        &request(src, target, "POST", &path, "41")?,
-        "ok",
-        "disconnect",
-    )?;
+    expect(&request("POST", &path, "41")?, "ok", "disconnect")?;
     Ok(())
 }
 

@@ -104,60 +104,72 @@ impl Reporting {
 pub(super) struct Snapshots {
     maps: Arc<MapReader>,
     published: watch::Receiver<Arc<ReportInput>>,
-    /// The last snapshot, when its walk started and how long it took.
-    last: Mutex<Option<(Instant, Duration, Status)>>,
+    /// The last walk of the maps, when it started and how long it took.
+    last: Mutex<Option<(Instant, Duration, Walk)>>,
 }
 
-/// A metrics scrape reuses the last snapshot while it is younger than this many times its
-/// walk took. Walking 1M flows and clients takes over a second (mostly the kernel's bucket
-/// walk); scraped every second that was a whole CPU, now about a tenth of one, with figures
-/// at most ten walks old. Small tables walk in milliseconds: their figures stay fresh.
+/// A metrics scrape reuses the last walk's map counts while they are younger than this many
+/// times the walk took, and never longer than [`MAX_REUSE`]; everything else in the scrape
+/// (backend states and health, counters, per-backend packets and bytes) is read afresh.
+/// Walking 1M flows and clients takes over a second (mostly the kernel's bucket walk):
+/// scraped every second that was a whole CPU, now about a tenth of one. Small tables walk in
+/// milliseconds: their counts stay fresh.
 const SCRAPE_DUTY: u32 = 10;
+const MAX_REUSE: Duration = Duration::from_secs(15);
 
-/// Whether a snapshot whose walk started `at` and took `took` may still answer a scrape.
+/// Whether the counts of a walk that started `at` and took `took` may still answer a scrape.
 fn reusable(at: Instant, took: Duration, now: Instant) -> bool {
-    now.saturating_duration_since(at) < took * SCRAPE_DUTY
+    now.saturating_duration_since(at) < (took * SCRAPE_DUTY).min(MAX_REUSE)
 }
 
 impl Snapshots {
     /// A snapshot whose walk started after this call: callers that arrive while a walk runs
-    /// wait for the next one, and callers queued behind the same walk share its result.
+    /// wait for the next one, and callers queued behind the same walk share its counts.
     pub(super) fn take(&self) -> anyhow::Result<Status> {
         let asked = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, _, status)) = last.as_ref()
+        let published = Arc::clone(&self.published.borrow());
+        if let Some((at, _, walk)) = last.as_mut()
             && *at >= asked
         {
-            return Ok(status.clone());
+            walk.refresh(&published, &self.maps)?;
+            return Ok(assemble(&published, walk, Instant::now()));
         }
-        self.walk(&mut last)
+        self.walk(&published, &mut last)
     }
 
-    /// For metrics scrapes: the last snapshot while it is younger than [`SCRAPE_DUTY`] times
-    /// its walk took, else a fresh one.
+    /// For metrics scrapes: the last walk's map counts while [`reusable`], everything else
+    /// read afresh; else a new walk.
     pub(super) fn take_recent(&self) -> anyhow::Result<Status> {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, took, status)) = last.as_ref()
+        let published = Arc::clone(&self.published.borrow());
+        if let Some((at, took, walk)) = last.as_mut()
             && reusable(*at, *took, Instant::now())
         {
-            return Ok(status.clone());
+            walk.refresh(&published, &self.maps)?;
+            return Ok(assemble(&published, walk, Instant::now()));
         }
-        self.walk(&mut last)
+        self.walk(&published, &mut last)
     }
 
-    fn walk(&self, last: &mut Option<(Instant, Duration, Status)>) -> anyhow::Result<Status> {
+    fn walk(
+        &self,
+        published: &ReportInput,
+        last: &mut Option<(Instant, Duration, Walk)>,
+    ) -> anyhow::Result<Status> {
         let started = Instant::now();
-        let published = Arc::clone(&self.published.borrow());
-        let status = build(&published, &self.maps)?;
-        *last = Some((started, started.elapsed(), status.clone()));
+        let walk = walk(published, &self.maps)?;
+        let status = assemble(published, &walk, Instant::now());
+        *last = Some((started, started.elapsed(), walk));
         Ok(status)
     }
 }
 
 /// What one pass over the maps counted: each map read once, its entries counted as they
 /// stream by and none kept (at 1M flows and clients the entries were 150 MB, and putting
-/// every flow key in a set a third of the walk's CPU).
-#[derive(Default)]
+/// every flow key in a set a third of the walk's CPU). The counters, per-backend stats and
+/// map sizes are cheap reads, refreshed when the counts are reused.
+#[derive(Clone, Default)]
 struct Walk {
     affinity_entries: u64,
     /// Clients whose affinity holds, by backend id.
@@ -184,37 +196,46 @@ impl Walk {
         }
     }
 
-    fn count_flow(&mut self, key: &FlowKey, f: &Flow, new_flow_keys: &HashSet<FlowKey>) {
+    /// `new_flow_keys` loses the keys found established: each is counted once, even when a
+    /// walk meets a key twice.
+    fn count_flow(&mut self, key: &FlowKey, f: &Flow, new_flow_keys: &mut HashSet<FlowKey>) {
         self.flow_entries += 1;
         if f.direction == FLOW_FORWARD {
             *self.active.entry(f.backend_id).or_default() += 1;
         }
-        if new_flow_keys.contains(key) {
+        if new_flow_keys.remove(key) {
             self.new_flows_established += 1;
         }
     }
+
+    /// Reads the cheap parts again: counters, per-backend stats, map sizes.
+    fn refresh(&mut self, p: &ReportInput, maps: &MapReader) -> anyhow::Result<()> {
+        let mut stats = BTreeMap::new();
+        for b in &p.backends {
+            if let Some(id) = p.set.id_of(b.addr) {
+                stats.insert(id, maps.backend_stats(id)?);
+            }
+        }
+        self.stats = stats;
+        self.counters = maps.counters()?;
+        self.memory = maps.map_memory()?;
+        Ok(())
+    }
 }
 
-fn build(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Status> {
-    let mut stats = BTreeMap::new();
-    for b in &p.backends {
-        if let Some(id) = p.set.id_of(b.addr) {
-            stats.insert(id, maps.backend_stats(id)?);
-        }
-    }
+/// One pass over the maps.
+fn walk(p: &ReportInput, maps: &MapReader) -> anyhow::Result<Walk> {
     let now_ns = monotonic_ns();
-    // The new-flow table is the small one (flows in their handshake): its keys are kept.
-    let new_flow_keys: HashSet<FlowKey> = maps.new_flow_keys().into_iter().collect();
+    // The new-flow table's keys are kept (it is the smaller table: `--max-new-flows`).
+    let mut new_flow_keys: HashSet<FlowKey> = maps.new_flow_keys().into_iter().collect();
     let mut walk = Walk {
         new_flow_keys: new_flow_keys.len() as u64,
-        counters: maps.counters()?,
-        stats,
-        memory: maps.map_memory()?,
         ..Walk::default()
     };
+    walk.refresh(p, maps)?;
     maps.each_affinity(|_, a| walk.count_affinity(p, a, now_ns));
-    maps.each_flow(|k, f| walk.count_flow(k, f, &new_flow_keys));
-    Ok(assemble(p, &walk, Instant::now()))
+    maps.each_flow(|k, f| walk.count_flow(k, f, &mut new_flow_keys));
+    Ok(walk)
 }
 
 /// The snapshot of what a walk counted.
@@ -383,12 +404,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_scrape_reuses_a_snapshot_for_ten_walks() {
+    fn a_scrape_reuses_map_counts_for_ten_walks_at_most_15_s() {
         let at = Instant::now();
         let ms = Duration::from_millis;
         // A walk of a second: reused for ten.
         assert!(reusable(at, ms(1000), at + ms(9_900)));
         assert!(!reusable(at, ms(1000), at + ms(10_000)));
+        // Never past 15 s, however slow the walk.
+        assert!(reusable(at, ms(7000), at + ms(14_900)));
+        assert!(!reusable(at, ms(7000), at + ms(15_000)));
         // Small tables walk in a millisecond: a scrape 20 ms later walks anew.
         assert!(!reusable(at, ms(1), at + ms(20)));
         assert!(reusable(at, ms(1), at + ms(5)));
@@ -459,7 +483,7 @@ mod tests {
             affinity(2, two, 900),
             affinity(3, one, 10),
         ];
-        let new_flow_keys: HashSet<FlowKey> = [flows[0].0, flow(9, two, FLOW_FORWARD).0].into();
+        let mut new_flow_keys: HashSet<FlowKey> = [flows[0].0, flow(9, two, FLOW_FORWARD).0].into();
         let mut walk = Walk {
             new_flow_keys: new_flow_keys.len() as u64,
             counters: Counters::default(),
@@ -485,7 +509,7 @@ mod tests {
             walk.count_affinity(&p, a, 1000);
         }
         for (k, f) in &flows {
-            walk.count_flow(k, f, &new_flow_keys);
+            walk.count_flow(k, f, &mut new_flow_keys);
         }
         let s = assemble(&p, &walk, now);
         assert_eq!(

@@ -82,21 +82,23 @@ pub fn for_each<K: Pod, V: Pod>(
                 chunk *= 2;
                 continue;
             }
-            Some(_) => {
-                let e = err.unwrap_or_else(std::io::Error::last_os_error);
-                return Err((e, handed));
-            }
+            // Another error (a bucket lock not taken): what was copied before it still counts.
+            Some(_) => {}
         }
         let n = (attr.count as usize).min(chunk);
         for (k, v) in keys.iter().zip(&values).take(n) {
-            // SAFETY: the kernel filled the first `count` keys and values.
+            // SAFETY: the kernel filled the first `count` keys and values (it zeroes `count`
+            // before it copies anything, whatever the call's outcome).
             let (k, v) = unsafe { (k.assume_init_ref(), v.assume_init_ref()) };
             each(k, v);
         }
         handed += n;
-        if err.is_some() {
-            // ENOENT: that was the last batch.
-            return Ok(handed);
+        if let Some(e) = err {
+            return match e.raw_os_error() {
+                // That was the last batch.
+                Some(libc::ENOENT) => Ok(handed),
+                _ => Err((e, handed)),
+            };
         }
         position = next;
         started = true;

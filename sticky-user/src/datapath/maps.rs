@@ -55,10 +55,16 @@ fn whole<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
 /// Hands every entry of `map` to `f`: in batches, or entry by entry where the kernel has no
 /// batch reads. A batch walk that fails half-way ends there (the next walk reads anew).
 fn each<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, mut f: impl FnMut(&K, &V)) {
-    if let Err((e, 0)) = batch::for_each(map.map(), &mut f) {
-        tracing::debug!("batch read refused ({e}): reading entry by entry");
-        for (k, v) in map.iter().filter_map(Result::ok) {
-            f(&k, &v);
+    match batch::for_each(map.map(), &mut f) {
+        Ok(_) => {}
+        Err((e, 0)) => {
+            tracing::debug!("batch read refused ({e}): reading entry by entry");
+            for (k, v) in map.iter().filter_map(Result::ok) {
+                f(&k, &v);
+            }
+        }
+        Err((e, read)) => {
+            tracing::warn!("a map walk stopped after {read} entries ({e}): counts are short");
         }
     }
 }
