@@ -57,6 +57,37 @@ fn parse(stat: &str, hz: u64) -> anyhow::Result<Times> {
     })
 }
 
+/// One process's line of `/proc/<pid>/stat`: what the bench reads of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub ppid: i32,
+    /// utime + stime of all its threads.
+    pub cpu: Duration,
+    /// Since boot, in clock ticks: tells a process from a later one with its PID.
+    pub start_time: u64,
+}
+
+/// `/proc/<pid>/stat`, `None` once the process is gone.
+pub fn process(pid: i32) -> Option<Process> {
+    parse_process(
+        &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+        clock_ticks(),
+    )
+}
+
+fn parse_process(stat: &str, hz: u64) -> Option<Process> {
+    // After the command's closing parenthesis: state is field 3, ppid 4, utime 14, stime 15,
+    // starttime 22.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |k: usize| f.get(k - 3)?.parse::<u64>().ok();
+    let ticks = field(14)? + field(15)?;
+    Some(Process {
+        ppid: i32::try_from(field(4)?).ok()?,
+        cpu: Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / hz)),
+        start_time: field(22)?,
+    })
+}
+
 /// Pins the calling thread (and what it spawns afterwards) to `cpu`.
 pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; pid 0 is this thread.
@@ -80,6 +111,17 @@ pub fn count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_line_with_spaces_in_its_name() {
+        let line = "4242 (node seeds.js) S 4000 4242 4000 0 -1 4194560 100 0 0 0 \
+                    250 50 0 0 20 0 11 0 987654 1000000 2000";
+        let p = parse_process(line, 100).unwrap();
+        assert_eq!(p.ppid, 4000);
+        assert_eq!(p.cpu, Duration::from_secs(3));
+        assert_eq!(p.start_time, 987654);
+        assert!(parse_process("4242 (x) S", 100).is_none());
+    }
 
     #[test]
     fn busy_counts_user_system_and_interrupts() {

@@ -276,20 +276,7 @@ fn scale_section(md: &mut String, results: &Results, png: &str) {
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for p in points {
-        let _ = writeln!(
-            md,
-            "| {} | {} / {} | {:.0} | {:.1}% | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} |",
-            p.flows,
-            p.held_flows,
-            p.held_clients,
-            p.ebpf_ns,
-            p.daemon_cpu * 100.0,
-            p.rss_mib,
-            p.map_mib,
-            p.walk_ms,
-            p.scrape_ms,
-            p.status_ms
-        );
+        let _ = writeln!(md, "{}", p.row());
     }
     if let Some(s) = crate::scale::sentence(points) {
         let _ = writeln!(md, "\n{s}");

@@ -29,7 +29,7 @@ use sticky::{
 use sticky_common::maps::PROG_INGRESS;
 use sticky_tests::{HttpBackend, Netns, StickyProcess, unique_name, veth};
 
-use crate::testrun;
+use crate::{cpu, testrun};
 
 /// Live flows (and clients) at each point of the curve.
 pub const SIZES: [u32; 3] = [1_000, 100_000, 1_000_000];
@@ -78,25 +78,32 @@ pub struct Point {
     pub status_ms: f64,
 }
 
+impl Point {
+    /// Its row of the report's table (the bench prints it as it goes, too).
+    pub fn row(&self) -> String {
+        format!(
+            "| {} | {} / {} | {:.0} | {:.1}% | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} |",
+            self.flows,
+            self.held_flows,
+            self.held_clients,
+            self.ebpf_ns,
+            self.daemon_cpu * 100.0,
+            self.rss_mib,
+            self.map_mib,
+            self.walk_ms,
+            self.scrape_ms,
+            self.status_ms
+        )
+    }
+}
+
 /// Every point of the curve, in `SIZES` order.
 pub fn curve(sticky: &Path, sizes: &[u32]) -> anyhow::Result<Vec<Point>> {
     sizes
         .iter()
         .map(|&n| {
             let p = point(sticky, n).with_context(|| format!("{n} live flows"))?;
-            println!(
-                "  {:>9} flows: {:.0} ns/packet, daemon {:.1}% CPU, {:.1} MiB RSS, maps {:.0} \
-                 MiB, walk {:.0} ms, scrape {:.1} ms, status {:.0} ms (filled in {:.1} s)",
-                p.flows,
-                p.ebpf_ns,
-                p.daemon_cpu * 100.0,
-                p.rss_mib,
-                p.map_mib,
-                p.walk_ms,
-                p.scrape_ms,
-                p.status_ms,
-                p.fill_secs
-            );
+            println!("  {}", p.row());
             Ok(p)
         })
         .collect()
@@ -268,7 +275,12 @@ fn run(dp: &mut Datapath, frame: &[u8], repeat: u32) -> anyhow::Result<(i32, Dur
 
 /// The daemon's CPU over `WATCH` while its metrics are fetched once a second, its RSS after.
 fn watch_daemon(ns: &Netns, pid: i32, point: &mut Point) -> anyhow::Result<()> {
-    let before = cpu_ticks(pid)?;
+    let cpu_of = |pid| {
+        cpu::process(pid)
+            .map(|p| p.cpu)
+            .context("the daemon exited")
+    };
+    let before = cpu_of(pid)?;
     let started = Instant::now();
     let mut scrapes = Vec::new();
     while started.elapsed() < WATCH {
@@ -281,10 +293,8 @@ fn watch_daemon(ns: &Netns, pid: i32, point: &mut Point) -> anyhow::Result<()> {
         scrapes.push(t.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
     }
-    let ticks = cpu_ticks(pid)? - before;
-    // SAFETY: no arguments.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    point.daemon_cpu = ticks as f64 / hz / started.elapsed().as_secs_f64();
+    let used = cpu_of(pid)?.saturating_sub(before);
+    point.daemon_cpu = used.as_secs_f64() / started.elapsed().as_secs_f64();
     point.walk_ms = scrapes.first().copied().unwrap_or(0.0);
     scrapes.sort_by(f64::total_cmp);
     point.scrape_ms = scrapes.get(scrapes.len() / 2).copied().unwrap_or(0.0);
@@ -300,18 +310,6 @@ fn scrape() -> anyhow::Result<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).context("read the metrics")?;
     Ok(body)
-}
-
-/// utime + stime of every thread of `pid`, in clock ticks.
-fn cpu_ticks(pid: i32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command's closing parenthesis: state is 3rd, utime 14th, stime 15th.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |k: usize| -> anyhow::Result<u64> {
-        Ok(f.get(k - 3).context("/proc stat field")?.parse()?)
-    };
-    Ok(field(14)? + field(15)?)
 }
 
 fn rss_kib(pid: i32) -> anyhow::Result<u64> {

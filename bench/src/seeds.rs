@@ -21,6 +21,7 @@ use sticky_tests::{Netns, StickyProcess, unique_name};
 
 use crate::{
     cmd::{self, Proc},
+    cpu,
     load::LoadResult,
     tools::GRACE,
     topology::{LOAD_CPU, SERVER_CPU},
@@ -190,9 +191,9 @@ fn one(sticky: &Path, exe: &Path, dir: &Path, seed: Seed, secs: u64) -> anyhow::
     // Over the processes of the tree at the end (a worker forked meanwhile counts from 0).
     let cpu = tree_cpu(tree.pid())
         .iter()
-        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
-        .sum::<u64>() as f64
-        / clock_ticks();
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or_default()))
+        .sum::<Duration>()
+        .as_secs_f64();
     let run = SeedRun {
         seed,
         sessions_per_sec: r.rate(),
@@ -243,7 +244,7 @@ fn descendants(pid: i32) -> Vec<i32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| Some((p, stat(p)?.0)))
+        .filter_map(|p| Some((p, cpu::process(p)?.ppid)))
         .collect();
     let mut tree = vec![pid];
     let mut i = 0;
@@ -254,32 +255,12 @@ fn descendants(pid: i32) -> Vec<i32> {
     tree
 }
 
-/// The parent and the CPU ticks (utime + stime) of `pid`.
-fn stat(pid: i32) -> Option<(i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: state is field 3, ppid 4, utime 14, stime 15.
-    let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let field = |k: usize| f.get(k - 3)?.parse::<u64>().ok();
-    Some((i32::try_from(field(4)?).ok()?, field(14)? + field(15)?))
-}
-
-/// CPU ticks of every process of `root`'s tree, by PID.
-fn tree_cpu(root: i32) -> std::collections::BTreeMap<i32, u64> {
+/// CPU time of every process of `root`'s tree, by PID.
+fn tree_cpu(root: i32) -> std::collections::BTreeMap<i32, Duration> {
     descendants(root)
         .into_iter()
-        .filter_map(|p| Some((p, stat(p)?.1)))
+        .filter_map(|p| Some((p, cpu::process(p)?.cpu)))
         .collect()
-}
-
-/// The start time of `pid` (stat field 22): tells a process from a later one with its PID.
-fn started(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(22 - 3)?
-        .parse()
-        .ok()
 }
 
 /// The process a balancer runs from: our child.
@@ -312,7 +293,7 @@ impl Drop for Tree {
         let listed: Vec<(i32, u64)> = descendants(root)
             .into_iter()
             .filter(|&p| p != root)
-            .filter_map(|p| Some((p, started(p)?)))
+            .filter_map(|p| Some((p, cpu::process(p)?.start_time)))
             .collect();
         match self.0.take() {
             Some(Root::Sticky(p)) => drop(p),
@@ -320,17 +301,12 @@ impl Drop for Tree {
             None => {}
         }
         for (pid, at) in listed {
-            if started(pid) == Some(at) {
+            if cpu::process(pid).map(|p| p.start_time) == Some(at) {
                 // SAFETY: a descendant of our own child, checked to be the same process.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
     }
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: no arguments.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }
 
 /// Medians per seed, in `Seed::ALL` order.

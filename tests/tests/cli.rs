@@ -46,6 +46,25 @@ fn assert_refused(ns: &Netns, args: &[&str], expect: &str) {
     );
 }
 
+/// `sticky ARGS…` as owned strings.
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// `sticky run` on lo with a VIP and a backend, then `extra`.
+fn run_lo(extra: &[&str]) -> Vec<String> {
+    let base = [
+        "run",
+        "--iface",
+        "lo",
+        "--vip",
+        "127.0.0.1:80",
+        "--backend",
+        "127.0.0.2:80",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 #[test]
 fn bad_command_lines_are_refused_clearly() {
     if !root_or_skip("bad_command_lines_are_refused_clearly") {
@@ -53,9 +72,9 @@ fn bad_command_lines_are_refused_clearly() {
     }
     let ns = Netns::create(&unique_name("cli")).expect("netns");
     let ok_vip = "127.0.0.1:80";
-    let cases: &[(&[&str], &str)] = &[
+    let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "nosuch0",
@@ -63,11 +82,11 @@ fn bad_command_lines_are_refused_clearly() {
                 ok_vip,
                 "--backend",
                 "127.0.0.1:81",
-            ],
+            ]),
             "unknown interface 'nosuch0'",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -75,42 +94,23 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1",
                 "--backend",
                 "127.0.0.1:81",
-            ],
+            ]),
             "has no port",
         ),
-        (&["run", "--iface", "lo", "--vip", ok_vip], "no backends"),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                ok_vip,
-                "--backend",
-                "127.0.0.2:80",
-                "--xdp",
-                "native",
-            ],
+            args(&["run", "--iface", "lo", "--vip", ok_vip]),
+            "no backends",
+        ),
+        (
+            run_lo(&["--xdp", "native"]),
             "xdp only applies with --forward dsr",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                ok_vip,
-                "--backend",
-                "127.0.0.2:80",
-                "--forward",
-                "dsr",
-                "--dsr-source",
-                "nope",
-            ],
+            run_lo(&["--forward", "dsr", "--dsr-source", "nope"]),
             "dsr-source 'nope' is not an IP address",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -120,28 +120,16 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.2:81",
                 "--forward",
                 "dsr",
-            ],
+            ]),
             "give it a VIP's port (80)",
         ),
         (
             // No global IPv4 address on lo for the outer source: refused before attaching.
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                ok_vip,
-                "--backend",
-                "127.0.0.2:80",
-                "--forward",
-                "dsr",
-                "--xdp",
-                "off",
-            ],
+            run_lo(&["--forward", "dsr", "--xdp", "off"]),
             "no IPv4 address on lo for the outer source; give --dsr-source ADDR",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -151,11 +139,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--max-new-flows",
                 "10",
-            ],
+            ]),
             "max-new-flows",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -167,11 +155,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:8080",
                 "--max-connections",
                 "0",
-            ],
+            ]),
             "max-connections 0 must be from 1 to 1000000",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -181,19 +169,19 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--max-connections",
                 "5",
-            ],
+            ]),
             "without --proxy",
         ),
         (
-            &["run", "--iface", "lo", "--backend", "127.0.0.1:81"],
+            args(&["run", "--iface", "lo", "--backend", "127.0.0.1:81"]),
             "no VIP",
         ),
         (
-            &["run", "--vip", ok_vip, "--backend", "127.0.0.1:81"],
+            args(&["run", "--vip", ok_vip, "--backend", "127.0.0.1:81"]),
             "no interface",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -203,11 +191,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--backend",
                 "127.0.0.1:81@2",
-            ],
+            ]),
             "duplicate backend 127.0.0.1:81",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -215,11 +203,11 @@ fn bad_command_lines_are_refused_clearly() {
                 ok_vip,
                 "--backend",
                 "127.0.0.1:81@0",
-            ],
+            ]),
             "weight must be a whole number",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -227,11 +215,11 @@ fn bad_command_lines_are_refused_clearly() {
                 ok_vip,
                 "--backend",
                 "127.0.0.1:81@many",
-            ],
+            ]),
             "weight must be a whole number",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -239,11 +227,11 @@ fn bad_command_lines_are_refused_clearly() {
                 ok_vip,
                 "--backend",
                 "127.0.0.1:81@-3",
-            ],
+            ]),
             "weight must be a whole number",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -251,11 +239,11 @@ fn bad_command_lines_are_refused_clearly() {
                 ok_vip,
                 "--backend",
                 "[::1]:81",
-            ],
+            ]),
             "mix IPv4 and IPv6",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -265,11 +253,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--table-size",
                 "65536",
-            ],
+            ]),
             "must be a prime",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -279,15 +267,15 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--affinity-timeout",
                 "forever",
-            ],
+            ]),
             "invalid duration",
         ),
         (
-            &["run", "--config", "/nonexistent/sticky.toml"],
+            args(&["run", "--config", "/nonexistent/sticky.toml"]),
             "cannot read config file",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -295,11 +283,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "sctp:127.0.0.1:80",
                 "--backend",
                 "127.0.0.1:81",
-            ],
+            ]),
             "the protocol must be tcp: or udp:",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -309,11 +297,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:5353",
                 "--udp-timeout",
                 "1s",
-            ],
+            ]),
             "udp-timeout 1s: at least 5s",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -323,11 +311,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:5353",
                 "--udp-timeout",
                 "often",
-            ],
+            ]),
             "udp-timeout: invalid duration",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -337,11 +325,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "udp:127.0.0.1:53",
                 "--backend",
                 "127.0.0.1:5353",
-            ],
+            ]),
             "duplicate VIP udp:127.0.0.1:53",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -351,11 +339,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.1:81",
                 "--proxy",
                 "127.0.0.1:8080",
-            ],
+            ]),
             "proxy mode forwards TCP connections",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -365,11 +353,11 @@ fn bad_command_lines_are_refused_clearly() {
                 "127.0.0.2:443",
                 "--forward",
                 "dsr",
-            ],
+            ]),
             "with only UDP VIPs and no --health-check",
         ),
         (
-            &[
+            args(&[
                 "run",
                 "--iface",
                 "lo",
@@ -380,120 +368,53 @@ fn bad_command_lines_are_refused_clearly() {
                 "--backend",
                 "127.0.0.2:80",
                 "--replies-any-node",
-            ],
+            ]),
             "serve VIPs 127.0.0.1:80 and 127.0.0.1:81 of one protocol",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
-                "--forward",
-                "dsr",
-                "--replies-any-node",
-            ],
+            run_lo(&["--forward", "dsr", "--replies-any-node"]),
             "replies-any-node: a DSR node never sees replies",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
-                "--announce-table",
-                "254",
-            ],
+            run_lo(&["--announce-table", "254"]),
             "announce-table 254: give a table of sticky's own",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
-                "--withdraw-grace",
-                "5s",
-            ],
+            run_lo(&["--withdraw-grace", "5s"]),
             "withdraw-grace applies with --announce-table",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
+            run_lo(&[
                 "--replies-any-node",
                 "--announce-table",
                 "100",
                 "--announce-return",
                 "0.0.0.0/0,10.1.2.3/8",
-            ],
+            ]),
             "announce-return '10.1.2.3/8' must be a network ADDR/LEN with no host bits set",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
-                "--announce-table",
-                "100",
-                "--announce-return",
-                "0.0.0.0/0",
-            ],
+            run_lo(&["--announce-table", "100", "--announce-return", "0.0.0.0/0"]),
             "announce-return: replies come through a node only in NAT mode with --replies-any-node",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
-                "--replies-any-node",
-                "--announce-return",
-                "0.0.0.0/0",
-            ],
+            run_lo(&["--replies-any-node", "--announce-return", "0.0.0.0/0"]),
             "announce-return: replies come through a node only in NAT mode with --replies-any-node",
         ),
         (
-            &[
-                "run",
-                "--iface",
-                "lo",
-                "--vip",
-                "127.0.0.1:80",
-                "--backend",
-                "127.0.0.2:80",
+            run_lo(&[
                 "--replies-any-node",
                 "--announce-table",
                 "100",
                 "--announce-return",
                 "127.0.0.1/32",
-            ],
+            ]),
             "announce-return 127.0.0.1/32: a VIP's own host route",
         ),
     ];
-    for (args, expect) in cases {
-        assert_refused(&ns, args, expect);
+    for (args, expect) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&ns, &args, expect);
     }
     peer_settings_are_refused_clearly(&ns);
 }
@@ -522,18 +443,6 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
     )
     .expect("write config");
     let config = config.display().to_string();
-    let run = |extra: &[&str]| -> Vec<String> {
-        let base = [
-            "run",
-            "--iface",
-            "lo",
-            "--vip",
-            "127.0.0.1:80",
-            "--backend",
-            "127.0.0.2:80",
-        ];
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
     let peers = [
         "--peers",
         "127.0.0.3:7946",
@@ -541,13 +450,13 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
         "127.0.0.1:7946",
     ];
     let with_key = |k: &str| -> Vec<String> {
-        let mut a = run(&peers);
+        let mut a = run_lo(&peers);
         a.extend(["--peer-key-file".to_string(), k.to_string()]);
         a
     };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            run(&peers),
+            run_lo(&peers),
             "peers without a key: give --peer-key-file PATH",
         ),
         (
@@ -559,7 +468,7 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
         (with_key(&empty), "is empty"),
         (with_key(&short), "holds 6 bytes: at least 32 are needed"),
         (
-            run(&[
+            run_lo(&[
                 "--peers",
                 "127.0.0.3",
                 "--peer-listen",
@@ -570,7 +479,7 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
             "peers '127.0.0.3' has no port",
         ),
         (
-            run(&[
+            run_lo(&[
                 "--peers",
                 "nowhere:x",
                 "--peer-listen",
@@ -581,15 +490,15 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
             "peers 'nowhere:x' is not an address",
         ),
         (
-            run(&["--peers", "127.0.0.3:7946", "--peer-key-file", &good]),
+            run_lo(&["--peers", "127.0.0.3:7946", "--peer-key-file", &good]),
             "--peers needs --peer-listen",
         ),
         (
-            run(&["--peer-listen", "127.0.0.1:7946"]),
+            run_lo(&["--peer-listen", "127.0.0.1:7946"]),
             "peer-listen without --peers",
         ),
         (
-            run(&[
+            run_lo(&[
                 "--peers",
                 "[::1]:7946",
                 "--peer-listen",
@@ -601,7 +510,7 @@ fn peer_settings_are_refused_clearly(ns: &Netns) {
         ),
         (
             // Not an address of this host: refused before anything is loaded.
-            run(&[
+            run_lo(&[
                 "--peers",
                 "192.0.2.2:7946",
                 "--peer-listen",
