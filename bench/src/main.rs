@@ -47,6 +47,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Render latest.md and latest.png again from a run's latest.json (no measuring).
     Report(report::ReportArgs),
+    /// Only the eBPF programs' cost per packet through BPF_PROG_TEST_RUN: NAT ingress, DSR on
+    /// XDP and tc (as root; builds and removes its own namespace).
+    Testrun,
     /// Compare sticky's hash + Maglev table with the hashes of sticky-session, sticky-cluster
     /// and nginx ip_hash: spread, speed, disruption (offline, no root).
     Hash(hash::HashArgs),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Report(args) => report::rerender(&args),
         Command::Hash(args) => hash::run(&args),
+        Command::Testrun => testrun::run_alone(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

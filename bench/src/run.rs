@@ -134,15 +134,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let times_at_start = cpu::times()?;
 
-    println!("bench: eBPF cost per packet of the DSR programs (BPF_PROG_TEST_RUN)");
-    match testrun::dsr_costs() {
+    println!("bench: eBPF cost per packet of the NAT and DSR programs (BPF_PROG_TEST_RUN)");
+    match testrun::costs() {
         Ok(costs) => {
-            for c in &costs {
-                println!("  {:<70} {:.0} ns", c.what, c.ns);
-            }
+            testrun::print(&costs);
             results.testrun = costs;
         }
-        Err(e) => results.note(format!("DSR programs through BPF_PROG_TEST_RUN: {e:#}")),
+        Err(e) => results.note(format!("programs through BPF_PROG_TEST_RUN: {e:#}")),
     }
     if !args.no_scale {
         println!("bench: the kernel path with more live flows (scale)");

@@ -43,7 +43,6 @@ const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 /// Single runs per figure, in blocks whose median mean is the figure, and repeated runs of
 /// the overhead baseline.
 const SINGLE: u32 = 10_000;
-const BLOCKS: u32 = 10;
 const REPEAT: u32 = 100_000;
 /// `TC_ACT_OK`: the rewritten packet goes on up the stack.
 const TC_ACT_OK: i32 = 0;
@@ -213,7 +212,7 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         64,
     );
     let (_, repeated) = run(&mut dp, &other, REPEAT)?;
-    let single = median_of_blocks(SINGLE, |_| Ok(run(&mut dp, &other, 1)?.1))?;
+    let single = testrun::median_of_blocks(SINGLE, |_| Ok(run(&mut dp, &other, 1)?.1))?;
     let overhead = (single - repeated.as_nanos() as f64).max(0.0);
     // Every timed packet takes the same path at every size: the first packet of its flow
     // more than a second after the last (so it also refreshes its client's affinity, as a
@@ -221,7 +220,7 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
     std::thread::sleep(Duration::from_millis(1100));
     let timed = n.min(SINGLE);
     let step = n / timed;
-    let established = median_of_blocks(timed, |k| {
+    let established = testrun::median_of_blocks(timed, |k| {
         let i = k * step;
         let f = testrun::frame(client(i), vip, testrun::TCP_ACK, testrun::PAYLOAD);
         let (action, d) = run(&mut dp, &f, 1)?;
@@ -237,25 +236,6 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         ..Point::default()
     };
     Ok((point, dp))
-}
-
-/// The median over `BLOCKS` blocks of the mean ns of `runs / BLOCKS` runs each: a block
-/// that a hypervisor's steal or an interrupt lands in does not move the figure.
-fn median_of_blocks(
-    runs: u32,
-    mut one: impl FnMut(u32) -> anyhow::Result<Duration>,
-) -> anyhow::Result<f64> {
-    let per_block = (runs / BLOCKS).max(1);
-    let mut means = Vec::new();
-    for b in 0..BLOCKS {
-        let mut total = Duration::ZERO;
-        for i in 0..per_block {
-            total += one(b * per_block + i)?;
-        }
-        means.push(total.as_nanos() as f64 / f64::from(per_block));
-    }
-    means.sort_by(f64::total_cmp);
-    Ok(means.get(means.len() / 2).copied().unwrap_or(0.0))
 }
 
 /// The ingress program on `frame` as received on the namespace's interface.

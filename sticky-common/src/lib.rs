@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod choice;
+pub mod csum;
 pub mod defaults;
 pub mod hash;
 pub mod maps;

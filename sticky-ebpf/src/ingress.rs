@@ -12,7 +12,7 @@
 //! a SYN flood from spoofed addresses — only churn `NEW_FLOWS`: established flows and
 //! affinities are never evicted to make room for them.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use sticky_common::{
     Addr16, Reason, View,
     choice::slot_of,
@@ -107,7 +107,7 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
         _pad0: 0,
         _pad1: 0,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The flow the packet belongs to, if it has one that still holds.
     let known = if pkt.syn {
         // A SYN starts a new connection even when a closed one with the same ports is still
@@ -374,16 +374,35 @@ fn remember_client(client: &Addr16, flow: &Flow, now: u64) {
         && (backend.addr.is_unspecified() || same_addr(&backend.addr, &flow.nat_addr))
         && backend.port_be == flow.nat_port_be
     {
-        let affinity = Affinity {
-            backend_id: flow.backend_id,
-            generation: backend.generation,
-            last_seen_ns: now,
-        };
-        let _ = AFFINITY.insert(client, &affinity, 0);
+        if !renew(client, flow.backend_id, &backend, now) {
+            let affinity = Affinity {
+                backend_id: flow.backend_id,
+                generation: backend.generation,
+                last_seen_ns: now,
+            };
+            let _ = AFFINITY.insert(client, &affinity, 0);
+        }
         if SETTINGS.get(0).is_some_and(|s| s.sync_events != 0) {
             report_affinity(client, &backend, flow.backend_id, now);
         }
     }
+}
+
+/// A returning client already affine to this very backend (same id, same generation): its
+/// entry is renewed in place, which costs a lookup where an insert into the LRU costs an
+/// allocation and its lock. Whether it was.
+#[inline(always)]
+fn renew(client: &Addr16, id: u32, backend: &Backend, now: u64) -> bool {
+    let Some(affinity) = AFFINITY.get_ptr_mut(client) else {
+        return false;
+    };
+    // SAFETY: a live LRU value; racing renewals write the same kind of timestamp.
+    let affinity = unsafe { &mut *affinity };
+    if affinity.backend_id != id || affinity.generation != backend.generation {
+        return false;
+    }
+    affinity.last_seen_ns = now;
+    true
 }
 
 /// Tells the daemon (and through it the peers) that `client` is affine to `backend`. The

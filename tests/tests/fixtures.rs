@@ -1250,6 +1250,48 @@ fn affinity_lapses_after_its_timeout() {
     );
 }
 
+/// A returning client's next connection renews its affinity in place (same backend, same
+/// generation, a later time); once its backend left and came back under a new generation,
+/// the next confirmed connection replaces the stale entry.
+#[test]
+fn returning_clients_renew_their_affinity() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let vip = Setup::V4.vip();
+    let three = v4_backends(3);
+    let mut lb = Lb::with_config(Setup::V4, &Setup::V4.config(), &[three.clone()]);
+    let c = sa("198.51.100.40:52000");
+    let b = lb.table_choice(c);
+    lb.connect(c, vip, b);
+    let first = lb.affinity(c).expect("the handshake made the client affine");
+    assert_eq!(first.backend_id, lb.id_of(b));
+    // The kernel's coarse clock moves at least once a tick.
+    std::thread::sleep(Duration::from_millis(30));
+    lb.connect(SocketAddr::new(c.ip(), 52_001), vip, b);
+    let renewed = lb.affinity(c).expect("still affine");
+    assert_eq!(
+        (renewed.backend_id, renewed.generation),
+        (first.backend_id, first.generation)
+    );
+    assert!(
+        renewed.last_seen_ns > first.last_seen_ns,
+        "a confirmed connection renews the affinity: {first:?} then {renewed:?}"
+    );
+    // `b` leaves and comes back: same id, next generation; the stale affinity no longer
+    // holds, the table decides (`b` again: the same set), and the entry is replaced.
+    let others: Vec<SocketAddr> = three.iter().copied().filter(|a| *a != b).collect();
+    lb.set_backends(&others);
+    lb.set_backends(&three);
+    let id = lb.id_of(b);
+    let generation = lb.set.get(id).expect("back in the set").generation;
+    assert_ne!(generation, first.generation, "re-added under a new generation");
+    assert_eq!(lb.table_choice(c), b);
+    lb.connect(SocketAddr::new(c.ip(), 52_002), vip, b);
+    let replaced = lb.affinity(c).expect("affine again");
+    assert_eq!((replaced.backend_id, replaced.generation), (id, generation));
+}
+
 /// Drain and down as the data path reads them: a backend out of the table, its entry written
 /// as `DRAINING` (affinity honoured) and then `DOWN` (affinity ignored), established flows
 /// continuing through both.
