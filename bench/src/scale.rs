@@ -13,8 +13,7 @@
 //! (as `crate::testrun` does).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -283,13 +282,7 @@ fn watch_daemon(ns: &Netns, pid: i32, point: &mut Point) -> anyhow::Result<()> {
 }
 
 fn scrape() -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(5))
-        .context("connect to the metrics endpoint")?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: sticky\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).context("read the metrics")?;
-    Ok(body)
+    sticky_tests::fetch_metrics(METRICS.parse()?, Duration::from_secs(30))
 }
 
 fn rss_kib(pid: i32) -> anyhow::Result<u64> {

@@ -6,12 +6,13 @@
 //!
 //! A repeated run re-runs the same buffer, and a rewritten packet is no longer ours (it is
 //! addressed to the backend): after the first run the rest would time the pass path. So
-//! forwarding runs are single runs (`repeat` 1) averaged, and a single run carries the harness's timer
-//! around one program run; that overhead is the single-run time of a packet that is not ours
-//! minus its time over `REPEAT` repeated runs, and is taken off. Single runs also start with
-//! cold caches after the syscall; a warm figure for all but the rewrite comes from a packet
+//! forwarding runs are single runs (`repeat` 1) averaged, and a single run carries the
+//! harness's timer around one program run; that overhead is the single-run time of a packet
+//! that is not ours minus its time over `REPEAT` repeated runs, and is taken off. Single runs
+//! also start with cold caches after the syscall. Warm figures: for DSR, all but the rewrite, from a packet
 //! too big for the path, which takes the same decision and FIB lookup, is dropped unchanged
-//! and so can be repeated.
+//! and so can be repeated; for NAT, the whole established path, its rewritten output made an
+//! established flow back to the VIP (`mirror`), so every repeated run rewrites.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -184,10 +185,16 @@ fn measure(dp: &mut Datapath, prog: Program, offset: u32) -> anyhow::Result<Vec<
         // Warm: the rewritten packet made an established flow of its own back to the VIP,
         // so repeated runs alternate between two established packets, each rewritten.
         mirror(dp, first, vip, NAT_BACKEND.parse()?)?;
-        let (action, warm) = run(dp, prog, ifindex, &ack, REPEAT)?;
+        let (action, warm, last) = run_with_output(dp, prog, ifindex, &ack, REPEAT)?;
         anyhow::ensure!(
             action == prog.sent,
             "{name}: a repeated established packet gave {action}"
+        );
+        // An even number of rewrites, each undoing the one before, checksums included: had
+        // the mirror not matched, the packet would have stayed at the backend.
+        anyhow::ensure!(
+            REPEAT.is_multiple_of(2) && last == ack,
+            "{name}: the repeated established packet did not alternate between its two flows"
         );
         out.push(Cost {
             what: Timed::EstablishedRepeated.what(name),
@@ -383,6 +390,17 @@ fn run(
     frame: &[u8],
     repeat: u32,
 ) -> anyhow::Result<(i32, Duration)> {
+    run_with_output(dp, prog, ifindex, frame, repeat).map(|(action, d, _)| (action, d))
+}
+
+/// [`run`], and the packet as the last run left it.
+fn run_with_output(
+    dp: &mut Datapath,
+    prog: Program,
+    ifindex: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<(i32, Duration, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
     let res = if prog.xdp {
         // xdp_md: data_end (offset 4) and ingress_ifindex (offset 12).
@@ -409,7 +427,8 @@ fn run(
         })
     }
     .context("BPF_PROG_TEST_RUN")?;
-    Ok((res.return_value as i32, res.duration))
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value as i32, res.duration, out))
 }
 
 /// ns per run over `n` single runs, each of which must end in `want` (XDP_TX counts as sent

@@ -1,9 +1,12 @@
-//! Address and port rewrites, in as few helper calls as the kernel allows. Bytes are written
-//! with `bpf_skb_store_bytes` (which makes only our packets writable), the IPv4 header
-//! checksum is computed here with them (RFC 1624: no offload touches it), and the TCP or UDP
-//! checksum is only ever fixed through the kernel's `l4_csum_replace`, which knows whether the
-//! skb's checksum is offloaded (`CHECKSUM_PARTIAL`: only the pseudo-header's part belongs in
-//! the field) or complete; a program cannot tell.
+//! Address and port rewrites, in as few helper calls as the kernel allows:
+//! - bytes are written with `bpf_skb_store_bytes`, which unclones only the packets it writes
+//!   (direct packet writes would add a verifier prologue that unclones every packet the
+//!   program sees);
+//! - the IPv4 header checksum is computed here and stored with them (RFC 1624; no offload
+//!   touches it);
+//! - the TCP or UDP checksum is only ever fixed through the kernel's `l4_csum_replace`, which
+//!   knows whether the skb's checksum is offloaded (`CHECKSUM_PARTIAL`: only the
+//!   pseudo-header's part belongs in the field) or complete; a program cannot tell.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -21,6 +24,10 @@ const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 /// `l4_csum_replace`'s size field: 0 takes `to` as a difference (`csum::diff4`).
 const CSUM_BY_DIFF: u64 = 0;
+/// `l4_csum_replace` on an IPv6 packet (Linux 6.16): with `CHECKSUM_COMPLETE`, an address
+/// change leaves `skb->csum` as it is (no header checksum compensates it, unlike IPv4).
+/// Older kernels refuse the flag before touching the packet: the call is repeated without.
+const BPF_F_IPV6: u64 = 1 << 7;
 
 /// Which end of the segment to rewrite.
 #[derive(Clone, Copy)]
@@ -100,8 +107,14 @@ pub fn rewrite(
         // The address is in the pseudo-header: the field changes even when offloaded.
         let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
         if pkt.is_v6 {
-            let d = csum::diff4(&old_addr.words, &addr.words);
-            ctx.l4_csum_replace(csum_off, 0, u64::from(d), pseudo | CSUM_BY_DIFF)?;
+            let d = u64::from(csum::diff4(&old_addr.words, &addr.words));
+            let by_diff = pseudo | CSUM_BY_DIFF;
+            if ctx
+                .l4_csum_replace(csum_off, 0, d, by_diff | BPF_F_IPV6)
+                .is_err()
+            {
+                ctx.l4_csum_replace(csum_off, 0, d, by_diff)?;
+            }
         } else {
             let (o, n) = (old_addr.words[3], addr.words[3]);
             ctx.l4_csum_replace(csum_off, u64::from(o), u64::from(n), pseudo | 4)?;

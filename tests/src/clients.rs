@@ -112,3 +112,16 @@ impl HttpConn {
 pub fn get_once(src: IpAddr, dst: SocketAddr) -> anyhow::Result<Answer> {
     HttpConn::open(src, dst, Duration::from_secs(3))?.get(true)
 }
+
+/// The whole answer (status line, headers, body) of one `GET /metrics` to a metrics endpoint,
+/// read until it closes. Call from a thread inside the endpoint's namespace.
+pub fn fetch_metrics(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connect to the metrics endpoint {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: sticky\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .with_context(|| format!("read the metrics from {addr}"))?;
+    Ok(response)
+}

@@ -14,7 +14,7 @@ pub mod routing;
 pub mod servers;
 pub mod topology;
 
-pub use clients::{Answer, HttpConn, get_once};
+pub use clients::{Answer, HttpConn, fetch_metrics, get_once};
 pub use dsr::DsrTopology;
 pub use netns::{Netns, sh, unique_name, veth};
 pub use process::{Launch, StickyProcess};

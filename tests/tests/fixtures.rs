@@ -1260,11 +1260,13 @@ fn returning_clients_renew_their_affinity() {
     }
     let vip = Setup::V4.vip();
     let three = v4_backends(3);
-    let mut lb = Lb::with_config(Setup::V4, &Setup::V4.config(), &[three.clone()]);
+    let mut lb = Lb::with_config(Setup::V4, &Setup::V4.config(), std::slice::from_ref(&three));
     let c = sa("198.51.100.40:52000");
     let b = lb.table_choice(c);
     lb.connect(c, vip, b);
-    let first = lb.affinity(c).expect("the handshake made the client affine");
+    let first = lb
+        .affinity(c)
+        .expect("the handshake made the client affine");
     assert_eq!(first.backend_id, lb.id_of(b));
     // The kernel's coarse clock moves at least once a tick.
     std::thread::sleep(Duration::from_millis(30));
@@ -1285,7 +1287,10 @@ fn returning_clients_renew_their_affinity() {
     lb.set_backends(&three);
     let id = lb.id_of(b);
     let generation = lb.set.get(id).expect("back in the set").generation;
-    assert_ne!(generation, first.generation, "re-added under a new generation");
+    assert_ne!(
+        generation, first.generation,
+        "re-added under a new generation"
+    );
     assert_eq!(lb.table_choice(c), b);
     lb.connect(SocketAddr::new(c.ip(), 52_002), vip, b);
     let replaced = lb.affinity(c).expect("affine again");

@@ -32,9 +32,10 @@
 //!   - a datagram of a UDP flow the model saw NATed: the same backend while the flow is fresh,
 //!     a new flow (below) once it has been idle past the setup's UDP timeout. Idle since its last touch
 //!     as the data path makes them (when the flow opens; when a packet of the established flow
-//!     finds it over a second old), each known to within the bracket of `CLOCK_MONOTONIC`
-//!     readings around its run (the clock `bpf_ktime_get_ns` reads); a datagram the clock
-//!     cannot place on either side of the timeout may go either way;
+//!     finds it over a second old), each known to within the bracket of clock readings
+//!     around its run (before it the coarse clock the programs read, after it
+//!     `CLOCK_MONOTONIC`); a datagram the clock cannot place on either side of the timeout
+//!     may go either way;
 //!   - a SYN, or a segment or datagram of a flow never seen: a new flow, which goes to the
 //!     table's choice for the client (`sticky::table`, so a backend that is up) or to a
 //!     backend this client had a flow to that still honours affinity (up or draining, same
@@ -87,6 +88,7 @@ use common::{
     packets::*,
 };
 use sticky::{
+    clock::{monotonic_coarse_ns, monotonic_ns},
     config::{Config, Forwarding, XdpMode},
     decision::{Published, no_affinity},
     table,
@@ -133,7 +135,7 @@ const UDP_TIMEOUT_SHORT: Duration = Duration::from_millis(300);
 const UDP_TIMEOUT_LONG: Duration = Duration::from_millis(1200);
 /// How often (at most) an established flow's packets renew its touch (`AFFINITY_REFRESH_NS`).
 const REFRESH_NS: u64 = sticky_common::maps::AFFINITY_REFRESH_NS;
-/// Widening of every clock bracket: `bpf_ktime_get_ns` and `clock_gettime` may disagree by a
+/// Widening of every clock bracket: the kernel's clock and `clock_gettime` may disagree by a
 /// hair around a timekeeping update.
 const CLOCK_SLACK_NS: u64 = 2_000_000;
 
@@ -1059,7 +1061,8 @@ impl<'a> Fuzz<'a> {
         self.frame += 1;
         // The run's time, for the UDP idle timeout: the model did not change meanwhile, so
         // what it wants can be worked out after.
-        let before = monotonic_ns();
+        // The programs read the coarse clock: at most a tick behind the fine one, never ahead.
+        let before = monotonic_coarse_ns();
         let run = self.lb().run(prog, &frame);
         let now = (
             before.saturating_sub(CLOCK_SLACK_NS),
@@ -1900,18 +1903,6 @@ impl Flowing {
             Flowing::Undecided(_) => "UDP flow at its idle timeout",
         }
     }
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// BPF_PROG_TEST_RUN (Linux 6.18) refuses frames shorter than an Ethernet header, and for skb

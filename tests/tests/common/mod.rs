@@ -9,9 +9,9 @@ pub mod packets;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
-    net::{IpAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use sticky::{addr::BackendSpec, backends::BackendSet, table};
@@ -236,16 +236,11 @@ pub fn write_config(path: &Path, head: &str, backends: &[usize]) {
 
 /// One `GET /metrics` to `addr` from inside the lb namespace: the whole response.
 pub fn scrape(topo: &Topology, addr: &str) -> String {
+    let addr: SocketAddr = addr.parse().expect("a metrics address");
     topo.lb
-        .run(|| {
-            let mut s = TcpStream::connect(addr).expect("connect metrics");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .expect("send");
-            let mut response = String::new();
-            s.read_to_string(&mut response).expect("read");
-            response
-        })
+        .run(|| sticky_tests::fetch_metrics(addr, Duration::from_secs(30)))
         .expect("lb namespace")
+        .unwrap_or_else(|e| panic!("scrape {addr}: {e:#}"))
 }
 
 /// examples/socketio: the socket.io worker (app.js) and the load/check client (load.js).
