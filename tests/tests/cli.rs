@@ -583,15 +583,7 @@ fn without_privileges_it_says_so() {
             "--inh-caps=-all",
         ])
         .arg(sticky_bin())
-        .args([
-            "run",
-            "--iface",
-            "lo",
-            "--vip",
-            "127.0.0.1:80",
-            "--backend",
-            "127.0.0.1:81",
-        ])
+        .args(run_lo(&[]))
         .output()
         .expect("run setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
