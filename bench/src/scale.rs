@@ -19,13 +19,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::programs::{TestRun as _, TestRunOptions};
 use serde::{Deserialize, Serialize};
 use sticky::{
     config::{Config, Layer},
     datapath::{Datapath, Pins},
 };
-use sticky_common::maps::PROG_INGRESS;
 use sticky_tests::{HttpBackend, Netns, StickyProcess, unique_name, veth};
 
 use crate::{cpu, testrun};
@@ -43,8 +41,6 @@ const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 /// the overhead baseline.
 const SINGLE: u32 = 10_000;
 const REPEAT: u32 = 100_000;
-/// `TC_ACT_OK`: the rewritten packet goes on up the stack.
-const TC_ACT_OK: i32 = 0;
 /// How long the daemon's CPU is watched while its metrics are scraped once a second.
 /// Longer than the daemon's longest reuse of a walk's counts (15 s), so walks recur in it.
 const WATCH: Duration = Duration::from_secs(20);
@@ -192,7 +188,10 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         for flags in [testrun::TCP_SYN, testrun::TCP_ACK] {
             let f = testrun::frame(client(i), vip, flags, testrun::PAYLOAD);
             let (action, _) = run(&mut dp, &f, 1)?;
-            anyhow::ensure!(action == TC_ACT_OK, "client {i}: the program gave {action}");
+            anyhow::ensure!(
+                action == testrun::NAT.sent,
+                "client {i}: the program gave {action}"
+            );
         }
     }
     let fill_secs = started.elapsed().as_secs_f64();
@@ -223,7 +222,10 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
         let i = k * step;
         let f = testrun::frame(client(i), vip, testrun::TCP_ACK, testrun::PAYLOAD);
         let (action, d) = run(&mut dp, &f, 1)?;
-        anyhow::ensure!(action == TC_ACT_OK, "flow {i}: the program gave {action}");
+        anyhow::ensure!(
+            action == testrun::NAT.sent,
+            "flow {i}: the program gave {action}"
+        );
         Ok(d)
     })?;
     let point = Point {
@@ -237,19 +239,9 @@ fn fill_and_time(config: &Config, pins: Pins, n: u32) -> anyhow::Result<(Point, 
     Ok((point, dp))
 }
 
-/// The ingress program on `frame` as received on the namespace's interface.
+/// The ingress program on `frame` (ifindex 0: as if received on loopback).
 fn run(dp: &mut Datapath, frame: &[u8], repeat: u32) -> anyhow::Result<(i32, Duration)> {
-    let mut out = vec![0u8; frame.len() + 64];
-    let res = dp
-        .classifier(PROG_INGRESS)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok((res.return_value as i32, res.duration))
+    testrun::run(dp, testrun::NAT, 0, frame, repeat)
 }
 
 /// The daemon's CPU over `WATCH` while its metrics are fetched once a second, its RSS after.

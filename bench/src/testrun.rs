@@ -90,17 +90,17 @@ pub fn run_alone() -> anyhow::Result<()> {
 
 /// A program under test: how it is run and what its actions mean.
 #[derive(Clone, Copy)]
-struct Program {
+pub struct Program {
     name: &'static str,
     xdp: bool,
     /// The action of a packet it forwarded.
-    sent: i32,
+    pub sent: i32,
     pass: i32,
     /// The action of a packet too big for the path, for programs that look the path up.
     too_big: Option<i32>,
 }
 
-const NAT: Program = Program {
+pub const NAT: Program = Program {
     name: PROG_INGRESS,
     xdp: false,
     sent: TC_ACT_OK,
@@ -384,7 +384,7 @@ fn ifindex() -> anyhow::Result<u32> {
 
 /// Runs `frame` through `prog` `repeat` times, as received on `ifindex`: the
 /// action and the kernel's time per run.
-fn run(
+pub fn run(
     dp: &mut Datapath,
     prog: Program,
     ifindex: u32,
