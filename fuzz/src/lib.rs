@@ -240,7 +240,7 @@ pub fn forwarded_for(data: &[u8]) {
     let source = match (flags >> 2) % 3 {
         0 => Source::XForwardedFor,
         1 => Source::XRealIp,
-        _ => Source::Other("CF-Connecting-IP".to_owned()),
+        _ => Source::from_header_name("CF-Connecting-IP").expect("a header name"),
     };
     client_ip_checked(&source, *flags, values);
 }

@@ -58,7 +58,7 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// Every value of header `name` (matched case-insensitively), in the order sent.
-    pub fn header_values(&self, name: &str) -> impl Iterator<Item = &[u8]> {
+    pub fn header_values(&self, name: &str) -> impl DoubleEndedIterator<Item = &[u8]> {
         self.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))

@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
+use foldhash::fast::RandomState;
+
 use sticky_common::{Addr16, maps::Affinity};
 
 use super::routing::AffinityStore;
@@ -21,7 +23,8 @@ pub struct Cached<S> {
     inner: S,
     keep_ns: u64,
     /// Per client: its affinity and when it was read or written.
-    recent: Mutex<HashMap<Addr16, (Affinity, u64)>>,
+    /// Seeded per process (foldhash): a client cannot aim its address at one bucket.
+    recent: Mutex<HashMap<Addr16, (Affinity, u64), RandomState>>,
 }
 
 impl<S: AffinityStore> Cached<S> {
@@ -29,7 +32,7 @@ impl<S: AffinityStore> Cached<S> {
         Self {
             inner,
             keep_ns,
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::default()),
         }
     }
 

@@ -9,23 +9,26 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use http::{HeaderName, header::FORWARDED};
+
 use super::cidr::CidrList;
 use crate::http::{RequestHead, is_token};
 
 /// Request headers to read from: a head parsed here, or hyper's.
 pub trait HeaderSource {
-    /// Every value of header `name` (case-insensitive), in the order sent.
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]>;
+    /// Every value of header `name`, in the order sent.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]>;
 }
 
 impl HeaderSource for RequestHead {
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.header_values(name)
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.header_values(name.as_str())
     }
 }
 
 impl HeaderSource for http::HeaderMap {
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        // By `HeaderName`: a `&str` is parsed again on every request.
         self.get_all(name).iter().map(http::HeaderValue::as_bytes)
     }
 }
@@ -41,32 +44,41 @@ pub enum Source {
     XRealIp,
     /// Any other header, read like `X-Forwarded-For` (e.g. `CF-Connecting-IP`,
     /// `True-Client-IP`, which hold a one-element list).
-    Other(String),
+    Other(HeaderName),
 }
 
+static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 impl Source {
-    /// The source for a header name given on the command line (case-insensitive).
-    pub fn from_header_name(name: &str) -> Self {
+    /// The source for a header name given on the command line (case-insensitive); `None`
+    /// if it is not a header name.
+    pub fn from_header_name(name: &str) -> Option<Self> {
         let name = name.trim();
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
+        Some(if name.eq_ignore_ascii_case("x-forwarded-for") {
             Self::XForwardedFor
         } else if name.eq_ignore_ascii_case("forwarded") {
             Self::Forwarded
         } else if name.eq_ignore_ascii_case("x-real-ip") {
             Self::XRealIp
         } else {
-            Self::Other(name.to_owned())
-        }
+            Self::Other(HeaderName::from_bytes(name.as_bytes()).ok()?)
+        })
     }
 
     /// The header this source reads.
-    pub fn header_name(&self) -> &str {
+    pub fn header(&self) -> &HeaderName {
         match self {
-            Self::XForwardedFor => "x-forwarded-for",
-            Self::Forwarded => "forwarded",
-            Self::XRealIp => "x-real-ip",
+            Self::XForwardedFor => &X_FORWARDED_FOR_NAME,
+            Self::Forwarded => &FORWARDED,
+            Self::XRealIp => &X_REAL_IP,
             Self::Other(name) => name,
         }
+    }
+
+    /// The header's name, in lower case.
+    pub fn header_name(&self) -> &str {
+        self.header().as_str()
     }
 }
 
@@ -107,25 +119,59 @@ pub fn client_ip(
         return Ok(peer);
     }
     let header = source.header_name();
-    // Lossy decoding keeps borrowing in the usual ASCII case; a replaced byte can only make
-    // an element fail to parse, never turn it into another address.
-    let values: Vec<Cow<'_, str>> = head.values(header).map(String::from_utf8_lossy).collect();
+    if matches!(source, Source::XForwardedFor | Source::Other(_)) {
+        return from_list(head, source.header(), trusted);
+    }
+    let values: Vec<Cow<'_, str>> = head
+        .values(source.header())
+        .map(String::from_utf8_lossy)
+        .collect();
     if *source == Source::XRealIp {
         return real_ip(header, &values);
     }
-    // A quoted string cannot continue into the next header line, so each line is split on
-    // its own before the lines are joined into one list.
-    let elements = values.iter().flat_map(|v| match source {
-        Source::Forwarded => split_unquoted(v, b','),
-        _ => v.split(',').collect(),
-    });
-    let elements: Vec<&str> = elements.map(str::trim).filter(|e| !e.is_empty()).collect();
+    // `Forwarded`: a quoted string cannot continue into the next header line, so each line
+    // is split on its own before the lines are joined into one list.
+    let elements: Vec<&str> = values
+        .iter()
+        .flat_map(|v| split_unquoted(v, b','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let hops = elements.iter().rev().map(|e| forwarded_for(header, e));
+    first_untrusted(hops, trusted, header)
+}
+
+/// A comma-separated list read from the right as it is found, every line of the header from
+/// the last: the common case (one line, a hop or two) allocates nothing.
+fn from_list(
+    head: &impl HeaderSource,
+    name: &HeaderName,
+    trusted: &CidrList,
+) -> Result<IpAddr, ClientIpError> {
+    let header = name.as_str();
+    // Lossy decoding borrows in the usual ASCII case; a replaced byte can only make an
+    // element fail to parse, never turn it into another address (a comma is never part of
+    // a multi-byte character, so decoding each element is decoding the line).
+    let hops = head
+        .values(name)
+        .rev()
+        .flat_map(|line| line.rsplit(|&b| b == b','))
+        .map(String::from_utf8_lossy)
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| node(header, e.trim()));
+    first_untrusted(hops, trusted, header)
+}
+
+/// The client among `hops`, given from the right: the first hop that is not a trusted proxy,
+/// or the leftmost when all are.
+fn first_untrusted(
+    hops: impl Iterator<Item = Result<IpAddr, ClientIpError>>,
+    trusted: &CidrList,
+    header: &str,
+) -> Result<IpAddr, ClientIpError> {
     let mut leftmost = None;
-    for element in elements.iter().rev() {
-        let ip = match source {
-            Source::Forwarded => forwarded_for(header, element)?,
-            _ => node(header, element)?,
-        };
+    for ip in hops {
+        let ip = ip?;
         if !trusted.contains(ip) {
             return Ok(ip);
         }
@@ -332,13 +378,20 @@ mod tests {
     fn source_names() {
         assert_eq!(
             Source::from_header_name("X-Forwarded-For"),
-            Source::XForwardedFor
+            Some(Source::XForwardedFor)
         );
-        assert_eq!(Source::from_header_name("FORWARDED"), Source::Forwarded);
-        assert_eq!(Source::from_header_name("x-real-ip"), Source::XRealIp);
-        let other = Source::from_header_name("CF-Connecting-IP");
-        assert_eq!(other, Source::Other("CF-Connecting-IP".into()));
-        assert_eq!(other.header_name(), "CF-Connecting-IP");
+        assert_eq!(
+            Source::from_header_name("FORWARDED"),
+            Some(Source::Forwarded)
+        );
+        assert_eq!(Source::from_header_name("x-real-ip"), Some(Source::XRealIp));
+        let other = Source::from_header_name("CF-Connecting-IP").unwrap();
+        assert_eq!(
+            other,
+            Source::Other(HeaderName::from_static("cf-connecting-ip"))
+        );
+        assert_eq!(other.header_name(), "cf-connecting-ip");
+        assert_eq!(Source::from_header_name("not a name"), None);
     }
 
     #[test]
@@ -598,7 +651,7 @@ mod tests {
 
     #[test]
     fn other_headers_read_as_lists() {
-        let source = Source::from_header_name("CF-Connecting-IP");
+        let source = Source::from_header_name("CF-Connecting-IP").unwrap();
         let got = via_proxy(&source, &[("cf-connecting-ip", "2001:db8::9")]);
         assert_eq!(got, Ok(ip("2001:db8::9")));
     }
@@ -628,7 +681,7 @@ mod tests {
             Source::XForwardedFor,
             Source::Forwarded,
             Source::XRealIp,
-            Source::Other("x-client".into()),
+            Source::Other(HeaderName::from_static("x-client")),
         ];
         for i in 0..10_000 {
             let value = rng.input(seeds, b",;=\"\\[]:._ f0123456789", 80);

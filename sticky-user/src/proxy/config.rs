@@ -255,7 +255,8 @@ impl ProxyLayer {
         }
         Ok(Some(ProxyConfig {
             listen,
-            source: Source::from_header_name(&header_name),
+            source: Source::from_header_name(&header_name)
+                .ok_or_else(|| ProxyConfigError::Header(header_name.clone()))?,
             header_name,
             proxy_protocol: self.proxy_protocol.unwrap_or(false),
             trusted,

@@ -16,7 +16,7 @@ use crate::http::{self, is_token};
 /// surrounding blanks and one pair of double quotes removed. Cookie names are
 /// case-sensitive (RFC 6265 section 5.4); values that are not UTF-8 are skipped.
 pub fn find(head: &impl HeaderSource, name: &str) -> Option<String> {
-    head.values("cookie")
+    head.values(&::http::header::COOKIE)
         .flat_map(|v| v.split(|&b| b == b';'))
         .filter_map(|pair| {
             let at = pair.iter().position(|&b| b == b'=')?;

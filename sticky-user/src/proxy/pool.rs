@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use foldhash::fast::RandomState;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -22,7 +23,7 @@ pub type Sender = SendRequest<Relay>;
 const READY_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>, RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -60,7 +61,7 @@ pub enum ConnectError {
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             max_idle,
             idle_timeout,
             connect_timeout,
