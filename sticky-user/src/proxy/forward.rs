@@ -11,17 +11,19 @@ use std::{
 use bytes::Bytes;
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Version,
-    header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, SET_COOKIE},
+    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, SET_COOKIE, TRANSFER_ENCODING},
 };
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::{
-    body::{Prefix, Relay, read_prefix},
+    backend::{self, BackendConn, ExchangeError, ResponseHead},
+    body::{Prefix, Relay, Rest, read_prefix},
     client_ip::{ClientIpError, client_ip},
     cookie, framing, guard,
-    pool::{Pool, Sender},
+    pool::Pool,
+    response_body::{ResponseBody, Return},
     routing::{Choice, Reason, choose},
     server::Proxy,
     sid, upgrade,
@@ -146,7 +148,6 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
             .await
             .map_err(|e| refusal(400, format!("malformed request body: {e}")))?
     };
-    let replayable = matches!(body, Prefix::Whole(_));
     let protect = [cfg.source.header_name(), framing::X_FORWARDED_FOR];
     framing::strip_hop_by_hop(&mut parts.headers, upgrade, &protect);
     framing::forwarded_for(
@@ -163,41 +164,49 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
 
-    let mut body = Some(Relay::from_prefix(body));
-    let (mut resp, sender, choice) =
-        send(conn, &route, &parts, &mut body, idempotent && replayable).await?;
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(on_client) = on_client_upgrade else {
-            return Err(refusal(502, "backend switched protocols unasked"));
-        };
-        let on_backend = hyper::upgrade::on(&mut resp);
-        let (splicer, after) = (proxy.splicer.clone(), cfg.splice_after);
-        let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
-        tokio::spawn(async move {
-            if let Err(e) = upgrade::carry(on_client, on_backend, splicer, after).await {
-                debug!("upgraded connection: {e:#}");
-            }
-            drop(slot);
-        });
-        if let Some(sid) = &route.sid {
-            proxy
-                .sids
-                .put(sid, choice.id, choice.backend.generation, monotonic_ns());
-        }
-        drop(sender);
-        set_cookie(conn, &route, &choice, resp.headers_mut());
-        return Ok(resp.map(|_| Relay::empty()));
-    }
-
-    let keep = !framing::wants_close(resp.headers()) && resp.version() == Version::HTTP_11;
-    let (mut head, incoming) = resp.into_parts();
+    let (head, backend, choice) =
+        send(conn, &route, &parts, Relay::from_prefix(body), idempotent).await?;
+    let ResponseHead {
+        status,
+        version,
+        mut headers,
+        framing: body_framing,
+    } = head;
     let learn = |sid: &str| {
         proxy
             .sids
             .put(sid, choice.id, choice.backend.generation, monotonic_ns());
     };
-    let mut out = if head.status.is_success() && route.handshake {
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(on_client) = on_client_upgrade else {
+            return Err(refusal(502, "backend switched protocols unasked"));
+        };
+        let (splicer, after) = (proxy.splicer.clone(), cfg.splice_after);
+        let slot = conn.slot.lock().ok().and_then(|mut s| s.take());
+        let taken = backend
+            .into_parts()
+            .map_err(|e| refusal(502, format!("upgrade: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = upgrade::carry(on_client, taken, splicer, after).await {
+                debug!("upgraded connection: {e:#}");
+            }
+            drop(slot);
+        });
+        if let Some(sid) = &route.sid {
+            learn(sid);
+        }
+        set_cookie(conn, &route, &choice, &mut headers);
+        return Ok(response(status, headers, Relay::empty()));
+    }
+
+    let keep = !framing::wants_close(&headers) && version == Version::HTTP_11;
+    let back = keep.then(|| Return {
+        pool: conn.pool.clone(),
+        addr: choice.backend.addr,
+    });
+    let incoming = ResponseBody::new(backend, body_framing, back);
+    let out = if status.is_success() && route.handshake {
         let prefix = read_prefix(incoming, HANDSHAKE_HOLD, HOLD_PATIENCE)
             .await
             .map_err(|e| refusal(502, format!("backend response: {e}")))?;
@@ -208,19 +217,23 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         }
         Relay::from_prefix(prefix)
     } else {
-        if head.status.is_success()
+        if status.is_success()
             && let Some(sid) = &route.sid
         {
             learn(sid);
         }
         Relay::stream(incoming)
     };
-    framing::strip_hop_by_hop(&mut head.headers, false, &[]);
-    set_cookie(conn, &route, &choice, &mut head.headers);
-    if keep {
-        out = out.then(conn.pool.lend(choice.backend.addr, sender));
-    }
-    Ok(Response::from_parts(head, out))
+    framing::strip_hop_by_hop(&mut headers, false, &[]);
+    set_cookie(conn, &route, &choice, &mut headers);
+    Ok(response(status, headers, out))
+}
+
+fn response(status: StatusCode, headers: http::HeaderMap, body: Relay) -> Response<Relay> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
 }
 
 /// Cookie insert (HAProxy `cookie insert`): tells a client without a valid cookie where it
@@ -235,31 +248,57 @@ fn set_cookie(conn: &Conn, route: &Route, choice: &Choice, headers: &mut http::H
     }
 }
 
-/// A new request to the backend from the parts kept for retries.
-fn request(parts: &http::request::Parts, body: Relay, backend: SocketAddr) -> Request<Relay> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
-    if !req.headers().contains_key(HOST)
-        && let Ok(v) = HeaderValue::from_str(&backend.to_string())
-    {
-        req.headers_mut().insert(HOST, v);
+/// Writes the request, its head and body's first bytes in one call and the rest as it
+/// streams, then reads the response head. A body whose length the head does not give (it
+/// came chunked, `Transfer-Encoding` being hop-by-hop) gets one: its length when held whole,
+/// else chunked again.
+async fn exchange(
+    backend: &mut BackendConn,
+    parts: &http::request::Parts,
+    addr: SocketAddr,
+    body: Relay,
+) -> Result<ResponseHead, ExchangeError> {
+    let (held, rest) = body.into_parts();
+    let streaming = !matches!(rest, Rest::None);
+    let extra = if parts.headers.contains_key(CONTENT_LENGTH) {
+        None
+    } else if streaming {
+        Some((TRANSFER_ENCODING, HeaderValue::from_static("chunked")))
+    } else if !held.is_empty() {
+        Some((CONTENT_LENGTH, HeaderValue::from(held.len())))
+    } else {
+        None
+    };
+    let chunked = extra.as_ref().is_some_and(|(n, _)| *n == TRANSFER_ENCODING);
+    let mut out = Vec::with_capacity(512 + held.len());
+    backend::encode_request(parts, addr, extra, &mut out);
+    backend::put_data(&mut out, &held, chunked);
+    match rest {
+        Rest::Client(incoming) => {
+            backend.write(&out).await.map_err(ExchangeError::Write)?;
+            backend.upload(incoming, chunked);
+        }
+        _ => {
+            if chunked {
+                out.extend_from_slice(backend::LAST_CHUNK);
+            }
+            backend.write(&out).await.map_err(ExchangeError::Write)?;
+        }
     }
-    req
+    backend.read_head(&parts.method).await
 }
 
 /// Chooses a backend, reaches it (moving on for a client without live affinity when one
 /// refuses), and sends; a pooled connection that turns out dead is replaced once, when the
-/// request was not written yet or may be sent twice.
+/// request may be sent again: its body held whole, and the request never written or
+/// idempotent.
 async fn send(
     conn: &Conn,
     route: &Route,
     parts: &http::request::Parts,
-    body: &mut Option<Relay>,
-    resendable: bool,
-) -> Result<(Response<Incoming>, Sender, Choice), Refusal> {
+    body: Relay,
+    idempotent: bool,
+) -> Result<(ResponseHead, BackendConn, Choice), Refusal> {
     let proxy = &conn.proxy;
     let cfg = &proxy.config;
     // Cookie mode spreads cookieless requests per connection (see `routing::choose`).
@@ -287,12 +326,12 @@ async fn send(
             return Err(refusal(503, "no backend in service"));
         };
         let addr = choice.backend.addr;
-        let (mut sender, reused) = match conn.pool.take(addr).await {
-            Some(s) => (s, true),
+        let (mut backend, reused) = match conn.pool.take(addr) {
+            Some(b) => (b, true),
             None => {
                 let started = Instant::now();
                 match conn.pool.connect(addr).await {
-                    Ok(s) => (s, false),
+                    Ok(b) => (b, false),
                     Err(e) => {
                         info!(
                             "backend {addr} unreachable for {} after {:?}: {e}",
@@ -308,30 +347,25 @@ async fn send(
                 }
             }
         };
-        let spare = body.as_ref().filter(|_| resendable).and_then(Relay::copy);
-        let Some(b) = body.take() else {
-            return Err(refusal(502, "request body lost"));
+        let whole = body.whole();
+        let e = match exchange(&mut backend, parts, addr, body).await {
+            Ok(head) => return Ok((head, backend, choice)),
+            Err(e) => e,
         };
-        match sender.try_send_request(request(parts, b, addr)).await {
-            Ok(resp) => return Ok((resp, sender, choice)),
-            Err(mut e) => {
-                debug!("backend {addr} (reused: {reused}): {}", e.error());
-                let unsent = e.take_message().map(Request::into_body);
-                let again = unsent.or(spare.filter(|_| reused));
-                let Some(again) = again else {
-                    return Err(refusal(502, format!("backend {addr}: {}", e.error())));
-                };
-                let mut fresh = conn
-                    .pool
-                    .connect(addr)
-                    .await
-                    .map_err(|e| refusal(502, format!("backend {addr} unreachable: {e}")))?;
-                return match fresh.try_send_request(request(parts, again, addr)).await {
-                    Ok(resp) => Ok((resp, fresh, choice)),
-                    Err(e) => Err(refusal(502, format!("backend {addr}: {}", e.error()))),
-                };
-            }
-        }
+        debug!("backend {addr} (reused: {reused}): {e}");
+        let again = whole.filter(|_| reused && e.may_resend(idempotent));
+        let Some(again) = again else {
+            return Err(refusal(502, format!("backend {addr}: {e}")));
+        };
+        let mut fresh = conn
+            .pool
+            .connect(addr)
+            .await
+            .map_err(|e| refusal(502, format!("backend {addr} unreachable: {e}")))?;
+        return match exchange(&mut fresh, parts, addr, Relay::bytes(again)).await {
+            Ok(head) => Ok((head, fresh, choice)),
+            Err(e) => Err(refusal(502, format!("backend {addr}: {e}"))),
+        };
     }
     Err(refusal(502, "no backend reachable"))
 }

@@ -5,6 +5,7 @@
 //! kernel (sockmap), or copied.
 
 pub mod affinity_cache;
+pub mod backend;
 pub mod body;
 pub mod cidr;
 pub mod client_ip;
@@ -16,6 +17,7 @@ pub mod guard;
 pub mod io;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod response_body;
 pub mod routing;
 pub mod server;
 pub mod sid;

@@ -1,5 +1,6 @@
-//! After a `101`: both sockets leave hyper and the bytes between them are never parsed again,
-//! spliced in the kernel (sockmap) or copied.
+//! After a `101`: both sockets leave HTTP (the client's hyper, the backend's our exchange)
+//! and the bytes between them are never parsed again, spliced in the kernel (sockmap) or
+//! copied.
 
 use anyhow::Context as _;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -26,17 +27,19 @@ fn take_back(upgraded: Upgraded) -> anyhow::Result<(TcpStream, Vec<u8>, u64)> {
     Ok((stream.tcp, pending, stream.read))
 }
 
-/// Carries an upgraded client ↔ backend pair to the end: first what hyper already read on
+/// Carries an upgraded client ↔ backend pair to the end: first what was already read on
 /// either side, then `--splice-after` bytes copied, then the splice (or the copy path).
+/// `backend` is the backend's socket, what was read from it past the `101`'s head, and how
+/// much was read from it in all.
 pub async fn carry(
     client: OnUpgrade,
-    backend: OnUpgrade,
+    backend: (TcpStream, Vec<u8>, u64),
     splicer: Option<SharedSplicer>,
     splice_after: Option<u64>,
 ) -> anyhow::Result<()> {
-    let (client, backend) = tokio::try_join!(client, backend).context("upgrade")?;
+    let client = client.await.context("upgrade")?;
     let (mut client, to_backend, mut client_read) = take_back(client)?;
-    let (mut backend, to_client, mut backend_read) = take_back(backend)?;
+    let (mut backend, to_client, mut backend_read) = backend;
     backend.write_all(&to_backend).await?;
     client.write_all(&to_client).await?;
     let _ = client.set_nodelay(true);
