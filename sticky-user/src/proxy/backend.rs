@@ -219,6 +219,9 @@ impl BackendConn {
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
+        let lines = resp.headers.iter().map(|h| (h.name, h.value));
+        let framing = response_body::framing(method, status, lines)
+            .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers.iter() {
             let name =
@@ -226,8 +229,7 @@ impl BackendConn {
             let value = HeaderValue::from_bytes(h.value).map_err(|_| malformed("header value"))?;
             headers.append(name, value);
         }
-        let framing = response_body::framing(method, status, &headers)
-            .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+
         self.buf.advance(len);
         Ok(Some(ResponseHead {
             status,

@@ -166,13 +166,12 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// Applies `--forwarded-for`: `peer` is the connection's peer (or a trusted PROXY header's
 /// source), `client` the address the request was routed by.
 pub fn forwarded_for(headers: &mut HeaderMap, how: ForwardedFor, peer: IpAddr, client: IpAddr) {
-    let name = HeaderName::from_static(X_FORWARDED_FOR);
     let value = match how {
         ForwardedFor::Keep => return,
         ForwardedFor::Replace => client.to_string(),
         ForwardedFor::Append => {
             let mut list: Vec<String> = headers
-                .get_all(&name)
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
                 .filter(|v| !v.is_empty())
@@ -182,7 +181,7 @@ pub fn forwarded_for(headers: &mut HeaderMap, how: ForwardedFor, peer: IpAddr, c
         }
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(name, value);
+        headers.insert(HeaderName::from_static(X_FORWARDED_FOR), value);
     }
 }
 

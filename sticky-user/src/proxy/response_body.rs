@@ -11,10 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, Method, StatusCode,
-    header::{CONTENT_LENGTH, TRANSFER_ENCODING},
-};
+use http::{Method, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::{backend::BackendConn, pool::Pool};
@@ -37,11 +34,13 @@ pub enum FramingError {
     Length,
 }
 
-/// How the body of a response with `status` and `headers` to a `method` request ends.
-pub fn framing(
+/// How the body of a response with `status` and these header lines (names and values as
+/// sent) to a `method` request ends: read off the lines in one pass, before they become a
+/// header map.
+pub fn framing<'a>(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<Framing, FramingError> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -50,9 +49,25 @@ pub fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    let (mut coding, mut length) = (None, None);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = Some(value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let d = value.trim_ascii();
+            let n = (!d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(FramingError::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(FramingError::Length);
+            }
+            length = Some(n);
+        }
+    }
+    // The last coding of the last line decides.
+    if let Some(last) = coding {
         let chunked = last
-            .as_bytes()
             .rsplit(|&b| b == b',')
             .next()
             .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -62,24 +77,10 @@ pub fn framing(
             Framing::ToClose
         });
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    let Some(first) = lengths.next() else {
-        return Ok(Framing::ToClose);
-    };
-    let parse = |v: &http::HeaderValue| {
-        let d = v.as_bytes().trim_ascii();
-        (!d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit))
-            .then(|| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
-            .flatten()
-    };
-    let n = parse(first).ok_or(FramingError::Length)?;
-    if lengths.any(|v| parse(v) != Some(n)) {
-        return Err(FramingError::Length);
-    }
-    Ok(if n == 0 {
-        Framing::Empty
-    } else {
-        Framing::Length(n)
+    Ok(match length {
+        None => Framing::ToClose,
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
     })
 }
 
@@ -263,18 +264,13 @@ impl Body for ResponseBody {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
-            .collect()
-    }
-
     #[test]
     fn framing_follows_rfc_9112() {
         let get = Method::GET;
         let ok = StatusCode::OK;
-        let f = |m: &Method, s: StatusCode, h: &[(&str, &str)]| framing(m, s, &headers(h));
+        let f = |m: &Method, s: StatusCode, h: &[(&str, &str)]| {
+            framing(m, s, h.iter().map(|(k, v)| (*k, v.as_bytes())))
+        };
         assert_eq!(
             f(&Method::HEAD, ok, &[("content-length", "5")]),
             Ok(Framing::Empty)
