@@ -745,9 +745,12 @@ async fn an_upgrade_hands_both_sockets_over_with_early_bytes() {
     assert_eq!(back, payload, "echoed after the upgrade, then closed");
 }
 
-/// A backend that answers the first request on each connection and closes the connection
-/// when the next one arrives: a kept-alive connection it dropped as the proxy reused it.
-async fn one_per_connection() -> Backend {
+/// A backend speaking raw bytes: `serve` gets each connection it accepts.
+async fn raw<F, Fut>(serve: F) -> Backend
+where
+    F: Fn(BufReader<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -755,33 +758,7 @@ async fn one_per_connection() -> Backend {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut r = BufReader::new(tcp);
-                for answered in [false, true] {
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    let _ = r.read_exact(&mut body).await;
-                    if answered {
-                        return;
-                    }
-                    let _ = r
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                }
-            });
+            tokio::spawn(serve(BufReader::new(tcp)));
         }
     });
     Backend {
@@ -789,6 +766,38 @@ async fn one_per_connection() -> Backend {
         seen: Arc::default(),
         connections,
     }
+}
+
+/// A backend that answers the first request on each connection and closes the connection
+/// when the next one arrives: a kept-alive connection it dropped as the proxy reused it.
+async fn one_per_connection() -> Backend {
+    raw(|mut r| async move {
+        for answered in [false, true] {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = r.read_exact(&mut body).await;
+            if answered {
+                return;
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -804,4 +813,42 @@ async fn a_dead_pooled_connection_is_replaced_once_for_an_idempotent_request() {
     c.send(format!("POST / HTTP/1.1\r\nHost: x\r\n{x}Content-Length: 1\r\n\r\nz").as_bytes())
         .await;
     assert_eq!(c.read(false).await.map(|a| a.status), Some(502));
+}
+
+/// A backend that reads a request head and answers `answer` (as it is), then closes.
+async fn raw_backend(answer: Vec<u8>) -> Backend {
+    raw(move |mut r| {
+        let answer = answer.clone();
+        async move {
+            let mut line = String::new();
+            while r.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = r.get_mut().write_all(&answer).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_malformed_or_missing_response_is_a_502() {
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let answers: [Vec<u8>; 5] = [
+        b"garbage\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+        huge.into_bytes(),
+        Vec::new(),
+    ];
+    for answer in answers {
+        let shown = String::from_utf8_lossy(&answer[..answer.len().min(60)]).into_owned();
+        let rig = Rig::with(vec![raw_backend(answer).await], |_| {}).await;
+        let mut c = rig.connect().await;
+        let a = c.get("/", &xff(1)).await;
+        assert_eq!(a.status, 502, "{shown:?}");
+        assert!(c.closed().await, "{shown:?}");
+    }
 }
