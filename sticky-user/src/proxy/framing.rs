@@ -45,11 +45,7 @@ pub fn check<'a>(
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
-            let digits = value.trim_ascii();
-            length =
-                (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
-                    .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
-                    .flatten();
+            length = content_length(value);
             if length.is_none() {
                 return Err(Ambiguous::InvalidLength);
             }
@@ -73,6 +69,14 @@ pub fn check<'a>(
         [one] if one.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(Length::Chunked),
         _ => Err(Ambiguous::Coding),
     }
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no list), blanks around allowed.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+        .flatten()
 }
 
 /// Whether `headers` ask to switch protocols: `Connection: upgrade` and an `Upgrade`.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::{backend::BackendConn, pool::Pool};
+use super::{backend::BackendConn, framing::content_length, pool::Pool};
 
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
@@ -54,11 +54,7 @@ pub fn framing<'a>(
         if name.eq_ignore_ascii_case("transfer-encoding") {
             coding = Some(value);
         } else if name.eq_ignore_ascii_case("content-length") {
-            let d = value.trim_ascii();
-            let n = (!d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or(FramingError::Length)?;
+            let n = content_length(value).ok_or(FramingError::Length)?;
             if length.is_some_and(|l| l != n) {
                 return Err(FramingError::Length);
             }
