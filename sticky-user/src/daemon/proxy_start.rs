@@ -47,8 +47,7 @@ pub(super) async fn start_proxy(
         info!("proxy: --no-splice, copying in userspace");
         None
     };
-    let listener = tokio::net::TcpListener::bind(proxy.listen)
-        .await
+    let listener = proxy::server::listen(proxy.listen, proxy.max_connections)
         .with_context(|| format!("bind the proxy on {}", proxy.listen))?;
     let workers = proxy::server::worker_count();
     say(&format!(

@@ -103,6 +103,22 @@ pub fn worker_count() -> usize {
         .unwrap_or(1)
 }
 
+/// The proxy's listening socket. Its accept queue holds `max_connections` (the kernel caps it
+/// at `net.core.somaxconn`), never fewer than 1024: a burst of connections the workers have
+/// not accepted yet waits there. A full queue drops handshakes: the client's SYN is sent
+/// again a second later, and a client whose last ACK was dropped believes it is connected
+/// to a proxy that may never see it (its SYN-ACK retries run out while the queue stays full).
+pub fn listen(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(max_connections).unwrap_or(u32::MAX).max(1024))
+}
+
 /// Serves `listener` on a thread of its own, a single-threaded runtime, until the process
 /// exits.
 pub fn spawn_worker(proxy: Arc<Proxy>, listener: std::net::TcpListener) -> anyhow::Result<()> {
