@@ -23,8 +23,7 @@ use aya_ebpf::{
         xdp_action,
     },
     helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
-        bpf_xdp_adjust_head,
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head,
     },
     programs::{TcContext, XdpContext},
 };
@@ -250,13 +249,18 @@ fn next_hop(ctx: *mut core::ffi::c_void, o: &Outer, ifindex: u32, tot_len: u16) 
     }
 }
 
-/// The next hop towards backend `id`: from this CPU's cache while it is fresh and `tot_len`
+/// The next hop towards `t`'s backend: from this CPU's cache while it is fresh and `tot_len`
 /// is known (not a tc GSO packet, whose segments the kernel checks), else from the FIB, whose
 /// resolved answers are cached.
 #[inline(always)]
-fn route(ctx: *mut core::ffi::c_void, o: &Outer, id: u32, ifindex: u32, tot_len: u16) -> NextHop {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn route(
+    ctx: *mut core::ffi::c_void,
+    o: &Outer,
+    t: &Target,
+    ifindex: u32,
+    tot_len: u16,
+) -> NextHop {
+    let (id, now) = (t.id, t.now);
     let dst = sticky_common::Addr16::from_bytes(o.dst);
     if tot_len != 0
         && let Some(c) = DSR_NEXT_HOPS.get_ptr(id)
@@ -321,7 +325,7 @@ fn tc_encap(ctx: &TcContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Tc>(COUNTER_TOO_BIG);
     }
     let tot_len = if gso { 0 } else { grown as u16 };
-    let hop = route(ctx.skb.skb.cast(), &o, t.id, ifindex, tot_len);
+    let hop = route(ctx.skb.skb.cast(), &o, t, ifindex, tot_len);
     let out_ifindex = match hop {
         NextHop::Resolved { ifindex, .. } | NextHop::NoNeigh { ifindex } => ifindex,
         NextHop::TooBig => return drop::<Tc>(COUNTER_TOO_BIG),
@@ -385,8 +389,7 @@ fn xdp_encap(ctx: &XdpContext, pkt: &Packet, t: &Target) -> i32 {
         return drop::<Xdp>(COUNTER_TOO_BIG);
     }
     let in_ifindex = ctx.ingress_ifindex() as u32;
-    let (out_ifindex, smac, dmac) = match route(ctx.ctx.cast(), &o, t.id, in_ifindex, grown as u16)
-    {
+    let (out_ifindex, smac, dmac) = match route(ctx.ctx.cast(), &o, t, in_ifindex, grown as u16) {
         NextHop::Resolved {
             ifindex,
             smac,

@@ -64,6 +64,8 @@ pub struct Target {
     pub new_flow: bool,
     /// The client is traced.
     pub traced: bool,
+    /// The packet's time (`bpf_ktime_get_coarse_ns`), read once for every use.
+    pub now: u64,
 }
 
 /// Why a packet has no target.
@@ -164,6 +166,7 @@ pub fn decide(pkt: &Packet, mode: Forward) -> Result<Target, Miss> {
         id: flow.backend_id,
         new_flow,
         traced,
+        now,
     })
 }
 
