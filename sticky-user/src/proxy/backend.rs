@@ -25,7 +25,10 @@ use hyper::body::Incoming;
 use tokio::{io::Interest, net::TcpStream};
 use tracing::debug;
 
-use super::response_body::{self, Framing};
+use super::{
+    framing,
+    response_body::{self, Framing},
+};
 use crate::http::MAX_HEADERS;
 
 /// The longest response head read before the backend is given up (`502`).
@@ -92,8 +95,14 @@ pub struct BackendConn {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
+    /// Without the hop-by-hop headers when `stripped`.
     pub headers: HeaderMap,
     pub framing: Framing,
+    /// The backend closes the connection after this response (`Connection: close`).
+    pub close: bool,
+    /// The hop-by-hop headers were left out of `headers` as it was built. Not for a `101`
+    /// (its `Upgrade` goes on) nor when `Connection` names other headers (`strip_hop_by_hop`).
+    pub stripped: bool,
 }
 
 impl BackendConn {
@@ -222,10 +231,22 @@ impl BackendConn {
         let lines = resp.headers.iter().map(|h| (h.name, h.value));
         let framing = response_body::framing(method, status, lines)
             .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        let connection = framing::connection_options(
+            resp.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .map(|h| h.value),
+        );
+        // Most responses name nothing in `Connection` but hop-by-hop headers: those are left
+        // out here, not inserted and removed.
+        let stripped = status != StatusCode::SWITCHING_PROTOCOLS && !connection.names_others;
         let mut headers = HeaderMap::with_capacity(resp.headers.len());
         for h in resp.headers.iter() {
             let name =
                 HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| malformed("header name"))?;
+            if stripped && framing::is_hop_by_hop(&name) {
+                continue;
+            }
             let value = HeaderValue::from_bytes(h.value).map_err(|_| malformed("header value"))?;
             headers.append(name, value);
         }
@@ -236,6 +257,8 @@ impl BackendConn {
             version,
             headers,
             framing,
+            close: connection.close,
+            stripped,
         }))
     }
 
@@ -428,6 +451,55 @@ mod tests {
                 "{pieces:?}"
             );
         }
+    }
+
+    /// A response's hop-by-hop headers are left out as its header map is built, except in a
+    /// `101` (its `Upgrade` goes on) or when `Connection` names other headers: then
+    /// `strip_hop_by_hop` removes them, the named ones too.
+    #[tokio::test]
+    async fn response_heads_leave_hop_by_hop_headers_out() {
+        let names = |h: &HeaderMap| {
+            let mut v: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            v.sort_unstable();
+            v.join(",")
+        };
+        let (head, body) = exchange(
+            Method::GET,
+            &[
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                Transfer-Encoding: chunked\r\nTrailer: x\r\nX-App: 1\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            ],
+        )
+        .await;
+        assert_eq!(names(&head.headers), "x-app");
+        assert_eq!(
+            (head.stripped, head.close, body.as_slice()),
+            (true, false, &b"a"[..])
+        );
+
+        let (head, _) = exchange(
+            Method::GET,
+            &[
+                b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\
+                Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+            ],
+        )
+        .await;
+        assert_eq!((head.stripped, head.close), (false, true));
+        let mut headers = head.headers;
+        framing::strip_hop_by_hop(&mut headers, false, &[]);
+        assert_eq!(names(&headers), "content-length");
+
+        let (head, _) = exchange(
+            Method::GET,
+            &[b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"],
+        )
+        .await;
+        assert_eq!(head.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            (names(&head.headers).as_str(), head.stripped),
+            ("connection,upgrade", false)
+        );
     }
 
     #[test]

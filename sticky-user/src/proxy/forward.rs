@@ -133,7 +133,7 @@ fn route_of(conn: &Conn, req: &Request<Incoming>) -> Result<Route, Refusal> {
 async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Relay>, Refusal> {
     let proxy = &conn.proxy;
     let cfg = &proxy.config;
-    if let Some(why) = req.headers().get(guard::REFUSED) {
+    if let Some(why) = req.headers().get(&guard::REFUSED_NAME) {
         let why = String::from_utf8_lossy(why.as_bytes());
         return Err(refusal(400, format!("request refused: {why}")));
     }
@@ -171,6 +171,8 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         version,
         mut headers,
         framing: body_framing,
+        close,
+        stripped,
     } = head;
     let learn = |sid: &str| {
         proxy
@@ -200,7 +202,7 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         return Ok(response(status, headers, Relay::empty()));
     }
 
-    let keep = !framing::wants_close(&headers) && version == Version::HTTP_11;
+    let keep = !close && version == Version::HTTP_11;
     let back = keep.then(|| Return {
         pool: conn.pool.clone(),
         addr: choice.backend.addr,
@@ -224,7 +226,9 @@ async fn forward(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Rel
         }
         Relay::stream(incoming)
     };
-    framing::strip_hop_by_hop(&mut headers, false, &[]);
+    if !stripped {
+        framing::strip_hop_by_hop(&mut headers, false, &[]);
+    }
     set_cookie(conn, &route, &choice, &mut headers);
     Ok(response(status, headers, out))
 }

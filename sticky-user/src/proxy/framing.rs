@@ -86,17 +86,47 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    tokens(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The options of `Connection` lines' `values`: comma-separated, trimmed, none empty.
+fn tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
-/// Whether the message asks to close its connection after it.
-pub fn wants_close(headers: &HeaderMap) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"))
+/// What the `Connection` header lines of a message say, read off its raw values.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// `close`: the connection ends after this message.
+    pub close: bool,
+    /// A token other than the hop-by-hop names (`close` included): it may name a header that
+    /// must go too, which only [`strip_hop_by_hop`] removes.
+    pub names_others: bool,
+}
+
+/// Reads the options of `values`, the `Connection` lines' values.
+pub fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> ConnectionOptions {
+    let mut o = ConnectionOptions::default();
+    for token in tokens(values) {
+        o.close |= token.eq_ignore_ascii_case(b"close");
+        o.names_others |= !HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+    }
+    o
+}
+
+/// Whether `name` is one of the headers meant for one hop only (RFC 9110 §7.6.1).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name.as_str()).is_some()
 }
 
 const HOP_BY_HOP_COUNT: usize = 7;
@@ -243,6 +273,22 @@ mod tests {
             assert_eq!(hop_by_hop_index(name.as_str()), Some(i));
         }
         assert_eq!(hop_by_hop_index("host"), None);
+    }
+
+    #[test]
+    fn connection_options_read_raw_lines() {
+        let read = |lines: &[&str]| connection_options(lines.iter().map(|l| l.as_bytes()));
+        let opts = |close, names_others| ConnectionOptions {
+            close,
+            names_others,
+        };
+        assert_eq!(read(&[]), opts(false, false));
+        assert_eq!(read(&["keep-alive"]), opts(false, false));
+        assert_eq!(read(&[" Upgrade ,, TE", "Keep-Alive"]), opts(false, false));
+        // `close` could name a header as well; a header named in a later line counts.
+        assert_eq!(read(&["Close"]), opts(true, true));
+        assert_eq!(read(&["keep-alive", "x-secret"]), opts(false, true));
+        assert!(is_hop_by_hop(&TRANSFER_ENCODING) && !is_hop_by_hop(&HOST));
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //! (lengths, chunk sizes) to know where the next head starts. A refused head never reaches
 //! hyper: in its place hyper reads a request that `forward` answers with 400 and a close.
 
+use http::HeaderName;
+
 use super::framing::{self, Ambiguous};
 use crate::http::MAX_HEADERS;
 
 /// The header of the stand-in request; its value says what was refused.
 pub const REFUSED: &str = "x-sticky-refused-framing";
+/// [`REFUSED`] as a name: looked up on every request, parsed once.
+pub static REFUSED_NAME: HeaderName = HeaderName::from_static(REFUSED);
 
 /// Longest chunk-size or trailer line followed; hyper refuses longer ones itself.
 const MAX_LINE: usize = 16 * 1024;
