@@ -39,27 +39,64 @@ pub struct Ctx<'a> {
     pub secs: u64,
     /// Requests per second of the latency runs.
     pub rate: f64,
+    /// The same for the HTTP proxies (`Case::forwards_for`).
+    pub proxy_rate: f64,
+}
+
+impl Ctx<'_> {
+    /// The fixed rate `case`'s latency is measured at.
+    pub fn rate_for(&self, case: Case) -> f64 {
+        if case.forwards_for() {
+            self.proxy_rate
+        } else {
+            self.rate
+        }
+    }
 }
 
 /// The routed path's keep-alive capacity; latency is measured at a share of it.
 pub fn calibrate(ctx: &Ctx) -> anyhow::Result<f64> {
-    let route = peers::route(Case::Routed, Service::Http, ctx.bench.backends().len());
-    preflight(ctx, Case::Routed, &route)?;
+    capacity_share(ctx, Case::Routed)
+}
+
+/// HAProxy http's keep-alive capacity: the HTTP proxies route every request in userspace on
+/// one CPU, far below the routed path's capacity, so their latency is measured at a share of
+/// their reference peer's instead (at the routed path's rate it would be time spent queueing).
+pub fn calibrate_proxies(ctx: &Ctx) -> anyhow::Result<f64> {
+    capacity_share(ctx, Case::HaproxyHttp)
+}
+
+/// `RATE_SHARE` of `case`'s keep-alive requests per second, its middlebox started for it.
+fn capacity_share(ctx: &Ctx, case: Case) -> anyhow::Result<f64> {
+    let _middlebox = peers::start(case, Service::Http, ctx.bench, ctx.sticky)?;
+    let route = peers::route(case, Service::Http, ctx.bench.backends().len());
+    preflight(ctx, case, &route)?;
+    let rps = keep_alive(ctx, case, &route, ctx.secs.max(2))
+        .with_context(|| format!("calibrate with wrk through {}", case.label()))?;
+    anyhow::ensure!(
+        rps > 100.0,
+        "{} does only {rps:.0} requests/s",
+        case.label()
+    );
+    Ok((rps * RATE_SHARE).round())
+}
+
+/// Keep-alive requests per second through `case`: wrk, its one header (for the HTTP proxies
+/// an X-Forwarded-For) sent on every connection: one client, as one user behind a CDN.
+fn keep_alive(ctx: &Ctx, case: Case, route: &Route, secs: u64) -> anyhow::Result<f64> {
     let target = *route.targets.first().context("no target")?;
+    let xff = case
+        .forwards_for()
+        .then(|| format!("X-Forwarded-For: {}", route.sources.addr(1)));
     let w = tools::wrk(
-        ctx.bench.client(),
+        ctx.bench.client_of(case.dsr()),
         target,
         WRK_CONNECTIONS,
-        ctx.secs.max(2),
-        None,
-    )
-    .context("calibrate with wrk on the routed path")?;
-    anyhow::ensure!(
-        w.requests_per_sec > 100.0,
-        "routed path does only {:.0} requests/s",
-        w.requests_per_sec
-    );
-    Ok((w.requests_per_sec * RATE_SHARE).round())
+        secs,
+        xff.as_deref(),
+    )?;
+    anyhow::ensure!(w.errors == 0, "wrk counted {} errors", w.errors);
+    Ok(w.requests_per_sec)
 }
 
 pub fn run_case(ctx: &Ctx, case: Case, results: &mut Results) -> anyhow::Result<()> {
@@ -170,20 +207,7 @@ fn tx_bytes(ns: &Netns) -> anyhow::Result<u64> {
 fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> anyhow::Result<()> {
     preflight(ctx, case, route)?;
     measure(results, case, Metric::KeepAlive, || {
-        let target = *route.targets.first().context("no target")?;
-        // wrk sends one header to every connection: one client, as one user behind a CDN.
-        let xff = case
-            .forwards_for()
-            .then(|| format!("X-Forwarded-For: {}", route.sources.addr(1)));
-        let w = tools::wrk(
-            ctx.bench.client_of(case.dsr()),
-            target,
-            WRK_CONNECTIONS,
-            ctx.secs,
-            xff.as_deref(),
-        )?;
-        anyhow::ensure!(w.errors == 0, "wrk counted {} errors", w.errors);
-        Ok(w.requests_per_sec)
+        keep_alive(ctx, case, route, ctx.secs)
     });
     let concurrency = CONCURRENCY.to_string();
     let mut new_conn = None;
@@ -226,7 +250,8 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
             r.errors
         ));
     }
-    let rate = format!("{}", ctx.rate);
+    let asked = ctx.rate_for(case);
+    let rate = format!("{asked}");
     let connections = RATE_CONNECTIONS.to_string();
     let fixed = load(
         ctx,
@@ -242,7 +267,7 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
             if r.ops > 0 {
                 results.add(case, Metric::CpuPerRequest, r.cpu_secs * 1e6 / r.ops as f64);
             }
-            results.add(case, Metric::RateReached, r.rate() / ctx.rate);
+            results.add(case, Metric::RateReached, r.rate() / asked);
             println!(
                 "  {:<34} {:.0} / {:.0} at {:.0} requests/s, {:.1} CPU µs per request",
                 "p50 / p99 latency µs",
@@ -251,12 +276,11 @@ fn http_metrics(ctx: &Ctx, case: Case, route: &Route, results: &mut Results) -> 
                 r.rate(),
                 r.cpu_secs * 1e6 / r.ops.max(1) as f64
             );
-            if r.rate() < ctx.rate * 0.95 {
+            if r.rate() < asked * 0.95 {
                 results.note(format!(
-                    "{}: fixed-rate run reached {:.0} of {:.0} requests/s",
+                    "{}: fixed-rate run reached {:.0} of {asked:.0} requests/s",
                     case.label(),
                     r.rate(),
-                    ctx.rate
                 ));
             }
         }

@@ -90,6 +90,14 @@ impl Metric {
         }
     }
 
+    /// Measured in the fixed-rate latency run.
+    pub fn at_fixed_rate(self) -> bool {
+        matches!(
+            self,
+            Self::P50 | Self::P99 | Self::CpuPerRequest | Self::RateReached
+        )
+    }
+
     pub fn higher_is_better(self) -> bool {
         !matches!(
             self,
@@ -207,6 +215,10 @@ pub struct Results {
     pub fixed_rate: f64,
     /// Whether that rate is a share of the routed path's capacity (not given by hand).
     pub rate_from_capacity: bool,
+    /// The fixed rate of the HTTP proxies' latency runs (`Case::forwards_for`): a share of
+    /// HAProxy http's capacity (0: none ran).
+    #[serde(default)]
+    pub proxy_rate: f64,
     pub backends: usize,
     pub rounds: usize,
     pub seconds_per_metric: u64,
@@ -229,7 +241,26 @@ impl Results {
 
     /// This case's median over the routed path's median.
     pub fn ratio(&self, case: Case, metric: Metric) -> Option<f64> {
-        self.vs(case, Case::Routed, metric)
+        self.vs(case, self.base_of(case, metric), metric)
+    }
+
+    /// The case `case`'s `metric` is compared with: the routed path, but for a fixed-rate
+    /// figure of an HTTP proxy, HAProxy http, whose capacity set that rate.
+    pub fn base_of(&self, case: Case, metric: Metric) -> Case {
+        if metric.at_fixed_rate() && case.forwards_for() && self.proxy_rate > 0.0 {
+            Case::HaproxyHttp
+        } else {
+            Case::Routed
+        }
+    }
+
+    /// The fixed rate `case`'s latency was measured at.
+    pub fn rate_of(&self, case: Case) -> f64 {
+        if case.forwards_for() && self.proxy_rate > 0.0 {
+            self.proxy_rate
+        } else {
+            self.fixed_rate
+        }
     }
 
     /// This case's median over another case's median.

@@ -93,10 +93,14 @@ fn cell(results: &Results, case: Case, metric: Metric) -> String {
     if s.n > 1 {
         let _ = write!(text, " ({}–{})", metric.format(s.min), metric.format(s.max));
     }
-    if case != Case::Routed
+    let base = results.base_of(case, metric);
+    if case != base
         && let Some(r) = results.ratio(case, metric)
     {
         let _ = write!(text, " **{r:.2}×**");
+    }
+    if base != Case::Routed {
+        text.push_str(" §");
     }
     if matches!(metric, Metric::P50 | Metric::P99 | Metric::CpuPerRequest)
         && overloaded(results, case).is_some()
@@ -151,9 +155,15 @@ pub fn markdown(results: &Results, chart: &str) -> String {
         md,
         "{} round(s), cases interleaved (order rotated each round), {} s per measurement; each \
          cell is the median (min–max) over the rounds and, in bold, its ratio to the routed \
-         path. ↑ higher is better, ↓ lower is better. Between cases conntrack is flushed and the \
-         middlebox restarted (sticky with fresh maps).\n",
-        results.rounds, results.seconds_per_metric
+         path{}. ↑ higher is better, ↓ lower is better. Between cases conntrack is flushed and \
+         the middlebox restarted (sticky with fresh maps).\n",
+        results.rounds,
+        results.seconds_per_metric,
+        if results.proxy_rate > 0.0 {
+            " (§: to HAProxy http)"
+        } else {
+            ""
+        }
     );
     md.push_str("| metric |");
     for c in &cases {
@@ -178,19 +188,34 @@ pub fn markdown(results: &Results, chart: &str) -> String {
         }
         md.push('\n');
     }
+    if results.proxy_rate > 0.0 {
+        let _ = writeln!(
+            md,
+            "\n§ the HTTP proxies (per-request routing) at their own fixed rate, {:.0} \
+             requests/s ({}), the others at {:.0}; in bold, the ratio to HAProxy http.",
+            results.proxy_rate,
+            proxy_rate_origin(results),
+            results.fixed_rate
+        );
+    }
     let short: Vec<String> = cases
         .iter()
         .filter_map(|&c| {
             let reached = overloaded(results, c)?;
-            Some(format!("{} {:.0}%", c.label(), reached * 100.0))
+            Some(format!(
+                "{} {:.0}% of {:.0}",
+                c.label(),
+                reached * 100.0,
+                results.rate_of(c)
+            ))
         })
         .collect();
     if !short.is_empty() {
         let _ = writeln!(
             md,
-            "\n‡ could not sustain the fixed rate of {:.0} requests/s (median share reached: \
-             {}): its latency is mostly time spent queueing, and grows with the run's length.",
-            results.fixed_rate,
+            "\n‡ could not sustain its fixed rate (median share reached of the requests/s \
+             asked: {}): its latency is mostly time spent queueing, and grows with the run's \
+             length.",
             short.join(", ")
         );
     }
@@ -622,6 +647,18 @@ fn proxy_targets(md: &mut String, results: &Results) {
     md.push('\n');
 }
 
+/// Where the HTTP proxies' fixed rate came from.
+fn proxy_rate_origin(results: &Results) -> String {
+    if results.rate_from_capacity {
+        format!(
+            "{:.0}% of HAProxy http's keep-alive capacity, measured first",
+            RATE_SHARE * 100.0
+        )
+    } else {
+        "given with --rate".into()
+    }
+}
+
 fn method(md: &mut String, results: &Results, cases: &[Case]) {
     md.push_str("Cases:\n\n");
     for c in cases {
@@ -635,6 +672,15 @@ fn method(md: &mut String, results: &Results, cases: &[Case]) {
         )
     } else {
         format!("{:.0} requests/s (given with --rate)", results.fixed_rate)
+    };
+    let rate = if results.proxy_rate > 0.0 && results.rate_from_capacity {
+        format!(
+            "{rate}; the HTTP proxies (per-request routing) at {:.0} requests/s ({})",
+            results.proxy_rate,
+            proxy_rate_origin(results)
+        )
+    } else {
+        rate
     };
     let _ = writeln!(
         md,
@@ -786,7 +832,60 @@ mod tests {
         );
         assert!(md.contains("| 80.0 **1.00×** ‡ | 80.0 **1.00×** |"), "{md}");
         assert!(
-            md.contains("(median share reached: nftables jhash 50%)"),
+            md.contains(
+                "(median share reached of the requests/s asked: nftables jhash 50% of 1000)"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains('§'), "no HTTP proxy, no rate of theirs: {md}");
+    }
+
+    /// The HTTP proxies' latency is measured at a share of HAProxy http's capacity: their
+    /// fixed-rate cells are compared with HAProxy http's, and marked.
+    #[test]
+    fn http_proxies_latency_is_compared_at_their_own_rate() {
+        let mut r = Results {
+            rounds: 1,
+            seconds_per_metric: 1,
+            fixed_rate: 50_000.0,
+            proxy_rate: 20_000.0,
+            rate_from_capacity: true,
+            ..Results::default()
+        };
+        for (case, p99, reached) in [
+            (Case::Routed, 100.0, 1.0),
+            (Case::Sticky, 120.0, 1.0),
+            (Case::HaproxyHttp, 400.0, 1.0),
+            (Case::StickyProxy, 300.0, 0.5),
+        ] {
+            r.add(case, Metric::P99, p99);
+            r.add(case, Metric::RateReached, reached);
+            r.add(case, Metric::KeepAlive, 1000.0);
+        }
+        assert_eq!(r.base_of(Case::StickyProxy, Metric::P99), Case::HaproxyHttp);
+        assert_eq!(
+            r.base_of(Case::StickyProxy, Metric::KeepAlive),
+            Case::Routed
+        );
+        assert_eq!(r.base_of(Case::Sticky, Metric::P99), Case::Routed);
+        assert_eq!(r.rate_of(Case::StickyProxy), 20_000.0);
+        assert_eq!(r.rate_of(Case::Sticky), 50_000.0);
+        let md = markdown(&r, "latest.png");
+        assert!(
+            md.contains("| 100 | 120 **1.20×** | 300 **0.75×** § ‡ | 400 § |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "§ the HTTP proxies (per-request routing) at their own fixed rate, 20000 \
+                 requests/s (50% of HAProxy http's keep-alive capacity, measured first), the \
+                 others at 50000"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("sticky proxy, splice 50% of 20000"), "{md}");
+        assert!(
+            md.contains("the HTTP proxies (per-request routing) at 20000 requests/s"),
             "{md}"
         );
     }

@@ -182,6 +182,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         exe,
         secs,
         rate: 0.0,
+        proxy_rate: 0.0,
     };
     ctx.rate = match args.rate {
         Some(r) if r > 0.0 => r,
@@ -191,7 +192,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             measure::calibrate(&ctx)?
         }
     };
+    ctx.proxy_rate = match args.rate {
+        Some(r) => r,
+        None if cases.iter().any(|c| c.forwards_for()) => {
+            wait_for_quiet(quiet_wait)?;
+            let rate = measure::calibrate_proxies(&ctx)?;
+            println!(
+                "bench: fixed rate for the HTTP proxies' latency {rate:.0} requests/s ({:.0}% of \
+                 HAProxy http's keep-alive capacity)",
+                RATE_SHARE * 100.0
+            );
+            rate
+        }
+        None => 0.0,
+    };
     results.fixed_rate = ctx.rate;
+    results.proxy_rate = ctx.proxy_rate;
     results.rate_from_capacity = args.rate.is_none();
     results.backends = args.backends;
     let origin = if args.rate.is_some() {
