@@ -11,6 +11,6 @@ pub mod response;
 pub mod write;
 
 pub use read::ReadError;
-pub use request::{HeadError, MAX_HEADERS, Part, RequestHead, is_token};
+pub use request::{HeadError, MAX_HEADERS, Part, RequestHead, header_slots, is_token};
 pub use response::{StatusError, StatusLine, status_line};
 pub use write::response_status;

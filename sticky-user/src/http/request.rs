@@ -6,6 +6,12 @@
 /// hyper allocate two header arrays on the heap for every head it parses.
 pub const MAX_HEADERS: usize = 100;
 
+/// Room for `MAX_HEADERS` parsed headers, left uninitialised: httparse writes what it parses,
+/// where an array of `EMPTY_HEADER`s is 3.2 KB written before every parse.
+pub fn header_slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Why a request head cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -110,9 +116,9 @@ pub fn parse(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError>
     // Parsing only the window keeps a complete head that ends beyond `limit` from being
     // accepted merely because the bytes happened to arrive together.
     let window = buf.get(..limit).unwrap_or(buf);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(window) {
+    let mut slots = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(window, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= limit => {
             return Err(HeadError::TooLarge { limit });

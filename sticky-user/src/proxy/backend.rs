@@ -29,7 +29,7 @@ use super::{
     framing,
     response_body::{self, Framing},
 };
-use crate::http::MAX_HEADERS;
+use crate::http::header_slots;
 
 /// The longest response head read before the backend is given up (`502`).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -214,9 +214,11 @@ impl BackendConn {
 
     /// A complete head at the start of `buf`, consumed.
     fn parse_head(&mut self, method: &Method) -> Result<Option<ResponseHead>, ExchangeError> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(&self.buf) {
+        let mut slots = header_slots();
+        let mut resp = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(ExchangeError::Malformed(e.to_string())),

@@ -9,7 +9,7 @@
 use http::HeaderName;
 
 use super::framing::{self, Ambiguous};
-use crate::http::MAX_HEADERS;
+use crate::http::header_slots;
 
 /// The header of the stand-in request; its value says what was refused.
 pub const REFUSED: &str = "x-sticky-refused-framing";
@@ -102,9 +102,9 @@ impl Guard {
 
     /// A head at the start of `rest`: its length once complete and acceptable.
     fn head(&mut self, rest: &[u8]) -> Result<Option<usize>, Ambiguous> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(rest) {
+        let mut slots = header_slots();
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(rest, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if rest.len() < self.max_head => return Ok(None),
             // Too large or malformed: hyper refuses it on its own.

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod body;
 pub mod cidr;
 pub mod client_ip;
+pub mod coarse_timer;
 pub mod config;
 pub mod cookie;
 pub mod forward;

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::Context as _;
 use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use crate::http::{self, HeadError, ReadError};
 
 use super::{
+    coarse_timer::CoarseTimer,
     config::ProxyConfig,
     forward::{self, Conn},
     guard::Guard,
@@ -68,8 +69,9 @@ impl Proxy {
     ) -> Self {
         let affinity_timeout = routing.read().map_or(0, |r| r.settings.affinity_timeout_ns);
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            // Starts when the connection waits for a request: the keep-alive idle limit.
+        http.timer(CoarseTimer)
+            // Starts when the connection waits for a request: the keep-alive idle limit (at
+            // most a `coarse_timer::TICK` late).
             .header_read_timeout(config.keepalive_timeout)
             // A client may half-close after its request and still read the answer.
             .half_close(true)

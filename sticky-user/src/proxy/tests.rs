@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -705,6 +705,31 @@ async fn backend_connections_are_pooled_bounded_and_closed_when_asked() {
         assert_eq!(c.get("/", &x).await.status, 200);
     }
     assert!(opened() <= 5, "{}", opened());
+}
+
+/// A keep-alive connection idle past `--keepalive-timeout` is closed: not before it, and at
+/// most a coarse timer tick (plus a loaded machine's slack) after it.
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_closed_after_its_timeout() {
+    let rig = Rig::new(|l| l.keepalive_timeout = Some("600ms".into())).await;
+    let mut c = rig.connect().await;
+    assert_eq!(c.get("/", &xff(1)).await.status, 200);
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.r.read_to_end(&mut rest))
+        .await
+        .expect("not closed within 5 s")
+        .unwrap_or(0);
+    let waited = idle.elapsed();
+    assert_eq!(n, 0, "closed without a word: {rest:?}");
+    assert!(
+        waited >= Duration::from_millis(600),
+        "closed early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(600) + 6 * super::coarse_timer::TICK,
+        "closed late: {waited:?}"
+    );
 }
 
 #[tokio::test]
