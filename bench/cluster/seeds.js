@@ -86,6 +86,10 @@ switch (mode) {
       const server = http.createServer();
       setupMaster(server, { loadBalancingMethod: 'least-connection' });
       setupPrimary();
+      // As its README sets it up: 2.x hands each request's first bytes to the worker as a
+      // Buffer, which the default (JSON) serialization turns into a plain object the worker
+      // cannot replay, so every request through it got an empty reply.
+      cluster.setupPrimary({ serialization: 'advanced' });
       server.listen(port, readyWhenServing);
       for (let i = 0; i < workers; i++) cluster.fork();
     } else {
