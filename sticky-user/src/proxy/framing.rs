@@ -117,11 +117,16 @@ pub fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Connect
     let mut o = ConnectionOptions::default();
     for token in tokens(values) {
         o.close |= token.eq_ignore_ascii_case(b"close");
-        o.names_others |= !HOP_BY_HOP
-            .iter()
-            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+        o.names_others |= !names_hop_by_hop(token);
     }
     o
+}
+
+/// Whether a `Connection` token, in any case, names one of the hop-by-hop headers.
+fn names_hop_by_hop(token: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// Whether `name` is one of the headers meant for one hop only (RFC 9110 §7.6.1).
@@ -173,11 +178,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, protect: &[&str]
     if present[0] {
         // Tokens naming a hop-by-hop header go in the loop below, without a `HeaderName` made.
         let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| {
-                !HOP_BY_HOP
-                    .iter()
-                    .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            })
+            .filter(|t| !names_hop_by_hop(t))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| *n != HOST && *n != CONTENT_LENGTH && !protect.contains(&n.as_str()))
             .collect();
